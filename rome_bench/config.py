@@ -1,0 +1,242 @@
+"""Typed run configuration, presets with the paper's numbers, and flag overrides.
+
+A run is described by one :class:`RunConfig`. Presets give complete configs; every field can be overridden
+from the command line (``--set section.field=value`` or the named flags), and the resolved config is saved with
+the run as JSON.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from rome_bench.errors import ConfigError
+
+NORMS: tuple[str, ...] = ("l1", "l2", "linf")
+
+
+@dataclass
+class ThreatsConfig:
+    """Budgets and PGD steps of the seen ℓp threats (keys: l1, l2, linf)."""
+
+    eps: dict[str, float] = field(default_factory=lambda: {"l1": 12.0, "l2": 0.5, "linf": 8 / 255})
+    train_steps: dict[str, int] = field(default_factory=lambda: {"l1": 20, "l2": 20, "linf": 10})
+    eval_steps: dict[str, int] = field(default_factory=lambda: {"l1": 50, "l2": 50, "linf": 50})
+    l1_sparsity: float = 0.05  # fraction of coordinates moved by one sparse ℓ1 steepest-ascent step
+
+
+@dataclass
+class RomeConfig:
+    """Mixture of low-rank experts (paper Sec. 4.2-4.4)."""
+
+    num_experts: int = 4
+    rank: int = 16
+    targets: tuple[str, ...] = ("qkv", "proj")
+    gate_hidden: int = 16  # hidden width of the local and global gating MLPs (the paper does not give it)
+    beta_s: float = 4.0
+    beta_b: float = 2.0
+    lambda_div: float = 0.1
+    projection_dim: int = 100  # K' of the global-gate projection used only by the diversification loss
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "vit_base"
+    patch_size: int = 4
+    pretrained: str | None = None  # local checkpoint (safetensors or torch state dict) for the backbone
+    rome: RomeConfig = field(default_factory=RomeConfig)
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "cifar10"
+    data_dir: str | None = None
+    train_size: int | None = None  # seeded subset of the train split; None = all
+    eval_examples: int = 1000  # size of the fixed, seeded evaluation subset of the test split
+    augment: bool = True  # random crop (pad 4) + horizontal flip, for 32x32 data
+
+
+@dataclass
+class TrainConfig:
+    method: str = "rome+max"
+    epochs: int = 20
+    warmup_epochs: float = 4.0
+    decay_epochs: float = 12.0  # linear decay to decay_floor·lr
+    final_epochs: float = 4.0  # then linear decay to final_floor·lr
+    decay_floor: float = 0.05
+    final_floor: float = 0.001
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    seed: int = 0
+    checkpoint_every: int = 200  # optimizer steps between checkpoints (and one at every epoch end)
+    device: str = "auto"
+
+
+@dataclass
+class RunConfig:
+    preset: str = "cifar10"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    threats: ThreatsConfig = field(default_factory=ThreatsConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        return _from_dict(cls, data, "")
+
+
+def _from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigError(f"unknown config field '{prefix}{sorted(unknown)[0]}'; known: {', '.join(sorted(known))}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _from_dict(hint, value, f"{prefix}{name}.")
+        elif typing.get_origin(hint) is tuple:
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _cifar10() -> RunConfig:
+    return RunConfig(preset="cifar10")
+
+
+def _imagenet(name: str, num_classes_dataset: str) -> RunConfig:
+    config = RunConfig(preset=name)
+    config.model.patch_size = 16
+    config.data.dataset = num_classes_dataset
+    config.data.augment = False  # the dataset's own train transform augments
+    config.threats.eps = {"l1": 255.0, "l2": 2.0, "linf": 4 / 255}
+    config.threats.train_steps = {"l1": 40, "l2": 20, "linf": 10}
+    config.train.lr = 1e-4
+    config.train.epochs = 5
+    config.train.warmup_epochs, config.train.decay_epochs, config.train.final_epochs = 1.0, 3.0, 1.0
+    config.train.batch_size = 128
+    config.train.checkpoint_every = 500
+    return config
+
+
+def _smoke() -> RunConfig:
+    """A tiny ViT on the synthetic set, few PGD steps: trains on a 2-core CPU in minutes."""
+    config = RunConfig(preset="smoke")
+    config.model.backbone = "vit_smoke"
+    config.model.rome = RomeConfig(rank=1, gate_hidden=2)  # keeps RoME at ≤ 1.05× the backbone's parameters
+    config.data = DataConfig(dataset="synthetic", train_size=2000, eval_examples=500, augment=False)
+    config.threats.train_steps = {"l1": 5, "l2": 5, "linf": 3}
+    config.threats.eval_steps = {"l1": 20, "l2": 20, "linf": 20}
+    config.threats.l1_sparsity = 0.05
+    config.train.epochs = 3
+    config.train.warmup_epochs, config.train.decay_epochs, config.train.final_epochs = 0.5, 1.5, 1.0
+    config.train.checkpoint_every = 10
+    return config
+
+
+PRESETS: dict[str, typing.Callable[[], RunConfig]] = {
+    "smoke": _smoke,
+    "cifar10": _cifar10,
+    "imagenet100": lambda: _imagenet("imagenet100", "imagenet100"),
+    "imagenet1k": lambda: _imagenet("imagenet1k", "imagenet1k"),
+}
+
+
+def preset(name: str) -> RunConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset '{name}'; choose one of: {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+def apply_override(config: RunConfig, assignment: str) -> RunConfig:
+    """Return a copy of ``config`` with ``section.field[.key]=value`` applied (value parsed as JSON if it can)."""
+    if "=" not in assignment:
+        raise ConfigError(f"override '{assignment}' must look like section.field=value, e.g. train.epochs=5")
+    path, raw = assignment.split("=", 1)
+    keys = path.strip().split(".")
+    data = copy.deepcopy(config.to_dict())
+    node: Any = data
+    for key in keys[:-1]:
+        if not isinstance(node, dict) or key not in node:
+            raise ConfigError(f"unknown config field '{path}'; see the resolved config.json of a run for names")
+        node = node[key]
+    last = keys[-1]
+    if not isinstance(node, dict) or (last not in node and not _is_norm_table(node)):
+        raise ConfigError(f"unknown config field '{path}'; see the resolved config.json of a run for names")
+    node[last] = _coerce(path, raw, node.get(last))
+    resolved = RunConfig.from_dict(data)
+    validate(resolved)
+    return resolved
+
+
+def _is_norm_table(node: dict[str, Any]) -> bool:
+    return set(node) <= set(NORMS) and bool(node)
+
+
+def _coerce(path: str, raw: str, current: Any) -> Any:
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    if value in ("none", "null", None):
+        return None
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("true", "false", "1", "0", "yes", "no"):
+            return str(value).lower() in ("true", "1", "yes")
+        raise ConfigError(f"{path} must be true or false, got '{raw}'")
+    if isinstance(current, int) and not isinstance(current, bool):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path} must be an integer, got '{raw}'")
+    if isinstance(current, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{path} must be a number, got '{raw}'")
+    if isinstance(current, tuple | list):
+        items = value if isinstance(value, list) else [v for v in str(value).split(",") if v]
+        return tuple(items)
+    return value
+
+
+def validate(config: RunConfig) -> None:
+    """Raise ConfigError (one line) for values no run can use."""
+    checks: list[tuple[bool, str]] = [
+        (config.train.epochs >= 1, "train.epochs must be >= 1"),
+        (config.train.batch_size >= 1, "train.batch_size must be >= 1"),
+        (config.train.lr > 0, "train.lr must be > 0"),
+        (config.train.checkpoint_every >= 1, "train.checkpoint_every must be >= 1"),
+        (config.train.device in ("auto", "cpu", "cuda") or config.train.device.startswith("cuda:"),
+         "train.device must be auto, cpu, cuda or cuda:N"),
+        (config.data.eval_examples >= 1, "data.eval_examples must be >= 1"),
+        (config.data.train_size is None or config.data.train_size >= 1, "data.train_size must be >= 1"),
+        (config.model.rome.num_experts >= 1, "model.rome.num_experts must be >= 1"),
+        (config.model.rome.rank >= 1, "model.rome.rank must be >= 1"),
+        (config.model.rome.gate_hidden >= 0, "model.rome.gate_hidden must be >= 0 (0 = one linear layer)"),
+        (config.model.rome.lambda_div >= 0, "model.rome.lambda_div must be >= 0"),
+        (set(config.model.rome.targets) <= {"qkv", "proj"} and bool(config.model.rome.targets),
+         "model.rome.targets must be a non-empty subset of qkv,proj"),
+        (0 < config.threats.l1_sparsity <= 1, "threats.l1_sparsity must be in (0, 1]"),
+    ]
+    for table in ("eps", "train_steps", "eval_steps"):
+        values = getattr(config.threats, table)
+        checks.append((set(values) == set(NORMS), f"threats.{table} needs exactly the keys l1, l2, linf"))
+        checks.append((all(v > 0 for v in values.values()), f"threats.{table} values must be > 0"))
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)

@@ -1,0 +1,122 @@
+"""The threat interface, the threat registry, and budgets that the evaluation runner verifies.
+
+A threat maps (model, images in [0,1], labels) to perturbed images in [0,1]. It never sees normalised space:
+normalisation is inside the model. Adding a threat is one decorated class in one file::
+
+    @register_threat("my-threat", tag="unseen", column="mine")
+    class MyThreat(Threat):
+        def __init__(self, strength: float = 0.1) -> None:
+            self.strength = strength
+        def params(self): return {"strength": self.strength}
+        def budget(self): return LpBudget("linf", self.strength)
+        def __call__(self, model, images, labels): ...
+
+Third-party packages do the same in their own module and name it in the ``rome_bench.threats`` entry-point group.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from rome_bench.registry import Registry
+
+THREATS: Registry[type[Threat]] = Registry("threats")
+
+LP_ORDERS: dict[str, float] = {"l1": 1.0, "l2": 2.0, "linf": float("inf")}
+
+
+def register_threat(name: str, tag: str, column: str | None = None) -> Callable[[type[Threat]], type[Threat]]:
+    """Class decorator: register a Threat subclass under ``name``; ``tag`` is 'seen' or 'unseen'."""
+    if tag not in ("seen", "unseen"):
+        raise ValueError(f"threat tag must be 'seen' or 'unseen', got '{tag}'")
+
+    def decorator(cls: type[Threat]) -> type[Threat]:
+        cls.name = name
+        cls.tag = tag
+        cls.column = column or name
+        summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        THREATS.add(name, cls, tag=tag, column=cls.column, summary=summary)
+        return cls
+
+    return decorator
+
+
+@dataclass(frozen=True)
+class BudgetCheck:
+    """Per-example size of a perturbation under a budget and the largest size allowed."""
+
+    measured: torch.Tensor
+    limit: float
+    description: str
+
+
+class Budget(ABC):
+    """What a threat promises about its output; checked by the runner on every batch."""
+
+    @abstractmethod
+    def check(self, clean: torch.Tensor, perturbed: torch.Tensor) -> BudgetCheck: ...
+
+
+@dataclass(frozen=True)
+class LpBudget(Budget):
+    """‖x_adv − x‖_p ≤ ε, verified with a relative tolerance of 1e-5."""
+
+    norm: str
+    eps: float
+    rel_tol: float = 1e-5
+
+    def check(self, clean: torch.Tensor, perturbed: torch.Tensor) -> BudgetCheck:
+        delta = (perturbed - clean).flatten(1).double()
+        measured = delta.norm(p=LP_ORDERS[self.norm], dim=1)
+        return BudgetCheck(measured, self.eps * (1 + self.rel_tol), f"‖δ‖_{self.norm.removeprefix('l')}")
+
+
+class Threat(ABC):
+    """A perturbation model; subclasses are registered with :func:`register_threat`."""
+
+    name: ClassVar[str] = "unregistered"
+    tag: ClassVar[str] = "unseen"
+    column: ClassVar[str] = "unregistered"
+
+    @abstractmethod
+    def params(self) -> dict[str, Any]:
+        """Every setting that changes the threat's output (hashed into the store key)."""
+
+    @abstractmethod
+    def budget(self) -> Budget | None:
+        """The constraint the runner verifies, or None for a threat without one (clean images)."""
+
+    @abstractmethod
+    def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor: ...
+
+    @property
+    def key(self) -> str:
+        """Registry name plus a short hash of the parameters: identifies stored results."""
+        blob = json.dumps({"name": self.name, **self.params()}, sort_keys=True, default=str)
+        return f"{self.name}:{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in self.params().items())
+        return f"{self.name}({args})"
+
+
+@register_threat("clean", tag="seen", column="nat")
+class Clean(Threat):
+    """No perturbation: natural accuracy."""
+
+    def params(self) -> dict[str, Any]:
+        return {}
+
+    def budget(self) -> Budget | None:
+        return LpBudget("linf", 0.0)
+
+    def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return images

@@ -1,0 +1,230 @@
+"""Batched PGD for ℓ∞, ℓ2 and ℓ1 with random start and exact projections onto (ℓp ball ∩ [0,1] box).
+
+As in foolbox 3, each norm is a small subclass that says three things: how to draw a random start, which
+direction is steepest ascent under the norm, and how to project onto the feasible set
+{δ : ‖δ‖_p ≤ ε, 0 ≤ x + δ ≤ 1}. The projections are exact Euclidean projections onto that intersection:
+
+* ℓ∞: clip to [-ε, ε] and to the box (the set is a box, so clipping is exact);
+* ℓ2: δ = clip(t·z, -x, 1-x) with the scale t ∈ (0, 1] solved exactly from the sorted breakpoints at which
+  coordinates reach the box, so that ‖δ‖₂ = ε (KKT conditions of the projection);
+* ℓ1: δ_i = sign(z_i)·min(max(|z_i| − λ, 0), c_i) with c_i the box bound on the side of z_i and λ ≥ 0 found
+  exactly from the sorted breakpoints of the piecewise-linear ‖δ(λ)‖₁ (Mind-the-box, Croce & Hein 2021).
+
+The ℓ1 step is sparse steepest ascent (SLIDE, Tramèr & Boneh 2019): move only the top ``sparsity`` fraction of
+coordinates by |gradient|, skipping coordinates that sit on the box boundary and point outward.
+
+With ``keep_adversarial`` (the evaluation default) each example returns the first iterate that the model
+misclassifies, else the last iterate; so, for a fixed step size, more steps never make the attack weaker.
+Training uses the last iterate (``keep_adversarial=False``).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import abstractmethod
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rome_bench.threats.base import Budget, LpBudget, Threat, register_threat
+
+
+def _per_example(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Reshape a (B,) tensor to broadcast against ``like`` (B, ...)."""
+    return values.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _in_box(images: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """images + δ, clamped so that float rounding can never leave [0, 1] (clamping only shrinks |δ|)."""
+    return (images + delta).clamp(0, 1)
+
+
+class PGD(Threat):
+    """Projected gradient ascent on the cross-entropy loss inside an ℓp ball intersected with [0,1]."""
+
+    norm: ClassVar[str]
+
+    def __init__(self, eps: float, steps: int = 10, step_size: float | None = None, random_start: bool = True,
+                 keep_adversarial: bool = True) -> None:
+        if eps <= 0 or steps < 1:
+            raise ValueError(f"{self.name}: eps must be > 0 and steps >= 1 (got eps={eps}, steps={steps})")
+        self.eps = float(eps)
+        self.steps = int(steps)
+        self.step_size = float(step_size) if step_size is not None else 2.5 * self.eps / self.steps
+        self.random_start = random_start
+        self.keep_adversarial = keep_adversarial
+
+    def params(self) -> dict[str, Any]:
+        return {"eps": self.eps, "steps": self.steps, "step_size": self.step_size,
+                "random_start": self.random_start, "keep_adversarial": self.keep_adversarial}
+
+    def budget(self) -> Budget:
+        return LpBudget(self.norm, self.eps)
+
+    def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        images = images.detach()
+        delta = self.start(images) if self.random_start else torch.zeros_like(images)
+        delta = self.project(images, delta)
+        result = _in_box(images, delta)
+        found = torch.zeros(len(images), dtype=torch.bool, device=images.device)
+        for _ in range(self.steps):
+            delta.requires_grad_(True)
+            logits = model(_in_box(images, delta))
+            loss = F.cross_entropy(logits, labels, reduction="sum")
+            (grad,) = torch.autograd.grad(loss, delta)
+            with torch.no_grad():
+                if self.keep_adversarial:
+                    found, result = self._keep_first_success(logits, labels, _in_box(images, delta), found, result)
+                delta = self.project(images, delta + self.step_size * self.ascent_direction(grad, images, delta))
+        with torch.no_grad():
+            final = _in_box(images, delta)
+            if not self.keep_adversarial:
+                return final
+            found, result = self._keep_first_success(model(final), labels, final, found, result)
+            return torch.where(_per_example(found, result), result, final)
+
+    @staticmethod
+    def _keep_first_success(logits: torch.Tensor, labels: torch.Tensor, current: torch.Tensor,
+                            found: torch.Tensor, result: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        newly = (logits.argmax(dim=1) != labels) & ~found
+        result = torch.where(_per_example(newly, result), current.detach(), result)
+        return found | newly, result
+
+    @abstractmethod
+    def start(self, images: torch.Tensor) -> torch.Tensor:
+        """A random perturbation inside the ball (projected onto the box afterwards)."""
+
+    @abstractmethod
+    def ascent_direction(self, grad: torch.Tensor, images: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """The steepest-ascent direction of unit norm under this threat's norm."""
+
+    @abstractmethod
+    def project(self, images: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """Euclidean projection of ``delta`` onto {‖δ‖ ≤ ε} ∩ {0 ≤ images + δ ≤ 1}."""
+
+
+@register_threat("pgd-linf", tag="seen", column="linf")
+class LinfPGD(PGD):
+    """ℓ∞ PGD (Madry et al.) with uniform random start."""
+
+    norm = "linf"
+
+    def start(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.empty_like(images).uniform_(-self.eps, self.eps)
+
+    def ascent_direction(self, grad: torch.Tensor, images: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        return grad.sign()
+
+    def project(self, images: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        return (images + delta.clamp(-self.eps, self.eps)).clamp(0, 1) - images
+
+
+@register_threat("pgd-l2", tag="seen", column="l2")
+class L2PGD(PGD):
+    """ℓ2 PGD with a random start uniform in radius along a Gaussian direction."""
+
+    norm = "l2"
+
+    def start(self, images: torch.Tensor) -> torch.Tensor:
+        direction = torch.randn_like(images)
+        norms = direction.flatten(1).norm(dim=1).clamp_min(1e-12)
+        radius = self.eps * torch.rand(len(images), device=images.device)
+        return direction * _per_example(radius / norms, images)
+
+    def ascent_direction(self, grad: torch.Tensor, images: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        norms = grad.flatten(1).norm(dim=1).clamp_min(1e-12)
+        return grad / _per_example(norms, grad)
+
+    def project(self, images: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        return project_l2_box(delta, images, self.eps)
+
+
+@register_threat("pgd-l1", tag="seen", column="l1")
+class L1PGD(PGD):
+    """ℓ1 PGD with sparse steepest ascent (SLIDE) and exact projection onto the ℓ1 ball ∩ box."""
+
+    norm = "l1"
+
+    def __init__(self, eps: float, steps: int = 10, step_size: float | None = None, random_start: bool = True,
+                 keep_adversarial: bool = True, sparsity: float = 0.05) -> None:
+        super().__init__(eps, steps, step_size, random_start, keep_adversarial)
+        if not 0 < sparsity <= 1:
+            raise ValueError(f"pgd-l1: sparsity must be in (0, 1], got {sparsity}")
+        self.sparsity = float(sparsity)
+
+    def params(self) -> dict[str, Any]:
+        return {**super().params(), "sparsity": self.sparsity}
+
+    def start(self, images: torch.Tensor) -> torch.Tensor:
+        laplace = torch.distributions.Laplace(0.0, 1.0).sample(images.shape).to(images)
+        norms = laplace.flatten(1).abs().sum(dim=1).clamp_min(1e-12)
+        radius = self.eps * torch.rand(len(images), device=images.device)
+        return laplace * _per_example(radius / norms, images)
+
+    def ascent_direction(self, grad: torch.Tensor, images: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        current = images + delta
+        blocked = ((current <= 0) & (grad < 0)) | ((current >= 1) & (grad > 0))
+        magnitude = grad.abs().masked_fill(blocked, 0).flatten(1)
+        k = max(1, math.ceil(self.sparsity * magnitude.shape[1]))
+        threshold = magnitude.topk(k, dim=1).values[:, -1:]
+        chosen = (magnitude >= threshold) & (magnitude > 0)
+        count = chosen.sum(dim=1, keepdim=True).clamp_min(1)
+        direction = grad.sign().flatten(1) * chosen / count
+        return direction.view_as(grad)
+
+    def project(self, images: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        return project_l1_box(delta, images, self.eps)
+
+
+def project_l2_box(delta: torch.Tensor, images: torch.Tensor, eps: float) -> torch.Tensor:
+    """Exact projection onto {‖δ‖₂ ≤ ε} ∩ {0 ≤ x+δ ≤ 1}: δ = clip(t·z) with t solved from sorted breakpoints."""
+    z = delta.flatten(1).double()
+    x = images.flatten(1).double()
+    room = torch.where(z >= 0, 1 - x, x).clamp_min(0)
+    boxed = torch.minimum(z.abs(), room) * z.sign()
+    inside = boxed.norm(dim=1) <= eps
+    # Coordinate i hits the box at scale r_i = room_i/|z_i|; for t between breakpoints ‖δ(t)‖² = t²·A + C.
+    breaks = torch.where(z != 0, room / z.abs().clamp_min(1e-300), torch.full_like(z, 1e30))
+    breaks, order = breaks.sort(dim=1)
+    z_sq = z.square().gather(1, order)
+    room_sq = room.square().gather(1, order)
+    clipped_sum = room_sq.cumsum(dim=1) - room_sq  # C_j: coordinates before j are clipped
+    free_sum = z_sq.flip(1).cumsum(dim=1).flip(1)  # A_j: coordinates from j on still scale with t
+    values = breaks.square() * free_sum + clipped_sum
+    index = (values >= eps**2).to(torch.int8).argmax(dim=1, keepdim=True)
+    scale = ((eps**2 - clipped_sum.gather(1, index)) / free_sum.gather(1, index).clamp_min(1e-300)).sqrt()
+    scale = torch.where(inside.unsqueeze(1), torch.ones_like(scale), scale.clamp(0, 1))
+    projected = torch.minimum((scale * z).abs(), room) * z.sign()
+    return _shrink_to_budget(projected, eps, 2.0).view_as(delta).to(delta.dtype)
+
+
+def project_l1_box(delta: torch.Tensor, images: torch.Tensor, eps: float) -> torch.Tensor:
+    """Exact projection onto {‖δ‖₁ ≤ ε} ∩ {0 ≤ x+δ ≤ 1} via the sorted breakpoints of ‖δ(λ)‖₁."""
+    z = delta.flatten(1).double()
+    x = images.flatten(1).double()
+    magnitude = z.abs()
+    room = torch.where(z >= 0, 1 - x, x).clamp_min(0)  # how far each coordinate may move in z's direction
+    boxed = torch.minimum(magnitude, room)
+    total = boxed.sum(dim=1)
+    # ‖δ(λ)‖₁ = Σ min(max(|z|-λ, 0), room) decreases with slope -1 per coordinate on [|z|-room, |z|].
+    starts = (magnitude - room).clamp_min(0)
+    events = torch.cat([starts, magnitude], dim=1)
+    slopes = torch.cat([-torch.ones_like(starts), torch.ones_like(magnitude)], dim=1)
+    events, order = events.sort(dim=1)
+    slope_after = slopes.gather(1, order).cumsum(dim=1)
+    gaps = events.diff(dim=1)
+    values = torch.cat([total.unsqueeze(1), total.unsqueeze(1) + (slope_after[:, :-1] * gaps).cumsum(dim=1)], dim=1)
+    index = (values <= eps).to(torch.int8).argmax(dim=1).clamp_min(1)  # first breakpoint at or below ε
+    before = (index - 1).unsqueeze(1)
+    lam = events.gather(1, before) + (values.gather(1, before) - eps) / (-slope_after.gather(1, before)).clamp_min(1)
+    lam = torch.where((total <= eps).unsqueeze(1), torch.zeros_like(lam), lam)
+    projected = z.sign() * torch.minimum((magnitude - lam).clamp_min(0), room)
+    return _shrink_to_budget(projected, eps, 1.0).view_as(delta).to(delta.dtype)
+
+
+def _shrink_to_budget(delta: torch.Tensor, eps: float, p: float) -> torch.Tensor:
+    """Guard against rounding: scale any example whose norm exceeds ε back onto the sphere (stays in the box)."""
+    norms = delta.norm(p=p, dim=1, keepdim=True)
+    return delta * torch.where(norms > eps, eps / norms.clamp_min(1e-300), torch.ones_like(norms))

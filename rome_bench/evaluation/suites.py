@@ -1,0 +1,44 @@
+"""Suites: named lists of threats evaluated together, with the leaderboard columns they fill."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from rome_bench.config import ThreatsConfig
+from rome_bench.registry import Registry
+from rome_bench.threats import Clean, Threat, seen_threats
+
+
+@dataclass(frozen=True)
+class Suite:
+    """``build`` makes the threats from a run's threat settings; 'clean' always comes first."""
+
+    name: str
+    build: Callable[[ThreatsConfig], list[Threat]]
+    columns: tuple[str, ...]
+    titles: dict[str, str]
+    description: str
+
+
+SUITES: Registry[Suite] = Registry("suites")
+
+LP_TITLES = {"nat": "Nat", "l1": "ℓ1", "l2": "ℓ2", "linf": "ℓ∞"}
+
+
+def register_suite(suite: Suite) -> Suite:
+    SUITES.add(suite.name, suite, description=suite.description, columns=suite.columns)
+    return suite
+
+
+def _seen_pgd(threats: ThreatsConfig) -> list[Threat]:
+    return [Clean(), *seen_threats(threats.eps, threats.eval_steps, threats.l1_sparsity, keep_adversarial=True)]
+
+
+register_suite(Suite(
+    name="seen",
+    build=_seen_pgd,
+    columns=("nat", "l1", "l2", "linf"),
+    titles=LP_TITLES,
+    description="clean + ℓ1/ℓ2/ℓ∞ PGD at the run's ε with threats.eval_steps steps (first success kept)",
+))

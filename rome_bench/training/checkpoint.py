@@ -1,0 +1,103 @@
+"""Checkpoints as safetensors + a JSON sidecar, written atomically; never pickle.
+
+A checkpoint is two files, ``<stem>.safetensors`` (tensors) and ``<stem>.json`` (everything else, including the
+sha256 of the tensor file). Each is written to a temporary file in the same directory and moved into place with
+``os.replace``, tensors first, so a reader never sees a half-written file, and a sidecar never points to tensors
+that are not complete: a kill at any moment leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as serialize_tensors
+
+from rome_bench.errors import CheckpointError
+
+CHECKPOINT_DIR = "checkpoints"
+MODEL_STEM = "model"
+KEEP_CHECKPOINTS = 2
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def save_tensors_with_sidecar(directory: Path, stem: str, tensors: dict[str, torch.Tensor],
+                              metadata: dict[str, Any]) -> Path:
+    """Write ``stem.safetensors`` then ``stem.json`` (with the tensors' sha256); returns the JSON path."""
+    blob = serialize_tensors({name: t.detach().cpu().contiguous() for name, t in tensors.items()})
+    atomic_write_bytes(directory / f"{stem}.safetensors", blob)
+    sidecar = {**metadata, "tensors_file": f"{stem}.safetensors", "tensors_sha256": hashlib.sha256(blob).hexdigest()}
+    path = directory / f"{stem}.json"
+    atomic_write_text(path, json.dumps(sidecar, indent=2, sort_keys=True, default=str))
+    return path
+
+
+def load_tensors_with_sidecar(sidecar_path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a sidecar and its tensors, verifying the sha256; a one-line CheckpointError if anything is off."""
+    try:
+        metadata = json.loads(sidecar_path.read_text())
+        blob = (sidecar_path.parent / metadata["tensors_file"]).read_bytes()
+    except FileNotFoundError as error:
+        raise CheckpointError(f"checkpoint file missing: {error.filename}") from error
+    except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"checkpoint sidecar {sidecar_path} is corrupt ({error}); delete it or retrain") \
+            from error
+    if hashlib.sha256(blob).hexdigest() != metadata.get("tensors_sha256"):
+        raise CheckpointError(
+            f"checkpoint {sidecar_path.parent / metadata['tensors_file']} does not match the sha256 in "
+            f"{sidecar_path.name} (corrupt or replaced); delete it or retrain")
+    try:
+        tensors = load_tensors(blob)
+    except Exception as error:
+        raise CheckpointError(f"checkpoint {metadata['tensors_file']} cannot be read ({error})") from error
+    return tensors, metadata
+
+
+def save_training_checkpoint(run_dir: Path, step: int, tensors: dict[str, torch.Tensor],
+                             metadata: dict[str, Any]) -> Path:
+    """Save ``checkpoints/step-XXXXXXXX``; keep the newest KEEP_CHECKPOINTS."""
+    directory = run_dir / CHECKPOINT_DIR
+    path = save_tensors_with_sidecar(directory, f"step-{step:08d}", tensors, {**metadata, "step": step})
+    for old in sorted(directory.glob("step-*.json"))[:-KEEP_CHECKPOINTS]:
+        old.unlink(missing_ok=True)
+        old.with_suffix(".safetensors").unlink(missing_ok=True)
+    return path
+
+
+def latest_training_checkpoint(run_dir: Path) -> Path | None:
+    sidecars = sorted((run_dir / CHECKPOINT_DIR).glob("step-*.json"))
+    return sidecars[-1] if sidecars else None
+
+
+def git_commit() -> str | None:
+    """The commit of the rome_bench source tree, if it is a git checkout."""
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                                text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None

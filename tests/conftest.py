@@ -1,0 +1,62 @@
+"""Shared fixtures: an isolated cache, and a tiny undefended ViT trained once per session on synthetic data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Nothing a test does may write to the user's real cache."""
+    cache = tmp_path_factory.getbasetemp() / "rome-bench-cache"
+    monkeypatch.setenv("ROME_BENCH_CACHE", str(cache))
+    return cache
+
+
+@pytest.fixture(scope="session")
+def synthetic_test():
+    from rome_bench.data import load_dataset
+
+    return load_dataset("synthetic", "test")
+
+
+@pytest.fixture(scope="session")
+def undefended_model():
+    """A 2-block, width-32 ViT trained normally (no adversarial training) on 3,000 synthetic images."""
+    from rome_bench.data import load_dataset
+    from rome_bench.models import MODELS, ImageClassifier
+
+    data = load_dataset("synthetic", "train", size=3000, seed=0)
+    torch.manual_seed(0)
+    backbone = MODELS.get("vit_smoke")(num_classes=10, image_size=32, patch_size=4, embed_dim=32, depth=2,
+                                       num_heads=2)
+    model = ImageClassifier(backbone, data.info.mean, data.info.std)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    images, labels = data.dataset.batch(list(range(len(data.dataset))))
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(6):
+        order = torch.randperm(len(labels), generator=generator)
+        for start in range(0, len(labels), 100):
+            index = order[start:start + 100]
+            loss = F.cross_entropy(model(images[index]), labels[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return model.eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="session")
+def correct_batch(undefended_model, synthetic_test):
+    """64 test images the undefended model classifies correctly."""
+    images, labels = synthetic_test.dataset.batch(list(range(400)))
+    with torch.no_grad():
+        right = undefended_model(images).argmax(1) == labels
+    assert right.float().mean() > 0.7, "the tiny undefended model should learn the synthetic task"
+    return images[right][:64], labels[right][:64]

@@ -1,0 +1,106 @@
+"""The command line end to end, through the installed entry point, on the synthetic dataset."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TINY = ["--preset", "smoke", "--set", "model.backbone=vit_micro", "--train-size", "128", "--epochs", "1",
+        "--set", "threats.train_steps.l1=2", "--set", "threats.train_steps.l2=2", "--set",
+        "threats.train_steps.linf=1", "--no-progress"]
+
+
+def rome_bench(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "rome_bench.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("cli") / "demo"
+    result = rome_bench("train", "--method", "rome+max", *TINY, "--out", str(run))
+    assert result.returncode == 0, result.stderr
+    return run
+
+
+def test_train_eval_leaderboard_end_to_end(trained_run, tmp_path):
+    store = tmp_path / "results.sqlite"
+    config = json.loads((trained_run / "config.json").read_text())
+    assert config["train"]["method"] == "rome+max" and config["data"]["dataset"] == "synthetic"
+    result = rome_bench("eval", "--run", str(trained_run), "--suite", "seen", "--n-examples", "24", "--store",
+                        str(store), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    board = rome_bench("leaderboard", "--suite", "seen", "--store", str(store))
+    assert board.returncode == 0, board.stderr
+    row = next(line for line in board.stdout.splitlines() if line.startswith("| rome+max (demo)"))
+    assert "| 24 |" in row
+    as_json = json.loads(rome_bench("leaderboard", "--store", str(store), "--format", "json").stdout)
+    values = as_json["rows"][0]["accuracy"]
+    assert values["union"] <= min(values["l1"], values["l2"], values["linf"])
+
+
+def test_unknown_method_fails_cleanly_and_writes_nothing(tmp_path):
+    result = rome_bench("train", "--method", "rome+maxx", *TINY, "--out", str(tmp_path / "x"))
+    assert_one_line_error(result, "unknown methods 'rome+maxx'", "did you mean 'rome+max'")
+    assert not (tmp_path / "x").exists()
+
+
+def test_unknown_suite_fails_cleanly(trained_run, tmp_path):
+    result = rome_bench("eval", "--run", str(trained_run), "--suite", "sen", "--store", str(tmp_path / "s.db"))
+    assert_one_line_error(result, "unknown suites 'sen'", "did you mean 'seen'")
+    assert not (tmp_path / "s.db").exists()
+
+
+def test_missing_data_fails_cleanly_and_writes_nothing(tmp_path):
+    result = rome_bench("train", *TINY, "--dataset", "cifar10", "--data-dir", str(tmp_path / "nowhere"), "--out",
+                        str(tmp_path / "x"))
+    assert_one_line_error(result, "nowhere")
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--epochs", "0"], "train.epochs must be >= 1"),
+    (["--set", "train.lr=fast"], "train.lr must be a number"),
+    (["--set", "train.nonsense=1"], "unknown config field 'train.nonsense'"),
+    (["--preset", "tiny"], "unknown preset 'tiny'"),
+])
+def test_bad_flag_values_fail_cleanly(tmp_path, flags, needle):
+    result = rome_bench("train", *TINY, *flags, "--out", str(tmp_path / "x"))
+    assert_one_line_error(result, needle)
+    assert not (tmp_path / "x").exists()
+
+
+def test_corrupt_checkpoint_fails_cleanly(trained_run, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("config.json", "model.json", "model.safetensors"):
+        (broken / name).write_bytes((trained_run / name).read_bytes())
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"oops")
+    result = rome_bench("eval", "--run", str(broken), "--store", str(tmp_path / "s.db"))
+    assert_one_line_error(result, "sha256")
+
+
+def test_existing_run_needs_resume_or_force(trained_run):
+    before = (trained_run / "model.safetensors").read_bytes()
+    result = rome_bench("train", "--method", "rome+max", *TINY, "--out", str(trained_run))
+    assert_one_line_error(result, "--resume", "--force")
+    assert (trained_run / "model.safetensors").read_bytes() == before
+
+
+def test_list_shows_registered_entries():
+    result = rome_bench("list", "threats")
+    assert result.returncode == 0
+    assert "pgd-l1" in result.stdout and "tag=seen" in result.stdout

@@ -1,0 +1,29 @@
+"""Real CIFAR-10: train smoke on a subset, evaluate, leaderboard. Runs only when ROME_BENCH_DATA is set."""
+
+import json
+import os
+
+import pytest
+
+from tests.test_cli import rome_bench
+
+pytestmark = [pytest.mark.realdata, pytest.mark.skipif(not os.environ.get("ROME_BENCH_DATA"),
+                                                       reason="ROME_BENCH_DATA is not set")]
+
+
+def test_smoke_on_a_cifar10_subset_end_to_end(tmp_path):
+    run, store = tmp_path / "cifar-demo", tmp_path / "results.sqlite"
+    train = rome_bench("train", "--method", "rome+max", "--preset", "smoke", "--dataset", "cifar10",
+                       "--train-size", "256", "--epochs", "1", "--set", "threats.train_steps.l1=2", "--set",
+                       "threats.train_steps.l2=2", "--set", "threats.train_steps.linf=1", "--out", str(run),
+                       "--no-progress")
+    assert train.returncode == 0, train.stderr
+    sidecar = json.loads((run / "model.json").read_text())
+    assert sidecar["dataset"] == "cifar10" and sidecar["num_classes"] == 10
+    evaluation = rome_bench("eval", "--run", str(run), "--n-examples", "32", "--store", str(store), "--no-progress")
+    assert evaluation.returncode == 0, evaluation.stderr
+    board = rome_bench("leaderboard", "--store", str(store), "--dataset", "cifar10", "--reference",
+                       "rome-paper-table1")
+    assert board.returncode == 0, board.stderr
+    assert any(line.startswith("| rome+max (cifar-demo) | 32 |") for line in board.stdout.splitlines())
+    assert "reported by the paper" in board.stdout

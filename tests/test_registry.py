@@ -1,0 +1,86 @@
+import sys
+import textwrap
+
+import pytest
+
+from rome_bench.errors import RomeBenchError, UnknownEntryError
+from rome_bench.registry import Registry
+
+
+def test_register_get_and_metadata():
+    registry: Registry[object] = Registry("widgets")
+
+    @registry.register("round-widget", sides=0)
+    class Round:
+        pass
+
+    assert registry.get("round-widget") is Round
+    assert registry.entry("round-widget").metadata == {"sides": 0}
+    assert registry.names() == ["round-widget"]
+    assert "round-widget" in registry
+
+
+def test_unknown_name_suggests_the_closest():
+    registry: Registry[int] = Registry("widgets")
+    registry.add("pgd-linf", 1)
+    registry.add("pgd-l2", 2)
+    with pytest.raises(UnknownEntryError, match="did you mean 'pgd-linf'"):
+        registry.get("pgd-lnf")
+
+
+def test_duplicate_name_is_an_error():
+    registry: Registry[int] = Registry("widgets")
+    registry.add("a", 1)
+    with pytest.raises(RomeBenchError, match="registered twice"):
+        registry.add("a", 2)
+
+
+def test_entry_points_add_entries(tmp_path, monkeypatch):
+    """A third-party package adds a threat through the entry-point group, with no rome_bench edit."""
+    (tmp_path / "my_threats.py").write_text(textwrap.dedent("""
+        from rome_bench.threats import Threat, register_threat, LpBudget
+
+        @register_threat("plugin-noise", tag="unseen")
+        class PluginNoise(Threat):
+            def params(self): return {}
+            def budget(self): return LpBudget("linf", 0.0)
+            def __call__(self, model, images, labels): return images
+    """))
+    info = tmp_path / "my_threats-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: my-threats\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[rome_bench.threats]\nplugin-noise = my_threats\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from rome_bench.threats import THREATS
+
+    monkeypatch.setattr(THREATS, "_plugins_loaded", False)
+    try:
+        assert "plugin-noise" in THREATS.names()
+        assert THREATS.entry("plugin-noise").metadata["tag"] == "unseen"
+    finally:
+        THREATS._entries.pop("plugin-noise", None)
+        sys.modules.pop("my_threats", None)
+
+
+def test_readme_threat_example_registers(tmp_path):
+    """The 'add a threat' example in the README runs as written."""
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    start = readme.index("```python\n# my_threat.py")
+    code = readme[start + len("```python\n"):readme.index("```", start + 10)]
+    namespace: dict = {}
+    exec(compile(code, "my_threat.py", "exec"), namespace)
+    from rome_bench.threats import THREATS
+
+    try:
+        threat_class = THREATS.get("gaussian-noise")
+        import torch
+
+        threat = threat_class(sigma=0.1)
+        images = torch.rand(2, 3, 8, 8)
+        out = threat(torch.nn.Identity(), images, torch.zeros(2, dtype=torch.long))
+        assert out.min() >= 0 and out.max() <= 1
+        assert threat.budget().check(images, out).measured.max() <= 0.1 * 4 + 1e-6
+    finally:
+        THREATS._entries.pop("gaussian-noise", None)

@@ -31,8 +31,8 @@ def _flag_overrides(**flags: object) -> list[str]:
     return [f"{paths[name]}={value}" for name, value in flags.items() if value is not None]
 
 
-def resolve_config(preset_name: str, assignments: list[str]) -> RunConfig:
-    config = preset(preset_name)
+def resolve_config(base: RunConfig, assignments: list[str]) -> RunConfig:
+    config = base
     for assignment in assignments:
         config = apply_override(config, assignment)
     validate(config)
@@ -42,8 +42,9 @@ def resolve_config(preset_name: str, assignments: list[str]) -> RunConfig:
 @app.command()
 def train(
     method: Annotated[str | None, typer.Option(help="Training recipe, e.g. rome+max, max, random, avg.")] = None,
-    preset_name: Annotated[str, typer.Option("--preset", help="smoke | cifar10 | imagenet100 | imagenet1k")] = (
-        "cifar10"),
+    preset_name: Annotated[str | None, typer.Option(
+        "--preset", help="smoke | cifar10 | imagenet100 | imagenet1k (default cifar10; on --resume the run's)",
+    )] = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<method>-<preset>).")] = None,
     dataset: Annotated[str | None, typer.Option(help="Dataset name (smoke uses synthetic).")] = None,
     data_dir: Annotated[str | None, typer.Option(help="Local data: folder or .tar.gz (see README).")] = None,
@@ -69,17 +70,22 @@ def train(
 ) -> None:
     """Train a model with a multi-perturbation adversarial training recipe."""
     from rome_bench.training.methods import METHODS
-    from rome_bench.training.trainer import Trainer
+    from rome_bench.training.trainer import Trainer, read_run_config
 
     overrides = _flag_overrides(method=method, dataset=dataset, data_dir=data_dir, epochs=epochs,
                                 batch_size=batch_size, lr=lr, train_size=train_size, backbone=backbone,
                                 num_experts=num_experts, rank=rank, lambda_div=lambda_div, eps_l1=eps_l1,
                                 eps_l2=eps_l2, eps_linf=eps_linf, pretrained=pretrained, seed=seed, device=device,
                                 checkpoint_every=checkpoint_every)
-    config = resolve_config(preset_name, overrides + list(set_ or []))
-    METHODS.get(config.train.method)  # an unknown method fails here, before anything is written
     if resume and force:
         raise ConfigError("--resume and --force exclude each other: resume a run or overwrite it, not both")
+    if resume and out is None:
+        raise ConfigError("--resume needs --out DIR, the run directory to continue")
+    base = preset(preset_name or "cifar10")
+    if resume and preset_name is None:
+        base = read_run_config(out)  # type: ignore[arg-type]
+    config = resolve_config(base, overrides + list(set_ or []))
+    METHODS.get(config.train.method)  # an unknown method fails here, before anything is written
     run_dir = out or Path("runs") / f"{config.train.method}-{config.preset}"
     final = Trainer(config, run_dir, progress=progress).fit(resume=resume, force=force)
     typer.echo(f"trained {config.train.method} ({config.preset}) -> {final.parent}")
@@ -102,16 +108,17 @@ def evaluate(
     from rome_bench.evaluation.runner import evaluate_run, load_run
     from rome_bench.evaluation.store import ResultStore
     from rome_bench.evaluation.suites import SUITES
-    from rome_bench.training.trainer import resolve_device
+    from rome_bench.training.trainer import read_run_config, resolve_device
 
     if batch_size < 1:
         raise ConfigError("--batch-size must be >= 1")
+    if n_examples is not None and n_examples < 1:
+        raise ConfigError("--n-examples must be >= 1")
     chosen_suite = SUITES.get(suite)
     torch_device = resolve_device(device)
-    loaded = load_run(run, torch_device)
-    if data_dir is not None:
-        loaded.config.data.data_dir = data_dir
-    data = load_dataset(loaded.config.data.dataset, "test", loaded.config.data.data_dir)
+    config = read_run_config(run)
+    data = load_dataset(config.data.dataset, "test", data_dir or config.data.data_dir)
+    loaded = load_run(run, data.info, torch_device)
     ids = evaluation_indices(len(data.dataset), n_examples or loaded.config.data.eval_examples)
     threats = chosen_suite.build(loaded.config.threats)
     row_label = label or f"{loaded.config.train.method} ({run.name})"

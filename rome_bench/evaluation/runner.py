@@ -8,6 +8,7 @@ the threat's declared budget; a violation is a ThreatOutputError naming the thre
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -20,14 +21,14 @@ from torch import nn
 from tqdm import tqdm
 
 from rome_bench.config import RunConfig
-from rome_bench.data import LoadedDataset, load_dataset
+from rome_bench.data import DatasetInfo, LoadedDataset
 from rome_bench.errors import CheckpointError, ThreatOutputError
 from rome_bench.evaluation.store import ResultStore
 from rome_bench.models import content_hash, create_model
 from rome_bench.threats import Clean, Threat
 from rome_bench.training.checkpoint import MODEL_STEM, load_tensors_with_sidecar
 from rome_bench.training.methods import METHODS
-from rome_bench.training.trainer import CONFIG_FILE
+from rome_bench.training.trainer import read_run_config
 
 
 @dataclass
@@ -39,28 +40,27 @@ class LoadedRun:
     run_dir: Path
 
 
-def load_run(run_dir: Path, device: torch.device) -> LoadedRun:
-    """Rebuild a finished run's model from config.json and model.safetensors (sha256-checked)."""
+def load_run(run_dir: Path, info: DatasetInfo, device: torch.device) -> LoadedRun:
+    """Rebuild a finished run's model from config.json and model.safetensors (sha256-checked).
+
+    The model hash covers the weights and the model config (β schedule, gating, …), which weights alone do not fix.
+    """
+    config = read_run_config(run_dir)
     sidecar = run_dir / f"{MODEL_STEM}.json"
-    if not (run_dir / CONFIG_FILE).exists():
-        raise CheckpointError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); train one with rome-bench train")
     if not sidecar.exists():
         raise CheckpointError(f"run {run_dir} has no final model yet; finish it with "
                               f"rome-bench train --out {run_dir} --resume")
     tensors, metadata = load_tensors_with_sidecar(sidecar)
-    try:
-        config = RunConfig.from_dict(json.loads((run_dir / CONFIG_FILE).read_text()))
-    except (json.JSONDecodeError, TypeError) as error:
-        raise CheckpointError(f"{run_dir / CONFIG_FILE} is corrupt ({error})") from error
-    data = load_dataset(config.data.dataset, "test", config.data.data_dir)
-    model = create_model(config.model, data.info, with_experts=METHODS.get(config.train.method).uses_experts)
+    model = create_model(config.model, info, with_experts=METHODS.get(config.train.method).uses_experts)
     try:
         model.load_state_dict(tensors)
     except RuntimeError as error:
         raise CheckpointError(f"weights in {run_dir} do not fit the model its config describes: "
                               f"{str(error).splitlines()[0]}") from error
     model.to(device).eval().requires_grad_(False)
-    return LoadedRun(model, config, metadata, content_hash(model), run_dir)
+    model_config = json.dumps(dataclasses.asdict(config.model), sort_keys=True)
+    model_hash = hashlib.sha256(f"{content_hash(model)}/{model_config}".encode()).hexdigest()
+    return LoadedRun(model, config, metadata, model_hash, run_dir)
 
 
 def verify_threat_output(threat: Threat, clean: torch.Tensor, perturbed: torch.Tensor,

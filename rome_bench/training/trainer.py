@@ -46,6 +46,17 @@ CONFIG_FILE = "config.json"
 RUN_FILES = (CONFIG_FILE, f"{MODEL_STEM}.json", f"{MODEL_STEM}.safetensors")
 
 
+def read_run_config(run_dir: Path) -> RunConfig:
+    """The resolved config a run was trained with."""
+    path = run_dir / CONFIG_FILE
+    if not path.exists():
+        raise CheckpointError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); train one with rome-bench train")
+    try:
+        return RunConfig.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError, AttributeError) as error:
+        raise CheckpointError(f"{path} is corrupt ({error}); restore it or retrain") from error
+
+
 def learning_rate(config: TrainConfig, epoch_progress: float) -> float:
     """The paper's schedule: linear warm-up, linear decay to decay_floor·lr, then to final_floor·lr.
 
@@ -129,7 +140,8 @@ def adversarial_training_step(model: nn.Module, method: Method, threats: list[Th
     optimizer.step()
     correct = logits.argmax(1) == targets
     return StepStats(
-        loss=float(loss), div_loss=float(div) if div is not None else 0.0, clean_correct=clean_correct,
+        loss=float(loss.detach()), div_loss=float(div.detach()) if div is not None else 0.0,
+        clean_correct=clean_correct,
         examples=len(images),
         threat_correct=[int(correct[threat_ids == t].sum()) for t in range(len(threats))],
         threat_examples=[int((threat_ids == t).sum()) for t in range(len(threats))],
@@ -167,8 +179,12 @@ class RunningMetrics:
         return result
 
 
-def prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool, force: bool) -> None:
-    """Refuse to overwrite a run unless --resume or --force; on resume the saved config must match."""
+def check_run_dir(run_dir: Path, config: RunConfig, resume: bool, force: bool) -> bool:
+    """Refuse to overwrite a run unless --resume or --force; on resume the saved config must match.
+
+    Returns whether an old run must be cleared (with --force), which the trainer does only once the new run's
+    data and model have been built, so a failing start never loses the old run.
+    """
     saved = run_dir / CONFIG_FILE
     has_run = saved.exists() or (run_dir / CHECKPOINT_DIR).exists() or (run_dir / f"{MODEL_STEM}.json").exists()
     if resume:
@@ -178,14 +194,17 @@ def prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool, force: bool)
         previous.train.device = config.train.device
         if previous.to_dict() != config.to_dict():
             raise CheckpointError(f"--resume with settings that differ from {saved}; resume without changing flags")
-        return
+        return False
     if has_run and not force:
         raise CheckpointError(f"run directory {run_dir} already holds a run; use --resume to continue it, "
                               f"--force to overwrite it, or another --out")
-    if has_run and force:
-        shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
-        for name in RUN_FILES:
-            (run_dir / name).unlink(missing_ok=True)
+    return has_run
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
 
 
 class Trainer:
@@ -210,8 +229,7 @@ class Trainer:
             on_step: Callable[[int], None] | None = None) -> Path:
         """Train to the end; returns the final model's sidecar path. ``on_step(global_step)`` runs after each step."""
         config = self.config
-        if self.writes:
-            prepare_run_dir(self.run_dir, config, resume, force)
+        must_clear = check_run_dir(self.run_dir, config, resume, force) if self.writes else False
         data = load_dataset(config.data.dataset, "train", config.data.data_dir, size=config.data.train_size,
                             seed=config.train.seed)
         torch.manual_seed(config.train.seed)
@@ -221,6 +239,8 @@ class Trainer:
                                keep_adversarial=False)
         diversification = self._diversification()
         if self.writes and not resume:
+            if must_clear:
+                clear_run_dir(self.run_dir)
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / CONFIG_FILE, config.to_json())
         global_step = self._restore(model, optimizer) if resume else 0

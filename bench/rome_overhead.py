@@ -22,6 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from rome_bench.config import preset
 from rome_bench.data import DatasetInfo
 from rome_bench.models import create_model
+from rome_bench.training.trainer import build_optimizer
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -104,7 +105,7 @@ def main() -> None:
 
     params = {name: count_parameters(m) for name, m in models.items()}
     flops = {name: forward_flops(m, single) for name, m in models.items()}
-    steps = alternate_median({name: train_step(m.train(), torch.optim.AdamW(m.parameters()), images, labels)
+    steps = alternate_median({name: train_step(m.train(), build_optimizer(m, config.train), images, labels)
                               for name, m in models.items()}, args.repeats, args.warmup, device)
     batch_latency = alternate_median({name: inference(m.eval(), images) for name, m in models.items()},
                                      args.repeats, args.warmup, device)

@@ -138,13 +138,14 @@ def _smoke() -> RunConfig:
     config = RunConfig(preset="smoke")
     config.model.backbone = "vit_smoke"
     config.model.rome = RomeConfig(rank=1, gate_hidden=2)  # keeps RoME at ≤ 1.05× the backbone's parameters
-    config.data = DataConfig(dataset="synthetic", train_size=2000, eval_examples=500, augment=False)
+    config.data = DataConfig(dataset="synthetic", train_size=4000, eval_examples=500, augment=False)
     config.threats.train_steps = {"l1": 5, "l2": 5, "linf": 3}
     config.threats.eval_steps = {"l1": 20, "l2": 20, "linf": 20}
     config.threats.l1_sparsity = 0.05
-    config.train.epochs = 3
-    config.train.warmup_epochs, config.train.decay_epochs, config.train.final_epochs = 0.5, 1.5, 1.0
-    config.train.checkpoint_every = 10
+    config.train.epochs = 4
+    config.train.lr = 2e-3  # a tiny ViT on few examples learns faster with a larger step
+    config.train.warmup_epochs, config.train.decay_epochs, config.train.final_epochs = 0.5, 2.5, 1.0
+    config.train.checkpoint_every = 25
     return config
 
 

@@ -41,28 +41,41 @@ class GateOutput:
     name: str
 
 
-def _gating_mlp(dim_in: int, hidden: int, num_experts: int) -> nn.Module:
-    if hidden == 0:
-        return nn.Linear(dim_in, num_experts)
-    return nn.Sequential(nn.Linear(dim_in, hidden), nn.GELU(), nn.Linear(hidden, num_experts))
-
-
 class DualScaleGate(nn.Module):
-    """Per-token local gate and mean-token global gate, mixed by a fixed β(l)."""
+    """Per-token local gate and mean-token global gate, mixed by a fixed β(l).
+
+    MLP_local and MLP_global are Linear → GELU → Linear (``hidden`` units; 0 = a single Linear). Their first
+    layers are exposed as one stacked matrix so that the expert layer can compute them in the same matmul as the
+    experts' A; the global branch averages the first layer's output over tokens, which equals applying it to the
+    token mean because the layer is affine.
+    """
 
     def __init__(self, dim_in: int, num_experts: int, hidden: int, beta: float, layer: int, name: str) -> None:
         super().__init__()
-        self.local_mlp = _gating_mlp(dim_in, hidden, num_experts)
-        self.global_mlp = _gating_mlp(dim_in, hidden, num_experts)
+        self.width = hidden or num_experts
+        self.local_in = nn.Linear(dim_in, self.width)
+        self.global_in = nn.Linear(dim_in, self.width)
+        self.local_out = nn.Linear(hidden, num_experts) if hidden else None
+        self.global_out = nn.Linear(hidden, num_experts) if hidden else None
         self.beta = beta
         self.layer = layer
         self.name = name
         self.last: GateOutput | None = None
 
+    def first_layer(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stacked weight (2w × d_in) and bias (2w) of the local and global first layers."""
+        weight = torch.cat([self.local_in.weight, self.global_in.weight])
+        return weight, torch.cat([self.local_in.bias, self.global_in.bias])
+
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        local = self.local_mlp(hidden_states).softmax(dim=-1)
-        global_ = self.global_mlp(hidden_states.mean(dim=1)).softmax(dim=-1)
-        fused = (1.0 - self.beta) * local + self.beta * global_.unsqueeze(1)
+        return self.from_first_layer(F.linear(hidden_states, *self.first_layer()))
+
+    def from_first_layer(self, first: torch.Tensor) -> torch.Tensor:
+        """Gates from the first layers' output (B, T, 2w); records local, global and fused gates."""
+        local_first, global_first = first.split(self.width, dim=-1)
+        local = _second_layer(local_first, self.local_out).softmax(dim=-1)
+        global_ = _second_layer(global_first.mean(dim=1), self.global_out).softmax(dim=-1)
+        fused = torch.lerp(local, global_.unsqueeze(1), self.beta)  # (1 − β)·u + β·v
         self.last = GateOutput(local, global_, fused, self.layer, self.name)
         return fused
 
@@ -70,8 +83,15 @@ class DualScaleGate(nn.Module):
         return f"layer={self.layer}, beta={self.beta:.4f}"
 
 
+def _second_layer(first: torch.Tensor, layer: nn.Linear | None) -> torch.Tensor:
+    return first if layer is None else layer(F.gelu(first))
+
+
 class LoRAExpertMixture(nn.Module):
-    """A linear layer plus K gated LoRA experts (Eq. 2); B = 0 at init, so it starts equal to the base layer."""
+    """A linear layer plus K gated LoRA experts (Eq. 2); B = 0 at init, so it starts equal to the base layer.
+
+    One matmul computes all experts' A h and the gates' first layers; a second computes Σ_k g_k B_k (A_k h).
+    """
 
     def __init__(self, base: nn.Linear, num_experts: int, rank: int, gate: DualScaleGate) -> None:
         super().__init__()
@@ -86,10 +106,14 @@ class LoRAExpertMixture(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         batch, tokens, _ = hidden_states.shape
-        gates = self.gate(hidden_states)  # (B, T, K)
-        low_rank = F.linear(hidden_states, self.lora_A).view(batch, tokens, self.num_experts, self.rank)
-        mixed = (low_rank * gates.unsqueeze(-1)).view(batch, tokens, self.num_experts * self.rank)
-        return self.base(hidden_states) + F.linear(mixed, self.lora_B)
+        gate_weight, gate_bias = self.gate.first_layer()
+        down = F.linear(hidden_states, torch.cat([self.lora_A, gate_weight]))
+        low_rank, gate_first = down.split([self.num_experts * self.rank, len(gate_bias)], dim=-1)
+        gates = self.gate.from_first_layer(gate_first + gate_bias)  # (B, T, K)
+        mixed = (low_rank.view(batch, tokens, self.num_experts, self.rank) * gates.unsqueeze(-1)).flatten(2)
+        # W h + B·mixed as one matmul over [h, mixed]: avoids two thin matmuls when K·r is small
+        weight = torch.cat([self.base.weight, self.lora_B], dim=1)
+        return F.linear(torch.cat([hidden_states, mixed], dim=-1), weight, self.base.bias)
 
 
 def add_rome_experts(backbone: nn.Module, config: RomeConfig) -> nn.Module:

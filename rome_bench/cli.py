@@ -95,6 +95,8 @@ def train(
 def evaluate(
     run: Annotated[Path, typer.Option(help="Run directory written by rome-bench train.")],
     suite: Annotated[str, typer.Option(help="Threat suite, e.g. seen.")] = "seen",
+    threat: Annotated[list[str] | None, typer.Option(
+        help="Only this threat of the suite (repeatable); clean always runs. The leaderboard needs them all.")] = None,
     n_examples: Annotated[int | None, typer.Option(help="Size of the fixed, seeded test subset.")] = None,
     store: Annotated[Path | None, typer.Option(help="SQLite results store (default: in the cache dir).")] = None,
     batch_size: Annotated[int, typer.Option()] = 128,
@@ -120,13 +122,30 @@ def evaluate(
     data = load_dataset(config.data.dataset, "test", data_dir or config.data.data_dir)
     loaded = load_run(run, data.info, torch_device)
     ids = evaluation_indices(len(data.dataset), n_examples or loaded.config.data.eval_examples)
-    threats = chosen_suite.build(loaded.config.threats)
+    threats = select_threats(chosen_suite.build(loaded.config.threats), threat or [], suite)
     row_label = label or f"{loaded.config.train.method} ({run.name})"
     with ResultStore(store or default_store()) as results:
         evaluate_run(loaded, chosen_suite.name, threats, data, ids, results, batch_size, torch_device, row_label,
-                     progress)
+                     progress, complete=not threat)
         typer.echo(f"evaluated {row_label} on suite '{suite}' ({len(ids)} examples) -> {results.path}")
+        if threat:
+            typer.echo("only some threats were run: the suite's leaderboard row appears once all have been")
+            return
         _print_leaderboard(results, chosen_suite.name, data.info.name, "md", [])
+
+
+def select_threats(threats: list, names: list[str], suite: str) -> list:
+    """The suite's threats restricted to ``names`` (plus clean); unknown or foreign names are errors."""
+    from rome_bench.threats import THREATS
+
+    if not names:
+        return threats
+    in_suite = [threat.name for threat in threats]
+    for name in names:
+        THREATS.get(name)  # an unregistered name fails with "did you mean"
+        if name not in in_suite:
+            raise ConfigError(f"threat '{name}' is not in suite '{suite}'; it has: {', '.join(in_suite)}")
+    return [threat for threat in threats if threat.name == "clean" or threat.name in names]
 
 
 @app.command()
@@ -194,16 +213,35 @@ def default_store() -> Path:
     return cache_dir() / "results.sqlite"
 
 
+def _click_error_classes() -> tuple[type[Exception], type[Exception]]:
+    """(UsageError, ClickException) of the click that typer runs on (typer ≥ 0.2x vendors its own copy)."""
+    bases = {cls.__name__: cls for cls in typer.BadParameter.__mro__}
+    return bases["UsageError"], bases["ClickException"]
+
+
 def main() -> None:
+    usage_error, click_exception = _click_error_classes()
     try:
-        app()
+        code = app(standalone_mode=False)
+    except usage_error as error:  # a bad flag or value: one line that names it
+        if type(error).__name__ == "NoArgsIsHelpError":
+            print(error.format_message())  # type: ignore[attr-defined]
+            sys.exit(0)
+        context = error.ctx  # type: ignore[attr-defined]
+        hint = f" (see rome-bench {context.info_name} --help)" if context is not None and context.parent else ""
+        print(f"error: {error.format_message()}{hint}", file=sys.stderr)  # type: ignore[attr-defined]
+        sys.exit(2)
+    except click_exception as error:
+        print(f"error: {error.format_message()}", file=sys.stderr)  # type: ignore[attr-defined]
+        sys.exit(error.exit_code)  # type: ignore[attr-defined]
     except RomeBenchError as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, typer.Abort):
         print("interrupted: checkpoints and stored results written so far are intact", file=sys.stderr)
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,12 @@ def test_unknown_suite_fails_cleanly(trained_run, tmp_path):
     assert not (tmp_path / "s.db").exists()
 
 
+def test_unknown_threat_fails_cleanly(trained_run, tmp_path):
+    result = rome_bench("eval", "--run", str(trained_run), "--threat", "pgd-lnf", "--store", str(tmp_path / "s.db"))
+    assert_one_line_error(result, "unknown threats 'pgd-lnf'", "did you mean 'pgd-linf'")
+    assert not (tmp_path / "s.db").exists()
+
+
 def test_missing_data_fails_cleanly_and_writes_nothing(tmp_path):
     result = rome_bench("train", *TINY, "--dataset", "cifar10", "--data-dir", str(tmp_path / "nowhere"), "--out",
                         str(tmp_path / "x"))
@@ -75,6 +81,8 @@ def test_missing_data_fails_cleanly_and_writes_nothing(tmp_path):
     (["--set", "train.lr=fast"], "train.lr must be a number"),
     (["--set", "train.nonsense=1"], "unknown config field 'train.nonsense'"),
     (["--preset", "tiny"], "unknown preset 'tiny'"),
+    (["--epochs", "many"], "Invalid value for '--epochs'"),
+    (["--no-such-flag"], "No such option: --no-such-flag"),
 ])
 def test_bad_flag_values_fail_cleanly(tmp_path, flags, needle):
     result = rome_bench("train", *TINY, *flags, "--out", str(tmp_path / "x"))

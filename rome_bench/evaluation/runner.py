@@ -149,11 +149,13 @@ def _correct_under_threat(model: nn.Module, threat: Threat, images: torch.Tensor
 
 def evaluate_run(run: LoadedRun, suite_name: str, threats: list[Threat], data: LoadedDataset,
                  example_ids: list[int], store: ResultStore, batch_size: int, device: torch.device,
-                 label: str, progress: bool = True) -> None:
-    """Evaluate a loaded run on a suite and record the suite run (for the leaderboard)."""
+                 label: str, progress: bool = True, complete: bool = True) -> None:
+    """Evaluate a loaded run on a suite; a ``complete`` run (every threat) is recorded for the leaderboard."""
     store.record_model(run.model_hash, label, run.config.train.method, str(run.run_dir),
                        {"git_commit": run.metadata.get("git_commit"), "preset": run.config.preset})
     evaluate_threats(run.model, run.model_hash, threats, data, example_ids, store, batch_size, device, progress)
+    if not complete:
+        return
     store.record_suite_run(run.model_hash, suite_name, data.fingerprint, data.info.name,
                            [threat.key for threat in threats], example_ids,
                            datetime.now(timezone.utc).isoformat(timespec="seconds"))

@@ -2,11 +2,15 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 TINY = ["--preset", "smoke", "--set", "model.backbone=vit_micro", "--train-size", "128", "--epochs", "1",
         "--set", "threats.train_steps.l1=2", "--set", "threats.train_steps.l2=2", "--set",
@@ -112,3 +116,26 @@ def test_list_shows_registered_entries():
     result = rome_bench("list", "threats")
     assert result.returncode == 0
     assert "pgd-l1" in result.stdout and "tag=seen" in result.stdout
+
+
+def test_sigkill_mid_run_then_resume_ends_where_an_unbroken_run_ends(tmp_path):
+    """A real kill -9 of the training process, then `--resume` with only --out: same final weights."""
+    args = ["--method", "rome+random", *TINY, "--train-size", "96", "--batch-size", "16", "--epochs", "3",
+            "--checkpoint-every", "2"]
+    unbroken, broken = tmp_path / "unbroken", tmp_path / "broken"
+    assert rome_bench("train", *args, "--out", str(unbroken)).returncode == 0
+    process = subprocess.Popen([sys.executable, "-m", "rome_bench.cli", "train", *args, "--out", str(broken)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (broken / "checkpoints" / "step-00000004.json").exists() and process.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    if (broken / "model.json").exists():
+        pytest.skip("the run finished before it could be killed")
+    resumed = rome_bench("train", "--out", str(broken), "--resume", "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    expected, actual = load_file(unbroken / "model.safetensors"), load_file(broken / "model.safetensors")
+    assert expected.keys() == actual.keys()
+    assert all(torch.equal(expected[name], actual[name]) for name in expected)

@@ -107,9 +107,10 @@ class LoRAExpertMixture(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         batch, tokens, _ = hidden_states.shape
         gate_weight, gate_bias = self.gate.first_layer()
-        down = F.linear(hidden_states, torch.cat([self.lora_A, gate_weight]))
-        low_rank, gate_first = down.split([self.num_experts * self.rank, len(gate_bias)], dim=-1)
-        gates = self.gate.from_first_layer(gate_first + gate_bias)  # (B, T, K)
+        no_bias = gate_bias.new_zeros(len(self.lora_A))  # the experts' A has no bias
+        down = F.linear(hidden_states, torch.cat([self.lora_A, gate_weight]), torch.cat([no_bias, gate_bias]))
+        low_rank, gate_first = down.split([len(self.lora_A), len(gate_bias)], dim=-1)
+        gates = self.gate.from_first_layer(gate_first)  # (B, T, K)
         mixed = (low_rank.view(batch, tokens, self.num_experts, self.rank) * gates.unsqueeze(-1)).flatten(2)
         # W h + B·mixed as one matmul over [h, mixed]: avoids two thin matmuls when K·r is small
         weight = torch.cat([self.base.weight, self.lora_B], dim=1)

@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from rome_bench.config import RunConfig, apply_override, preset, validate
 from rome_bench.errors import ConfigError, RomeBenchError
+
+if TYPE_CHECKING:  # the heavy modules are imported by the commands that need them
+    from rome_bench.evaluation.store import ResultStore
+    from rome_bench.threats import Threat
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
                   no_args_is_help=True, help="Train and evaluate models against multiple adversarial threats.")
@@ -134,7 +138,7 @@ def evaluate(
         _print_leaderboard(results, chosen_suite.name, data.info.name, "md", [])
 
 
-def select_threats(threats: list, names: list[str], suite: str) -> list:
+def select_threats(threats: list[Threat], names: list[str], suite: str) -> list[Threat]:
     """The suite's threats restricted to ``names`` (plus clean); unknown or foreign names are errors."""
     from rome_bench.threats import THREATS
 
@@ -169,7 +173,7 @@ def leaderboard(
         _print_leaderboard(results, chosen.name, dataset, format_, list(reference or []))
 
 
-def _print_leaderboard(results: object, suite: str, dataset: str | None, format_: str,
+def _print_leaderboard(results: ResultStore, suite: str, dataset: str | None, format_: str,
                        references: list[str]) -> None:
     from rome_bench.evaluation.leaderboard import RENDERERS, build_leaderboard
     from rome_bench.evaluation.reference import load_reference
@@ -179,7 +183,7 @@ def _print_leaderboard(results: object, suite: str, dataset: str | None, format_
         raise ConfigError(f"unknown format '{format_}'; choose one of: {', '.join(RENDERERS)}")
     chosen = SUITES.get(suite)
     reference_rows = [row for name in references for row in load_reference(name)]
-    rows = build_leaderboard(results, chosen, dataset, reference_rows)  # type: ignore[arg-type]
+    rows = build_leaderboard(results, chosen, dataset, reference_rows)
     typer.echo(RENDERERS[format_](rows, chosen))
 
 

@@ -148,6 +148,15 @@ dataset in ``torch.utils.data.Subset``. Register with::
 """
 
 
+def fetch_batch(dataset: Dataset, indices: Sequence[int] | Tensor) -> tuple[Tensor, Tensor]:
+    """Images (float in [0,1]) and int64 labels of ``indices``; in-memory datasets use their fast ``batch``."""
+    batch = getattr(dataset, "batch", None)
+    if callable(batch):
+        return batch(indices)
+    items = [dataset[int(i)] for i in indices]
+    return torch.stack([item[0] for item in items]), torch.tensor([item[1] for item in items], dtype=torch.long)
+
+
 def digest(*parts: Any) -> str:
     """Sha256 hex of the JSON form of ``parts`` (non-JSON values are converted with ``str``)."""
     text = json.dumps(parts, default=str, separators=(",", ":"), sort_keys=True)

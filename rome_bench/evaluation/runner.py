@@ -21,7 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from rome_bench.config import RunConfig
-from rome_bench.data import DatasetInfo, LoadedDataset
+from rome_bench.data import DatasetInfo, LoadedDataset, fetch_batch
 from rome_bench.errors import CheckpointError, ThreatOutputError
 from rome_bench.evaluation.store import ResultStore
 from rome_bench.models import content_hash, create_model
@@ -97,12 +97,7 @@ def batch_seed(threat_key: str, first_example_id: int) -> int:
 
 
 def _dataset_batch(data: LoadedDataset, ids: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    dataset = data.dataset
-    if hasattr(dataset, "batch"):
-        images, labels = dataset.batch(ids)
-    else:
-        items = [dataset[i] for i in ids]
-        images, labels = torch.stack([item[0] for item in items]), torch.tensor([item[1] for item in items])
+    images, labels = fetch_batch(data.dataset, ids)
     return images.to(device), labels.to(device)
 
 

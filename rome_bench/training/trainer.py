@@ -25,7 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from rome_bench.config import RunConfig, TrainConfig, validate
-from rome_bench.data import LoadedDataset, load_dataset
+from rome_bench.data import LoadedDataset, fetch_batch, load_dataset
 from rome_bench.errors import CheckpointError, ConfigError
 from rome_bench.models import create_model, gate_outputs
 from rome_bench.threats import Threat, seen_threats
@@ -298,13 +298,7 @@ class Trainer:
                 print(f"epoch {epoch + 1}/{train.epochs}  {summary}", file=sys.stderr)
 
     def _batch(self, data: LoadedDataset, indices: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        dataset = data.dataset
-        if hasattr(dataset, "batch"):
-            images, labels = dataset.batch(indices)
-        else:
-            items = [dataset[int(i)] for i in indices]
-            images = torch.stack([item[0] for item in items])
-            labels = torch.tensor([item[1] for item in items])
+        images, labels = fetch_batch(data.dataset, indices)
         if self.config.data.augment:
             images = augment_batch(images, self.config.train.seed, step)
         return images.to(self.device), labels.to(self.device)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from rome_bench.config import ThreatsConfig
 from rome_bench.registry import Registry
-from rome_bench.threats import Clean, Threat, seen_threats
+from rome_bench.threats import Clean, Threat, seen_apgd, seen_autoattack, seen_threats
 
 
 @dataclass(frozen=True)
@@ -31,14 +31,38 @@ def register_suite(suite: Suite) -> Suite:
     return suite
 
 
+def _seen_autoattack(threats: ThreatsConfig) -> list[Threat]:
+    return [Clean(), *seen_autoattack(threats.eps)]
+
+
+def _seen_apgd(threats: ThreatsConfig) -> list[Threat]:
+    return [Clean(), *seen_apgd(threats.eps)]
+
+
 def _seen_pgd(threats: ThreatsConfig) -> list[Threat]:
     return [Clean(), *seen_threats(threats.eps, threats.eval_steps, threats.l1_sparsity, keep_adversarial=True)]
 
 
 register_suite(Suite(
     name="seen",
+    build=_seen_autoattack,
+    columns=("nat", "l1", "l2", "linf"),
+    titles=LP_TITLES,
+    description="clean + AutoAttack-standard ℓ1/ℓ2/ℓ∞ at the run's ε (pyautoattack, seed 0): the paper's protocol",
+))
+
+register_suite(Suite(
+    name="seen-apgd",
+    build=_seen_apgd,
+    columns=("nat", "l1", "l2", "linf"),
+    titles=LP_TITLES,
+    description="clean + APGD-CE then APGD-T (AutoAttack-standard settings) ℓ1/ℓ2/ℓ∞ at the run's ε, seed 0",
+))
+
+register_suite(Suite(
+    name="seen-pgd",
     build=_seen_pgd,
     columns=("nat", "l1", "l2", "linf"),
     titles=LP_TITLES,
-    description="clean + ℓ1/ℓ2/ℓ∞ PGD at the run's ε with threats.eval_steps steps (first success kept)",
+    description="clean + the training PGD ℓ1/ℓ2/ℓ∞ at the run's ε with threats.eval_steps steps (first success kept)",
 ))

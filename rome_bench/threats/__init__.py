@@ -1,6 +1,16 @@
 """Threats: the registry and the built-in threats (importing this package registers them)."""
 
+from rome_bench.threats import autoattack as _autoattack  # noqa: F401  (registers autoattack-*, apgd-*)
 from rome_bench.threats import pgd as _pgd  # noqa: F401  (registers pgd-linf, pgd-l2, pgd-l1)
+from rome_bench.threats.autoattack import (
+    L1APGD,
+    L2APGD,
+    AutoAttackThreat,
+    L1AutoAttack,
+    L2AutoAttack,
+    LinfAPGD,
+    LinfAutoAttack,
+)
 from rome_bench.threats.base import (
     THREATS,
     Budget,
@@ -13,13 +23,20 @@ from rome_bench.threats.base import (
 from rome_bench.threats.pgd import L1PGD, L2PGD, PGD, LinfPGD, project_l1_box, project_l2_box
 
 __all__ = [
+    "L1APGD",
     "L1PGD",
+    "L2APGD",
     "L2PGD",
     "PGD",
     "THREATS",
+    "AutoAttackThreat",
     "Budget",
     "BudgetCheck",
     "Clean",
+    "L1AutoAttack",
+    "L2AutoAttack",
+    "LinfAPGD",
+    "LinfAutoAttack",
     "LinfPGD",
     "LpBudget",
     "Threat",
@@ -37,3 +54,13 @@ def seen_threats(eps: dict[str, float], steps: dict[str, int], l1_sparsity: floa
         L2PGD(eps["l2"], steps["l2"], keep_adversarial=keep_adversarial),
         LinfPGD(eps["linf"], steps["linf"], keep_adversarial=keep_adversarial),
     ]
+
+
+def seen_autoattack(eps: dict[str, float], version: str = "standard") -> list[Threat]:
+    """AutoAttack under ℓ1, ℓ2 and ℓ∞ at the given budgets (the paper's evaluation protocol), fixed seed 0."""
+    return [L1AutoAttack(eps["l1"], version), L2AutoAttack(eps["l2"], version), LinfAutoAttack(eps["linf"], version)]
+
+
+def seen_apgd(eps: dict[str, float]) -> list[Threat]:
+    """APGD-CE then APGD-T under ℓ1, ℓ2 and ℓ∞ (the cheaper protocol of E-AT and RAMP), fixed seed 0."""
+    return [L1APGD(eps["l1"]), L2APGD(eps["l2"]), LinfAPGD(eps["linf"])]

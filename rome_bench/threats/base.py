@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from rome_bench.errors import ConfigError
 from rome_bench.registry import Registry
 
 THREATS: Registry[type[Threat]] = Registry("threats")
@@ -96,6 +97,23 @@ class Threat(ABC):
 
     @abstractmethod
     def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor: ...
+
+    def call_flags(self) -> dict[str, int]:
+        """Validity warnings raised by the last call, as flag name -> number of examples (none by default)."""
+        return {}
+
+    def scaled(self, factor: float) -> Threat:
+        """The same threat with its budget ε (and step size, if any) multiplied by ``factor``: for ε sweeps.
+
+        By convention the keys of ``params()`` are the constructor's arguments, so a copy can be rebuilt from them.
+        """
+        params = self.params()
+        if "eps" not in params:
+            raise ConfigError(f"threat {self.name} has no scalar budget ε to sweep")
+        params["eps"] = params["eps"] * factor
+        if params.get("step_size") is not None:
+            params["step_size"] = params["step_size"] * factor
+        return type(self)(**params)
 
     @property
     def key(self) -> str:

@@ -12,6 +12,13 @@ from rome_bench.config import ModelConfig
 from rome_bench.errors import CheckpointError
 from rome_bench.models import vit as _vit  # noqa: F401  (registers the ViTs)
 from rome_bench.models.classifier import ImageClassifier, content_hash
+from rome_bench.models.external import (
+    ExternalModelSpec,
+    build_external_model,
+    load_external_model,
+    load_external_weights,
+    parse_model_spec,
+)
 from rome_bench.models.registry import MODELS
 from rome_bench.models.rome import add_rome_experts, gate_outputs, gating_modules, has_experts
 
@@ -19,7 +26,9 @@ if TYPE_CHECKING:
     from rome_bench.data import DatasetInfo
 
 __all__ = [
-    "MODELS", "ImageClassifier", "content_hash", "create_model", "gate_outputs", "gating_modules", "has_experts",
+    "MODELS", "ExternalModelSpec", "ImageClassifier", "build_external_model", "content_hash", "create_model",
+    "gate_outputs", "gating_modules", "has_experts", "load_external_model", "load_external_weights",
+    "parse_model_spec",
 ]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,7 +24,8 @@ from tqdm import tqdm
 from rome_bench.config import RunConfig
 from rome_bench.data import DatasetInfo, LoadedDataset, fetch_batch
 from rome_bench.errors import CheckpointError, ThreatOutputError
-from rome_bench.evaluation.store import ResultStore
+from rome_bench.evaluation.store import FULL, UNION_ONLY, BatchCost, ResultStore
+from rome_bench.evaluation.validity import batch_model_flags, refresh_computed_flags
 from rome_bench.models import content_hash, create_model
 from rome_bench.threats import Clean, Threat
 from rome_bench.training.checkpoint import MODEL_STEM, load_tensors_with_sidecar
@@ -33,11 +35,19 @@ from rome_bench.training.trainer import read_run_config
 
 @dataclass
 class LoadedRun:
+    """A model ready to evaluate: a rome-bench run, or an external module (``method`` None, ``source`` its spec)."""
+
     model: nn.Module
     config: RunConfig
     metadata: dict[str, Any]
     model_hash: str
-    run_dir: Path
+    source: Path | str
+    method: str | None
+
+    def describe(self) -> dict[str, Any]:
+        """What the store keeps about the model besides its hash."""
+        return {"git_commit": self.metadata.get("git_commit"), "preset": self.config.preset,
+                **{k: v for k, v in self.metadata.items() if k == "external"}}
 
 
 def load_run(run_dir: Path, info: DatasetInfo, device: torch.device) -> LoadedRun:
@@ -60,7 +70,17 @@ def load_run(run_dir: Path, info: DatasetInfo, device: torch.device) -> LoadedRu
     model.to(device).eval().requires_grad_(False)
     model_config = json.dumps(dataclasses.asdict(config.model), sort_keys=True)
     model_hash = hashlib.sha256(f"{content_hash(model)}/{model_config}".encode()).hexdigest()
-    return LoadedRun(model, config, metadata, model_hash, run_dir)
+    return LoadedRun(model, config, metadata, model_hash, run_dir, config.train.method)
+
+
+def load_external_run(source: str, weights: Path | None, config: RunConfig, device: torch.device) -> LoadedRun:
+    """Any nn.Module taking [0,1] images (``FILE.py:Name`` or ``module:Name``), evaluated under ``config``'s ε."""
+    from rome_bench.models.external import load_external_model
+
+    model, model_hash = load_external_model(source, weights)
+    model.to(device)
+    metadata = {"external": {"source": source, "weights": str(weights) if weights else None}}
+    return LoadedRun(model, config, metadata, model_hash, source, None)
 
 
 def verify_threat_output(threat: Threat, clean: torch.Tensor, perturbed: torch.Tensor,
@@ -101,35 +121,104 @@ def _dataset_batch(data: LoadedDataset, ids: list[int], device: torch.device) ->
     return images.to(device), labels.to(device)
 
 
+class CostMeter:
+    """Counts images through the model's forward and backward passes while active (hooks, no wrapper)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.forward_images = 0
+        self.backward_images = 0
+        self._handle: torch.utils.hooks.RemovableHandle | None = None
+
+    def _on_forward(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        count = len(inputs[0])
+        self.forward_images += count
+        if isinstance(output, torch.Tensor) and output.requires_grad:
+            output.register_hook(lambda grad: self._on_backward(count))
+
+    def _on_backward(self, count: int) -> None:
+        self.backward_images += count
+
+    def __enter__(self) -> CostMeter:
+        self._handle = self.model.register_forward_hook(self._on_forward)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+
+
+def _synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _examples_to_attack(store: ResultStore, model_hash: str, threats: list[Threat], index: int,
+                        data: LoadedDataset, example_ids: list[int], union_only: bool) -> list[int]:
+    """Examples still without a result for threats[index]; in union-only mode, only those robust so far."""
+    stored = store.stored_example_ids(model_hash, threats[index].key, data.fingerprint)
+    todo = [i for i in example_ids if i not in stored]
+    if not union_only or index == 0:
+        return todo
+    earlier = [store.correctness(model_hash, threat.key, data.fingerprint) for threat in threats[:index]]
+    return [i for i in todo if all(results.get(i, False) for results in earlier)]
+
+
 def evaluate_threats(model: nn.Module, model_hash: str, threats: list[Threat], data: LoadedDataset,
                      example_ids: list[int], store: ResultStore, batch_size: int, device: torch.device,
-                     progress: bool = True) -> None:
-    """Run each threat on every example not yet stored; 'clean' must come first."""
+                     progress: bool = True, union_only: bool = False) -> None:
+    """Run each threat on every example not yet stored; 'clean' must come first.
+
+    With ``union_only`` the threats form a cascade: each attacks only the examples still robust to every earlier
+    one, which is all the union needs; the per-threat results of the skipped examples are not stored.
+    """
     if not threats or not isinstance(threats[0], Clean):
         raise ValueError("the first threat of an evaluation must be 'clean'")
-    clean_key = threats[0].key
-    for threat in threats:
+    for index, threat in enumerate(threats):
         store.record_threat(threat.key, threat.name, threat.column, threat.tag, threat.params())
-        stored = store.stored_example_ids(model_hash, threat.key, data.fingerprint)
-        todo = [i for i in example_ids if i not in stored]
-        clean_correct = store.correctness(model_hash, clean_key, data.fingerprint)
-        bar = tqdm(total=len(example_ids), initial=len(example_ids) - len(todo), desc=threat.name,
-                   disable=not progress, leave=True)
+        todo = _examples_to_attack(store, model_hash, threats, index, data, example_ids, union_only)
+        clean_correct = store.correctness(model_hash, threats[0].key, data.fingerprint)
+        done = store.correctness(model_hash, threat.key, data.fingerprint)
+        robust, seen = sum(done.values()), len(done)
+        bar = tqdm(total=seen + len(todo), initial=seen, desc=threat.name, disable=not progress, leave=True)
         for start in range(0, len(todo), batch_size):
             ids = todo[start:start + batch_size]
             images, labels = _dataset_batch(data, ids, device)
-            correct = _correct_under_threat(model, threat, images, labels, ids, clean_correct)
-            store.add_results(model_hash, threat.key, data.fingerprint, ids, correct.tolist())
+            correct, cost, flags = _evaluate_batch(model, threat, images, labels, ids, clean_correct, device)
+            store.add_results(model_hash, threat.key, data.fingerprint, ids, correct.tolist(), cost, flags)
+            robust, seen = robust + int(correct.sum()), seen + len(ids)
+            bar.set_postfix_str(f"robust {100 * robust / seen:.1f}%")
             bar.update(len(ids))
         bar.close()
 
 
-def _correct_under_threat(model: nn.Module, threat: Threat, images: torch.Tensor, labels: torch.Tensor,
-                          ids: list[int], clean_correct: dict[int, bool]) -> torch.Tensor:
+def _evaluate_batch(model: nn.Module, threat: Threat, images: torch.Tensor, labels: torch.Tensor, ids: list[int],
+                    clean_correct: dict[int, bool], device: torch.device
+                    ) -> tuple[torch.Tensor, BatchCost, dict[str, int]]:
+    """Correctness of one batch under a threat, what it cost, and the validity flags it raised."""
     torch.manual_seed(batch_seed(threat.key, ids[0]))
+    _synchronise(device)
+    started = time.perf_counter()
+    with CostMeter(model) as meter:
+        if isinstance(threat, Clean):
+            with torch.no_grad():
+                logits = model(images)
+            correct = (logits.argmax(1) == labels).cpu()
+            attacked = len(ids)
+        else:
+            correct, attacked = _correct_under_threat(model, threat, images, labels, ids, clean_correct)
+    _synchronise(device)
+    cost = BatchCost(len(ids), attacked, time.perf_counter() - started, meter.forward_images, meter.backward_images)
     if isinstance(threat, Clean):
-        with torch.no_grad():
-            return (model(images).argmax(1) == labels).cpu()
+        flags = batch_model_flags(model, images, labels, logits, correct)
+    else:
+        flags = threat.call_flags() if attacked else {}
+    return correct, cost, flags
+
+
+def _correct_under_threat(model: nn.Module, threat: Threat, images: torch.Tensor, labels: torch.Tensor,
+                          ids: list[int], clean_correct: dict[int, bool]) -> tuple[torch.Tensor, int]:
+    """Only clean-correct examples are attacked; the others count as not robust."""
     attacked = torch.tensor([clean_correct[i] for i in ids], dtype=torch.bool)
     correct = torch.zeros(len(ids), dtype=torch.bool)
     if attacked.any():
@@ -139,18 +228,20 @@ def _correct_under_threat(model: nn.Module, threat: Threat, images: torch.Tensor
         verify_threat_output(threat, clean, perturbed.detach(), [ids[i] for i in chosen.tolist()])
         with torch.no_grad():
             correct[chosen] = (model(perturbed).argmax(1) == chosen_labels).cpu()
-    return correct
+    return correct, int(attacked.sum())
 
 
 def evaluate_run(run: LoadedRun, suite_name: str, threats: list[Threat], data: LoadedDataset,
                  example_ids: list[int], store: ResultStore, batch_size: int, device: torch.device,
-                 label: str, progress: bool = True, complete: bool = True) -> None:
+                 label: str, progress: bool = True, complete: bool = True, union_only: bool = False) -> None:
     """Evaluate a loaded run on a suite; a ``complete`` run (every threat) is recorded for the leaderboard."""
-    store.record_model(run.model_hash, label, run.config.train.method, str(run.run_dir),
-                       {"git_commit": run.metadata.get("git_commit"), "preset": run.config.preset})
-    evaluate_threats(run.model, run.model_hash, threats, data, example_ids, store, batch_size, device, progress)
+    store.record_model(run.model_hash, label, run.method, str(run.source), run.describe())
+    evaluate_threats(run.model, run.model_hash, threats, data, example_ids, store, batch_size, device, progress,
+                     union_only)
+    refresh_computed_flags(store, run.model_hash, data.fingerprint)
     if not complete:
         return
     store.record_suite_run(run.model_hash, suite_name, data.fingerprint, data.info.name,
                            [threat.key for threat in threats], example_ids,
-                           datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                           datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                           UNION_ONLY if union_only else FULL)

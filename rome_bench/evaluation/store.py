@@ -29,10 +29,28 @@ CREATE TABLE IF NOT EXISTS results (
 );
 CREATE TABLE IF NOT EXISTS suite_runs (
     model_hash TEXT NOT NULL, suite TEXT NOT NULL, dataset TEXT NOT NULL, dataset_name TEXT NOT NULL,
-    threat_keys TEXT NOT NULL, example_ids TEXT NOT NULL, finished_at TEXT NOT NULL,
+    threat_keys TEXT NOT NULL, example_ids TEXT NOT NULL, finished_at TEXT NOT NULL, mode TEXT NOT NULL DEFAULT 'full',
     PRIMARY KEY (model_hash, suite, dataset)
 );
+CREATE TABLE IF NOT EXISTS costs (
+    model_hash TEXT NOT NULL, threat_key TEXT NOT NULL, dataset TEXT NOT NULL, examples INTEGER NOT NULL,
+    attacked INTEGER NOT NULL, seconds REAL NOT NULL, forward_images INTEGER NOT NULL,
+    backward_images INTEGER NOT NULL,
+    PRIMARY KEY (model_hash, threat_key, dataset)
+);
+CREATE TABLE IF NOT EXISTS flags (
+    model_hash TEXT NOT NULL, threat_key TEXT NOT NULL, dataset TEXT NOT NULL, flag TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (model_hash, threat_key, dataset, flag)
+);
+CREATE TABLE IF NOT EXISTS sweeps (
+    model_hash TEXT NOT NULL, suite TEXT NOT NULL, dataset TEXT NOT NULL, threat_name TEXT NOT NULL,
+    scale REAL NOT NULL, eps REAL NOT NULL, threat_key TEXT NOT NULL, example_ids TEXT NOT NULL,
+    PRIMARY KEY (model_hash, suite, dataset, threat_name, scale)
+);
 """
+
+FULL, UNION_ONLY = "full", "union"
 
 
 @dataclass(frozen=True)
@@ -47,6 +65,27 @@ class SuiteRun:
     example_ids: list[int]
     label: str
     method: str | None
+    mode: str = FULL
+
+
+@dataclass(frozen=True)
+class BatchCost:
+    """What one batch of one threat cost: examples seen, examples attacked, wall time, images through the model."""
+
+    examples: int
+    attacked: int
+    seconds: float
+    forward_images: int
+    backward_images: int
+
+
+@dataclass(frozen=True)
+class SweepPointRecord:
+    threat_name: str
+    scale: float
+    eps: float
+    threat_key: str
+    example_ids: list[int]
 
 
 class ResultStore:
@@ -55,6 +94,14 @@ class ResultStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._connection = sqlite3.connect(self.path)
         self._connection.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a store written by an older rome-bench up to this schema (columns are only ever added)."""
+        columns = {row[1] for row in self._connection.execute("PRAGMA table_info(suite_runs)")}
+        if "mode" not in columns:
+            with self._connection:
+                self._connection.execute("ALTER TABLE suite_runs ADD COLUMN mode TEXT NOT NULL DEFAULT 'full'")
 
     def close(self) -> None:
         self._connection.close()
@@ -84,12 +131,73 @@ class ResultStore:
         return {row[0] for row in rows}
 
     def add_results(self, model_hash: str, threat_key: str, dataset: str, example_ids: Sequence[int],
-                    correct: Sequence[bool]) -> None:
-        """Store one batch atomically."""
+                    correct: Sequence[bool], cost: BatchCost | None = None,
+                    flags: dict[str, int] | None = None) -> None:
+        """Store one batch atomically: its per-example results, what it cost, and the validity flags it raised."""
         rows = [(model_hash, threat_key, dataset, int(i), int(bool(c))) for i, c in zip(example_ids, correct,
                                                                                             strict=True)]
         with self._connection:
             self._connection.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?)", rows)
+            if cost is not None:
+                self._connection.execute(
+                    "INSERT INTO costs VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (model_hash, threat_key, dataset) "
+                    "DO UPDATE SET "
+                    "examples = examples + excluded.examples, attacked = attacked + excluded.attacked, "
+                    "seconds = seconds + excluded.seconds, forward_images = forward_images + excluded.forward_images, "
+                    "backward_images = backward_images + excluded.backward_images",
+                    (model_hash, threat_key, dataset, cost.examples, cost.attacked, cost.seconds,
+                     cost.forward_images, cost.backward_images))
+            for flag, count in (flags or {}).items():
+                self._connection.execute(
+                    "INSERT INTO flags VALUES (?, ?, ?, ?, ?) ON CONFLICT (model_hash, threat_key, dataset, flag) "
+                    "DO UPDATE SET count = count + excluded.count",
+                    (model_hash, threat_key, dataset, flag, int(count)))
+
+    def set_flag(self, model_hash: str, threat_key: str, dataset: str, flag: str, count: int) -> None:
+        """Set (not add to) a flag computed from stored results; a count of 0 removes it."""
+        with self._connection:
+            self._connection.execute("DELETE FROM flags WHERE model_hash=? AND threat_key=? AND dataset=? AND flag=?",
+                                     (model_hash, threat_key, dataset, flag))
+            if count:
+                self._connection.execute("INSERT INTO flags VALUES (?, ?, ?, ?, ?)",
+                                         (model_hash, threat_key, dataset, flag, int(count)))
+
+    def flags(self, model_hash: str, threat_key: str, dataset: str) -> dict[str, int]:
+        rows = self._connection.execute(
+            "SELECT flag, count FROM flags WHERE model_hash=? AND threat_key=? AND dataset=? ORDER BY flag",
+            (model_hash, threat_key, dataset))
+        return dict(rows.fetchall())
+
+    def cost(self, model_hash: str, threat_key: str, dataset: str) -> BatchCost | None:
+        row = self._connection.execute(
+            "SELECT examples, attacked, seconds, forward_images, backward_images FROM costs "
+            "WHERE model_hash=? AND threat_key=? AND dataset=?", (model_hash, threat_key, dataset)).fetchone()
+        return BatchCost(*row) if row else None
+
+    def threats_of_model(self, model_hash: str, dataset: str) -> list[tuple[str, str, str, dict[str, Any]]]:
+        """(key, name, column, params) of every threat with stored results for this model on this dataset."""
+        rows = self._connection.execute(
+            "SELECT DISTINCT t.threat_key, t.name, t.column_name, t.params FROM results r "
+            "JOIN threats t USING (threat_key) WHERE r.model_hash=? AND r.dataset=? ORDER BY t.threat_key",
+            (model_hash, dataset))
+        return [(key, name, column, json.loads(params)) for key, name, column, params in rows]
+
+    def record_sweep_point(self, model_hash: str, suite: str, dataset: str, point: SweepPointRecord) -> None:
+        with self._connection:
+            self._connection.execute(
+                "INSERT OR REPLACE INTO sweeps VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (model_hash, suite, dataset, point.threat_name, point.scale, point.eps, point.threat_key,
+                 json.dumps([int(i) for i in point.example_ids])))
+
+    def sweep_points(self, model_hash: str, suite: str, dataset: str) -> list[SweepPointRecord]:
+        rows = self._connection.execute(
+            "SELECT threat_name, scale, eps, threat_key, example_ids FROM sweeps "
+            "WHERE model_hash=? AND suite=? AND dataset=? ORDER BY threat_name, eps", (model_hash, suite, dataset))
+        return [SweepPointRecord(name, scale, eps, key, json.loads(ids)) for name, scale, eps, key, ids in rows]
+
+    def model_label(self, model_hash: str) -> str | None:
+        row = self._connection.execute("SELECT label FROM models WHERE model_hash=?", (model_hash,)).fetchone()
+        return row[0] if row else None
 
     def correctness(self, model_hash: str, threat_key: str, dataset: str) -> dict[int, bool]:
         rows = self._connection.execute(
@@ -98,22 +206,29 @@ class ResultStore:
         return {example_id: bool(correct) for example_id, correct in rows}
 
     def record_suite_run(self, model_hash: str, suite: str, dataset: str, dataset_name: str,
-                         threat_keys: Iterable[str], example_ids: Iterable[int], finished_at: str) -> None:
+                         threat_keys: Iterable[str], example_ids: Iterable[int], finished_at: str,
+                         mode: str = FULL) -> None:
+        """Record a completed suite run; a union-only run never replaces a full one of the same examples."""
+        keys, ids = json.dumps(list(threat_keys)), json.dumps([int(i) for i in example_ids])
         with self._connection:
+            existing = self._connection.execute(
+                "SELECT threat_keys, example_ids, mode FROM suite_runs WHERE model_hash=? AND suite=? AND dataset=?",
+                (model_hash, suite, dataset)).fetchone()
+            if mode == UNION_ONLY and existing == (keys, ids, FULL):
+                return
             self._connection.execute(
-                "INSERT OR REPLACE INTO suite_runs VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (model_hash, suite, dataset, dataset_name, json.dumps(list(threat_keys)),
-                 json.dumps([int(i) for i in example_ids]), finished_at))
+                "INSERT OR REPLACE INTO suite_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (model_hash, suite, dataset, dataset_name, keys, ids, finished_at, mode))
 
     def suite_runs(self, suite: str, dataset_name: str | None = None) -> list[SuiteRun]:
         query = ("SELECT s.model_hash, s.suite, s.dataset, s.dataset_name, s.threat_keys, s.example_ids, "
-                 "m.label, m.method FROM suite_runs s JOIN models m USING (model_hash) WHERE s.suite = ?")
+                 "m.label, m.method, s.mode FROM suite_runs s JOIN models m USING (model_hash) WHERE s.suite = ?")
         arguments: list[Any] = [suite]
         if dataset_name is not None:
             query += " AND s.dataset_name = ?"
             arguments.append(dataset_name)
         rows = self._connection.execute(query + " ORDER BY s.finished_at", arguments)
-        return [SuiteRun(r[0], r[1], r[2], r[3], json.loads(r[4]), json.loads(r[5]), r[6], r[7]) for r in rows]
+        return [SuiteRun(r[0], r[1], r[2], r[3], json.loads(r[4]), json.loads(r[5]), r[6], r[7], r[8]) for r in rows]
 
     def threat_column(self, threat_key: str) -> str:
         row = self._connection.execute("SELECT column_name FROM threats WHERE threat_key=?", (threat_key,)).fetchone()

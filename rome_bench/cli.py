@@ -97,11 +97,21 @@ def train(
 
 @app.command("eval")
 def evaluate(
-    run: Annotated[Path, typer.Option(help="Run directory written by rome-bench train.")],
-    suite: Annotated[str, typer.Option(help="Threat suite, e.g. seen.")] = "seen",
+    run: Annotated[Path | None, typer.Option(help="Run directory written by rome-bench train.")] = None,
+    suite: Annotated[str, typer.Option(help="Threat suite: seen (AutoAttack), seen-apgd, seen-pgd, ...")] = "seen",
     threat: Annotated[list[str] | None, typer.Option(
         help="Only this threat of the suite (repeatable); clean always runs. The leaderboard needs them all.")] = None,
     n_examples: Annotated[int | None, typer.Option(help="Size of the fixed, seeded test subset.")] = None,
+    union_only: Annotated[bool, typer.Option(
+        help="Only the Union column: each threat attacks only the examples still robust to the earlier ones.")] = False,
+    eps_scale: Annotated[str | None, typer.Option(
+        help="ε sweep: comma-separated multiples of each threat's ε, e.g. 0.25,0.5,1,1.5,2.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Where to write the ε-sweep PNG (default: in the run dir).")] = None,
+    model_file: Annotated[str | None, typer.Option(
+        help="Evaluate any nn.Module taking [0,1] images: FILE.py:Name or package.module:Name.")] = None,
+    weights: Annotated[Path | None, typer.Option(help="Weights for --model-file (.safetensors or .pt).")] = None,
+    preset_name: Annotated[str, typer.Option(
+        "--preset", help="With --model-file: the preset whose dataset and ε to use.")] = "cifar10",
     store: Annotated[Path | None, typer.Option(help="SQLite results store (default: in the cache dir).")] = None,
     batch_size: Annotated[int, typer.Option()] = 128,
     data_dir: Annotated[str | None, typer.Option(help="Where the test data is, if not where training read it.")] = None,
@@ -109,33 +119,94 @@ def evaluate(
     label: Annotated[str | None, typer.Option(help="Row label in leaderboards (default: method + run name).")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
-    """Evaluate a trained run on every threat of a suite; results go to the store per example."""
-    from rome_bench.data import evaluation_indices, load_dataset
-    from rome_bench.evaluation.runner import evaluate_run, load_run
+    """Evaluate a trained run (or --model-file) on every threat of a suite; results go to the store per example."""
+    from rome_bench.data import evaluation_indices
+    from rome_bench.evaluation.runner import evaluate_run
     from rome_bench.evaluation.store import ResultStore
     from rome_bench.evaluation.suites import SUITES
-    from rome_bench.training.trainer import read_run_config, resolve_device
+    from rome_bench.training.trainer import resolve_device
 
     if batch_size < 1:
         raise ConfigError("--batch-size must be >= 1")
     if n_examples is not None and n_examples < 1:
         raise ConfigError("--n-examples must be >= 1")
+    if (run is None) == (model_file is None):
+        raise ConfigError("give exactly one of --run DIR (a rome-bench run) or --model-file FILE.py:Name")
+    if union_only and eps_scale:
+        raise ConfigError("--union-only and --eps-scale exclude each other: a sweep needs every threat's column")
+    scales = parse_scales(eps_scale) if eps_scale else None
     chosen_suite = SUITES.get(suite)
     torch_device = resolve_device(device)
-    config = read_run_config(run)
-    data = load_dataset(config.data.dataset, "test", data_dir or config.data.data_dir)
-    loaded = load_run(run, data.info, torch_device)
+    loaded, data = _load_model_and_data(run, model_file, weights, preset_name, data_dir, torch_device)
     ids = evaluation_indices(len(data.dataset), n_examples or loaded.config.data.eval_examples)
     threats = select_threats(chosen_suite.build(loaded.config.threats), threat or [], suite)
-    row_label = label or f"{loaded.config.train.method} ({run.name})"
+    row_label = label or _default_label(loaded.method, run, model_file)
     with ResultStore(store or default_store()) as results:
+        if scales is not None:
+            _eps_sweep(loaded, chosen_suite.name, threats, scales, data, ids, results, batch_size, torch_device,
+                       row_label, progress, plot or _default_plot(run, chosen_suite.name, data.info.name))
+            return
         evaluate_run(loaded, chosen_suite.name, threats, data, ids, results, batch_size, torch_device, row_label,
-                     progress, complete=not threat)
+                     progress, complete=not threat, union_only=union_only)
         typer.echo(f"evaluated {row_label} on suite '{suite}' ({len(ids)} examples) -> {results.path}")
         if threat:
             typer.echo("only some threats were run: the suite's leaderboard row appears once all have been")
             return
         _print_leaderboard(results, chosen_suite.name, data.info.name, "md", [])
+
+
+def parse_scales(text: str) -> list[float]:
+    """'0.25,0.5,1' -> [0.25, 0.5, 1.0]; every scale must be a positive number, each given once."""
+    try:
+        scales = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError as error:
+        raise ConfigError(f"--eps-scale takes comma-separated positive numbers, e.g. 0.5,1,2 (got '{text}')") from error
+    if not scales or any(scale <= 0 for scale in scales) or len(set(scales)) != len(scales):
+        raise ConfigError(f"--eps-scale takes distinct positive numbers, e.g. 0.5,1,2 (got '{text}')")
+    return sorted(scales)
+
+
+def _default_label(method: str | None, run: Path | None, model_file: str | None) -> str:
+    if run is not None:
+        return f"{method} ({run.name})"
+    return f"external ({Path(str(model_file).rsplit(':', 1)[0]).stem})"
+
+
+def _default_plot(run: Path | None, suite: str, dataset: str) -> Path:
+    folder = run if run is not None else Path(".")
+    return folder / "figures" / f"eps-sweep-{suite}-{dataset}.png"
+
+
+def _load_model_and_data(run: Path | None, model_file: str | None, weights: Path | None, preset_name: str,
+                         data_dir: str | None, device: object) -> tuple[object, object]:
+    """The model to evaluate (a run, or an external module under a preset's dataset and ε) and its test data."""
+    from rome_bench.data import load_dataset
+    from rome_bench.evaluation.runner import load_external_run, load_run
+    from rome_bench.training.trainer import read_run_config
+
+    if run is not None:
+        config = read_run_config(run)
+        data = load_dataset(config.data.dataset, "test", data_dir or config.data.data_dir)
+        return load_run(run, data.info, device), data  # type: ignore[arg-type]
+    config = preset(preset_name)
+    data = load_dataset(config.data.dataset, "test", data_dir or config.data.data_dir)
+    return load_external_run(str(model_file), weights, config, device), data  # type: ignore[arg-type]
+
+
+def _eps_sweep(loaded: object, suite: str, threats: list[Threat], scales: list[float], data: object,
+               ids: list[int], results: ResultStore, batch_size: int, device: object, label: str, progress: bool,
+               plot_path: Path) -> None:
+    from rome_bench.evaluation.plots import plot_accuracy_vs_eps
+    from rome_bench.evaluation.sweep import render_sweep_table, run_eps_sweep, sweep_series
+
+    run_eps_sweep(loaded, suite, threats, scales, data, ids, results, batch_size, device, label,  # type: ignore[arg-type]
+                  progress)
+    series = sweep_series(results, loaded.model_hash, suite, data.fingerprint)  # type: ignore[attr-defined]
+    typer.echo(render_sweep_table(series))
+    written = plot_accuracy_vs_eps(series, plot_path, f"{label}: robust accuracy vs ε ({suite} suite)")
+    typer.echo(f"ε sweep of {label} ({len(ids)} examples, scales {scales}) -> {results.path}; plot -> {written}")
+    if any(point.flagged for points in series.values() for point in points):
+        typer.echo("warning: accuracy rose with ε for some threat (flagged above): the attack is unreliable there")
 
 
 def select_threats(threats: list[Threat], names: list[str], suite: str) -> list[Threat]:
@@ -160,31 +231,115 @@ def leaderboard(
     reference: Annotated[list[str] | None, typer.Option(
         help="Add rows reported by a paper, e.g. rome-paper-table1 (a name in leaderboards/ or a path).")] = None,
     store: Annotated[Path | None, typer.Option(help="SQLite results store (default: in the cache dir).")] = None,
+    costs: Annotated[bool, typer.Option(
+        help="Add each threat's wall time and forward/backward passes (md, csv, json).")] = False,
+    out: Annotated[Path | None, typer.Option(help="Write to this file (atomically) instead of printing.")] = None,
 ) -> None:
     """Print the leaderboard of a suite: per-threat, Avg and per-example Union accuracy, sorted by Union."""
     from rome_bench.evaluation.store import ResultStore
     from rome_bench.evaluation.suites import SUITES
 
     chosen = SUITES.get(suite)
-    path = store or default_store()
+    with ResultStore(_existing_store(store)) as results:
+        _print_leaderboard(results, chosen.name, dataset, format_, list(reference or []), costs, out)
+
+
+def _existing_store(store: Path | None) -> Path:
     if store is not None and not store.exists():
         raise RomeBenchError(f"results store {store} does not exist; run rome-bench eval --store {store} first")
-    with ResultStore(path) as results:
-        _print_leaderboard(results, chosen.name, dataset, format_, list(reference or []))
+    return store or default_store()
 
 
 def _print_leaderboard(results: ResultStore, suite: str, dataset: str | None, format_: str,
-                       references: list[str]) -> None:
+                       references: list[str], costs: bool = False, out: Path | None = None) -> None:
     from rome_bench.evaluation.leaderboard import RENDERERS, build_leaderboard
     from rome_bench.evaluation.reference import load_reference
     from rome_bench.evaluation.suites import SUITES
+    from rome_bench.training.checkpoint import atomic_write_text
 
     if format_ not in RENDERERS:
         raise ConfigError(f"unknown format '{format_}'; choose one of: {', '.join(RENDERERS)}")
     chosen = SUITES.get(suite)
     reference_rows = [row for name in references for row in load_reference(name)]
     rows = build_leaderboard(results, chosen, dataset, reference_rows)
-    typer.echo(RENDERERS[format_](rows, chosen))
+    text = RENDERERS[format_](rows, chosen, costs=costs)
+    if out is None:
+        typer.echo(text)
+        return
+    atomic_write_text(out, text if text.endswith("\n") else text + "\n")
+    typer.echo(f"leaderboard ({format_}) -> {out}")
+
+
+@app.command()
+def export(
+    out: Annotated[Path, typer.Option(help="CSV file to write: one row per (model, example), one column per threat.")],
+    suite: Annotated[str, typer.Option(help="Threat suite, e.g. seen.")] = "seen",
+    dataset: Annotated[str | None, typer.Option(help="Only this dataset (e.g. cifar10, synthetic).")] = None,
+    store: Annotated[Path | None, typer.Option(help="SQLite results store (default: in the cache dir).")] = None,
+) -> None:
+    """Export the per-example matrix (examples × threats, plus union) of every completed run, for pandas."""
+    from rome_bench.evaluation.export import matrix_csv
+    from rome_bench.evaluation.store import ResultStore
+    from rome_bench.evaluation.suites import SUITES
+    from rome_bench.training.checkpoint import atomic_write_text
+
+    chosen = SUITES.get(suite)
+    with ResultStore(_existing_store(store)) as results:
+        text = matrix_csv(results, chosen, dataset)
+    atomic_write_text(out, text)
+    typer.echo(f"{text.count(chr(10)) - 1} example rows -> {out} (pandas.read_csv)")
+
+
+@app.command()
+def check(
+    reference: Annotated[Path, typer.Option(
+        help="Reference file, e.g. leaderboards/reference/synthetic-micro.json (or its name).")],
+    store: Annotated[Path | None, typer.Option(help="Reuse this store (default: a fresh temporary one).")] = None,
+    data_dir: Annotated[str | None, typer.Option(help="Where the checks' data is.")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    update: Annotated[bool, typer.Option(help="Write the re-measured counts into the reference file.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Re-evaluate the referenced models and fail (exit 1) when a number leaves its binomial tolerance."""
+    import tempfile
+
+    from rome_bench.evaluation.regression import (
+        check_fingerprint,
+        compare,
+        measure_check,
+        read_reference,
+        render_results,
+        updated_entry,
+        write_reference,
+    )
+    from rome_bench.evaluation.store import ResultStore
+    from rome_bench.training.trainer import resolve_device
+
+    document = read_reference(reference)
+    base = Path(document["_path"]).parent
+    torch_device = resolve_device(device)
+    outcomes = []
+    with tempfile.TemporaryDirectory() as scratch, ResultStore(store or Path(scratch) / "check.sqlite") as results:
+        for index, entry in enumerate(document["checks"]):
+            row, fingerprint = measure_check(entry, base, results, torch_device, data_dir, progress)
+            if update:
+                document["checks"][index] = updated_entry(entry, row, fingerprint)
+                continue
+            check_fingerprint(entry, fingerprint)
+            if "correct" not in entry:
+                raise ConfigError(f"check {entry['name']} has no reference numbers yet; "
+                                  f"run rome-bench check --reference {reference} --update")
+            outcomes += compare(entry, row)
+    if update:
+        write_reference(document)
+        typer.echo(f"updated {len(document['checks'])} check(s) in {reference}")
+        return
+    typer.echo(render_results(outcomes))
+    failed = [outcome for outcome in outcomes if not outcome.passed]
+    if failed:
+        typer.echo(f"{len(failed)} of {len(outcomes)} numbers left their tolerance", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"all {len(outcomes)} numbers within tolerance")
 
 
 @app.command("list")

@@ -27,6 +27,8 @@ from rome_bench.training.trainer import read_run_config, resolve_device
 
 def evaluate_once(run_dir: Path, suite_name: str, n_examples: int, union_only: bool, store_path: Path,
                   device: torch.device, batch_size: int) -> dict[str, float]:
+    if store_path.exists():
+        raise SystemExit(f"{store_path} exists: the benchmark needs fresh stores (remove it or pick another folder)")
     """One evaluation in its own store: seconds, forward/backward images summed over threats, Union."""
     config = read_run_config(run_dir)
     data = load_dataset(config.data.dataset, "test", config.data.data_dir)
@@ -36,7 +38,8 @@ def evaluate_once(run_dir: Path, suite_name: str, n_examples: int, union_only: b
     ids = evaluation_indices(len(data.dataset), n_examples)
     with ResultStore(store_path) as store:
         started = time.perf_counter()
-        evaluate_run(loaded, suite.name, threats, data, ids, store, batch_size, device, "bench", progress=True,
+        evaluate_run(loaded, suite.name, threats, data, ids, store, batch_size, device,
+                     f"{loaded.method} ({run_dir.name})", progress=False,
                      union_only=union_only)
         seconds = time.perf_counter() - started
         costs = [store.cost(loaded.model_hash, t.key, data.fingerprint) for t in threats]
@@ -54,12 +57,14 @@ def main() -> None:
     parser.add_argument("--n-examples", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--keep-stores", type=Path, help="Keep the two stores (full.sqlite, cascade.sqlite) here.")
     args = parser.parse_args()
     device = resolve_device(args.device)
     with tempfile.TemporaryDirectory() as scratch:
-        full = evaluate_once(args.run, args.suite, args.n_examples, False, Path(scratch) / "full.sqlite", device,
+        folder = args.keep_stores or Path(scratch)
+        full = evaluate_once(args.run, args.suite, args.n_examples, False, folder / "full.sqlite", device,
                              args.batch_size)
-        cascade = evaluate_once(args.run, args.suite, args.n_examples, True, Path(scratch) / "cascade.sqlite", device,
+        cascade = evaluate_once(args.run, args.suite, args.n_examples, True, folder / "cascade.sqlite", device,
                                 args.batch_size)
     print(f"| {args.run.name}, suite {args.suite}, n={args.n_examples} | full | union-only | ratio |")
     print("|---|---:|---:|---:|")

@@ -364,6 +364,9 @@ def list_entries(
     for entry in registries[kind].entries():
         details = ", ".join(f"{k}={v}" for k, v in entry.metadata.items())
         typer.echo(f"{entry.name:16s} {details}")
+        if kind == "suites":  # the exact parameters, at the cifar10 preset's ε
+            for threat in entry.obj.build(PRESETS["cifar10"]().threats):
+                typer.echo(f"{'':16s}   {threat!r}")
 
 
 def default_store() -> Path:

@@ -88,7 +88,8 @@ def test_gradient_masking_is_flagged(undefended_model, correct_batch):
     assert batch_model_flags(masked, images, labels, logits, correct)["zero-gradient"] == int(correct.sum())
     threat = LinfAutoAttack(16 / 255, n_iter=5, n_queries=300)
     threat(masked, images[correct], labels[correct])
-    assert threat.successes.get("apgd-ce", 0) == 0  # the white-box attacks see no gradient
+    # no gradient: the white-box attacks only succeed through their random starts; Square does the work
+    assert threat.successes["square"] > threat.successes["apgd-ce"] + threat.successes["apgd-t"]
     flags = threat.call_flags()
     assert flags["black-box-success"] > 0 and flags["zero-gradient"] > 0
 

@@ -139,3 +139,53 @@ def test_sigkill_mid_run_then_resume_ends_where_an_unbroken_run_ends(tmp_path):
     expected, actual = load_file(unbroken / "model.safetensors"), load_file(broken / "model.safetensors")
     assert expected.keys() == actual.keys()
     assert all(torch.equal(expected[name], actual[name]) for name in expected)
+
+
+def test_check_passes_on_its_own_numbers_and_fails_beyond_the_binomial_tolerance(trained_run, tmp_path):
+    from rome_bench.evaluation.leaderboard import wilson_interval
+
+    reference = tmp_path / "reference.json"
+    reference.write_text(json.dumps({"name": "test", "checks": [
+        {"name": "tiny", "run": str(trained_run), "suite": "seen-pgd", "dataset": "synthetic", "n_examples": 40}]}))
+    updated = rome_bench("check", "--reference", str(reference), "--update", "--no-progress")
+    assert updated.returncode == 0, updated.stderr
+    entry = json.loads(reference.read_text())["checks"][0]
+    assert entry["totals"]["union"] == 40 and set(entry["correct"]) >= {"nat", "l1", "l2", "linf", "avg", "union"}
+    passed = rome_bench("check", "--reference", str(reference), "--no-progress")
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    assert "all 6 numbers within tolerance" in passed.stdout
+    measured = entry["correct"]["nat"]
+    beyond = next(d for d in range(1, 41) if not wilson_interval(min(40, measured + d), 40)[0] <= measured / 40)
+    for shift, expected_code in ((beyond - 1, 0), (beyond, 1)):
+        edited = json.loads(reference.read_text())
+        edited["checks"][0]["correct"]["nat"] = measured + shift
+        reference.write_text(json.dumps(edited))
+        result = rome_bench("check", "--reference", str(reference), "--no-progress")
+        assert result.returncode == expected_code, (shift, result.stdout)
+    assert "| tiny | nat |" in result.stdout and "FAIL" in result.stdout
+
+
+def test_model_file_export_and_latex(tmp_path, trained_run):
+    module = tmp_path / "net.py"
+    module.write_text("import torch\n\nclass Net(torch.nn.Module):\n    def __init__(self):\n"
+                      "        super().__init__()\n        self.linear = torch.nn.Linear(3 * 32 * 32, 10)\n\n"
+                      "    def forward(self, x):\n"
+                      "        return self.linear(x.flatten(1))\n")
+    store = tmp_path / "s.sqlite"
+    result = rome_bench("eval", "--model-file", f"{module}:Net", "--preset", "smoke", "--suite", "seen-pgd",
+                        "--n-examples", "16", "--store", str(store), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "external (net)" in result.stdout
+    matrix = tmp_path / "matrix.csv"
+    assert rome_bench("export", "--suite", "seen-pgd", "--store", str(store), "--out", str(matrix)).returncode == 0
+    assert len(matrix.read_text().splitlines()) == 17
+    tex = rome_bench("leaderboard", "--suite", "seen-pgd", "--store", str(store), "--format", "tex", "--costs")
+    assert tex.returncode == 0 and "\\bottomrule" in tex.stdout
+    both = rome_bench("eval", "--run", str(trained_run), "--model-file", f"{module}:Net")
+    assert_one_line_error(both, "exactly one of --run")
+
+
+def test_bad_eps_scale_fails_cleanly(trained_run, tmp_path):
+    result = rome_bench("eval", "--run", str(trained_run), "--eps-scale", "0.5,x", "--store", str(tmp_path / "s.db"))
+    assert_one_line_error(result, "--eps-scale")
+    assert not (tmp_path / "s.db").exists()

@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -27,3 +28,20 @@ def test_smoke_on_a_cifar10_subset_end_to_end(tmp_path):
     assert board.returncode == 0, board.stderr
     assert any(line.startswith("| rome+max (cifar-demo) | 32 |") for line in board.stdout.splitlines())
     assert "reported by the paper" in board.stdout
+
+
+def test_pyautoattacks_shipped_resnet18_is_accurate_and_at_zero_under_autoattack(tmp_path):
+    """A real CIFAR-10 model none of us trained (pyautoattack's examples/model_test.pt), through --model-file."""
+    pyautoattack = pytest.importorskip("pyautoattack")
+    examples = Path(pyautoattack.__file__).parent / "examples"
+    if not (examples / "model_test.pt").is_file():
+        pytest.skip("this pyautoattack build does not ship examples/model_test.pt")
+    store = tmp_path / "results.sqlite"
+    evaluation = rome_bench("eval", "--model-file", f"{examples / 'resnet.py'}:ResNet18", "--weights",
+                            str(examples / "model_test.pt"), "--preset", "cifar10", "--suite", "seen",
+                            "--n-examples", "10", "--batch-size", "10", "--store", str(store), "--no-progress")
+    assert evaluation.returncode == 0, evaluation.stderr
+    board = json.loads(rome_bench("leaderboard", "--store", str(store), "--format", "json").stdout)
+    accuracy = board["rows"][0]["accuracy"]
+    assert accuracy["nat"] >= 0.8  # pyautoattack reports ~94% clean accuracy for it
+    assert accuracy["l1"] == accuracy["l2"] == accuracy["linf"] == accuracy["union"] == 0.0

@@ -6,15 +6,15 @@ here selects or switches a backend (``matplotlib.use`` is never called) and no f
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from rome_bench.training.checkpoint import atomic_write_bytes
 
 ROSE_LABEL = "accuracy rose with ε"
 
@@ -48,17 +48,10 @@ def _draw_threat(axes: Axes, label: str, points: list[SweepPoint]) -> None:
 
 
 def _save_atomically(figure: Figure, path: Path) -> None:
-    """Save the figure next to ``path`` under a temporary name, then move it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(handle)
-    try:
-        figure.savefig(temporary, format=path.suffix.lstrip(".") or "png", dpi=150, bbox_inches="tight")
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
+    """Render the figure in memory, then write it atomically (a reader never sees half a file)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=path.suffix.lstrip(".") or "png", dpi=150, bbox_inches="tight")
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def plot_accuracy_vs_eps(series: dict[str, list[SweepPoint]], path: Path, title: str) -> Path:

@@ -35,6 +35,14 @@ def _seen_autoattack(threats: ThreatsConfig) -> list[Threat]:
     return [Clean(), *seen_autoattack(threats.eps)]
 
 
+def _seen_autoattack_plus(threats: ThreatsConfig) -> list[Threat]:
+    return [Clean(), *seen_autoattack(threats.eps, version="plus")]
+
+
+def _seen_autoattack_rand(threats: ThreatsConfig) -> list[Threat]:
+    return [Clean(), *seen_autoattack(threats.eps, version="rand")]
+
+
 def _seen_apgd(threats: ThreatsConfig) -> list[Threat]:
     return [Clean(), *seen_apgd(threats.eps)]
 
@@ -49,6 +57,22 @@ register_suite(Suite(
     columns=("nat", "l1", "l2", "linf"),
     titles=LP_TITLES,
     description="clean + AutoAttack-standard ℓ1/ℓ2/ℓ∞ at the run's ε (pyautoattack, seed 0): the paper's protocol",
+))
+
+register_suite(Suite(
+    name="seen-plus",
+    build=_seen_autoattack_plus,
+    columns=("nat", "l1", "l2", "linf"),
+    titles=LP_TITLES,
+    description="clean + AutoAttack-plus ℓ1/ℓ2/ℓ∞ (APGD-CE/DLR with 5 restarts, FAB, Square, APGD-T, FAB-T), seed 0",
+))
+
+register_suite(Suite(
+    name="seen-rand",
+    build=_seen_autoattack_rand,
+    columns=("nat", "l1", "l2", "linf"),
+    titles=LP_TITLES,
+    description="clean + AutoAttack-rand ℓ1/ℓ2/ℓ∞ for randomised defences (APGD-CE/DLR with 20-step EOT), seed 0",
 ))
 
 register_suite(Suite(

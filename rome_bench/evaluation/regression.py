@@ -94,7 +94,7 @@ def compare(entry: dict[str, Any], row: Row, z: float = Z_95) -> list[CheckResul
 
 def updated_entry(entry: dict[str, Any], row: Row, fingerprint: str) -> dict[str, Any]:
     """The check with its counts replaced by the re-measured ones (for --update)."""
-    counts = {column: cell for column, cell in row.counts.items()}
+    counts = row.counts
     return {**entry, "data_fingerprint": fingerprint,
             "correct": {column: cell.correct for column, cell in counts.items()},
             "totals": {column: cell.total for column, cell in counts.items()},

@@ -31,62 +31,24 @@ def register_suite(suite: Suite) -> Suite:
     return suite
 
 
-def _seen_autoattack(threats: ThreatsConfig) -> list[Threat]:
-    return [Clean(), *seen_autoattack(threats.eps)]
+def register_seen_suite(name: str, seen: Callable[[ThreatsConfig], list[Threat]], description: str) -> Suite:
+    """A suite of clean + one threat per ℓp norm (ℓ1, ℓ2, ℓ∞), shown in the paper's Table 1 columns."""
+    return register_suite(Suite(name=name, build=lambda threats: [Clean(), *seen(threats)],
+                                columns=("nat", "l1", "l2", "linf"), titles=LP_TITLES, description=description))
 
 
-def _seen_autoattack_plus(threats: ThreatsConfig) -> list[Threat]:
-    return [Clean(), *seen_autoattack(threats.eps, version="plus")]
-
-
-def _seen_autoattack_rand(threats: ThreatsConfig) -> list[Threat]:
-    return [Clean(), *seen_autoattack(threats.eps, version="rand")]
-
-
-def _seen_apgd(threats: ThreatsConfig) -> list[Threat]:
-    return [Clean(), *seen_apgd(threats.eps)]
-
-
-def _seen_pgd(threats: ThreatsConfig) -> list[Threat]:
-    return [Clean(), *seen_threats(threats.eps, threats.eval_steps, threats.l1_sparsity, keep_adversarial=True)]
-
-
-register_suite(Suite(
-    name="seen",
-    build=_seen_autoattack,
-    columns=("nat", "l1", "l2", "linf"),
-    titles=LP_TITLES,
-    description="clean + AutoAttack-standard ℓ1/ℓ2/ℓ∞ at the run's ε (pyautoattack, seed 0): the paper's protocol",
-))
-
-register_suite(Suite(
-    name="seen-plus",
-    build=_seen_autoattack_plus,
-    columns=("nat", "l1", "l2", "linf"),
-    titles=LP_TITLES,
-    description="clean + AutoAttack-plus ℓ1/ℓ2/ℓ∞ (APGD-CE/DLR with 5 restarts, FAB, Square, APGD-T, FAB-T), seed 0",
-))
-
-register_suite(Suite(
-    name="seen-rand",
-    build=_seen_autoattack_rand,
-    columns=("nat", "l1", "l2", "linf"),
-    titles=LP_TITLES,
-    description="clean + AutoAttack-rand ℓ1/ℓ2/ℓ∞ for randomised defences (APGD-CE/DLR with 20-step EOT), seed 0",
-))
-
-register_suite(Suite(
-    name="seen-apgd",
-    build=_seen_apgd,
-    columns=("nat", "l1", "l2", "linf"),
-    titles=LP_TITLES,
-    description="clean + APGD-CE then APGD-T (AutoAttack-standard settings) ℓ1/ℓ2/ℓ∞ at the run's ε, seed 0",
-))
-
-register_suite(Suite(
-    name="seen-pgd",
-    build=_seen_pgd,
-    columns=("nat", "l1", "l2", "linf"),
-    titles=LP_TITLES,
-    description="clean + the training PGD ℓ1/ℓ2/ℓ∞ at the run's ε with threats.eval_steps steps (first success kept)",
-))
+register_seen_suite(
+    "seen", lambda t: seen_autoattack(t.eps),
+    "clean + AutoAttack-standard ℓ1/ℓ2/ℓ∞ at the run's ε (pyautoattack, seed 0): the paper's protocol")
+register_seen_suite(
+    "seen-plus", lambda t: seen_autoattack(t.eps, version="plus"),
+    "clean + AutoAttack-plus ℓ1/ℓ2/ℓ∞ (APGD-CE/DLR with 5 restarts, FAB, Square, APGD-T, FAB-T), seed 0")
+register_seen_suite(
+    "seen-rand", lambda t: seen_autoattack(t.eps, version="rand"),
+    "clean + AutoAttack-rand ℓ1/ℓ2/ℓ∞ for randomised defences (APGD-CE/DLR with 20-step EOT), seed 0")
+register_seen_suite(
+    "seen-apgd", lambda t: seen_apgd(t.eps),
+    "clean + APGD-CE then APGD-T (AutoAttack-standard settings) ℓ1/ℓ2/ℓ∞ at the run's ε, seed 0")
+register_seen_suite(
+    "seen-pgd", lambda t: seen_threats(t.eps, t.eval_steps, t.l1_sparsity, keep_adversarial=True),
+    "clean + the training PGD ℓ1/ℓ2/ℓ∞ at the run's ε with threats.eval_steps steps (first success kept)")

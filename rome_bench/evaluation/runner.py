@@ -224,8 +224,10 @@ def _correct_under_threat(model: nn.Module, threat: Threat, images: torch.Tensor
     if attacked.any():
         chosen = attacked.nonzero().squeeze(1)
         clean, chosen_labels = images[chosen.to(images.device)], labels[chosen.to(labels.device)]
-        perturbed = threat(model, clean, chosen_labels)
-        verify_threat_output(threat, clean, perturbed.detach(), [ids[i] for i in chosen.tolist()])
+        chosen_ids = [ids[i] for i in chosen.tolist()]
+        extra = {"example_ids": chosen_ids} if threat.uses_example_ids else {}
+        perturbed = threat(model, clean, chosen_labels, **extra)
+        verify_threat_output(threat, clean, perturbed.detach(), chosen_ids)
         with torch.no_grad():
             correct[chosen] = (model(perturbed).argmax(1) == chosen_labels).cpu()
     return correct, int(attacked.sum())

@@ -18,6 +18,7 @@ from rome_bench.threats.base import (
     Clean,
     LpBudget,
     Threat,
+    UnboundedBudget,
     register_threat,
 )
 from rome_bench.threats.pgd import L1PGD, L2PGD, PGD, LinfPGD, project_l1_box, project_l2_box
@@ -40,6 +41,7 @@ __all__ = [
     "LinfPGD",
     "LpBudget",
     "Threat",
+    "UnboundedBudget",
     "project_l1_box",
     "project_l2_box",
     "register_threat",

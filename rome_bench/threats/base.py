@@ -80,12 +80,24 @@ class LpBudget(Budget):
         return BudgetCheck(measured, self.eps * (1 + self.rel_tol), f"‖δ‖_{self.norm.removeprefix('l')}")
 
 
+@dataclass(frozen=True)
+class UnboundedBudget(Budget):
+    """No norm bound (e.g. a common corruption at a fixed severity): only finiteness and [0,1] are verified."""
+
+    description: str
+
+    def check(self, clean: torch.Tensor, perturbed: torch.Tensor) -> BudgetCheck:
+        return BudgetCheck(torch.zeros(len(clean), dtype=torch.float64), 0.0, self.description)
+
+
 class Threat(ABC):
     """A perturbation model; subclasses are registered with :func:`register_threat`."""
 
     name: ClassVar[str] = "unregistered"
     tag: ClassVar[str] = "unseen"
     column: ClassVar[str] = "unregistered"
+    uses_example_ids: ClassVar[bool] = False
+    """When True the runner also passes ``example_ids=[...]`` (dataset indices), e.g. to look up stored images."""
 
     @abstractmethod
     def params(self) -> dict[str, Any]:
@@ -97,6 +109,10 @@ class Threat(ABC):
 
     @abstractmethod
     def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor: ...
+
+    def applicable(self, model: nn.Module) -> bool:
+        """Whether the threat can attack this model at all (e.g. a gating attack needs gates); True by default."""
+        return True
 
     def call_flags(self) -> dict[str, int]:
         """Validity warnings raised by the last call, as flag name -> number of examples (none by default)."""

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", max(1, min(2, os.cpu_count() or 1)))))
 
 
 @pytest.fixture(autouse=True)

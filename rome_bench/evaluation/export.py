@@ -1,7 +1,8 @@
 """Exports of stored results: the per-example matrix (examples × threats) as CSV for pandas.
 
 One row per (model, example): ``label, model_hash, dataset, example_id`` and then one column per threat of the
-suite (1 robust / 0 not; empty where a union-only cascade skipped an example already broken) and ``union``.
+suite (1 robust / 0 not; empty where a union-only cascade skipped an example already broken, or where the threat
+does not apply to the model) and ``union``. Threats sharing a column get the differing parameters appended.
 ``pandas.read_csv(path)`` loads it; ``df.groupby("label").mean(numeric_only=True)`` gives the leaderboard.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 
 from rome_bench.evaluation.store import ResultStore, SuiteRun
 from rome_bench.evaluation.suites import Suite
@@ -16,28 +18,49 @@ from rome_bench.evaluation.suites import Suite
 MATRIX_KEYS = ("label", "model_hash", "dataset", "example_id")
 
 
-def per_example_rows(store: ResultStore, run: SuiteRun, suite: Suite) -> list[dict[str, object]]:
-    """The run's per-example results as dicts: threat columns hold 1, 0 or None (not attacked)."""
-    by_column = {store.threat_column(key): store.correctness(run.model_hash, key, run.dataset)
-                 for key in run.threat_keys}
+def threat_headers(store: ResultStore, keys: list[str]) -> dict[str, str]:
+    """A CSV header per threat: its column, plus the parameters that differ where several threats share a column
+    (e.g. ``corr/fog/3`` for fog at severity 3)."""
+    by_column: dict[str, list[str]] = {}
+    for key in keys:
+        by_column.setdefault(store.threat_column(key), []).append(key)
+    headers: dict[str, str] = {}
+    for column, group in by_column.items():
+        if len(group) == 1:
+            headers[group[0]] = column
+            continue
+        params = {key: store.threat_params(key) for key in group}
+        varying = sorted({name for p in params.values() for name in p
+                          if len({json.dumps(q.get(name), default=str) for q in params.values()}) > 1})
+        for key in group:
+            headers[key] = "/".join([column, *(str(params[key].get(name)) for name in varying)])
+    return headers
+
+
+def per_example_rows(store: ResultStore, run: SuiteRun) -> list[dict[str, object]]:
+    """The run's per-example results as dicts: threat columns hold 1, 0 or None (not attacked or n/a)."""
+    headers = threat_headers(store, run.threat_keys)
+    results = {key: store.correctness(run.model_hash, key, run.dataset) for key in run.threat_keys
+               if not store.not_applicable(run.model_hash, key, run.dataset)}
     rows: list[dict[str, object]] = []
     for example_id in run.example_ids:
         row: dict[str, object] = {"label": run.label, "model_hash": run.model_hash, "dataset": run.dataset_name,
                                   "example_id": example_id}
-        for column in suite.columns:
-            value = by_column.get(column, {}).get(example_id)
-            row[column] = None if value is None else int(value)
-        row["union"] = int(all(by_column[c].get(example_id, False) for c in by_column))
+        for key in run.threat_keys:
+            value = results.get(key, {}).get(example_id)
+            row[headers[key]] = None if value is None else int(value)
+        row["union"] = int(all(r.get(example_id, False) for r in results.values()))
         rows.append(row)
     return rows
 
 
 def matrix_csv(store: ResultStore, suite: Suite, dataset: str | None = None) -> str:
     """Every completed run of ``suite`` (optionally on one dataset) as one per-example CSV table."""
+    runs = store.suite_runs(suite.name, dataset)
+    rows = [row for run in runs for row in per_example_rows(store, run)]
+    threat_fields = list(dict.fromkeys(name for row in rows for name in row if name not in (*MATRIX_KEYS, "union")))
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=[*MATRIX_KEYS, *suite.columns, "union"])
+    writer = csv.DictWriter(buffer, fieldnames=[*MATRIX_KEYS, *threat_fields, "union"])
     writer.writeheader()
-    for run in store.suite_runs(suite.name, dataset):
-        writer.writerows(per_example_rows(store, run, suite))
+    writer.writerows(rows)
     return buffer.getvalue()
-

@@ -8,6 +8,11 @@
 * Rows are sorted by Union; reference rows (numbers reported by a paper) carry no n and no interval.
 * A union-only run (``--union-only``, a cascade) fills Nat and Union only; its per-threat cells show "–".
 * The Flags column lists the validity flags stored for the row's threats (see ``validity.py``).
+* A pooled column (``Suite.aggregates``: Com. Corr. over 75 corruption × severity threats, Percep. ℓp over five
+  UAR threats) shows the mean accuracy over its threats; its interval pools their outcomes like Avg's.
+* A threat that cannot attack a model (GMA on a model without gates) shows "n/a" and is left out of the unions.
+* Suites with ``union_with`` (the unseen suite) add "Union (all)": per example over this suite's threats and
+  those of a stored run of the named suite (e.g. ``seen``) on the same examples; "–" until that run exists.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rome_bench.evaluation.reference import ReferenceRow
-from rome_bench.evaluation.store import UNION_ONLY, BatchCost, ResultStore, SuiteRun
+from rome_bench.evaluation.store import FULL, UNION_ONLY, BatchCost, ResultStore, SuiteRun
 from rome_bench.evaluation.suites import Suite
 
 Z_95 = 1.959963984540054
@@ -67,6 +72,7 @@ class Row:
     mode: str = "full"
     model_hash: str | None = None
     counts: dict[str, Cell] = field(default_factory=dict)  # column -> correct/total, for tolerance checks
+    not_applicable: set[str] = field(default_factory=set)  # columns whose threats cannot attack this model
 
 
 def union_cell(per_threat: list[dict[int, bool]], example_ids: list[int]) -> Cell:
@@ -75,38 +81,103 @@ def union_cell(per_threat: list[dict[int, bool]], example_ids: list[int]) -> Cel
     return Cell(robust, len(example_ids))
 
 
+def pooled_cell(per_threat: list[dict[int, bool]], example_ids: list[int]) -> Cell:
+    """Correct (threat, example) pairs over all of a column's threats: their mean accuracy."""
+    return Cell(sum(results[i] for results in per_threat for i in example_ids), len(per_threat) * len(example_ids))
+
+
 def _union_complete(per_threat: list[dict[int, bool]], example_ids: list[int]) -> bool:
     """Every example either has all results, or is already broken by a stored result (a cascade skips those)."""
     return all(all(i in results for results in per_threat) or any(results.get(i) is False for results in per_threat)
                for i in example_ids)
 
 
+@dataclass
+class StoredThreats:
+    """A suite run's stored results grouped by threat column; threats that do not apply to the model set apart."""
+
+    results: dict[str, list[dict[int, bool]]] = field(default_factory=dict)
+    keys: dict[str, list[str]] = field(default_factory=dict)
+    not_applicable: set[str] = field(default_factory=set)
+
+    def all_results(self) -> list[dict[int, bool]]:
+        return [results for group in self.results.values() for results in group]
+
+
+def stored_threats(store: ResultStore, model_hash: str, dataset: str, keys: list[str]) -> StoredThreats:
+    stored = StoredThreats()
+    for key in keys:
+        column = store.threat_column(key)
+        if store.not_applicable(model_hash, key, dataset):
+            stored.not_applicable.add(column)
+            continue
+        stored.results.setdefault(column, []).append(store.correctness(model_hash, key, dataset))
+        stored.keys.setdefault(column, []).append(key)
+    return stored
+
+
+def _merged_flags(store: ResultStore, run: SuiteRun, keys: list[str]) -> dict[str, int]:
+    merged: dict[str, int] = {}
+    for key in keys:
+        for flag, count in store.flags(run.model_hash, key, run.dataset).items():
+            merged[flag] = merged.get(flag, 0) + count
+    return merged
+
+
+def _merged_cost(store: ResultStore, run: SuiteRun, keys: list[str]) -> BatchCost | None:
+    costs = [cost for key in keys if (cost := store.cost(run.model_hash, key, run.dataset))]
+    if not costs:
+        return None
+    return BatchCost(*(sum(getattr(cost, f.name) for cost in costs) for f in dataclasses.fields(BatchCost)))
+
+
+def union_with_cell(store: ResultStore, run: SuiteRun, suite: Suite, own: list[dict[int, bool]]) -> Cell | None:
+    """Union over this run's threats and those of a complete run of one of ``suite.union_with`` on the same
+    model, dataset and examples (the first such suite found); None when there is none."""
+    for other_name in suite.union_with:
+        for other in store.suite_runs(other_name):
+            if (other.model_hash, other.dataset, other.mode) != (run.model_hash, run.dataset, FULL):
+                continue
+            if not set(run.example_ids) <= set(other.example_ids):
+                continue
+            extra = stored_threats(store, run.model_hash, run.dataset, other.threat_keys).all_results()
+            return union_cell(own + extra, run.example_ids)
+    return None
+
+
 def measured_row(store: ResultStore, run: SuiteRun, suite: Suite) -> Row | None:
     """A row from a stored suite run; None when some of its results are missing."""
-    by_column: dict[str, dict[int, bool]] = {}
-    key_of: dict[str, str] = {}
-    for key in run.threat_keys:
-        column = store.threat_column(key)
-        by_column[column], key_of[column] = store.correctness(run.model_hash, key, run.dataset), key
-    threat_columns = [column for column in suite.columns if column != "nat" and column in by_column]
-    everything = [by_column[c] for c in ("nat", *threat_columns) if c in by_column]
+    stored = stored_threats(store, run.model_hash, run.dataset, run.threat_keys)
+    everything = stored.all_results()
     full = run.mode != UNION_ONLY
     if full and any(i not in results for results in everything for i in run.example_ids):
         return None
     if not full and not _union_complete(everything, run.example_ids):
         return None
-    shown = [c for c in suite.columns if c in by_column and (full or c == "nat")]
-    cells = {column: Cell(sum(by_column[column][i] for i in run.example_ids), len(run.example_ids))
-             for column in shown}
+    cells: dict[str, Cell] = {}
+    keys_of: dict[str, list[str]] = {}
+    not_applicable: set[str] = set()
+    for column in suite.columns:
+        members = [m for m in suite.members(column) if m in stored.results]
+        if not members:
+            if any(m in stored.not_applicable for m in suite.members(column)):
+                not_applicable.add(column)
+            continue
+        keys_of[column] = [key for m in members for key in stored.keys[m]]
+        if full or column == "nat":
+            cells[column] = pooled_cell([r for m in members for r in stored.results[m]], run.example_ids)
     cells["union"] = union_cell(everything, run.example_ids)
-    if full:
+    threat_columns = [c for c in cells if c not in ("nat", "union")]
+    if full and suite.show_avg and threat_columns:
         cells["avg"] = Cell(sum(cells[c].correct for c in threat_columns), sum(cells[c].total for c in threat_columns))
+    if suite.union_with and (combined := union_with_cell(store, run, suite, everything)):
+        cells["union-all"] = combined
     return Row(label=run.label, method=run.method, dataset=run.dataset_name, n=len(run.example_ids),
                values={c: cell.accuracy for c, cell in cells.items()},
                intervals={c: cell.interval for c, cell in cells.items()},
-               flags={c: f for c, key in key_of.items() if (f := store.flags(run.model_hash, key, run.dataset))},
-               costs={c: cost for c, key in key_of.items() if (cost := store.cost(run.model_hash, key, run.dataset))},
-               mode=run.mode, model_hash=run.model_hash, counts=cells)
+               flags={c: f for c, keys in keys_of.items() if (f := _merged_flags(store, run, keys))},
+               costs={c: cost for c, keys in keys_of.items() if (cost := _merged_cost(store, run, keys))},
+               mode=run.mode, model_hash=run.model_hash, counts=cells, not_applicable=not_applicable)
 
 
 def build_leaderboard(store: ResultStore, suite: Suite, dataset: str | None = None,
@@ -120,7 +191,11 @@ def build_leaderboard(store: ResultStore, suite: Suite, dataset: str | None = No
 
 
 def _columns(suite: Suite) -> list[tuple[str, str]]:
-    return [(c, suite.titles.get(c, c)) for c in suite.columns] + [("avg", "Avg"), ("union", "Union")]
+    extra = [("avg", "Avg")] if suite.show_avg else []
+    extra.append(("union", "Union"))
+    if suite.union_with:
+        extra.append(("union-all", "Union (all)"))
+    return [(c, suite.titles.get(c, c)) for c in suite.columns] + extra
 
 
 def flags_text(row: Row, suite: Suite) -> str:
@@ -144,6 +219,8 @@ def costs_text(row: Row, suite: Suite) -> str:
 
 
 def _cell_text(row: Row, column: str) -> str:
+    if column in row.not_applicable:
+        return "n/a"
     value = row.values.get(column)
     if value is None or math.isnan(value):
         return "–"

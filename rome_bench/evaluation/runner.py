@@ -160,7 +160,8 @@ def _examples_to_attack(store: ResultStore, model_hash: str, threats: list[Threa
     todo = [i for i in example_ids if i not in stored]
     if not union_only or index == 0:
         return todo
-    earlier = [store.correctness(model_hash, threat.key, data.fingerprint) for threat in threats[:index]]
+    earlier = [store.correctness(model_hash, threat.key, data.fingerprint) for threat in threats[:index]
+               if not store.not_applicable(model_hash, threat.key, data.fingerprint)]
     return [i for i in todo if all(results.get(i, False) for results in earlier)]
 
 
@@ -176,6 +177,12 @@ def evaluate_threats(model: nn.Module, model_hash: str, threats: list[Threat], d
         raise ValueError("the first threat of an evaluation must be 'clean'")
     for index, threat in enumerate(threats):
         store.record_threat(threat.key, threat.name, threat.column, threat.tag, threat.params())
+        if not threat.applicable(model):
+            store.mark_not_applicable(model_hash, threat.key, data.fingerprint,
+                                      f"{threat.name} does not apply to this model")
+            if progress:
+                tqdm.write(f"{threat.name}: not applicable to this model (stored as n/a)")
+            continue
         todo = _examples_to_attack(store, model_hash, threats, index, data, example_ids, union_only)
         clean_correct = store.correctness(model_hash, threats[0].key, data.fingerprint)
         done = store.correctness(model_hash, threat.key, data.fingerprint)

@@ -43,6 +43,10 @@ CREATE TABLE IF NOT EXISTS flags (
     count INTEGER NOT NULL,
     PRIMARY KEY (model_hash, threat_key, dataset, flag)
 );
+CREATE TABLE IF NOT EXISTS not_applicable (
+    model_hash TEXT NOT NULL, threat_key TEXT NOT NULL, dataset TEXT NOT NULL, reason TEXT NOT NULL,
+    PRIMARY KEY (model_hash, threat_key, dataset)
+);
 CREATE TABLE IF NOT EXISTS sweeps (
     model_hash TEXT NOT NULL, suite TEXT NOT NULL, dataset TEXT NOT NULL, threat_name TEXT NOT NULL,
     scale REAL NOT NULL, eps REAL NOT NULL, threat_key TEXT NOT NULL, example_ids TEXT NOT NULL,
@@ -162,6 +166,19 @@ class ResultStore:
                 self._connection.execute("INSERT INTO flags VALUES (?, ?, ?, ?, ?)",
                                          (model_hash, threat_key, dataset, flag, int(count)))
 
+    def mark_not_applicable(self, model_hash: str, threat_key: str, dataset: str, reason: str) -> None:
+        """Record that a threat cannot attack this model (e.g. a gating attack on a model without gates)."""
+        with self._connection:
+            self._connection.execute("INSERT OR REPLACE INTO not_applicable VALUES (?, ?, ?, ?)",
+                                     (model_hash, threat_key, dataset, reason))
+
+    def not_applicable(self, model_hash: str, threat_key: str, dataset: str) -> str | None:
+        """Why the threat does not apply to the model, or None when it does."""
+        row = self._connection.execute(
+            "SELECT reason FROM not_applicable WHERE model_hash=? AND threat_key=? AND dataset=?",
+            (model_hash, threat_key, dataset)).fetchone()
+        return row[0] if row else None
+
     def flags(self, model_hash: str, threat_key: str, dataset: str) -> dict[str, int]:
         rows = self._connection.execute(
             "SELECT flag, count FROM flags WHERE model_hash=? AND threat_key=? AND dataset=? ORDER BY flag",
@@ -229,6 +246,12 @@ class ResultStore:
             arguments.append(dataset_name)
         rows = self._connection.execute(query + " ORDER BY s.finished_at", arguments)
         return [SuiteRun(r[0], r[1], r[2], r[3], json.loads(r[4]), json.loads(r[5]), r[6], r[7], r[8]) for r in rows]
+
+    def threat_params(self, threat_key: str) -> dict[str, Any]:
+        row = self._connection.execute("SELECT params FROM threats WHERE threat_key=?", (threat_key,)).fetchone()
+        if row is None:
+            raise KeyError(threat_key)
+        return json.loads(row[0])
 
     def threat_column(self, threat_key: str) -> str:
         row = self._connection.execute("SELECT column_name FROM threats WHERE threat_key=?", (threat_key,)).fetchone()

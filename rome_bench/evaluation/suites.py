@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from rome_bench.config import ThreatsConfig
 from rome_bench.registry import Registry
@@ -12,13 +12,33 @@ from rome_bench.threats import Clean, Threat, seen_apgd, seen_autoattack, seen_t
 
 @dataclass(frozen=True)
 class Suite:
-    """``build`` makes the threats from a run's threat settings; 'clean' always comes first."""
+    """``build`` makes the threats from a run's threat settings; 'clean' always comes first.
+
+    * ``columns`` are the leaderboard's columns. A column shows the stored results of every threat whose column is
+      listed for it in ``aggregates`` (default: the threats of that column itself), pooled: the mean accuracy over
+      those threats, e.g. Com. Corr. over 15 corruptions × 5 severities, Percep. ℓp over five UAR threats.
+    * ``show_avg`` adds the Avg column (mean of the threat columns).
+    * ``union_with`` names suites whose stored results for the same model and examples join a second union
+      column, "Union (all)": per example, correct under every threat of this suite and of that one.
+    """
 
     name: str
     build: Callable[[ThreatsConfig], list[Threat]]
     columns: tuple[str, ...]
     titles: dict[str, str]
     description: str
+    aggregates: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    show_avg: bool = True
+    union_with: tuple[str, ...] = ()
+
+    def members(self, column: str) -> tuple[str, ...]:
+        """The stored threat columns a leaderboard column pools."""
+        return self.aggregates.get(column, (column,))
+
+    def detailed(self) -> Suite:
+        """The same suite with every pooled column expanded into its member columns (``leaderboard --detail``)."""
+        columns = tuple(member for column in self.columns for member in self.members(column))
+        return replace(self, columns=columns, aggregates={})
 
 
 SUITES: Registry[Suite] = Registry("suites")

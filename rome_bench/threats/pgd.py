@@ -69,10 +69,10 @@ class PGD(Threat):
         delta = self.project(images, delta)
         result = _in_box(images, delta)
         found = torch.zeros(len(images), dtype=torch.bool, device=images.device)
+        self.prepare(model, images, labels)
         for _ in range(self.steps):
             delta.requires_grad_(True)
-            logits = model(_in_box(images, delta))
-            loss = F.cross_entropy(logits, labels, reduction="sum")
+            logits, loss = self.objective(model, _in_box(images, delta), labels)
             (grad,) = torch.autograd.grad(loss, delta)
             with torch.no_grad():
                 if self.keep_adversarial:
@@ -84,6 +84,15 @@ class PGD(Threat):
                 return final
             found, result = self._keep_first_success(model(final), labels, final, found, result)
             return torch.where(_per_example(found, result), result, final)
+
+    def prepare(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> None:
+        """Called once per batch before the first step (adaptive attacks compute their targets here)."""
+
+    def objective(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and the loss to ascend (summed over the batch): cross-entropy for plain PGD."""
+        logits = model(inputs)
+        return logits, F.cross_entropy(logits, labels, reduction="sum")
 
     @staticmethod
     def _keep_first_success(logits: torch.Tensor, labels: torch.Tensor, current: torch.Tensor,

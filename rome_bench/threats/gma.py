@@ -1,0 +1,85 @@
+"""The gating-misrouting attack (GMA): an adaptive ℓ∞ attack on the gates of a mixture-of-experts model.
+
+RoME paper, Sec. 5.2 and A1. GMA ascends
+
+    L_GMA = CE(f(x+δ), y) − (1/L) Σ_l (1/T) Σ_i CE(g_i^(l)(x+δ), k_i*),   k_i* = argmin_k g_{i,k}
+
+with ℓ∞ PGD (ε = 8/255, 20 steps, step 2.5·ε/steps, uniform random start), both terms weighted equally: the first
+maximises the classification loss, the second pulls every token's gate toward its least likely expert. Here:
+
+* CE(g, k) = −log g_k on the fused gate g (Eq. 5), averaged over tokens, then over the model's gated layers
+  (every expert mixture reports its gate through ``model.gates()``; a layer with several gated projections
+  counts each one);
+* k_i* is the least likely expert of token i on the **clean** image, fixed for the whole attack (the paper's
+  formula leaves open whether it is re-computed per step; a fixed target gives the attack a stable direction);
+* as for every evaluation PGD, each example keeps its first misclassified iterate.
+
+The threat applies to models whose forward pass records gates (``model.gates()`` non-empty); for any other model
+the runner stores it as "not applicable".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rome_bench.threats.base import register_threat
+from rome_bench.threats.pgd import LinfPGD
+
+GATE_FLOOR = 1e-12
+
+
+def model_gates(model: nn.Module) -> list[torch.Tensor]:
+    """The fused gates (B, T, K) of the model's last forward pass, one per gated layer; [] without gates."""
+    gates = getattr(model, "gates", None)
+    if not callable(gates):
+        return []
+    return [output.fused for output in gates()]
+
+
+def misrouting_loss(gates: list[torch.Tensor], targets: list[torch.Tensor]) -> torch.Tensor:
+    """Per example: mean over layers and tokens of −log g_{i,k*} (the cross-entropy toward the target experts)."""
+    per_layer = [-gate.clamp_min(GATE_FLOOR).log().gather(-1, target.unsqueeze(-1)).squeeze(-1).mean(dim=1)
+                 for gate, target in zip(gates, targets, strict=True)]
+    return torch.stack(per_layer).mean(dim=0)
+
+
+@register_threat("gma", tag="unseen", column="gma")
+class GatingMisrouting(LinfPGD):
+    """Gating-misrouting attack (RoME paper): ℓ∞ PGD on CE(f) − CE(gates, least-likely expert)."""
+
+    def __init__(self, eps: float = 8 / 255, steps: int = 20, step_size: float | None = None,
+                 random_start: bool = True, keep_adversarial: bool = True, gate_weight: float = 1.0) -> None:
+        super().__init__(eps, steps, step_size, random_start, keep_adversarial)
+        self.gate_weight = float(gate_weight)
+        self._targets: list[torch.Tensor] = []
+
+    def params(self) -> dict[str, Any]:
+        return {**super().params(), "gate_weight": self.gate_weight}
+
+    def applicable(self, model: nn.Module) -> bool:
+        gates = getattr(model, "gates", None)
+        if not callable(gates):
+            return False
+        try:
+            return bool(gates())
+        except RuntimeError:  # a gated model that has not run a forward pass yet
+            return True
+
+    def prepare(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> None:
+        with torch.no_grad():
+            model(images)
+            gates = model_gates(model)
+        if not gates:
+            raise ValueError("gma needs a model whose forward pass records gates (model.gates() is empty)")
+        self._targets = [gate.argmin(dim=-1) for gate in gates]
+
+    def objective(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(inputs)
+        classification = F.cross_entropy(logits, labels, reduction="none")
+        misrouting = misrouting_loss(model_gates(model), self._targets)
+        return logits, (classification - self.gate_weight * misrouting).sum()

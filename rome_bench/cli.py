@@ -118,6 +118,8 @@ def evaluate(
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
     label: Annotated[str | None, typer.Option(help="Row label in leaderboards (default: method + run name).")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    corruptions_dir: Annotated[Path | None, typer.Option(
+        help="Folder with the CIFAR-10-C .npy files: the corruption threats load them instead of generating.")] = None,
 ) -> None:
     """Evaluate a trained run (or --model-file) on every threat of a suite; results go to the store per example."""
     from rome_bench.data import evaluation_indices
@@ -140,6 +142,8 @@ def evaluate(
     loaded, data = _load_model_and_data(run, model_file, weights, preset_name, data_dir, torch_device)
     ids = evaluation_indices(len(data.dataset), n_examples or loaded.config.data.eval_examples)
     threats = select_threats(chosen_suite.build(loaded.config.threats), threat or [], suite)
+    if corruptions_dir is not None:
+        threats = with_corruptions_dir(threats, corruptions_dir)
     row_label = label or _default_label(loaded.method, run, model_file)
     with ResultStore(store or default_store()) as results:
         if scales is not None:
@@ -153,6 +157,17 @@ def evaluate(
             typer.echo("only some threats were run: the suite's leaderboard row appears once all have been")
             return
         _print_leaderboard(results, chosen_suite.name, data.info.name, "md", [])
+
+
+def with_corruptions_dir(threats: list[Threat], folder: Path) -> list[Threat]:
+    """The suite's threats with every corruption threat reading its images from ``folder`` (CIFAR-10-C files)."""
+    if not folder.is_dir():
+        raise ConfigError(f"--corruptions-dir {folder} is not a folder; give the folder of CIFAR-10-C's .npy files")
+    rebuilt = [type(t)(**{**t.params(), "corruptions_dir": str(folder)}) if "corruptions_dir" in t.params() else t
+               for t in threats]
+    if rebuilt == threats:
+        raise ConfigError("--corruptions-dir was given but the selected threats include no corruption threat")
+    return rebuilt
 
 
 def parse_scales(text: str) -> list[float]:
@@ -234,6 +249,9 @@ def leaderboard(
     costs: Annotated[bool, typer.Option(
         help="Add each threat's wall time and forward/backward passes (md, csv, json).")] = False,
     out: Annotated[Path | None, typer.Option(help="Write to this file (atomically) instead of printing.")] = None,
+    detail: Annotated[bool, typer.Option(
+        help="Expand pooled columns into their threats (e.g. Com. Corr. into 15 corruptions, Percep. ℓp into 5).")
+    ] = False,
 ) -> None:
     """Print the leaderboard of a suite: per-threat, Avg and per-example Union accuracy, sorted by Union."""
     from rome_bench.evaluation.store import ResultStore
@@ -241,7 +259,7 @@ def leaderboard(
 
     chosen = SUITES.get(suite)
     with ResultStore(_existing_store(store)) as results:
-        _print_leaderboard(results, chosen.name, dataset, format_, list(reference or []), costs, out)
+        _print_leaderboard(results, chosen.name, dataset, format_, list(reference or []), costs, out, detail)
 
 
 def _existing_store(store: Path | None) -> Path:
@@ -251,7 +269,8 @@ def _existing_store(store: Path | None) -> Path:
 
 
 def _print_leaderboard(results: ResultStore, suite: str, dataset: str | None, format_: str,
-                       references: list[str], costs: bool = False, out: Path | None = None) -> None:
+                       references: list[str], costs: bool = False, out: Path | None = None,
+                       detail: bool = False) -> None:
     from rome_bench.evaluation.leaderboard import RENDERERS, build_leaderboard
     from rome_bench.evaluation.reference import load_reference
     from rome_bench.evaluation.suites import SUITES
@@ -259,7 +278,7 @@ def _print_leaderboard(results: ResultStore, suite: str, dataset: str | None, fo
 
     if format_ not in RENDERERS:
         raise ConfigError(f"unknown format '{format_}'; choose one of: {', '.join(RENDERERS)}")
-    chosen = SUITES.get(suite)
+    chosen = SUITES.get(suite).detailed() if detail else SUITES.get(suite)
     reference_rows = [row for name in references for row in load_reference(name)]
     rows = build_leaderboard(results, chosen, dataset, reference_rows)
     text = RENDERERS[format_](rows, chosen, costs=costs)

@@ -1,0 +1,93 @@
+"""The gating-misrouting attack: within budget, moves gates toward the least likely expert, at least as strong as
+plain ℓ∞ PGD with the same budget, and stored as "not applicable" on models without gates."""
+
+import copy
+
+import pytest
+import torch
+
+from rome_bench.config import RomeConfig
+from rome_bench.evaluation.runner import evaluate_threats
+from rome_bench.evaluation.store import ResultStore
+from rome_bench.models.rome import LoRAExpertMixture, add_rome_experts
+from rome_bench.threats import Clean, LinfPGD
+from rome_bench.threats.gma import GatingMisrouting, misrouting_loss, model_gates
+
+
+@pytest.fixture(scope="module")
+def gated_model(undefended_model):
+    """The tiny undefended ViT with 4 rank-2 experts on qkv/proj, non-zero experts and peaked (non-uniform) gates."""
+    model = copy.deepcopy(undefended_model)
+    add_rome_experts(model.backbone, RomeConfig(num_experts=4, rank=2, gate_hidden=8))
+    generator = torch.Generator().manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, LoRAExpertMixture):
+            module.lora_B.data.normal_(0, 0.05, generator=generator)
+            for linear in (module.gate.local_in, module.gate.global_in, module.gate.local_out, module.gate.global_out):
+                linear.weight.data.normal_(0, 0.5, generator=generator)
+    return model.eval().requires_grad_(False)
+
+
+def mean_misrouting(model, images, targets) -> float:
+    with torch.no_grad():
+        model(images)
+        return float(misrouting_loss(model_gates(model), targets).mean())
+
+
+def accuracy(model, images, labels) -> float:
+    with torch.no_grad():
+        return float((model(images).argmax(1) == labels).float().mean())
+
+
+def test_gma_stays_in_budget_and_box_and_is_deterministic(gated_model, correct_batch):
+    images, labels = correct_batch[0][:16], correct_batch[1][:16]
+    threat = GatingMisrouting(eps=4 / 255, steps=5)
+    torch.manual_seed(1)
+    first = threat(gated_model, images, labels)
+    torch.manual_seed(1)
+    second = threat(gated_model, images, labels)
+    assert torch.equal(first, second)
+    check = threat.budget().check(images, first)
+    assert (check.measured <= check.limit).all()
+    assert first.min() >= 0 and first.max() <= 1
+
+
+def test_gma_moves_gates_toward_the_least_likely_expert(gated_model, correct_batch):
+    images, labels = correct_batch[0][:16], correct_batch[1][:16]
+    with torch.no_grad():
+        gated_model(images)
+        targets = [gate.argmin(-1) for gate in model_gates(gated_model)]
+    torch.manual_seed(0)
+    attacked = GatingMisrouting(eps=8 / 255, steps=10, keep_adversarial=False)(gated_model, images, labels)
+    torch.manual_seed(0)
+    plain = LinfPGD(8 / 255, steps=10, keep_adversarial=False)(gated_model, images, labels)
+    clean_loss = mean_misrouting(gated_model, images, targets)
+    assert mean_misrouting(gated_model, attacked, targets) < clean_loss - 0.05
+    assert mean_misrouting(gated_model, attacked, targets) < mean_misrouting(gated_model, plain, targets)
+
+
+def test_gma_is_at_least_as_strong_as_plain_pgd_with_the_same_budget(gated_model, correct_batch):
+    images, labels = correct_batch
+    eps, steps = 1.5 / 255, 10
+    torch.manual_seed(0)
+    gma = accuracy(gated_model, GatingMisrouting(eps=eps, steps=steps)(gated_model, images, labels), labels)
+    torch.manual_seed(0)
+    pgd = accuracy(gated_model, LinfPGD(eps, steps=steps)(gated_model, images, labels), labels)
+    assert 0.0 < pgd < 1.0, "the budget should leave the comparison informative"
+    assert gma <= pgd + 2 / len(labels)
+
+
+def test_gma_is_not_applicable_without_gates_and_stored_as_such(tmp_path, undefended_model, gated_model,
+                                                                 synthetic_test):
+    threat = GatingMisrouting(steps=2)
+    assert not threat.applicable(undefended_model)
+    assert threat.applicable(gated_model)
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        evaluate_threats(undefended_model, "plain", [Clean(), threat], synthetic_test, list(range(8)), store, 8,
+                         torch.device("cpu"), progress=False)
+        assert store.not_applicable("plain", threat.key, synthetic_test.fingerprint)
+        assert store.correctness("plain", threat.key, synthetic_test.fingerprint) == {}
+        evaluate_threats(gated_model, "gated", [Clean(), threat], synthetic_test, list(range(8)), store, 8,
+                         torch.device("cpu"), progress=False)
+        assert store.not_applicable("gated", threat.key, synthetic_test.fingerprint) is None
+        assert len(store.correctness("gated", threat.key, synthetic_test.fingerprint)) == 8

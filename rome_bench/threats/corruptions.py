@@ -109,7 +109,7 @@ def impulse_noise(images: np.ndarray, severity: int, rng: np.random.Generator) -
 
 
 def defocus_blur(images: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
-    """Convolution with an anti-aliased disk, (radius, alias σ) = (0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)."""
+    """Convolution with an anti-aliased disk; (radius, alias σ) = (.3,.4), (.4,.5), (.5,.6), (1,.2), (1.5,.1)."""
     radius, alias_blur = ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1))[severity - 1]
     kernel = compat.disk(radius=radius, alias_blur=alias_blur)
     blurred = np.stack([cv2.filter2D(image, -1, kernel) for image in _unit(images)])
@@ -133,7 +133,7 @@ def local_shuffle(images: np.ndarray, offsets: np.ndarray, max_delta: int = 1) -
 
 
 def glass_blur(images: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
-    """Blur, shuffle pixels locally, blur; (σ, max_delta, passes) = (0.05,1,1), (0.25,1,1), (0.4,1,1), (0.25,1,2), (0.4,1,2)."""
+    """Blur, shuffle locally, blur; (σ, max_delta, passes) = (.05,1,1), (.25,1,1), (.4,1,1), (.25,1,2), (.4,1,2)."""
     sigma, max_delta, passes = ((0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2))[severity - 1]
     x = (_blur_spatial(_unit(images), sigma) * 255).astype(np.uint8)
     _, height, width, _ = x.shape
@@ -153,7 +153,7 @@ def motion_blur(images: np.ndarray, severity: int, rng: np.random.Generator) -> 
 
 
 def zoom_blur(images: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
-    """Mean of the image and its centre zooms by 1, 1.01, … < 1.06, 1.11, 1.16, 1.21, 1.26 (np.arange as in the reference)."""
+    """Mean of the image and its centre zooms by np.arange(1, stop, 0.01), stop = 1.06, 1.11, 1.16, 1.21, 1.26."""
     factors = np.arange(1, (1.06, 1.11, 1.16, 1.21, 1.26)[severity - 1], 0.01)
     x = _unit(images).astype(np.float32)
     _, height, width, _ = x.shape
@@ -170,7 +170,7 @@ SNOW = ((0.1, 0.2, 1, 0.6, 8, 3, 0.95), (0.1, 0.2, 1, 0.5, 10, 4, 0.9), (0.15, 0
 
 
 def snow(images: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
-    """Thresholded, zoomed Gaussian flakes motion-blurred at [−135°, −45°], added twice (rotated 180°) to a whitened image."""
+    """Thresholded zoomed Gaussian flakes, motion-blurred at [−135°, −45°], added twice (180° apart) to a whitened x."""
     mean, std, zoom, threshold, radius, sigma, keep = SNOW[severity - 1]
     x = _unit(images).astype(np.float32)
     _, height, width, _ = x.shape
@@ -214,7 +214,7 @@ def frost(images: np.ndarray, severity: int, rng: np.random.Generator) -> np.nda
 
 
 def fog(images: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
-    """x + s·plasma fractal (wibble decay d), rescaled by max/(max + s); (s, d) = (.2,3), (.5,3), (.75,2.5), (1,2), (1.5,1.75)."""
+    """(x + s·plasma)·max/(max + s), wibble decay d; (s, d) = (.2,3), (.5,3), (.75,2.5), (1,2), (1.5,1.75)."""
     strength, decay = ((0.2, 3), (0.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75))[severity - 1]
     x = _unit(images)
     _, height, width, _ = x.shape
@@ -289,7 +289,12 @@ def jpeg_compression(images: np.ndarray, severity: int, rng: np.random.Generator
     return np.stack(out).astype(np.float64)
 
 
-CORRUPTION_FUNCTIONS: dict[str, Corruption] = {name: globals()[name] for name in CORRUPTIONS}
+CORRUPTION_FUNCTIONS: dict[str, Corruption] = {
+    "gaussian_noise": gaussian_noise, "shot_noise": shot_noise, "impulse_noise": impulse_noise,
+    "defocus_blur": defocus_blur, "glass_blur": glass_blur, "motion_blur": motion_blur, "zoom_blur": zoom_blur,
+    "snow": snow, "frost": frost, "fog": fog, "brightness": brightness, "contrast": contrast,
+    "elastic_transform": elastic_transform, "pixelate": pixelate, "jpeg_compression": jpeg_compression,
+}
 
 
 def corrupt_uint8(images: np.ndarray, corruption: str, severity: int, rng: np.random.Generator) -> np.ndarray:
@@ -302,14 +307,15 @@ def corrupt_batch(images: torch.Tensor, corruption: str, severity: int) -> torch
     if images.dim() != 4 or images.shape[1] != 3:
         raise ConfigError(f"common corruptions need RGB images of shape (B,3,H,W), got {tuple(images.shape)}")
     rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
-    pixels = (images.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    corrupted = corrupt_uint8(pixels, corruption, severity, rng)
+    pixels = (images.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu()
+    corrupted = corrupt_uint8(pixels.numpy(), corruption, severity, rng)
     return _to_tensor(corrupted, images)
 
 
 def _to_tensor(pixels: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     """uint8 (B,H,W,3) -> (B,3,H,W) in [0,1] with ``like``'s device and dtype."""
-    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).to(like.device, like.dtype) / 255
+    tensor = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).contiguous()
+    return tensor.to(like.device, like.dtype) / 255
 
 
 @functools.lru_cache(maxsize=32)

@@ -1,4 +1,4 @@
-"""Import ``imagecorruptions`` (v1.1.2, Michaelis et al. 2019) patched to run on numpy 2, scikit-image ≥ 0.26, SciPy 1.x.
+"""``imagecorruptions`` (v1.1.2, Michaelis et al. 2019), patched to run on numpy 2, scikit-image ≥ 0.26 and SciPy.
 
 Import this module instead of ``imagecorruptions``: it imports the library and fixes it in place, so afterwards
 ``imagecorruptions.corrupt(image, corruption_name=name, severity=s)`` works for all 19 corruptions at every severity
@@ -74,8 +74,9 @@ def _import_imagecorruptions() -> types.ModuleType:
             warnings.simplefilter("ignore", DeprecationWarning)
             return importlib.import_module("imagecorruptions")
     except ImportError as error:
-        raise ImportError(f"common corruptions need imagecorruptions, opencv-python, scikit-image and scipy "
-                          f"(pip install imagecorruptions opencv-python-headless scikit-image scipy): {error}") from error
+        hint = "pip install imagecorruptions opencv-python-headless scikit-image scipy"
+        raise ImportError(f"common corruptions need imagecorruptions, OpenCV, scikit-image and SciPy ({hint}): "
+                          f"{error}") from error
 
 
 imagecorruptions = _import_imagecorruptions()

@@ -18,33 +18,38 @@ Two ways to get the corrupted images:
   below states its constants. Images are quantised to uint8 first and the result is truncated to uint8 as the
   reference does (``np.uint8(corruption(image))``), so outputs lie on the 1/255 grid.
 
-Size-agnostic helpers come from imagecorruptions via :mod:`rome_bench.threats.imagecorruptions_compat` (anti-aliased
-disk kernel, clipped zoom, numpy motion blur, plasma fractal, frost textures). Randomness comes only from torch's
-global RNG: each call draws one seed with ``torch.randint`` and seeds a ``numpy.random.Generator`` with it; numpy's
-global RNG is never used, so a ``torch.manual_seed`` fixes the output.
+Size-agnostic helpers come from imagecorruptions via :mod:`rome_bench.threats.imagecorruptions_compat`
+(anti-aliased disk kernel, numpy motion blur, plasma fractal, frost textures); the clipped zoom is re-done batched
+(:func:`centre_zoom`: imagecorruptions' ``clipped_zoom`` followed by make_cifar_c's centre trim). Randomness comes
+only from torch's global RNG: each call draws one seed with ``torch.randint`` and seeds a ``numpy.random.Generator``
+with it; numpy's global RNG is never used, so a ``torch.manual_seed`` fixes the output.
 
-Deviations from ``make_cifar_c.py`` (all but the last two are in distribution only, not in the constants):
+Deviations from ``make_cifar_c.py`` (the constants are all the reference's):
 
 * motion_blur and snow use imagecorruptions' numpy motion blur (a 1-D Gaussian kernel of width 2·radius+1 along the
   angle, edges replicated) instead of ImageMagick's ``MotionBlurImage`` through Wand, as imagecorruptions does for
   ImageNet-C; the blurred result is rounded to uint8 as ImageMagick's 8-bit output is.
 * impulse_noise is written directly: each value is independently replaced with probability ``amount`` by 0 or 1
   (equal odds), as ``skimage.util.random_noise(mode="s&p")`` does today.
-* glass_blur's "swap" ``x[h, w], x[h', w'] = x[h', w'], x[h, w]`` copies (numpy views: ``x[h', w']`` is reassigned
-  its own value), and with ``max_delta = 1`` every source pixel lies up-left of its target and is not yet visited
-  in the descending scan; so one pass is exactly the gather ``x[h, w] ← x[h + dy, w + dx]`` from the pass's start,
-  which is done here for the whole batch at once.
 * Random draws happen in a different order than the reference's per-image ``np.random`` calls (same distributions).
 * JPEG encoding and PIL/OpenCV resampling are those of the installed Pillow/OpenCV.
 * Images other than 32×32 get the CIFAR constants with the image size in place of 32 (elastic_transform scales
   with the height, fog's plasma map is the next power of two ≥ the larger side, frost textures are enlarged only
   when a 0.2-scaled texture is smaller than the image); CIFAR-10-C is defined on 32×32 only.
+
+Exact, though restructured: glass_blur's "swap" ``x[h, w], x[h', w'] = x[h', w'], x[h, w]`` only copies (numpy
+views: ``x[h', w']`` gets its own value back), and with ``max_delta = 1`` (every severity) each source pixel lies
+up-left of its target and is not yet visited by the descending scan; so a pass is the gather
+``x[h, w] ← x[h + dy, w + dx]`` from the pass's start, done here for the whole batch at once (:func:`local_shuffle`).
+Note that CIFAR-10-C's elastic_transform is not monotone in pixel change: severity 1 is a pure affine warp with
+2.56 px corner jitter, which moves pixels more than severity 5 (0.96 px jitter plus a displacement field, α = 3.2).
 """
 
 from __future__ import annotations
 
 import functools
 import io
+import math
 import numbers
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -74,12 +79,6 @@ Corruption = Callable[[np.ndarray, int, np.random.Generator], np.ndarray]
 
 def _unit(images: np.ndarray) -> np.ndarray:
     return images / 255.0
-
-
-def _centre_crop(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """The central height×width window (make_cifar_c's clipped_zoom trims the zoomed image at the centre)."""
-    top, left = (image.shape[0] - height) // 2, (image.shape[1] - width) // 2
-    return image[top:top + height, left:left + width]
 
 
 def _blur_spatial(images: np.ndarray, sigma: float, mode: str = "nearest", truncate: float = 4.0) -> np.ndarray:
@@ -152,15 +151,29 @@ def motion_blur(images: np.ndarray, severity: int, rng: np.random.Generator) -> 
     return np.clip(np.round(blurred), 0, 255)
 
 
+def centre_zoom(images: np.ndarray, factor: float) -> np.ndarray:
+    """Zoom a (B,H,W,C) batch into its centre by ``factor`` ≥ 1 (bilinear), keeping H×W.
+
+    The batched form of make_cifar_c's ``clipped_zoom``: crop the central ⌈H/f⌉×⌈W/f⌉ window, zoom it by f
+    (``scipy.ndimage.zoom``, order 1, with batch and channels stacked on one axis zoomed by 1, the identity) and
+    trim the result back to H×W at the centre.
+    """
+    batch, height, width, channels = images.shape
+    crop_h, crop_w = math.ceil(height / factor), math.ceil(width / factor)
+    top, left = (height - crop_h) // 2, (width - crop_w) // 2
+    crop = images[:, top:top + crop_h, left:left + crop_w].transpose(1, 2, 0, 3)
+    crop = crop.reshape(crop_h, crop_w, batch * channels)
+    zoomed = ndimage.zoom(crop, (factor, factor, 1), order=1)  # batch × channels stacked on the last axis
+    top, left = (zoomed.shape[0] - height) // 2, (zoomed.shape[1] - width) // 2
+    zoomed = zoomed[top:top + height, left:left + width].reshape(height, width, batch, channels)
+    return zoomed.transpose(2, 0, 1, 3)
+
+
 def zoom_blur(images: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
     """Mean of the image and its centre zooms by np.arange(1, stop, 0.01), stop = 1.06, 1.11, 1.16, 1.21, 1.26."""
     factors = np.arange(1, (1.06, 1.11, 1.16, 1.21, 1.26)[severity - 1], 0.01)
     x = _unit(images).astype(np.float32)
-    _, height, width, _ = x.shape
-    total = x.copy()
-    for image, out in zip(x, total, strict=True):
-        for factor in factors:
-            out += _centre_crop(compat.clipped_zoom(image, factor), height, width)
+    total = x + sum(centre_zoom(x, factor) for factor in factors)
     return np.clip(total / (len(factors) + 1), 0, 1) * 255
 
 
@@ -173,19 +186,17 @@ def snow(images: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndar
     """Thresholded zoomed Gaussian flakes, motion-blurred at [−135°, −45°], added twice (180° apart) to a whitened x."""
     mean, std, zoom, threshold, radius, sigma, keep = SNOW[severity - 1]
     x = _unit(images).astype(np.float32)
-    _, height, width, _ = x.shape
-    out = np.empty_like(x)
-    for i, image in enumerate(x):
-        flakes = rng.normal(loc=mean, scale=std, size=(height, width, 1))
-        flakes = _centre_crop(compat.clipped_zoom(flakes, zoom), height, width)[..., 0]
-        flakes[flakes < threshold] = 0
-        flakes = (np.clip(flakes, 0, 1) * 255).astype(np.uint8)  # the reference's 8-bit PIL 'L' image
-        blurred = compat.motion_blur(flakes, radius=radius, sigma=sigma, angle=rng.uniform(-135, -45))
-        layer = (np.clip(np.round(blurred), 0, 255) / 255.0)[..., None]
-        grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[..., None]
-        whitened = keep * image + (1 - keep) * np.maximum(image, grey * 1.5 + 0.5)
-        out[i] = np.clip(whitened + layer + np.rot90(layer, k=2), 0, 1)
-    return out.astype(np.float64) * 255
+    batch, height, width, _ = x.shape
+    flakes = centre_zoom(rng.normal(loc=mean, scale=std, size=(batch, height, width, 1)), zoom)[..., 0]
+    flakes[flakes < threshold] = 0
+    flakes = (np.clip(flakes, 0, 1) * 255).astype(np.uint8)  # the reference's 8-bit PIL 'L' image
+    angles = rng.uniform(-135, -45, size=batch)
+    layers = np.stack([compat.motion_blur(layer, radius=radius, sigma=sigma, angle=angle)
+                       for layer, angle in zip(flakes, angles, strict=True)])
+    layers = (np.clip(np.round(layers), 0, 255) / 255.0)[..., None]
+    grey = (x @ np.float32([0.299, 0.587, 0.114]))[..., None]  # cv2's RGB2GRAY weights
+    whitened = keep * x + (1 - keep) * np.maximum(x, grey * 1.5 + 0.5)
+    return np.clip(whitened + layers + np.rot90(layers, k=2, axes=(1, 2)), 0, 1) * 255
 
 
 @functools.lru_cache(maxsize=16)
@@ -307,6 +318,8 @@ def corrupt_batch(images: torch.Tensor, corruption: str, severity: int) -> torch
     if images.dim() != 4 or images.shape[1] != 3:
         raise ConfigError(f"common corruptions need RGB images of shape (B,3,H,W), got {tuple(images.shape)}")
     rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+    if len(images) == 0:
+        return images.detach().clone()
     pixels = (images.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu()
     corrupted = corrupt_uint8(pixels.numpy(), corruption, severity, rng)
     return _to_tensor(corrupted, images)
@@ -334,6 +347,26 @@ def open_stored(corruptions_dir: str, corruption: str) -> np.ndarray:
     return stored
 
 
+@functools.lru_cache(maxsize=4)
+def _stored_labels(corruptions_dir: str) -> np.ndarray | None:
+    path = Path(corruptions_dir).expanduser() / "labels.npy"
+    return np.load(path) if path.is_file() else None
+
+
+def check_stored_labels(corruptions_dir: str, rows: np.ndarray, labels: torch.Tensor) -> None:
+    """When ``labels.npy`` is there, the stored labels of the looked-up rows must equal the batch's labels: the
+    files are in CIFAR-10's original test order, and a dataset in another order would silently mismatch."""
+    stored = _stored_labels(corruptions_dir)
+    if stored is None:
+        return
+    expected = torch.as_tensor(np.asarray(stored[rows]), dtype=torch.long)
+    mismatch = (expected != labels.detach().cpu().long()).nonzero()
+    if len(mismatch):
+        raise ConfigError(f"the CIFAR-10-C files in {corruptions_dir} are not in this dataset's order (label differs "
+                          f"at batch position {int(mismatch[0])}); --corruptions-dir needs CIFAR-10 in its original "
+                          "test order, i.e. loaded from torchvision's python batches, not an image folder")
+
+
 @register_threat("corruption", tag="unseen", column="corr")
 class CommonCorruption(Threat):
     """A CIFAR-10-C common corruption at one severity (Hendrycks & Dietterich 2019), generated or loaded."""
@@ -347,6 +380,8 @@ class CommonCorruption(Threat):
             raise ConfigError(f"corruption severity must be one of {', '.join(map(str, SEVERITIES))}, got {severity!r}")
         self.corruption = corruption
         self.severity = int(severity)
+        # Stored per corruption (its 5 severities pooled); the unseen suite's Com. Corr. column pools all 15.
+        self.column = f"corr/{corruption}"  # type: ignore[misc]
         self.corruptions_dir = None if corruptions_dir is None else str(corruptions_dir)
         if self.corruptions_dir is not None:
             open_stored(self.corruptions_dir, corruption)  # fail early on a missing or malformed file
@@ -361,9 +396,10 @@ class CommonCorruption(Threat):
                  example_ids: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
         if self.corruptions_dir is None:
             return corrupt_batch(images, self.corruption, self.severity)
-        return self._load(images, example_ids)
+        return self._load(images, labels, example_ids)
 
-    def _load(self, images: torch.Tensor, example_ids: Sequence[int] | torch.Tensor | None) -> torch.Tensor:
+    def _load(self, images: torch.Tensor, labels: torch.Tensor,
+              example_ids: Sequence[int] | torch.Tensor | None) -> torch.Tensor:
         """Stored images ``(severity − 1)·N + example_id`` from the memory-mapped ``.npy`` file."""
         stored = open_stored(str(self.corruptions_dir), self.corruption)
         per_severity = len(stored) // 5
@@ -378,7 +414,9 @@ class CommonCorruption(Threat):
         if tuple(stored.shape[1:3]) != tuple(images.shape[2:]):
             raise ConfigError(f"{self.corruption}: stored images are {stored.shape[1]}×{stored.shape[2]}, "
                               f"the batch is {images.shape[2]}×{images.shape[3]}")
-        return _to_tensor(stored[(self.severity - 1) * per_severity + ids], images)
+        rows = (self.severity - 1) * per_severity + ids
+        check_stored_labels(str(self.corruptions_dir), rows, labels)
+        return _to_tensor(stored[rows], images)
 
 
 def cifar10_c_threats(corruptions_dir: str | None = None) -> list[CommonCorruption]:

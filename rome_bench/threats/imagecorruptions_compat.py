@@ -21,12 +21,20 @@ Import this module instead of ``imagecorruptions``: it imports the library and f
   through (spatter and elastic_transform call it without ``multichannel``).
 
 The corruption functions look these helpers up in their module's globals at call time, so patching the helpers
-fixes ``corruption_dict``, ``corruption_tuple`` and ``corrupt`` without replacing them. The other 16 corruptions run
-unchanged. The size-agnostic building blocks are re-exported for :mod:`rome_bench.threats.corruptions`.
+fixes ``corruption_dict``, ``corruption_tuple`` and ``corrupt`` without replacing them.
+
+One more fix, for a bug that does not depend on versions: **spatter** at severities 1–3 divides its liquid mask by
+its maximum, which is 0 when no liquid survives the threshold (common on small images such as 32×32); the whole
+image becomes NaN, ``np.uint8(NaN)`` follows (a RuntimeWarning and, on x86, a black image). The wrapped spatter
+returns the image unchanged in that case (no liquid, nothing to add), which is what the formula means, and is
+swapped into ``corruption_dict`` and ``corruption_tuple``. The other 15 corruptions run unchanged.
+
+The size-agnostic building blocks are re-exported for :mod:`rome_bench.threats.corruptions`.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import sys
@@ -124,10 +132,27 @@ def gaussian(image: np.ndarray, sigma: Any = 1.0, multichannel: bool | None = No
     return skimage_gaussian(image, sigma=sigma, **kwargs)
 
 
+_original_spatter = _library.spatter
+
+
+@functools.wraps(_original_spatter)
+def spatter(x: Any, severity: int = 1) -> np.ndarray:
+    """imagecorruptions' spatter, returning the image itself where the liquid mask is empty (0/0 → NaN)."""
+    with np.errstate(invalid="ignore"):
+        out = np.asarray(_original_spatter(x, severity), dtype=np.float64)
+    if np.isnan(out).any():
+        out = np.where(np.isnan(out), np.asarray(x, dtype=np.float64).reshape(out.shape), out)
+    return out
+
+
 for _namespace in (_library, imagecorruptions):
     _namespace.plasma_fractal = plasma_fractal
     _namespace.gaussian = gaussian
+    _namespace.spatter = spatter
 _library.resource_filename = resource_filename
+imagecorruptions.corruption_tuple = tuple(spatter if f is _original_spatter else f
+                                          for f in imagecorruptions.corruption_tuple)
+imagecorruptions.corruption_dict = {f.__name__: f for f in imagecorruptions.corruption_tuple}
 
 # Size-agnostic building blocks (deterministic; the random ones above take an rng).
 disk: Callable[..., np.ndarray] = _library.disk

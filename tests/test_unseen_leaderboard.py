@@ -24,8 +24,9 @@ def fill(store, model, rng, n=60, gma_applies=True):
     keys = [add_threat(store, model, "clean:0", "nat", ids, nat)]
     for column in ("corr/a", "corr/b"):
         for severity in (1, 2):
-            keys.append(add_threat(store, model, f"corruption:{column}{severity}", column, ids,
-                                   [c and rng.random() < 0.8 for c in nat], {"corruption": column, "severity": severity}))
+            correct = [c and rng.random() < 0.8 for c in nat]
+            params = {"corruption": column, "severity": severity}
+            keys.append(add_threat(store, model, f"corruption:{column}{severity}", column, ids, correct, params))
     store.record_threat("gma:0", "gma", "gma", "unseen", {})
     if gma_applies:
         store.add_results(model, "gma:0", "data", ids, [c and rng.random() < 0.5 for c in nat])

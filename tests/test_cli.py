@@ -189,3 +189,30 @@ def test_bad_eps_scale_fails_cleanly(trained_run, tmp_path):
     result = rome_bench("eval", "--run", str(trained_run), "--eps-scale", "0.5,x", "--store", str(tmp_path / "s.db"))
     assert_one_line_error(result, "--eps-scale")
     assert not (tmp_path / "s.db").exists()
+
+
+def test_unseen_suite_end_to_end_with_union_over_seen_and_unseen(trained_run, tmp_path):
+    store = tmp_path / "results.sqlite"
+    for suite in ("seen-apgd", "unseen"):
+        result = rome_bench("eval", "--run", str(trained_run), "--suite", suite, "--n-examples", "6", "--store",
+                            str(store), "--no-progress", "--batch-size", "6")
+        assert result.returncode == 0, result.stderr
+    as_json = json.loads(rome_bench("leaderboard", "--suite", "unseen", "--store", str(store), "--format", "json",
+                                    "--reference", "rome-paper-table2").stdout)
+    assert as_json["columns"] == ["nat", "corr", "l0", "percep", "ppgd", "lpa", "patch", "stadv", "recoloradv", "gma",
+                                  "union", "union-all"]
+    measured = next(row for row in as_json["rows"] if row["source"] == "measured")
+    values = measured["accuracy"]
+    assert set(as_json["columns"]) <= set(values)  # GMA applies: the model has RoME gates
+    assert values["union"] <= min(v for c, v in values.items() if c not in ("union", "union-all"))
+    assert values["union-all"] <= values["union"]
+    reported = [row for row in as_json["rows"] if row["source"] != "measured"]
+    assert len(reported) == 17 and reported[0]["accuracy"]["corr"] > 0.7
+    detail = rome_bench("leaderboard", "--suite", "unseen", "--store", str(store), "--detail")
+    assert detail.returncode == 0, detail.stderr
+    header = next(line for line in detail.stdout.splitlines() if line.startswith("| Method"))
+    for title in ("gaussian noise", "jpeg compression", "Fog", "JPEG-ℓ∞", "GMA", "Union (all)"):
+        assert f"| {title} |" in header, header
+    matrix = tmp_path / "matrix.csv"
+    assert rome_bench("export", "--out", str(matrix), "--suite", "unseen", "--store", str(store)).returncode == 0
+    assert "corr/fog/5" in matrix.read_text().splitlines()[0]

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 
 from rome_bench.config import ThreatsConfig
 from rome_bench.registry import Registry
-from rome_bench.threats import Clean, Threat, seen_apgd, seen_autoattack, seen_threats
+from rome_bench.threats import CORRUPTIONS, Clean, Threat, seen_apgd, seen_autoattack, seen_threats, unseen_threats
 
 
 @dataclass(frozen=True)
@@ -72,3 +72,24 @@ register_seen_suite(
 register_seen_suite(
     "seen-pgd", lambda t: seen_threats(t.eps, t.eval_steps, t.l1_sparsity, keep_adversarial=True),
     "clean + the training PGD ℓ1/ℓ2/ℓ∞ at the run's ε with threats.eval_steps steps (first success kept)")
+
+
+UNSEEN_TITLES = {
+    "nat": "Nat", "corr": "Com. Corr.", "l0": "ℓ0", "percep": "Percep. ℓp", "ppgd": "PPGD", "lpa": "LPA",
+    "patch": "Adv. Patch", "stadv": "StAdv", "recoloradv": "ReColorAdv", "gma": "GMA",
+    "fog": "Fog", "snow": "Snow", "gabor": "Gabor", "elastic": "Elastic", "jpeg": "JPEG-ℓ∞",
+    **{f"corr/{name}": name.replace("_", " ") for name in CORRUPTIONS},
+}
+
+register_suite(Suite(
+    name="unseen",
+    build=lambda threats: [Clean(), *unseen_threats(threats.eps["linf"])],
+    columns=("nat", "corr", "l0", "percep", "ppgd", "lpa", "patch", "stadv", "recoloradv", "gma"),
+    titles=UNSEEN_TITLES,
+    description="clean + the paper's unseen threats (Table 2, CIFAR-10 settings): 15 corruptions × 5 severities, "
+                "SparseFool ℓ0, Fog/Snow/Gabor/Elastic/JPEG-ℓ∞, PPGD, LPA, 8×8 patch, StAdv, ReColorAdv, GMA",
+    aggregates={"corr": tuple(f"corr/{name}" for name in CORRUPTIONS),
+                "percep": ("fog", "snow", "gabor", "elastic", "jpeg")},
+    show_avg=False,
+    union_with=("seen", "seen-apgd", "seen-plus", "seen-pgd"),
+))

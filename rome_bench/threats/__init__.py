@@ -21,30 +21,53 @@ from rome_bench.threats.base import (
     UnboundedBudget,
     register_threat,
 )
+from rome_bench.threats.corruptions import CORRUPTIONS, CommonCorruption, cifar10_c_threats
+from rome_bench.threats.functional import ReColorAdv, StAdv
+from rome_bench.threats.gma import GatingMisrouting
+from rome_bench.threats.perceptual import LagrangePerceptual, PerceptualPGD
 from rome_bench.threats.pgd import L1PGD, L2PGD, PGD, LinfPGD, project_l1_box, project_l2_box
+from rome_bench.threats.sparse import AdversarialPatch, SparseFool
+from rome_bench.threats.uar_geometric import Elastic, JPEGLinf
+from rome_bench.threats.uar_noise import Fog, Gabor, Snow
 
 __all__ = [
+    "CORRUPTIONS",
     "L1APGD",
     "L1PGD",
     "L2APGD",
     "L2PGD",
     "PGD",
     "THREATS",
+    "AdversarialPatch",
     "AutoAttackThreat",
     "Budget",
     "BudgetCheck",
     "Clean",
+    "CommonCorruption",
+    "Elastic",
+    "Fog",
+    "Gabor",
+    "GatingMisrouting",
+    "JPEGLinf",
     "L1AutoAttack",
     "L2AutoAttack",
+    "LagrangePerceptual",
     "LinfAPGD",
     "LinfAutoAttack",
     "LinfPGD",
     "LpBudget",
+    "PerceptualPGD",
+    "ReColorAdv",
+    "Snow",
+    "SparseFool",
+    "StAdv",
     "Threat",
     "UnboundedBudget",
+    "cifar10_c_threats",
     "project_l1_box",
     "project_l2_box",
     "register_threat",
+    "unseen_threats",
 ]
 
 
@@ -66,3 +89,21 @@ def seen_autoattack(eps: dict[str, float], version: str = "standard") -> list[Th
 def seen_apgd(eps: dict[str, float]) -> list[Threat]:
     """APGD-CE then APGD-T under ℓ1, ℓ2 and ℓ∞ (the cheaper protocol of E-AT and RAMP), fixed seed 0."""
     return [L1APGD(eps["l1"]), L2APGD(eps["l2"]), LinfAPGD(eps["linf"])]
+
+
+def unseen_threats(linf_eps: float) -> list[Threat]:
+    """The paper's unseen threats with its CIFAR-10 settings (Sec. A1), in Table 2's column order.
+
+    75 corruption × severity threats, SparseFool ℓ0, Fog/Snow/Gabor/Elastic/JPEG-ℓ∞ (Percep. ℓp), PPGD, LPA,
+    the 8×8 patch, StAdv, ReColorAdv, and GMA at the run's ℓ∞ ε (8/255 on CIFAR-10, as in the paper).
+    """
+    return [
+        *cifar10_c_threats(),
+        SparseFool(),
+        Fog(), Snow(), Gabor(), Elastic(), JPEGLinf(),
+        PerceptualPGD(), LagrangePerceptual(),
+        AdversarialPatch(),
+        StAdv(),
+        ReColorAdv(),
+        GatingMisrouting(eps=linf_eps),
+    ]

@@ -50,6 +50,23 @@ def register_threat(name: str, tag: str, column: str | None = None) -> Callable[
     return decorator
 
 
+def per_example(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Reshape a (B,) tensor to broadcast against ``like`` (B, ...)."""
+    return values.view(-1, *([1] * (like.dim() - 1)))
+
+
+def keep_first_success(logits: torch.Tensor, labels: torch.Tensor, candidate: torch.Tensor, found: torch.Tensor,
+                       kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The evaluation rule of every iterative attack: each example keeps the first candidate (image or attack
+    parameters) the model misclassifies, so with a fixed seed more iterations never make an attack weaker.
+
+    ``logits`` are the model's outputs on ``candidate``; returns the updated (found mask, kept candidates).
+    """
+    newly = (logits.argmax(dim=1) != labels) & ~found
+    kept = torch.where(per_example(newly, kept), candidate.detach(), kept)
+    return found | newly, kept
+
+
 @dataclass(frozen=True)
 class BudgetCheck:
     """Per-example size of a perturbation under a budget and the largest size allowed."""

@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rome_bench.threats.base import Budget, BudgetCheck, Threat, register_threat
+from rome_bench.threats.base import Budget, BudgetCheck, Threat, keep_first_success, per_example, register_threat
 
 SMOOTHNESS_EPS = 1e-10
 REPLAY_TOLERANCE = 1e-5
@@ -80,10 +80,6 @@ def grid_smoothness(field_: torch.Tensor, dims: tuple[int, ...], channel_dim: in
         border_points = math.prod(size for i, size in enumerate(field_.shape) if i not in (0, dim, channel_dim))
         total = total + 2 * edges + 2 * border_points * SMOOTHNESS_EPS**0.5
     return total
-
-
-def _per_example(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return values.view(-1, *([1] * (like.dim() - 1)))
 
 
 @dataclass(frozen=True)
@@ -181,12 +177,12 @@ class FunctionalAttack(Threat):
                 loss = (margin(logits, labels) + self.smoothness_weight * self.smoothness(params)).sum()
                 (params.grad,) = torch.autograd.grad(loss, params)
                 with torch.no_grad():
-                    found, kept = self._keep_first_success(logits, labels, params, found, kept)
+                    found, kept = keep_first_success(logits, labels, params, found, kept)
                 optimizer.step()
         with torch.no_grad():
             last = self.project(params.detach())
-            found, kept = self._keep_first_success(model(self.apply(images, last)), labels, last, found, kept)
-            chosen = torch.where(_per_example(found, kept), kept, last)
+            found, kept = keep_first_success(model(self.apply(images, last)), labels, last, found, kept)
+            chosen = torch.where(per_example(found, kept), kept, last)
             self.last_params = chosen
             self._record(chosen)
             return self.apply(images, chosen)
@@ -194,12 +190,6 @@ class FunctionalAttack(Threat):
     def _record(self, params: torch.Tensor) -> None:
         """Hook for subclasses to remember more about the returned parameters."""
 
-    @staticmethod
-    def _keep_first_success(logits: torch.Tensor, labels: torch.Tensor, params: torch.Tensor, found: torch.Tensor,
-                            kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        newly = (logits.argmax(dim=1) != labels) & ~found
-        kept = torch.where(_per_example(newly, kept), params.detach(), kept)
-        return found | newly, kept
 
 
 @register_threat("stadv", tag="unseen", column="stadv")

@@ -69,7 +69,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rome_bench.errors import ConfigError
-from rome_bench.threats.base import Budget, BudgetCheck, Threat, register_threat
+from rome_bench.threats.base import Budget, BudgetCheck, Threat, per_example, register_threat
 
 ALEXNET_CHECKPOINT = "alexnet-owt-7be5be79.pth"
 LPIPS_BACKBONES = ("auto", "self", "alexnet")
@@ -240,11 +240,6 @@ def margin_loss(logits: torch.Tensor, labels: torch.Tensor, kappa: float) -> tor
     return (others - correct).clamp(max=kappa)
 
 
-def _per_example(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Reshape a (B,) tensor to broadcast against ``like`` (B, ...)."""
-    return values.view(-1, *([1] * (like.dim() - 1)))
-
-
 def _norms(tensor: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(tensor.flatten(1), dim=1)
 
@@ -369,7 +364,7 @@ class PerceptualAttack(Threat):
         excess = lpips[outside].detach() - self.bound + self.projection_overshoot
         size = torch.where(squared > 0, excess * (1 + self.projection_overshoot) / squared.clamp_min(TINY),
                            torch.zeros_like(squared))
-        images[rows] = (images[rows] - _per_example(size, grad) * grad).clamp(0, 1)
+        images[rows] = (images[rows] - per_example(size, grad) * grad).clamp(0, 1)
         return rows
 
     def _bisect(self, distance: LPIPS, clean: torch.Tensor, clean_embedding: torch.Tensor,
@@ -380,19 +375,19 @@ class PerceptualAttack(Threat):
         high = torch.ones_like(low)
         for _ in range(self.bisection_steps):
             middle = (low + high) / 2
-            inside = self._distances(distance, clean + _per_example(middle, direction) * direction,
+            inside = self._distances(distance, clean + per_example(middle, direction) * direction,
                                      clean_embedding) <= self.bound
             low, high = torch.where(inside, middle, low), torch.where(inside, high, middle)
-        return clean + _per_example(low, direction) * direction, low == 0
+        return clean + per_example(low, direction) * direction, low == 0
 
     def _finish(self, distance: LPIPS, images: torch.Tensor, clean_embedding: torch.Tensor, tracker: _FirstSuccess,
                 fallback: torch.Tensor, fallback_failed: torch.Tensor) -> torch.Tensor:
         """First success, else the projected fallback; anything still outside the bound becomes the clean image."""
-        found = _per_example(tracker.found, images)
+        found = per_example(tracker.found, images)
         output = torch.where(found, tracker.result, fallback)
         failed = ~tracker.found & fallback_failed
         outside = self._distances(distance, output, clean_embedding) > self.bound
-        output = torch.where(_per_example(outside, images), images, output)
+        output = torch.where(per_example(outside, images), images, output)
         self._failed = int((failed | outside).sum())
         return output.detach()
 
@@ -450,7 +445,7 @@ class PerceptualPGD(PerceptualAttack):
             length = torch.linalg.vector_norm((distance.embed(images + self.h * direction) - base) / self.h, dim=1)
             moves = (_norms(grad) >= FLAT_GRADIENT) & (length > 0)
             scale = torch.where(moves, step / length.clamp_min(TINY), torch.zeros_like(length))
-            stepped = (images + _per_example(scale, direction) * direction).clamp(0, 1)
+            stepped = (images + per_example(scale, direction) * direction).clamp(0, 1)
         return stepped.detach(), base, logits.detach()
 
     def _conjugate_gradient(self, distance: LPIPS, images: torch.Tensor, embedding: torch.Tensor,
@@ -477,12 +472,12 @@ class PerceptualPGD(PerceptualAttack):
             running = running & (curvature != 0)
             alpha = torch.where(running, squared / torch.where(running, curvature, torch.ones_like(curvature)),
                                 torch.zeros_like(curvature))
-            solution = solution + _per_example(alpha, grad) * direction
+            solution = solution + per_example(alpha, grad) * direction
             if iteration < self.cg_iterations - 1:
-                new_residual = residual - _per_example(alpha, grad) * product
+                new_residual = residual - per_example(alpha, grad) * product
                 beta = new_residual.flatten(1).square().sum(dim=1) / squared.clamp_min(TINY)
-                new_direction = new_residual + _per_example(beta, grad) * direction
-                keep = _per_example(running, grad)
+                new_direction = new_residual + per_example(beta, grad) * direction
+                keep = per_example(running, grad)
                 residual = torch.where(keep, new_residual, residual)
                 direction = torch.where(keep, new_direction, direction)
         return solution.detach()
@@ -548,7 +543,7 @@ class LagrangePerceptual(PerceptualAttack):
         (grad,) = torch.autograd.grad(loss.sum(), images)
         with torch.no_grad():
             tracker.offer(rows, images, logits, labels, lpips)
-            unit = grad / _per_example(_norms(grad) + 1e-8, grad)
+            unit = grad / per_example(_norms(grad) + 1e-8, grad)
             rate = torch.linalg.vector_norm(embedding - distance.embed(images - self.h * unit), dim=1) / self.h
-            stepped = (images - _per_example(step / (rate + 1e-8), unit) * unit).clamp(0, 1)
+            stepped = (images - per_example(step / (rate + 1e-8), unit) * unit).clamp(0, 1)
         return stepped.detach(), lpips.detach()

@@ -28,12 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rome_bench.threats.base import Budget, LpBudget, Threat, register_threat
-
-
-def _per_example(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Reshape a (B,) tensor to broadcast against ``like`` (B, ...)."""
-    return values.view(-1, *([1] * (like.dim() - 1)))
+from rome_bench.threats.base import Budget, LpBudget, Threat, keep_first_success, per_example, register_threat
 
 
 def _in_box(images: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
@@ -76,14 +71,14 @@ class PGD(Threat):
             (grad,) = torch.autograd.grad(loss, delta)
             with torch.no_grad():
                 if self.keep_adversarial:
-                    found, result = self._keep_first_success(logits, labels, _in_box(images, delta), found, result)
+                    found, result = keep_first_success(logits, labels, _in_box(images, delta), found, result)
                 delta = self.project(images, delta + self.step_size * self.ascent_direction(grad, images, delta))
         with torch.no_grad():
             final = _in_box(images, delta)
             if not self.keep_adversarial:
                 return final
-            found, result = self._keep_first_success(model(final), labels, final, found, result)
-            return torch.where(_per_example(found, result), result, final)
+            found, result = keep_first_success(model(final), labels, final, found, result)
+            return torch.where(per_example(found, result), result, final)
 
     def prepare(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> None:
         """Called once per batch before the first step (adaptive attacks compute their targets here)."""
@@ -94,12 +89,6 @@ class PGD(Threat):
         logits = model(inputs)
         return logits, F.cross_entropy(logits, labels, reduction="sum")
 
-    @staticmethod
-    def _keep_first_success(logits: torch.Tensor, labels: torch.Tensor, current: torch.Tensor,
-                            found: torch.Tensor, result: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        newly = (logits.argmax(dim=1) != labels) & ~found
-        result = torch.where(_per_example(newly, result), current.detach(), result)
-        return found | newly, result
 
     @abstractmethod
     def start(self, images: torch.Tensor) -> torch.Tensor:
@@ -140,11 +129,11 @@ class L2PGD(PGD):
         direction = torch.randn_like(images)
         norms = direction.flatten(1).norm(dim=1).clamp_min(1e-12)
         radius = self.eps * torch.rand(len(images), device=images.device)
-        return direction * _per_example(radius / norms, images)
+        return direction * per_example(radius / norms, images)
 
     def ascent_direction(self, grad: torch.Tensor, images: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         norms = grad.flatten(1).norm(dim=1).clamp_min(1e-12)
-        return grad / _per_example(norms, grad)
+        return grad / per_example(norms, grad)
 
     def project(self, images: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         return project_l2_box(delta, images, self.eps)
@@ -170,7 +159,7 @@ class L1PGD(PGD):
         laplace = torch.distributions.Laplace(0.0, 1.0).sample(images.shape).to(images)
         norms = laplace.flatten(1).abs().sum(dim=1).clamp_min(1e-12)
         radius = self.eps * torch.rand(len(images), device=images.device)
-        return laplace * _per_example(radius / norms, images)
+        return laplace * per_example(radius / norms, images)
 
     def ascent_direction(self, grad: torch.Tensor, images: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         current = images + delta

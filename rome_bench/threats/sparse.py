@@ -51,16 +51,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rome_bench.threats.base import Budget, BudgetCheck, Threat, register_threat
+from rome_bench.threats.base import Budget, BudgetCheck, Threat, per_example, register_threat
 
 L0_TOLERANCE = 1e-6
 SOLVER_MARGIN = 1e-3  # the linear solver aims this far past the hyperplane (β in the authors' code)
 SOLVER_MIN_STEP = 1e-4  # the smallest move of a coordinate (as in the authors' code)
-
-
-def _per_example(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Reshape a (B,) tensor to broadcast against ``like`` (B, ...)."""
-    return values.view(-1, *([1] * (like.dim() - 1)))
 
 
 def changed_pixels(clean: torch.Tensor, perturbed: torch.Tensor, tol: float = 0.0) -> torch.Tensor:
@@ -342,10 +337,10 @@ class AdversarialPatch(Threat):
             (grad,) = torch.autograd.grad(F.cross_entropy(logits, labels, reduction="sum"), canvas)
             with torch.no_grad():
                 newly = (logits.argmax(dim=1) != labels) & ~found
-                result = torch.where(_per_example(newly, result), patched, result)
+                result = torch.where(per_example(newly, result), patched, result)
                 found |= newly
                 canvas = (canvas + self.step_size * grad.sign() * mask).clamp(0, 1)
         with torch.no_grad():
             final = _apply_patch(images, canvas, mask)
             newly = (model(final).argmax(dim=1) != labels) & ~found
-            return torch.where(_per_example(found, result), result, final), found | newly
+            return torch.where(per_example(found, result), result, final), found | newly

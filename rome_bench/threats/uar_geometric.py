@@ -61,15 +61,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rome_bench.threats.base import Budget, BudgetCheck, Threat, register_threat
+from rome_bench.threats.base import Budget, BudgetCheck, Threat, keep_first_success, per_example, register_threat
 
 RECONSTRUCTION_ATOL = 1e-4
 """How far (in [0,1] units) a re-rendered output may differ from the returned one in the budget check."""
-
-
-def _per_example(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Reshape a (B,) tensor to broadcast against ``like`` (B, ...)."""
-    return values.view(-1, *([1] * (like.dim() - 1)))
 
 
 class ParametricAttack(Threat):
@@ -127,21 +122,15 @@ class ParametricAttack(Threat):
             loss = F.cross_entropy(logits, labels, reduction="sum")
             (grad,) = torch.autograd.grad(loss, theta)
             with torch.no_grad():
-                found, kept = self._keep_first_success(logits, labels, theta, found, kept)
+                found, kept = keep_first_success(logits, labels, theta, found, kept)
                 theta = (theta + self.step_size * grad.sign()).clamp(-self.eps, self.eps)
         with torch.no_grad():
-            found, kept = self._keep_first_success(model(self.render(state, theta)), labels, theta, found, kept)
-            chosen = torch.where(_per_example(found, theta), kept, theta)
+            found, kept = keep_first_success(model(self.render(state, theta)), labels, theta, found, kept)
+            chosen = torch.where(per_example(found, theta), kept, theta)
             output = self.render(state, chosen)
         self.last_parameters = chosen.detach()
         return output
 
-    @staticmethod
-    def _keep_first_success(logits: torch.Tensor, labels: torch.Tensor, theta: torch.Tensor, found: torch.Tensor,
-                            kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        newly = (logits.argmax(dim=1) != labels) & ~found
-        kept = torch.where(_per_example(newly, kept), theta.detach(), kept)
-        return found | newly, kept
 
 
 @dataclass(frozen=True, eq=False)

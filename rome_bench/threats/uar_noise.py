@@ -64,7 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rome_bench.threats.base import Budget, BudgetCheck, LpBudget, Threat, register_threat
+from rome_bench.threats.base import Budget, BudgetCheck, LpBudget, Threat, per_example, register_threat
 
 Params = list[torch.Tensor]
 LUMINANCE = (0.2126, 0.7152, 0.0722)
@@ -73,11 +73,6 @@ LUMINANCE = (0.2126, 0.7152, 0.0722)
 def reference_step_size(eps: float, steps: int) -> float:
     """advex-uar's default step size, ε/√steps (in the parameters' units)."""
     return eps / math.sqrt(steps)
-
-
-def _per_example(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Reshape a (B,) tensor to broadcast against ``like`` (B, ...)."""
-    return values.view(-1, *([1] * (like.dim() - 1)))
 
 
 class UARNoise(Threat):
@@ -135,8 +130,8 @@ class UARNoise(Threat):
             final = self.render(images, params, context)
             found, kept, kept_params = self._keep_first(model(final), labels, final, params, found, kept,
                                                         kept_params)
-            result = torch.where(_per_example(found, kept), kept, final)
-            chosen = [torch.where(_per_example(found, p), k, p) for p, k in zip(params, kept_params, strict=True)]
+            result = torch.where(per_example(found, kept), kept, final)
+            chosen = [torch.where(per_example(found, p), k, p) for p, k in zip(params, kept_params, strict=True)]
             self.record(chosen, context)
             return result.clamp(0, 1)
 
@@ -146,8 +141,8 @@ class UARNoise(Threat):
                     kept_params: Params) -> tuple[torch.Tensor, torch.Tensor, Params]:
         """Store, for examples misclassified for the first time, this iterate and its parameters."""
         newly = (logits.argmax(dim=1) != labels) & ~found
-        kept = torch.where(_per_example(newly, kept), current.detach(), kept)
-        kept_params = [torch.where(_per_example(newly, k), p.detach(), k)
+        kept = torch.where(per_example(newly, kept), current.detach(), kept)
+        kept_params = [torch.where(per_example(newly, k), p.detach(), k)
                        for p, k in zip(params, kept_params, strict=True)]
         return found | newly, kept, kept_params
 
@@ -465,8 +460,8 @@ def gabor_kernels(size: int, sides: torch.Tensor, sigma: torch.Tensor, frequency
 def _minmax(values: torch.Tensor) -> torch.Tensor:
     """Per-example min-max scaling to [0,1] with detached extremes (a constant map becomes 0)."""
     flat = values.flatten(1)
-    low = _per_example(flat.min(dim=1).values.detach(), values)
-    high = _per_example(flat.max(dim=1).values.detach(), values)
+    low = per_example(flat.min(dim=1).values.detach(), values)
+    high = per_example(flat.max(dim=1).values.detach(), values)
     return (values - low) / (high - low).clamp_min(1e-12)
 
 
@@ -482,7 +477,7 @@ def gabor_noise(variables: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     conv = conv.reshape(batch, 1, height, width)
     mean = conv.mean(dim=(1, 2, 3), keepdim=True).detach()
     spread = (conv - mean).abs().detach()
-    spread = spread / _per_example(spread.flatten(1).amax(dim=1).clamp_min(1e-30), spread)
+    spread = spread / per_example(spread.flatten(1).amax(dim=1).clamp_min(1e-30), spread)
     gain = (1 + 1e-3) / (1e-3 + spread)
     return _minmax(mean + (conv - mean) * gain)
 

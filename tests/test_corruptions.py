@@ -19,14 +19,10 @@ from rome_bench.threats.corruptions import (
     corrupt_batch,
     local_shuffle,
 )
+from tests.measures import accuracy
 
 RANDOM_CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "glass_blur", "motion_blur", "snow", "frost",
                       "fog", "elastic_transform")
-
-
-def accuracy(model, images, labels) -> float:
-    with torch.no_grad():
-        return (model(images).argmax(1) == labels).float().mean().item()
 
 
 # ----------------------------------------------------------------------------------------- compat module

@@ -7,15 +7,11 @@ from rome_bench.errors import ThreatOutputError
 from rome_bench.evaluation.runner import verify_threat_output
 from rome_bench.threats.base import THREATS
 from rome_bench.threats.functional import CIELUV, ReColorAdv, StAdv
+from tests.measures import accuracy
 from tests.reference_libs import perceptual_advex
 
 THREAT_CLASSES = {"stadv": StAdv, "recoloradv": ReColorAdv}
 QUICK = {"stadv": {"steps": 10, "bound": 0.01}, "recoloradv": {"steps": 10, "step_size": 0.01}}
-
-
-def accuracy(model, images, labels) -> float:
-    with torch.no_grad():
-        return (model(images).argmax(1) == labels).float().mean().item()
 
 
 def test_registered_as_unseen_with_paper_defaults():

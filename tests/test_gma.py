@@ -12,6 +12,7 @@ from rome_bench.evaluation.store import ResultStore
 from rome_bench.models.rome import LoRAExpertMixture, add_rome_experts
 from rome_bench.threats import Clean, LinfPGD
 from rome_bench.threats.gma import GatingMisrouting, misrouting_loss, model_gates
+from tests.measures import accuracy
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +33,6 @@ def mean_misrouting(model, images, targets) -> float:
     with torch.no_grad():
         model(images)
         return float(misrouting_loss(model_gates(model), targets).mean())
-
-
-def accuracy(model, images, labels) -> float:
-    with torch.no_grad():
-        return float((model(images).argmax(1) == labels).float().mean())
 
 
 def test_gma_stays_in_budget_and_box_and_is_deterministic(gated_model, correct_batch):

@@ -19,14 +19,10 @@ from rome_bench.threats.perceptual import (
     _alexnet_lpips,
 )
 from tests import reference_libs
+from tests.measures import fooled
 
 ATTACKS = {"ppgd": PerceptualPGD, "lpa": LagrangePerceptual}
 REDUCED = {"ppgd": {"steps": 5}, "lpa": {"steps": 10, "binary_steps": 3}}  # paper settings are 20 (x5) iterations
-
-
-def fooled(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(images).argmax(1) != labels
 
 
 def run(threat, model, images, labels, seed: int = 0) -> torch.Tensor:

@@ -14,17 +14,8 @@ from rome_bench.threats.sparse import (
     linear_solver,
     patch_extent,
 )
+from tests.measures import accuracy, fooled
 from tests.reference_libs import torchattacks
-
-
-def accuracy(model, images, labels) -> float:
-    with torch.no_grad():
-        return (model(images).argmax(1) == labels).float().mean().item()
-
-
-def fooled(model, images, labels) -> torch.Tensor:
-    with torch.no_grad():
-        return model(images).argmax(1) != labels
 
 
 @pytest.fixture(scope="module")

@@ -14,15 +14,11 @@ from rome_bench.threats import (
     project_l2_box,
     register_threat,
 )
+from tests.measures import accuracy
 
 BUDGETS = {"l1": 12.0, "l2": 0.5, "linf": 8 / 255}
 ATTACKS = {"l1": L1PGD, "l2": L2PGD, "linf": LinfPGD}
 ORDERS = {"l1": 1, "l2": 2, "linf": float("inf")}
-
-
-def accuracy(model, images, labels) -> float:
-    with torch.no_grad():
-        return (model(images).argmax(1) == labels).float().mean().item()
 
 
 @pytest.mark.parametrize("norm", ["l1", "l2", "linf"])

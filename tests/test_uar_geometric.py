@@ -19,15 +19,11 @@ from rome_bench.threats.uar_geometric import (
     idct_8x8,
     to_blocks,
 )
+from tests.measures import accuracy
 
 N = 32  # examples per attack in these tests
 THREAT_CLASSES = {"elastic": Elastic, "jpeg-linf": JPEGLinf}
 PAPER_EPS = 0.125
-
-
-def accuracy(model, images, labels) -> float:
-    with torch.no_grad():
-        return (model(images).argmax(1) == labels).float().mean().item()
 
 
 def correct_after(model, images, labels) -> torch.Tensor:

@@ -19,6 +19,7 @@ from rome_bench.threats.uar_noise import (
     snow_layer,
     streak_kernel,
 )
+from tests.measures import accuracy, fooled
 
 PAPER = {"fog": (Fog, 12.0), "snow": (Snow, 0.5), "gabor": (Gabor, 60.0)}
 STRONG = {"fog": 128.0, "snow": 0.5, "gabor": 60.0}  # ε at which the tiny model must break within 10 steps
@@ -26,16 +27,6 @@ WEAK = {"fog": 48.0, "snow": 0.05, "gabor": 15.0}  # ε at which 10 steps do not
 # Small steps for the monotonicity test: advex-uar's ε/√steps moves fog and gabor parameters across their whole box.
 SMALL_STEP = {"fog": 0.05, "snow": 0.01, "gabor": 0.05}
 NAMES = list(PAPER)
-
-
-def accuracy(model, images, labels) -> float:
-    with torch.no_grad():
-        return (model(images).argmax(1) == labels).float().mean().item()
-
-
-def fooled(model, images, labels) -> torch.Tensor:
-    with torch.no_grad():
-        return model(images).argmax(1) != labels
 
 
 def attack(name: str, model, images, labels, seed: int = 0, **kwargs) -> torch.Tensor:

@@ -29,18 +29,43 @@ class ThreatsConfig:
     l1_sparsity: float = 0.05  # fraction of coordinates moved by one sparse ℓ1 steepest-ascent step
 
 
+EXPERT_TYPES: tuple[str, ...] = ("lora", "ffn", "adapter")
+EXPERT_LAYERS: tuple[str, ...] = ("qkv", "proj", "fc1", "fc2", "conv1", "conv2")  # conv*: WideResNet blocks
+GATINGS: tuple[str, ...] = ("none", "local", "global", "dual", "dual-inverted", "dual-learned", "dual-cls")
+ROUTING_LOSSES: tuple[str, ...] = ("none", "load-balance", "importance", "gate-classification", "diversification")
+DIV_DISTANCES: tuple[str, ...] = ("l2", "cosine", "sym-kl", "wasserstein1")
+DEFAULT_ROUTING_WEIGHTS: dict[str, float] = {
+    "none": 0.0, "load-balance": 0.5, "importance": 0.5, "gate-classification": 0.1, "diversification": 0.1,
+}
+
+
 @dataclass
 class RomeConfig:
-    """Mixture of low-rank experts (paper Sec. 4.2-4.4)."""
+    """Mixture of experts (paper Sec. 4.2-4.4) and every switch its ablations (Tables 4, A4, A5) turn."""
 
+    expert_type: str = "lora"  # lora | ffn (K FFNs replacing the block MLP) | adapter (Houlsby bottleneck)
     num_experts: int = 4
-    rank: int = 16
-    targets: tuple[str, ...] = ("qkv", "proj")
+    rank: int = 16  # LoRA rank r, or the adapter's bottleneck width
+    targets: tuple[str, ...] = ("qkv", "proj")  # ViT: ⊆ qkv,proj,fc1,fc2; WRN: ⊆ conv1,conv2; ffn experts: ("mlp",)
+    gating: str = "dual"  # none | local | global | dual | dual-inverted | dual-learned | dual-cls
     gate_hidden: int = 16  # hidden width of the local and global gating MLPs (the paper does not give it)
     beta_s: float = 4.0
     beta_b: float = 2.0
-    lambda_div: float = 0.1
-    projection_dim: int = 100  # K' of the global-gate projection used only by the diversification loss
+    routing_loss: str = "diversification"  # none | load-balance | importance | gate-classification | diversification
+    routing_weight: float | None = None  # λ of the routing loss; None = that loss's default (0.1 div, 0.5 balance)
+    div_distance: str = "l2"  # l2 | cosine | sym-kl | wasserstein1 (Table A5)
+    div_projection: bool = True  # project global gates K -> K' for L_div-global (Eq. 7); False = Table 4's w/o
+    projection_dim: int = 100  # K' of that projection
+
+    @property
+    def resolved_routing_weight(self) -> float:
+        """λ actually used: the configured weight, or the routing loss's default."""
+        if self.routing_weight is not None:
+            return self.routing_weight
+        return DEFAULT_ROUTING_WEIGHTS.get(self.routing_loss, 0.0)
+
+
+LEGACY_FIELDS: dict[str, str] = {"lambda_div": "routing_weight"}  # old name -> new name, for saved runs
 
 
 @dataclass
@@ -99,6 +124,7 @@ class RunConfig:
 def _from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
+    data = {LEGACY_FIELDS.get(name, name) if name not in known else name: value for name, value in data.items()}
     unknown = set(data) - known
     if unknown:
         raise ConfigError(f"unknown config field '{prefix}{sorted(unknown)[0]}'; known: {', '.join(sorted(known))}")
@@ -229,9 +255,7 @@ def validate(config: RunConfig) -> None:
         (config.model.rome.num_experts >= 1, "model.rome.num_experts must be >= 1"),
         (config.model.rome.rank >= 1, "model.rome.rank must be >= 1"),
         (config.model.rome.gate_hidden >= 0, "model.rome.gate_hidden must be >= 0 (0 = one linear layer)"),
-        (config.model.rome.lambda_div >= 0, "model.rome.lambda_div must be >= 0"),
-        (set(config.model.rome.targets) <= {"qkv", "proj"} and bool(config.model.rome.targets),
-         "model.rome.targets must be a non-empty subset of qkv,proj"),
+        *rome_checks(config.model.rome),
         (0 < config.threats.l1_sparsity <= 1, "threats.l1_sparsity must be in (0, 1]"),
     ]
     for table in ("eps", "train_steps", "eval_steps"):
@@ -241,3 +265,27 @@ def validate(config: RunConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+def rome_checks(rome: RomeConfig) -> list[tuple[bool, str]]:
+    """(ok, message) for every expert, gating and routing-loss setting."""
+    targets = set(rome.targets)
+    return [
+        (rome.expert_type in EXPERT_TYPES, f"model.rome.expert_type must be one of {', '.join(EXPERT_TYPES)} "
+                                           f"(got '{rome.expert_type}')"),
+        (rome.expert_type != "ffn" or tuple(rome.targets) == ("mlp",),
+         "ffn experts replace the block MLP: set model.rome.targets=mlp (--expert-layers is for lora/adapter)"),
+        (rome.expert_type == "ffn" or (bool(targets) and targets <= set(EXPERT_LAYERS)),
+         f"model.rome.targets must be a non-empty subset of {','.join(EXPERT_LAYERS)} (got {','.join(rome.targets)})"),
+        (rome.gating in GATINGS, f"model.rome.gating must be one of {', '.join(GATINGS)} (got '{rome.gating}')"),
+        (rome.routing_loss in ROUTING_LOSSES,
+         f"model.rome.routing_loss must be one of {', '.join(ROUTING_LOSSES)} (got '{rome.routing_loss}')"),
+        (rome.routing_weight is None or (isinstance(rome.routing_weight, int | float) and rome.routing_weight >= 0),
+         "model.rome.routing_weight must be a number >= 0 (or none for the routing loss's default)"),
+        (rome.routing_loss != "gate-classification" or rome.num_experts == len(NORMS),
+         f"gate-classification trains the gates as a threat classifier: it needs num_experts = {len(NORMS)}, "
+         f"one per training threat (got {rome.num_experts})"),
+        (rome.div_distance in DIV_DISTANCES,
+         f"model.rome.div_distance must be one of {', '.join(DIV_DISTANCES)} (got '{rome.div_distance}')"),
+        (rome.projection_dim >= 1, "model.rome.projection_dim must be >= 1"),
+    ]

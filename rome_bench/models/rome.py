@@ -1,4 +1,5 @@
-"""RoME: mixture of low-rank (LoRA) experts with dual-scale gating (paper Sec. 4.2-4.3, Eq. 2-5).
+"""RoME: mixture of low-rank (LoRA) experts with dual-scale gating (paper Sec. 4.2-4.3, Eq. 2-5), and the
+variants its ablations compare (Table 4, Table A4, Table 5).
 
 Every wrapped linear layer W computes, for token i of an image,
 
@@ -10,11 +11,34 @@ with l = 1..L the index of the Transformer block that holds the layer. The exper
 A_k stacked as one (K·r × d_in) matrix and all B_k as one (d_out × K·r) matrix, so an expert mixture costs
 two matmuls whatever K is. The gates of the last forward pass stay on the gating module (with their graph, so
 losses can use them) and are read through :func:`gate_outputs`.
+
+Switches (:class:`~rome_bench.config.RomeConfig`):
+
+* ``expert_type``: ``lora`` (above); ``adapter``: Houlsby bottleneck experts on the layer's output,
+  o + Σ_k g_k U_k GELU(D_k o + d_k), U_k = 0 at init; ``ffn``: conventional MoE, K copies of the block's MLP
+  (upcycled: each starts as the MLP, so the model starts equal to the backbone) mixed per token by the gates.
+  All K FFN experts are computed (dense soft routing, like every gate here), so their FLOPs are K× the MLP's.
+* ``targets``: any subset of the attention's ``qkv`` and ``proj`` and the MLP's ``fc1`` and ``fc2``.
+* ``gating``: ``none`` (uniform 1/K, no parameters), ``local`` (β = 0), ``global`` (β = 1), ``dual`` (fixed β(l)),
+  ``dual-inverted`` (β(L + 1 − l): the schedule reversed over layers), ``dual-learned`` (a learnable β per gated
+  layer, σ of a logit initialised at β(l)), ``dual-cls`` (the CLS token instead of the token mean for v).
+  With one branch only, the missing one is recorded as the other's summary (``local`` records the token mean of u
+  as the global gate, ``global`` records v at every token as the local gate) so routing losses always find both.
+
+Inference-time variants (Table 5) are not model changes: :func:`inference_variant` switches every gate of a model
+to ``random`` (gates drawn uniformly from the simplex, per token), ``inverse`` ((1 − g)/(K − 1)) or ``removed``
+(all gates 0: the experts contribute nothing, so a LoRA or adapter model computes its backbone).
+
+Swin's window attention sees (B·windows, N, C): a gate built with ``group`` = windows per image averages its
+global branch over all windows of an image (timm partitions windows batch-major), so v stays image-level.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -24,10 +48,23 @@ from torch import nn
 from rome_bench.config import RomeConfig
 from rome_bench.errors import ConfigError
 
+INFERENCE_VARIANTS: tuple[str, ...] = ("random", "inverse", "removed")
+
 
 def beta_schedule(layer: int, num_layers: int, s: float = 4.0, b: float = 2.0) -> float:
     """β(l) = σ(s·(1 − l/L) − b): the global gate's weight in layer l (1-based); larger in early layers."""
     return 1.0 / (1.0 + math.exp(-(s * (1.0 - layer / num_layers) - b)))
+
+
+def layer_beta(gating: str, layer: int, num_layers: int, s: float, b: float) -> float:
+    """The fixed (or initial) β of a gated layer under a gating variant."""
+    if gating in ("none", "local"):
+        return 0.0
+    if gating == "global":
+        return 1.0
+    if gating == "dual-inverted":
+        return beta_schedule(num_layers + 1 - layer, num_layers, s, b)
+    return beta_schedule(layer, num_layers, s, b)
 
 
 @dataclass
@@ -41,8 +78,41 @@ class GateOutput:
     name: str
 
 
-class DualScaleGate(nn.Module):
-    """Per-token local gate and mean-token global gate, mixed by a fixed β(l).
+class ExpertGate(nn.Module):
+    """Base of every gating module: records its last gates and applies the inference-time variant."""
+
+    def __init__(self, num_experts: int, layer: int, name: str) -> None:
+        super().__init__()
+        self.num_experts = num_experts
+        self.layer = layer
+        self.name = name
+        self.variant: str | None = None  # None = the learned gates; else one of INFERENCE_VARIANTS
+        self.last: GateOutput | None = None
+
+    def finish(self, local: torch.Tensor, global_: torch.Tensor, fused: torch.Tensor) -> torch.Tensor:
+        """Apply the inference variant to the fused gates, record all three, return the gates to use."""
+        fused = apply_variant(fused, self.variant)
+        self.last = GateOutput(local, global_, fused, self.layer, self.name)
+        return fused
+
+
+def apply_variant(gates: torch.Tensor, variant: str | None) -> torch.Tensor:
+    """Table 5's inference-time variants of gates (…, K) that sum to 1 over the last axis."""
+    if variant is None:
+        return gates
+    if variant == "random":  # uniform on the simplex: normalised exponentials (Dirichlet(1, …, 1))
+        draws = -torch.rand_like(gates).clamp_min(1e-12).log()
+        return draws / draws.sum(dim=-1, keepdim=True)
+    if variant == "inverse":
+        experts = gates.shape[-1]
+        return (1 - gates) / (experts - 1) if experts > 1 else gates
+    if variant == "removed":
+        return torch.zeros_like(gates)
+    raise ConfigError(f"unknown gating variant '{variant}'; choose one of {', '.join(INFERENCE_VARIANTS)}")
+
+
+class DualScaleGate(ExpertGate):
+    """Per-token local gate and mean-token global gate, mixed by β(l) (Eq. 3-5), or one of the ablated variants.
 
     MLP_local and MLP_global are Linear → GELU → Linear (``hidden`` units; 0 = a single Linear). Their first
     layers are exposed as one stacked matrix so that the expert layer can compute them in the same matmul as the
@@ -50,41 +120,109 @@ class DualScaleGate(nn.Module):
     token mean because the layer is affine.
     """
 
-    def __init__(self, dim_in: int, num_experts: int, hidden: int, beta: float, layer: int, name: str) -> None:
-        super().__init__()
+    def __init__(self, dim_in: int, num_experts: int, hidden: int, beta: float, layer: int, name: str,
+                 gating: str = "dual", group: int = 1) -> None:
+        super().__init__(num_experts, layer, name)
+        self.gating = gating
+        self.group = group
         self.width = hidden or num_experts
-        self.local_in = nn.Linear(dim_in, self.width)
-        self.global_in = nn.Linear(dim_in, self.width)
-        self.local_out = nn.Linear(hidden, num_experts) if hidden else None
-        self.global_out = nn.Linear(hidden, num_experts) if hidden else None
-        self.beta = beta
-        self.layer = layer
-        self.name = name
-        self.last: GateOutput | None = None
+        self.uses_local = gating not in ("none", "global")
+        self.uses_global = gating not in ("none", "local")
+        self.local_in = nn.Linear(dim_in, self.width) if self.uses_local else None
+        self.global_in = nn.Linear(dim_in, self.width) if self.uses_global else None
+        self.local_out = nn.Linear(hidden, num_experts) if hidden and self.uses_local else None
+        self.global_out = nn.Linear(hidden, num_experts) if hidden and self.uses_global else None
+        if gating == "dual-learned":
+            self.beta_logit = nn.Parameter(torch.tensor(math.log(beta / (1 - beta))))
+        else:
+            self.beta_logit = None
+            self.fixed_beta = beta
+
+    @property
+    def beta(self) -> float | torch.Tensor:
+        """β of this layer: a float, or a 0-d tensor for ``dual-learned``."""
+        return self.fixed_beta if self.beta_logit is None else torch.sigmoid(self.beta_logit)
 
     def first_layer(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stacked weight (2w × d_in) and bias (2w) of the local and global first layers."""
-        weight = torch.cat([self.local_in.weight, self.global_in.weight])
-        return weight, torch.cat([self.local_in.bias, self.global_in.bias])
+        """Stacked weight (w_local + w_global × d_in) and bias of the first layers in use (may be empty)."""
+        layers = [layer for layer in (self.local_in, self.global_in) if layer is not None]
+        if not layers:
+            return torch.empty(0, 0), torch.empty(0)
+        return torch.cat([layer.weight for layer in layers]), torch.cat([layer.bias for layer in layers])
+
+    @property
+    def first_width(self) -> int:
+        return self.width * (int(self.uses_local) + int(self.uses_global))
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.first_width == 0:
+            return self.from_first_layer(hidden_states[..., :0])
         return self.from_first_layer(F.linear(hidden_states, *self.first_layer()))
 
     def from_first_layer(self, first: torch.Tensor) -> torch.Tensor:
-        """Gates from the first layers' output (B, T, 2w); records local, global and fused gates."""
-        local_first, global_first = first.split(self.width, dim=-1)
-        local = _second_layer(local_first, self.local_out).softmax(dim=-1)
-        global_ = _second_layer(global_first.mean(dim=1), self.global_out).softmax(dim=-1)
-        fused = torch.lerp(local, global_.unsqueeze(1), self.beta)  # (1 − β)·u + β·v
-        self.last = GateOutput(local, global_, fused, self.layer, self.name)
-        return fused
+        """Gates from the first layers' output (B, T, w); records local, global and fused gates."""
+        rows, tokens = first.shape[:2]
+        if not self.uses_local and not self.uses_global:
+            uniform = first.new_full((rows, tokens, self.num_experts), 1.0 / self.num_experts)
+            return self._record(uniform, uniform[:, 0], uniform)
+        parts = first.split(self.width, dim=-1)
+        local = _second_layer(parts[0], self.local_out).softmax(dim=-1) if self.uses_local else None
+        global_ = self._global_gate(parts[-1]) if self.uses_global else None
+        if local is None:
+            global_rows = _per_row(global_, self.group)  # type: ignore[arg-type]
+            return self._record(global_rows.unsqueeze(1).expand(rows, tokens, -1), global_, None)
+        if global_ is None:
+            return self._record(local, _image_mean(local, self.group), local)
+        fused = torch.lerp(local, _per_row(global_, self.group).unsqueeze(1), self.beta)  # (1 − β)·u + β·v
+        return self._record(local, global_, fused)
+
+    def _global_gate(self, global_first: torch.Tensor) -> torch.Tensor:
+        """v (images, K) from the global first layer's per-token output (rows, T, w)."""
+        if self.gating == "dual-cls":
+            summary = global_first[:, 0]
+        else:
+            summary = _image_tokens(global_first, self.group).mean(dim=1)
+        return _second_layer(summary, self.global_out).softmax(dim=-1)
+
+    def _record(self, local: torch.Tensor, global_: torch.Tensor, fused: torch.Tensor | None) -> torch.Tensor:
+        """Finish with gates in image layout (windows of one image joined) and return the per-row fused gates."""
+        used = local if fused is None else fused
+        used = apply_variant(used, self.variant)
+        image_local, image_used = _image_tokens(local, self.group), _image_tokens(used, self.group)
+        self.last = GateOutput(image_local, global_, image_used, self.layer, self.name)
+        return used
 
     def extra_repr(self) -> str:
-        return f"layer={self.layer}, beta={self.beta:.4f}"
+        beta = self.beta if isinstance(self.beta, float) else float(self.beta.detach())
+        return f"layer={self.layer}, gating={self.gating}, beta={beta:.4f}, group={self.group}"
 
 
 def _second_layer(first: torch.Tensor, layer: nn.Linear | None) -> torch.Tensor:
     return first if layer is None else layer(F.gelu(first))
+
+
+def _image_tokens(values: torch.Tensor, group: int) -> torch.Tensor:
+    """(images·group, T, …) → (images, group·T, …): the windows of one image side by side."""
+    if group == 1:
+        return values
+    if values.shape[0] % group:
+        raise RuntimeError(f"gate got {values.shape[0]} rows, not a multiple of its {group} windows per image")
+    return values.reshape(values.shape[0] // group, group * values.shape[1], *values.shape[2:])
+
+
+def _image_mean(local: torch.Tensor, group: int) -> torch.Tensor:
+    return _image_tokens(local, group).mean(dim=1)
+
+
+def _per_row(global_: torch.Tensor, group: int) -> torch.Tensor:
+    """(images, K) → (images·group, K): each window row gets its image's global gate."""
+    return global_ if group == 1 else global_.repeat_interleave(group, dim=0)
+
+
+def _as_tokens(hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Size]:
+    """(B, …, C) → (B, T, C) and the original shape (timm layers may see (B, H, W, C))."""
+    shape = hidden_states.shape
+    return hidden_states.reshape(shape[0], -1, shape[-1]), shape
 
 
 class LoRAExpertMixture(nn.Module):
@@ -105,40 +243,166 @@ class LoRAExpertMixture(nn.Module):
         self.gate = gate
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        batch, tokens, _ = hidden_states.shape
-        gate_weight, gate_bias = self.gate.first_layer()
-        no_bias = gate_bias.new_zeros(len(self.lora_A))  # the experts' A has no bias
-        down = F.linear(hidden_states, torch.cat([self.lora_A, gate_weight]), torch.cat([no_bias, gate_bias]))
-        low_rank, gate_first = down.split([len(self.lora_A), len(gate_bias)], dim=-1)
+        tokens_in, shape = _as_tokens(hidden_states)
+        batch, tokens, _ = tokens_in.shape
+        down, gate_first = self._down(tokens_in)
         gates = self.gate.from_first_layer(gate_first)  # (B, T, K)
-        mixed = (low_rank.view(batch, tokens, self.num_experts, self.rank) * gates.unsqueeze(-1)).flatten(2)
+        mixed = (down.view(batch, tokens, self.num_experts, self.rank) * gates.unsqueeze(-1)).flatten(2)
         # W h + B·mixed as one matmul over [h, mixed]: avoids two thin matmuls when K·r is small
         weight = torch.cat([self.base.weight, self.lora_B], dim=1)
-        return F.linear(torch.cat([hidden_states, mixed], dim=-1), weight, self.base.bias)
+        output = F.linear(torch.cat([tokens_in, mixed], dim=-1), weight, self.base.bias)
+        return output.reshape(*shape[:-1], output.shape[-1])
+
+    def _down(self, tokens_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """All experts' A h and the gates' first layers, from one matmul."""
+        gate_weight, gate_bias = self.gate.first_layer()
+        if not len(gate_bias):
+            return F.linear(tokens_in, self.lora_A), tokens_in[..., :0]
+        no_bias = gate_bias.new_zeros(len(self.lora_A))  # the experts' A has no bias
+        down = F.linear(tokens_in, torch.cat([self.lora_A, gate_weight]), torch.cat([no_bias, gate_bias]))
+        return down.split([len(self.lora_A), len(gate_bias)], dim=-1)  # type: ignore[return-value]
+
+
+class AdapterExpertMixture(nn.Module):
+    """A linear layer followed by K gated Houlsby bottleneck adapters: o + Σ_k g_k U_k GELU(D_k o + d_k).
+
+    The gates read the layer's input, like the LoRA experts' gates; U = 0 at init, so it starts as the base layer.
+    """
+
+    def __init__(self, base: nn.Linear, num_experts: int, rank: int, gate: DualScaleGate) -> None:
+        super().__init__()
+        self.base = base
+        self.num_experts = num_experts
+        self.rank = rank
+        self.down = nn.Linear(base.out_features, num_experts * rank)
+        self.up = nn.Parameter(torch.zeros(base.out_features, num_experts * rank))
+        self.gate = gate
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        tokens_in, shape = _as_tokens(hidden_states)
+        batch, tokens, _ = tokens_in.shape
+        gates = self.gate(tokens_in)
+        output = self.base(tokens_in)
+        bottleneck = F.gelu(self.down(output)).view(batch, tokens, self.num_experts, self.rank)
+        output = output + F.linear((bottleneck * gates.unsqueeze(-1)).flatten(2), self.up)
+        return output.reshape(*shape[:-1], output.shape[-1])
+
+
+class FFNExpertMixture(nn.Module):
+    """K FFN experts replacing a block's MLP (conventional MoE), mixed per token: Σ_k g_k FFN_k(h).
+
+    The experts' first layers are one (K·H × d) matmul; the second layers one (d × K·H) matmul over the gate-weighted
+    hidden units, plus Σ_k g_k b_k. Each expert starts as a copy of the MLP it replaces.
+    """
+
+    def __init__(self, mlp: nn.Module, num_experts: int, gate: DualScaleGate) -> None:
+        super().__init__()
+        fc1, fc2 = mlp.fc1, mlp.fc2
+        if not isinstance(fc1, nn.Linear) or not isinstance(fc2, nn.Linear):
+            raise ConfigError(f"ffn experts need an MLP with Linear fc1 and fc2; got {type(mlp).__name__}")
+        self.num_experts = num_experts
+        self.hidden = fc1.out_features
+        self.act = copy.deepcopy(getattr(mlp, "act", nn.GELU()))
+        self.fc1_weight = nn.Parameter(fc1.weight.detach().repeat(num_experts, 1).clone())
+        self.fc1_bias = nn.Parameter(_bias(fc1).repeat(num_experts))
+        self.fc2_weight = nn.Parameter(fc2.weight.detach().repeat(1, num_experts).clone())
+        self.fc2_bias = nn.Parameter(_bias(fc2).repeat(num_experts, 1))
+        self.gate = gate
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        tokens_in, shape = _as_tokens(hidden_states)
+        batch, tokens, _ = tokens_in.shape
+        gates = self.gate(tokens_in)  # (B, T, K)
+        hidden = self.act(F.linear(tokens_in, self.fc1_weight, self.fc1_bias))
+        weighted = (hidden.view(batch, tokens, self.num_experts, self.hidden) * gates.unsqueeze(-1)).flatten(2)
+        output = F.linear(weighted, self.fc2_weight) + gates @ self.fc2_bias
+        return output.reshape(*shape[:-1], output.shape[-1])
+
+
+def _bias(layer: nn.Linear) -> torch.Tensor:
+    return layer.bias.detach().clone() if layer.bias is not None else torch.zeros(layer.out_features)
+
+
+@dataclass
+class ExpertSite:
+    """A Transformer block that can take experts: its 1-based layer index and how its attention sees tokens."""
+
+    layer: int
+    path: str  # the block's module path, e.g. blocks.3 or layers.1.blocks.0
+    block: nn.Module
+    prefix_tokens: int  # CLS-like tokens before the patch tokens (0 for Swin)
+    attn_group: int  # rows per image the attention's linears see (windows per image for Swin, else 1)
+
+
+def expert_sites(backbone: nn.Module) -> list[ExpertSite]:
+    """The blocks of a timm ViT/DeiT (``.blocks``) or Swin (``.layers[i].blocks``), in forward order."""
+    if isinstance(getattr(backbone, "blocks", None), nn.Sequential | nn.ModuleList):
+        prefix = int(getattr(backbone, "num_prefix_tokens", 1))
+        return [ExpertSite(i + 1, f"blocks.{i}", block, prefix, 1) for i, block in enumerate(backbone.blocks)]
+    stages = getattr(backbone, "layers", None)
+    if stages is not None and all(hasattr(stage, "blocks") for stage in stages):
+        blocks = [(f"layers.{s}.blocks.{b}", block) for s, stage in enumerate(stages)
+                  for b, block in enumerate(stage.blocks)]
+        return [ExpertSite(i + 1, path, block, 0, _windows_per_image(block)) for i, (path, block) in enumerate(blocks)]
+    raise ConfigError(f"RoME experts need a ViT/DeiT (.blocks) or Swin (.layers[i].blocks) backbone, or one "
+                      f"with its own add_rome_experts(config); {type(backbone).__name__} is none of these")
+
+
+def _windows_per_image(block: nn.Module) -> int:
+    height, width = block.input_resolution
+    window_h, window_w = block.window_size
+    return math.ceil(height / window_h) * math.ceil(width / window_w)
 
 
 def add_rome_experts(backbone: nn.Module, config: RomeConfig) -> nn.Module:
-    """Wrap ``blocks[l].attn.{qkv,proj}`` of a timm ViT with expert mixtures, in place; returns the backbone."""
-    blocks = getattr(backbone, "blocks", None)
-    if blocks is None:
-        raise ConfigError(f"RoME experts need a ViT with .blocks; {type(backbone).__name__} has none")
-    num_layers = len(blocks)
-    for index, block in enumerate(blocks):
-        layer = index + 1
-        beta = beta_schedule(layer, num_layers, config.beta_s, config.beta_b)
+    """Add the configured experts to a backbone, in place; returns the backbone.
+
+    A backbone with its own ``add_rome_experts(config)`` method (the WideResNet's conv experts) does it itself;
+    Transformers get experts on ``attn.{qkv,proj}`` / ``mlp.{fc1,fc2}`` (or FFN experts replacing ``mlp``).
+    """
+    own = getattr(backbone, "add_rome_experts", None)
+    if callable(own):
+        own(config)
+        return backbone
+    sites = expert_sites(backbone)
+    if config.gating == "dual-cls" and any(site.prefix_tokens == 0 for site in sites):
+        raise ConfigError("gating dual-cls needs a CLS token; this backbone has none: use --gating dual")
+    for site in sites:
+        beta = layer_beta(config.gating, site.layer, len(sites), config.beta_s, config.beta_b)
+        if config.expert_type == "ffn":
+            _add_ffn_experts(site, config, beta)
+            continue
         for target in config.targets:
-            base = getattr(block.attn, target)
-            if not isinstance(base, nn.Linear):
-                raise ConfigError(f"blocks.{index}.attn.{target} is {type(base).__name__}, not nn.Linear")
-            gate = DualScaleGate(base.in_features, config.num_experts, config.gate_hidden, beta, layer,
-                                 f"blocks.{index}.attn.{target}")
-            setattr(block.attn, target, LoRAExpertMixture(base, config.num_experts, config.rank, gate))
+            _add_linear_experts(site, target, config, beta)
     return backbone
 
 
-def gating_modules(model: nn.Module) -> list[DualScaleGate]:
+def _gate(config: RomeConfig, dim_in: int, beta: float, layer: int, name: str, group: int) -> DualScaleGate:
+    return DualScaleGate(dim_in, config.num_experts, config.gate_hidden, beta, layer, name, config.gating, group)
+
+
+def _add_linear_experts(site: ExpertSite, target: str, config: RomeConfig, beta: float) -> None:
+    owner_name = "attn" if target in ("qkv", "proj") else "mlp"
+    owner = getattr(site.block, owner_name)
+    base = getattr(owner, target, None)
+    name = f"{site.path}.{owner_name}.{target}"
+    if not isinstance(base, nn.Linear):
+        raise ConfigError(f"{name} is {type(base).__name__}, not nn.Linear: experts cannot go on '{target}' here")
+    group = site.attn_group if owner_name == "attn" else 1
+    gate = _gate(config, base.in_features, beta, site.layer, name, group)
+    wrapper = AdapterExpertMixture if config.expert_type == "adapter" else LoRAExpertMixture
+    setattr(owner, target, wrapper(base, config.num_experts, config.rank, gate))
+
+
+def _add_ffn_experts(site: ExpertSite, config: RomeConfig, beta: float) -> None:
+    mlp = site.block.mlp
+    gate = _gate(config, mlp.fc1.in_features, beta, site.layer, f"{site.path}.mlp", 1)
+    site.block.mlp = FFNExpertMixture(mlp, config.num_experts, gate)
+
+
+def gating_modules(model: nn.Module) -> list[ExpertGate]:
     """All gating modules of a model, in forward (layer) order; empty for a model without experts."""
-    return [module for module in model.modules() if isinstance(module, DualScaleGate)]
+    return [module for module in model.modules() if isinstance(module, ExpertGate)]
 
 
 def gate_outputs(model: nn.Module) -> list[GateOutput]:
@@ -151,3 +415,21 @@ def gate_outputs(model: nn.Module) -> list[GateOutput]:
 
 def has_experts(model: nn.Module) -> bool:
     return bool(gating_modules(model))
+
+
+@contextlib.contextmanager
+def inference_variant(model: nn.Module, variant: str | None) -> Iterator[nn.Module]:
+    """Run ``model`` with every gate switched to an inference-time variant (Table 5); restores it on exit."""
+    if variant is not None and variant not in INFERENCE_VARIANTS:
+        raise ConfigError(f"unknown gating variant '{variant}'; choose one of {', '.join(INFERENCE_VARIANTS)}")
+    gates = gating_modules(model)
+    if variant is not None and not gates:
+        raise ConfigError(f"gating variant '{variant}' needs a model with experts; this one has none")
+    saved = [gate.variant for gate in gates]
+    for gate in gates:
+        gate.variant = variant
+    try:
+        yield model
+    finally:
+        for gate, previous in zip(gates, saved, strict=True):
+            gate.variant = previous

@@ -1,11 +1,22 @@
-"""Threat-guided gating diversification (paper Eq. 6-8).
+"""Threat-guided gating diversification (paper Eq. 6-8) and its distance choices (Table A5).
 
 For each gated layer l, with ū_i^p the mean local gate of token i over the examples of threat p and v̄^p the
 mean projected global gate of threat p:
 
-    L_div-local^(l)  = -(1/T) Σ_{p≠q} Σ_i ‖ū_i^p − ū_i^q‖²                 (Eq. 6)
-    L_div-global^(l) = -Σ_{p≠q} ‖v̄^p − v̄^q‖²,  v̄^p = mean_{x∈B_p} v(x)·P     (Eq. 7)
+    L_div-local^(l)  = -(1/T) Σ_{p≠q} Σ_i d(ū_i^p, ū_i^q)                   (Eq. 6)
+    L_div-global^(l) = -Σ_{p≠q} d(v̄^p, v̄^q),  v̄^p = mean_{x∈B_p} v(x)·P      (Eq. 7)
     L_div = (1/L) Σ_l (L_div-local^(l) + L_div-global^(l))                  (Eq. 8)
+
+The paper's d is the squared L2 distance (the default). Table A5's alternatives, each d(a, b) over the last dim:
+
+* ``l2``:           ‖a − b‖².
+* ``cosine``:       1 − cos(a, b), computed as ½‖a/‖a‖ − b/‖b‖‖² (the same number, exactly 0 for a = b);
+                    maximising it minimises the cosine similarity (the paper's "angular separation").
+* ``sym-kl``:       KL(a‖b) + KL(b‖a) = Σ (a − b)(log a − log b), with the logs' arguments clamped at 1e-8.
+* ``wasserstein1``: the paper's "L1 distance between the CDFs of sorted gating scores": sort each vector
+                    ascending, take cumulative sums, sum |CDF_a − CDF_b|. Sorting makes it blind to which expert
+                    holds which mass (a permutation of a is at distance 0 from a): it compares how peaked the
+                    threats' gates are, not where they point. Implemented as the paper describes.
 
 Choices the paper leaves open, made here and configurable:
 
@@ -13,18 +24,33 @@ Choices the paper leaves open, made here and configurable:
 * L counts gated layers: with experts on qkv and proj, every block contributes two layers, each with its own gate.
 * The projection P: K → K' (K' = 100) is a fixed random linear map (nn.Linear's default initialisation drawn
   from a fixed seed), not trained. The loss is linear in the scale of P, so a trained P would drive it to -∞;
-  fixed, the loss is bounded because gates lie on the simplex.
+  fixed, the loss is bounded because gates lie on the simplex. ``projection=None`` drops it (Table 4's
+  "w/o projection layer"): the global term then compares the K-dim mean global gates.
+* sym-kl and wasserstein1 need probability vectors. Mean gates are (the mean of softmaxes lies on the simplex),
+  but a projected mean v̄·P is not, so with the projection on these two distances compare softmax(v̄·P) over K'.
+  l2 and cosine use v̄·P as it is.
 * The loss exists only when a batch holds examples of at least two threats; otherwise it is 0.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from rome_bench.errors import ConfigError
 from rome_bench.models.rome import GateOutput
 
+if TYPE_CHECKING:
+    from rome_bench.config import RomeConfig
+
 PROJECTION_SEED = 1234
+LOG_CLAMP = 1e-8
+
+Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def fixed_projection(num_experts: int, projection_dim: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -35,10 +61,56 @@ def fixed_projection(num_experts: int, projection_dim: int, device: torch.device
     return weight.to(device)
 
 
+def squared_l2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """‖a − b‖² over the last dim."""
+    return (a - b).square().sum(dim=-1)
+
+
+def cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """1 − cos(a, b) over the last dim, as ½‖â − b̂‖² of the unit vectors (exactly 0 when a = b)."""
+    return 0.5 * (F.normalize(a, dim=-1) - F.normalize(b, dim=-1)).square().sum(dim=-1)
+
+
+def symmetric_kl(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """KL(a‖b) + KL(b‖a) over the last dim, for probability vectors (logs clamped at 1e-8)."""
+    return ((a - b) * (a.clamp_min(LOG_CLAMP).log() - b.clamp_min(LOG_CLAMP).log())).sum(dim=-1)
+
+
+def sorted_cdf_wasserstein1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """L1 distance between the CDFs of the ascending-sorted scores of a and b (last dim)."""
+    cdf_a = a.sort(dim=-1).values.cumsum(dim=-1)
+    cdf_b = b.sort(dim=-1).values.cumsum(dim=-1)
+    return (cdf_a - cdf_b).abs().sum(dim=-1)
+
+
+DISTANCES: dict[str, Distance] = {
+    "l2": squared_l2,
+    "cosine": cosine_distance,
+    "sym-kl": symmetric_kl,
+    "wasserstein1": sorted_cdf_wasserstein1,
+}
+PROBABILITY_DISTANCES: frozenset[str] = frozenset({"sym-kl", "wasserstein1"})  # need inputs on the simplex
+
+
+def resolve_distance(name: str) -> Distance:
+    """The distance function called ``name``; a one-line ConfigError for unknown names."""
+    if name not in DISTANCES:
+        raise ConfigError(f"unknown diversification distance '{name}': choose one of {', '.join(DISTANCES)}")
+    return DISTANCES[name]
+
+
 def pairwise_squared_distance_sum(means: torch.Tensor) -> torch.Tensor:
     """Σ_{p≠q} ‖m_p − m_q‖² over ordered pairs, for means of shape (P, ...); summed over trailing dims."""
     flat = means.flatten(1)
     return (flat.unsqueeze(0) - flat.unsqueeze(1)).square().sum()  # the p = q terms are zero
+
+
+def pairwise_distance_sum(means: torch.Tensor, distance: Distance) -> torch.Tensor:
+    """Σ_{p≠q} d(m_p, m_q) over ordered pairs, for means (P, ..., D); d acts on D, the rest is summed."""
+    count = means.shape[0]
+    off_diagonal = ~torch.eye(count, dtype=torch.bool, device=means.device)
+    first, second = off_diagonal.nonzero(as_tuple=True)
+    return distance(means[first], means[second]).sum()
 
 
 def per_threat_means(values: torch.Tensor, threat_ids: torch.Tensor) -> torch.Tensor:
@@ -47,29 +119,56 @@ def per_threat_means(values: torch.Tensor, threat_ids: torch.Tensor) -> torch.Te
     return torch.stack([values[threat_ids == threat].mean(dim=0) for threat in present])
 
 
-def diversification_loss(gates: list[GateOutput], threat_ids: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
+def global_means(gate: GateOutput, threat_ids: torch.Tensor, projection: torch.Tensor | None,
+                 distance: str) -> torch.Tensor:
+    """v̄^p of Eq. 7 (P, K' or K): per-threat mean global gate, projected, softmaxed for sym-kl/wasserstein1."""
+    means = per_threat_means(gate.global_, threat_ids)  # mean of v·P = (mean of v)·P: P is linear
+    if projection is None:
+        return means
+    projected = means @ projection.to(means)
+    return projected.softmax(dim=-1) if distance in PROBABILITY_DISTANCES else projected
+
+
+def diversification_loss(gates: list[GateOutput], threat_ids: torch.Tensor, projection: torch.Tensor | None,
+                         distance: str = "l2") -> torch.Tensor:
     """L_div of Eq. 8 for the gates of one forward pass over examples labelled with ``threat_ids``."""
     if not gates:
-        raise ValueError("diversification_loss needs a model with gated expert layers")
+        raise ConfigError("the diversification loss needs a model with gated expert layers; "
+                          "set model.rome.routing_loss = none for a model without gates")
+    measure = resolve_distance(distance)
     if threat_ids.unique().numel() < 2:
         return gates[0].local.new_zeros(())
     total = gates[0].local.new_zeros(())
     for gate in gates:
         local_means = per_threat_means(gate.local, threat_ids)  # (P, T, K)
         tokens = gate.local.shape[1]
-        global_means = per_threat_means(gate.global_ @ projection.to(gate.global_), threat_ids)  # (P, K')
-        total = total - pairwise_squared_distance_sum(local_means) / tokens
-        total = total - pairwise_squared_distance_sum(global_means)
+        total = total - pairwise_distance_sum(local_means, measure) / tokens
+        total = total - pairwise_distance_sum(global_means(gate, threat_ids, projection, distance), measure)
     return total / len(gates)
 
 
 class DiversificationLoss(nn.Module):
     """λ·L_div with its fixed projection as a buffer (saved with nothing: it is rebuilt from the seed)."""
 
-    def __init__(self, num_experts: int, projection_dim: int, weight: float) -> None:
+    projection: torch.Tensor | None
+
+    def __init__(self, num_experts: int, projection_dim: int, weight: float, distance: str = "l2",
+                 projection: bool = True) -> None:
         super().__init__()
+        resolve_distance(distance)
         self.weight = weight
-        self.register_buffer("projection", fixed_projection(num_experts, projection_dim), persistent=False)
+        self.distance = distance
+        matrix = fixed_projection(num_experts, projection_dim) if projection else None
+        self.register_buffer("projection", matrix, persistent=False)
+
+    @classmethod
+    def from_config(cls, rome: RomeConfig, num_threats: int, weight: float) -> DiversificationLoss:
+        """The loss a RomeConfig asks for (distance and projection on/off), with weight λ."""
+        del num_threats  # any number of threats ≥ 2 works; fewer gives 0
+        return cls(rome.num_experts, rome.projection_dim, weight, rome.div_distance, rome.div_projection)
 
     def forward(self, gates: list[GateOutput], threat_ids: torch.Tensor) -> torch.Tensor:
-        return self.weight * diversification_loss(gates, threat_ids, self.projection)
+        return self.weight * diversification_loss(gates, threat_ids, self.projection, self.distance)
+
+    def extra_repr(self) -> str:
+        return f"weight={self.weight}, distance={self.distance}, projection={self.projection is not None}"

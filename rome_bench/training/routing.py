@@ -1,0 +1,165 @@
+"""Routing regularisers for the gates of a mixture of experts (paper Table 4, Sec. 4.4 and Table A5).
+
+Each loss is an ``nn.Module`` called as ``loss(gates, threat_ids)`` with the model's gates from its last forward
+(one :class:`GateOutput` per gated layer) and the threat index (0..P-1) of every example; it returns λ·loss, a
+scalar the trainer adds to the classification loss. All but diversification act on the ``fused`` gates g (B,T,K),
+the ones that weight the experts, treat every token of the batch alike, and are averaged over the L gated layers.
+
+* ``load-balance`` (Shazeer et al. 2017's balancing idea in the differentiable form of Switch Transformer and the
+  MoE-adapter works): per layer, over all N = B·T tokens, f_k = fraction of tokens whose largest gate is expert k
+  (a count: no gradient) and P_k = mean gate of expert k; L = K·Σ_k f_k·P_k. It is 1 at uniform gates (and
+  whenever f = P = 1/K) and K when every token puts all its mass on one expert. It is not a strict minimum: for
+  some non-uniform gates it dips a little below 1. Its gradient flows through P only and lowers the mean gate of
+  the experts that win the argmax most often.
+* ``importance`` (Shazeer et al. 2017, Eq. 6): Importance_k = Σ_tokens g_k; L = CV(Importance)² = (std/mean)², with
+  the population std (unbiased=False), so L = 0 exactly when every expert gets the same total gate, else > 0.
+* ``gate-classification``: the gates trained as a threat classifier, one expert per threat (K = P, else
+  ConfigError): L = −(1/L) Σ_l mean_{examples, tokens} log g_{threat(x)} (the log's argument clamped at 1e-8),
+  i.e. cross-entropy of each token's gate against its example's threat. L ≥ 0, and ≈ 0 exactly when every token
+  puts all its mass on its threat's expert.
+* ``diversification``: λ·L_div of Eq. 6-8 (see :mod:`rome_bench.training.diversification`), on the local and
+  global gates, with the configured distance (l2, cosine, sym-kl, wasserstein1) and the fixed K → K' projection
+  of the global gates on or off. It is 0 when all threats route alike and more negative the further apart the
+  threats' mean gates are.
+
+``build_routing_loss`` picks the loss from a :class:`RomeConfig`; routing_loss "none" or a weight of 0 give None.
+Third-party losses register a class with a ``from_config(rome, num_threats, weight)`` classmethod.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rome_bench.errors import ConfigError
+from rome_bench.models.rome import GateOutput
+from rome_bench.registry import Registry
+from rome_bench.training.diversification import DiversificationLoss
+
+if TYPE_CHECKING:
+    from rome_bench.config import RomeConfig
+
+LOG_CLAMP = 1e-8
+
+
+class RoutingLossClass(Protocol):
+    """What the registry holds: a class that builds its loss module from the config."""
+
+    def from_config(self, rome: RomeConfig, num_threats: int, weight: float) -> nn.Module: ...
+
+
+ROUTING_LOSSES: Registry[RoutingLossClass] = Registry("routing_losses")
+
+
+def fused_tokens(gate: GateOutput) -> torch.Tensor:
+    """The fused gates of one layer as (N, K) float32, one row per token of the batch."""
+    return gate.fused.float().flatten(0, -2)
+
+
+def require_gates(gates: list[GateOutput], name: str) -> None:
+    """A one-line ConfigError when the model produced no gates for a routing loss."""
+    if not gates:
+        raise ConfigError(f"routing loss '{name}' needs a model with gated expert layers; "
+                          "set model.rome.routing_loss = none for a model without gates")
+
+
+def load_balance(gate: GateOutput) -> torch.Tensor:
+    """K·Σ_k f_k·P_k for one layer: f_k argmax fractions (no gradient), P_k mean gates."""
+    tokens = fused_tokens(gate)
+    experts = tokens.shape[-1]
+    fractions = F.one_hot(tokens.detach().argmax(dim=-1), experts).float().mean(dim=0)
+    return experts * (fractions * tokens.mean(dim=0)).sum()
+
+
+def importance_cv2(gate: GateOutput) -> torch.Tensor:
+    """CV² of the per-expert gate sums for one layer (population std)."""
+    importance = fused_tokens(gate).sum(dim=0)
+    return importance.var(unbiased=False) / importance.mean().square()
+
+
+def gate_cross_entropy(gate: GateOutput, threat_ids: torch.Tensor) -> torch.Tensor:
+    """Mean over examples and tokens of −log g_{threat} for one layer (clamped log)."""
+    fused = gate.fused.float()  # (B, T, K)
+    index = threat_ids.to(fused.device).view(-1, 1, 1).expand(-1, fused.shape[1], 1)
+    return -fused.gather(-1, index).clamp_min(LOG_CLAMP).log().mean()
+
+
+class RoutingLoss(nn.Module):
+    """λ times the mean over gated layers of a per-layer routing loss."""
+
+    name = "routing"
+
+    def __init__(self, weight: float) -> None:
+        super().__init__()
+        self.weight = weight
+
+    @classmethod
+    def from_config(cls, rome: RomeConfig, num_threats: int, weight: float) -> RoutingLoss:
+        del rome, num_threats
+        return cls(weight)
+
+    def layer_loss(self, gate: GateOutput, threat_ids: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, gates: list[GateOutput], threat_ids: torch.Tensor) -> torch.Tensor:
+        require_gates(gates, self.name)
+        total = torch.stack([self.layer_loss(gate, threat_ids) for gate in gates]).mean()
+        return self.weight * total
+
+    def extra_repr(self) -> str:
+        return f"weight={self.weight}"
+
+
+@ROUTING_LOSSES.register("load-balance", minimum="1 at uniform gates", reference="Shazeer et al. 2017")
+class LoadBalanceLoss(RoutingLoss):
+    """λ·K·Σ_k f_k·P_k: 1 at uniform gates, K when all tokens use one expert."""
+
+    name = "load-balance"
+
+    def layer_loss(self, gate: GateOutput, threat_ids: torch.Tensor) -> torch.Tensor:
+        return load_balance(gate)
+
+
+@ROUTING_LOSSES.register("importance", minimum="0 at balanced gate sums", reference="Shazeer et al. 2017 Eq. 6")
+class ImportanceLoss(RoutingLoss):
+    """λ·CV(Importance)²: 0 exactly when every expert's summed gate is the same."""
+
+    name = "importance"
+
+    def layer_loss(self, gate: GateOutput, threat_ids: torch.Tensor) -> torch.Tensor:
+        return importance_cv2(gate)
+
+
+@ROUTING_LOSSES.register("gate-classification", minimum="0 at one-hot gates on each threat's expert")
+class GateClassificationLoss(RoutingLoss):
+    """λ·cross-entropy of every token's gate against its example's threat (one expert per threat)."""
+
+    name = "gate-classification"
+
+    @classmethod
+    def from_config(cls, rome: RomeConfig, num_threats: int, weight: float) -> GateClassificationLoss:
+        if rome.num_experts != num_threats:
+            raise ConfigError(f"gate-classification trains the gates as a threat classifier: it needs "
+                              f"model.rome.num_experts = {num_threats}, one per training threat "
+                              f"(got {rome.num_experts})")
+        return cls(weight)
+
+    def layer_loss(self, gate: GateOutput, threat_ids: torch.Tensor) -> torch.Tensor:
+        return gate_cross_entropy(gate, threat_ids)
+
+
+ROUTING_LOSSES.add("diversification", DiversificationLoss, minimum="0 when all threats route alike; lower apart",
+                   reference="paper Eq. 6-8, Table A5")
+
+
+def build_routing_loss(rome: RomeConfig, num_threats: int) -> nn.Module | None:
+    """The routing loss ``rome`` asks for, weighted by its resolved λ; None for "none" or λ = 0."""
+    if rome.routing_loss == "none":
+        return None
+    weight = rome.resolved_routing_weight
+    if weight == 0:
+        return None
+    return ROUTING_LOSSES.get(rome.routing_loss).from_config(rome, num_threats, weight)

@@ -10,6 +10,7 @@ from torch import nn
 
 from rome_bench.config import ModelConfig
 from rome_bench.errors import CheckpointError
+from rome_bench.models import timm_backbones as _timm_backbones  # noqa: F401  (registers DeiT and Swin)
 from rome_bench.models import vit as _vit  # noqa: F401  (registers the ViTs)
 from rome_bench.models.classifier import ImageClassifier, content_hash
 from rome_bench.models.external import (

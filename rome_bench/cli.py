@@ -28,7 +28,10 @@ def _flag_overrides(**flags: object) -> list[str]:
         "method": "train.method", "dataset": "data.dataset", "data_dir": "data.data_dir",
         "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr",
         "train_size": "data.train_size", "backbone": "model.backbone", "num_experts": "model.rome.num_experts",
-        "rank": "model.rome.rank", "lambda_div": "model.rome.lambda_div", "seed": "train.seed",
+        "rank": "model.rome.rank", "routing_weight": "model.rome.routing_weight", "seed": "train.seed",
+        "experts": "model.rome.expert_type", "expert_layers": "model.rome.targets", "gating": "model.rome.gating",
+        "beta_s": "model.rome.beta_s", "beta_b": "model.rome.beta_b", "routing_loss": "model.rome.routing_loss",
+        "div_distance": "model.rome.div_distance", "div_projection": "model.rome.div_projection",
         "device": "train.device", "checkpoint_every": "train.checkpoint_every", "eps_l1": "threats.eps.l1",
         "eps_l2": "threats.eps.l2", "eps_linf": "threats.eps.linf", "pretrained": "model.pretrained",
     }
@@ -38,7 +41,7 @@ def _flag_overrides(**flags: object) -> list[str]:
 def resolve_config(base: RunConfig, assignments: list[str]) -> RunConfig:
     config = base
     for assignment in assignments:
-        config = apply_override(config, assignment)
+        config = apply_override(config, assignment, check=False)
     validate(config)
     return config
 
@@ -57,9 +60,26 @@ def train(
     lr: Annotated[float | None, typer.Option()] = None,
     train_size: Annotated[int | None, typer.Option(help="Train on a seeded subset of this size.")] = None,
     backbone: Annotated[str | None, typer.Option(help="Model registry name, e.g. vit_base.")] = None,
-    num_experts: Annotated[int | None, typer.Option("--experts", help="Number of LoRA experts K.")] = None,
-    rank: Annotated[int | None, typer.Option(help="LoRA rank r of each expert.")] = None,
-    lambda_div: Annotated[float | None, typer.Option(help="Weight λ of the diversification loss.")] = None,
+    experts: Annotated[str | None, typer.Option(
+        help="Expert architecture: lora (RoME) | ffn (K FFNs replacing the MLP) | adapter (Houlsby).")] = None,
+    num_experts: Annotated[int | None, typer.Option(help="Number of experts K.")] = None,
+    rank: Annotated[int | None, typer.Option(help="LoRA rank r of each expert (adapter: bottleneck width).")] = None,
+    expert_layers: Annotated[str | None, typer.Option(
+        help="Where experts go: comma-separated subset of qkv,proj,fc1,fc2 (WRN: conv1,conv2); default qkv,proj.")
+    ] = None,
+    gating: Annotated[str | None, typer.Option(
+        help="none | local | global | dual | dual-inverted | dual-learned | dual-cls (default dual).")] = None,
+    beta_s: Annotated[float | None, typer.Option(help="s of β(l) = σ(s(1 − l/L) − b).")] = None,
+    beta_b: Annotated[float | None, typer.Option(help="b of β(l).")] = None,
+    routing_loss: Annotated[str | None, typer.Option(
+        help="none | load-balance | importance | gate-classification | diversification (default).")] = None,
+    routing_weight: Annotated[float | None, typer.Option(
+        "--routing-weight", "--lambda", help="λ of the routing loss (default: 0.1 diversification, 0.5 balance).")
+    ] = None,
+    div_distance: Annotated[str | None, typer.Option(
+        help="Distance of the diversification loss: l2 | cosine | sym-kl | wasserstein1.")] = None,
+    div_projection: Annotated[bool | None, typer.Option(
+        "--div-projection/--no-div-projection", help="Project global gates to K' dims in L_div (Eq. 7).")] = None,
     eps_l1: Annotated[float | None, typer.Option()] = None,
     eps_l2: Annotated[float | None, typer.Option()] = None,
     eps_linf: Annotated[float | None, typer.Option()] = None,
@@ -76,11 +96,15 @@ def train(
     from rome_bench.training.methods import METHODS
     from rome_bench.training.trainer import Trainer, read_run_config
 
+    expert_switches = {"experts": experts, "num_experts": num_experts, "rank": rank,
+                       "expert_layers": expert_layers or ("mlp" if experts == "ffn" else None), "gating": gating,
+                       "beta_s": beta_s, "beta_b": beta_b, "routing_loss": routing_loss,
+                       "routing_weight": routing_weight, "div_distance": div_distance,
+                       "div_projection": None if div_projection is None else str(div_projection).lower()}
     overrides = _flag_overrides(method=method, dataset=dataset, data_dir=data_dir, epochs=epochs,
                                 batch_size=batch_size, lr=lr, train_size=train_size, backbone=backbone,
-                                num_experts=num_experts, rank=rank, lambda_div=lambda_div, eps_l1=eps_l1,
-                                eps_l2=eps_l2, eps_linf=eps_linf, pretrained=pretrained, seed=seed, device=device,
-                                checkpoint_every=checkpoint_every)
+                                eps_l1=eps_l1, eps_l2=eps_l2, eps_linf=eps_linf, pretrained=pretrained, seed=seed,
+                                device=device, checkpoint_every=checkpoint_every, **expert_switches)
     if resume and force:
         raise ConfigError("--resume and --force exclude each other: resume a run or overwrite it, not both")
     if resume and out is None:
@@ -89,7 +113,11 @@ def train(
     if resume and preset_name is None:
         base = read_run_config(out)  # type: ignore[arg-type]
     config = resolve_config(base, overrides + list(set_ or []))
-    METHODS.get(config.train.method)  # an unknown method fails here, before anything is written
+    chosen_method = METHODS.get(config.train.method)  # an unknown method fails here, before anything is written
+    given = [f"--{name.replace('_', '-')}" for name, value in expert_switches.items() if value is not None]
+    if given and not chosen_method.uses_experts:
+        raise ConfigError(f"{given[0]} configures experts, but method '{config.train.method}' trains none: "
+                          f"use rome+{config.train.method} (or drop the expert switches)")
     run_dir = out or Path("runs") / f"{config.train.method}-{config.preset}"
     final = Trainer(config, run_dir, progress=progress).fit(resume=resume, force=force)
     typer.echo(f"trained {config.train.method} ({config.preset}) -> {final.parent}")
@@ -386,6 +414,52 @@ def list_entries(
         if kind == "suites":  # the exact parameters, at the cifar10 preset's ε
             for threat in entry.obj.build(PRESETS["cifar10"]().threats):
                 typer.echo(f"{'':16s}   {threat!r}")
+
+
+analyze_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                          help="Analyse trained runs: how their gates route the threats.")
+app.add_typer(analyze_app, name="analyze")
+
+
+@analyze_app.command("gating")
+def analyze_gating(
+    run: Annotated[Path, typer.Option(help="Run directory of a model with experts (a rome+ method).")],
+    suite: Annotated[str, typer.Option(help="Threat suite whose threats are compared: seen, seen-pgd, ...")] = "seen",
+    n_examples: Annotated[int, typer.Option(help="Size of the fixed, seeded test subset (half trains the "
+                                                 "threat classifier, half tests it).")] = 200,
+    batch_size: Annotated[int, typer.Option()] = 128,
+    store: Annotated[Path | None, typer.Option(help="SQLite results store (default: in the cache dir).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for the figures (default: RUN/figures).")] = None,
+    data_dir: Annotated[str | None, typer.Option(help="Where the test data is, if not where training read it.")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    map_images: Annotated[int, typer.Option(help="Images in the per-patch activation map figure (0: none).")] = 4,
+    seed: Annotated[int, typer.Option(help="Seeds the subset, the attacks and the classifier's split.")] = 0,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Routing divergence and held-out threat classifier of a run's gates, stored for the leaderboard, plus the
+    KDE (paper Fig. 3) and per-patch activation (Fig. 7) figures."""
+    from rome_bench.data import evaluation_indices
+    from rome_bench.evaluation.gating_analysis import analyse_run, render_report
+    from rome_bench.evaluation.store import ResultStore
+    from rome_bench.evaluation.suites import SUITES
+    from rome_bench.training.trainer import resolve_device
+
+    if batch_size < 1:
+        raise ConfigError("--batch-size must be >= 1")
+    if n_examples < 2:
+        raise ConfigError("--n-examples must be >= 2: half the examples train the threat classifier, half test it")
+    if map_images < 0:
+        raise ConfigError("--map-images must be >= 0")
+    chosen = SUITES.get(suite)
+    torch_device = resolve_device(device)
+    loaded, data = _load_model_and_data(run, None, None, "cifar10", data_dir, torch_device)
+    ids = evaluation_indices(len(data.dataset), n_examples, seed)  # type: ignore[attr-defined]
+    threats = chosen.build(loaded.config.threats)  # type: ignore[attr-defined]
+    with ResultStore(store or default_store()) as results:
+        report = analyse_run(loaded, chosen.name, threats, data, ids, results, batch_size,  # type: ignore[arg-type]
+                             torch_device, out or run / "figures", progress, seed, map_images)
+        typer.echo(render_report(report))
+        typer.echo(f"score stored in {results.path}: rome-bench leaderboard --suite {chosen.name} shows it")
 
 
 def default_store() -> Path:

@@ -189,8 +189,11 @@ def preset(name: str) -> RunConfig:
     return PRESETS[name]()
 
 
-def apply_override(config: RunConfig, assignment: str) -> RunConfig:
-    """Return a copy of ``config`` with ``section.field[.key]=value`` applied (value parsed as JSON if it can)."""
+def apply_override(config: RunConfig, assignment: str, check: bool = True) -> RunConfig:
+    """Return a copy of ``config`` with ``section.field[.key]=value`` applied (value parsed as JSON if it can).
+
+    ``check=False`` defers :func:`validate`, for a series of overrides that is only valid as a whole.
+    """
     if "=" not in assignment:
         raise ConfigError(f"override '{assignment}' must look like section.field=value, e.g. train.epochs=5")
     path, raw = assignment.split("=", 1)
@@ -206,7 +209,8 @@ def apply_override(config: RunConfig, assignment: str) -> RunConfig:
         raise ConfigError(f"unknown config field '{path}'; see the resolved config.json of a run for names")
     node[last] = _coerce(path, raw, node.get(last))
     resolved = RunConfig.from_dict(data)
-    validate(resolved)
+    if check:
+        validate(resolved)
     return resolved
 
 
@@ -219,8 +223,8 @@ def _coerce(path: str, raw: str, current: Any) -> Any:
         value = json.loads(raw)
     except json.JSONDecodeError:
         value = raw
-    if value in ("none", "null", None):
-        return None
+    if value is None or (value in ("none", "null") and not isinstance(current, str)):
+        return None  # (a text field keeps "none": it is a choice, e.g. gating=none)
     if isinstance(current, bool):
         if isinstance(value, bool):
             return value

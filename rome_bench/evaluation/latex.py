@@ -6,6 +6,9 @@
 * A measured cell carries ``±h``, the half-width (high − low) / 2 of its 95% Wilson interval (the interval itself
   is slightly asymmetric); reference rows have no interval, print none and are marked with a dagger.
 * The output compiles with ``\\usepackage{booktabs}`` alone: no siunitx, multirow or unicode input is needed.
+* When some row of a dataset has a gating score (``rome-bench analyze gating``), two more columns follow: the
+  routing divergence (3 decimals) and the held-out gate classifier's accuracy (\\%, chance in the caption), never
+  bold; rows without a score print ``--``.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import math
 import re
 
-from rome_bench.evaluation.leaderboard import Row, _columns
+from rome_bench.evaluation.leaderboard import Row, _columns, gating_texts, has_gating
 from rome_bench.evaluation.suites import Suite
 
 _ESCAPES = {
@@ -101,18 +104,32 @@ def _caption(rows: list[Row], suite: Suite, dataset: str) -> str:
     caption += "; $\\pm$: half-width of the 95\\% Wilson interval"
     if any(row.source != _MEASURED for row in rows):
         caption += "; $^\\dagger$: reported by its source, not measured here"
+    if has_gating(rows):
+        chances = sorted({f"{100 * row.gating.chance:.1f}" for row in rows if row.gating is not None})
+        caption += ("; Routing div.: mean distance between the threats' mean gate vectors (0: threat-agnostic "
+                    f"routing); Gate clf.: held-out threat classifier on the gates (chance {'/'.join(chances)}\\%)")
     return caption + "."
+
+
+def _gating_cells(row: Row) -> list[str]:
+    """The row's routing divergence and gate-classifier accuracy, or ``--`` for each without a score."""
+    return [text.replace("–", "--") for text in gating_texts(row)]
 
 
 def _table(rows: list[Row], suite: Suite, dataset: str) -> list[str]:
     """The lines of one dataset's table float."""
     columns = _columns(suite)
+    gating = has_gating(rows)
+    extra_titles = ["Routing div.", r"Gate clf. (\%)"] if gating else []
     best = {column: _best(rows, column) for column, _ in columns}
     key = re.sub(r"[^A-Za-z0-9-]+", "-", f"{suite.name}-{dataset}").strip("-")
     lines = [r"\begin{table}[t]", r"\centering", f"\\caption{{{_caption(rows, suite, dataset)}}}",
-             f"\\label{{tab:{key}}}", _INTERVAL_NOTE, f"\\begin{{tabular}}{{l{'r' * len(columns)}}}", r"\toprule",
-             " & ".join(["Method", *(latex_escape(title) for _, title in columns)]) + r" \\", r"\midrule"]
-    lines += [" & ".join([_label(row), *(_cell(row, c, best[c]) for c, _ in columns)]) + r" \\" for row in rows]
+             f"\\label{{tab:{key}}}", _INTERVAL_NOTE,
+             f"\\begin{{tabular}}{{l{'r' * (len(columns) + len(extra_titles))}}}", r"\toprule",
+             " & ".join(["Method", *(latex_escape(title) for _, title in columns), *extra_titles]) + r" \\",
+             r"\midrule"]
+    lines += [" & ".join([_label(row), *(_cell(row, c, best[c]) for c, _ in columns),
+                          *(_gating_cells(row) if gating else [])]) + r" \\" for row in rows]
     return [*lines, r"\bottomrule", r"\end{tabular}", r"\end{table}"]
 
 

@@ -13,6 +13,11 @@
 * A threat that cannot attack a model (GMA on a model without gates) shows "n/a" and is left out of the unions.
 * Suites with ``union_with`` (the unseen suite) add "Union (all)": per example over this suite's threats and
   those of a stored run of the named suite (e.g. ``seen``) on the same examples; "–" until that run exists.
+* Gating columns ("Routing div.", "Gate clf. %"): for models with a stored gating score on the same dataset
+  (``rome-bench analyze gating``; the ``seen`` suite's score if there are several, else the newest), the routing
+  divergence (3 decimals; 0 = threat-agnostic routing) and the held-out threat classifier's accuracy, whose chance
+  level (1/#threats) is given in the header. They appear only when some row of the table has a score; rows
+  without one show "–" (empty in csv, null in json).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rome_bench.evaluation.reference import ReferenceRow
-from rome_bench.evaluation.store import FULL, UNION_ONLY, BatchCost, ResultStore, SuiteRun
+from rome_bench.evaluation.store import FULL, UNION_ONLY, BatchCost, GatingScore, ResultStore, SuiteRun
 from rome_bench.evaluation.suites import Suite
 
 Z_95 = 1.959963984540054
@@ -73,6 +78,7 @@ class Row:
     model_hash: str | None = None
     counts: dict[str, Cell] = field(default_factory=dict)  # column -> correct/total, for tolerance checks
     not_applicable: set[str] = field(default_factory=set)  # columns whose threats cannot attack this model
+    gating: GatingScore | None = None  # routing divergence and threat classifier of its gates, if analysed
 
 
 def union_cell(per_threat: list[dict[int, bool]], example_ids: list[int]) -> Cell:
@@ -182,7 +188,11 @@ def measured_row(store: ResultStore, run: SuiteRun, suite: Suite) -> Row | None:
 
 def build_leaderboard(store: ResultStore, suite: Suite, dataset: str | None = None,
                       references: list[ReferenceRow] | None = None) -> list[Row]:
-    rows = [row for run in store.suite_runs(suite.name, dataset) if (row := measured_row(store, run, suite))]
+    rows = []
+    for run in store.suite_runs(suite.name, dataset):
+        if (row := measured_row(store, run, suite)) is not None:
+            row.gating = store.gating_score(run.model_hash, run.dataset)
+            rows.append(row)
     for reference in references or []:
         if dataset is None or reference.dataset == dataset:
             rows.append(Row(label=reference.label, method=reference.method, dataset=reference.dataset, n=None,
@@ -218,6 +228,24 @@ def costs_text(row: Row, suite: Suite) -> str:
     return "; ".join(parts) if parts else "–"
 
 
+def has_gating(rows: list[Row]) -> bool:
+    """Whether the gating columns are shown: some row has a gating score."""
+    return any(row.gating is not None for row in rows)
+
+
+def gating_titles(rows: list[Row]) -> tuple[str, str]:
+    """Titles of the two gating columns; the classifier's names its chance level(s) in percent."""
+    chances = sorted({f"{100 * row.gating.chance:.1f}" for row in rows if row.gating is not None})
+    return "Routing div.", f"Gate clf. % (chance {'/'.join(chances)})"
+
+
+def gating_texts(row: Row) -> tuple[str, str]:
+    """The row's routing divergence (3 decimals) and classifier accuracy (%, 1 decimal); '–' without a score."""
+    if row.gating is None:
+        return "–", "–"
+    return f"{row.gating.divergence:.3f}", f"{100 * row.gating.classifier_accuracy:.1f}"
+
+
 def _cell_text(row: Row, column: str) -> str:
     if column in row.not_applicable:
         return "n/a"
@@ -234,12 +262,15 @@ def render_markdown(rows: list[Row], suite: Suite, costs: bool = False) -> str:
     columns = _columns(suite)
     lines: list[str] = []
     for dataset in sorted({row.dataset for row in rows}):
+        table = [r for r in rows if r.dataset == dataset]
+        gating = has_gating(table)
+        titles = [title for _, title in columns] + (list(gating_titles(table)) if gating else [])
         lines += [f"### {suite.name} suite on {dataset} — accuracy % (95% Wilson interval)", ""]
         extra = " Cost |" if costs else ""
-        lines.append("| Method | n | " + " | ".join(title for _, title in columns) + f" | Flags | Source |{extra}")
-        lines.append("|---|---:|" + "---:|" * len(columns) + "---|---|" + ("---|" if costs else ""))
-        for row in (r for r in rows if r.dataset == dataset):
-            cells = " | ".join(_cell_text(row, c) for c, _ in columns)
+        lines.append("| Method | n | " + " | ".join(titles) + f" | Flags | Source |{extra}")
+        lines.append("|---|---:|" + "---:|" * len(titles) + "---|---|" + ("---|" if costs else ""))
+        for row in table:
+            cells = " | ".join([_cell_text(row, c) for c, _ in columns] + (list(gating_texts(row)) if gating else []))
             source = row.source + (" (union only)" if row.mode == UNION_ONLY else "")
             cost = f" {costs_text(row, suite)} |" if costs else ""
             lines.append(f"| {row.label} | {row.n if row.n is not None else '–'} | {cells} | "
@@ -259,6 +290,9 @@ def render_csv(rows: list[Row], suite: Suite, costs: bool = False) -> str:
     if costs:
         for column in threat_columns:
             header += [f"{column}_seconds", f"{column}_forward_images", f"{column}_backward_images"]
+    gating = has_gating(rows)
+    if gating:
+        header += GATING_CSV_COLUMNS
     writer.writerow(header)
     for row in rows:
         flags = "" if flags_text(row, suite) == "–" else flags_text(row, suite)
@@ -270,15 +304,37 @@ def render_csv(rows: list[Row], suite: Suite, costs: bool = False) -> str:
             for column in threat_columns:
                 cost = row.costs.get(column)
                 record += [cost.seconds, cost.forward_images, cost.backward_images] if cost else [None] * 3
+        if gating:
+            record += _gating_record(row.gating)
         writer.writerow(record)
     return buffer.getvalue()
 
 
+GATING_CSV_COLUMNS = ["routing_divergence", "gate_classifier_accuracy", "gate_classifier_chance", "gating_suite",
+                      "gating_n"]
+
+
+def _gating_record(score: GatingScore | None) -> list[Any]:
+    if score is None:
+        return [None] * len(GATING_CSV_COLUMNS)
+    return [score.divergence, score.classifier_accuracy, score.chance, score.suite, score.n_examples]
+
+
+def _gating_json(score: GatingScore | None) -> dict[str, Any] | None:
+    if score is None:
+        return None
+    return {"suite": score.suite, "n": score.n_examples, "routing_divergence": score.divergence,
+            "per_layer": score.per_layer, "classifier_accuracy": score.classifier_accuracy, "chance": score.chance,
+            "threats": score.threats}
+
+
 def render_json(rows: list[Row], suite: Suite, costs: bool = False) -> str:
+    gating = has_gating(rows)
     payload = {"suite": suite.name, "columns": [c for c, _ in _columns(suite)], "rows": [
         {"label": row.label, "method": row.method, "dataset": row.dataset, "n": row.n, "source": row.source,
          "mode": row.mode, "accuracy": row.values, "wilson95": {c: list(v) for c, v in row.intervals.items()},
-         "flags": row.flags, **({"costs": {c: dataclasses.asdict(v) for c, v in row.costs.items()}} if costs else {})}
+         "flags": row.flags, **({"costs": {c: dataclasses.asdict(v) for c, v in row.costs.items()}} if costs else {}),
+         **({"gating": _gating_json(row.gating)} if gating else {})}
         for row in rows]}
     return json.dumps(payload, indent=2, ensure_ascii=False)
 

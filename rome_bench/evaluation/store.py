@@ -52,9 +52,16 @@ CREATE TABLE IF NOT EXISTS sweeps (
     scale REAL NOT NULL, eps REAL NOT NULL, threat_key TEXT NOT NULL, example_ids TEXT NOT NULL,
     PRIMARY KEY (model_hash, suite, dataset, threat_name, scale)
 );
+CREATE TABLE IF NOT EXISTS gating_scores (
+    model_hash TEXT NOT NULL, suite TEXT NOT NULL, dataset TEXT NOT NULL, dataset_name TEXT NOT NULL,
+    n_examples INTEGER NOT NULL, divergence REAL NOT NULL, classifier_accuracy REAL NOT NULL, chance REAL NOT NULL,
+    per_layer TEXT NOT NULL, threats TEXT NOT NULL, created TEXT NOT NULL,
+    PRIMARY KEY (model_hash, suite, dataset)
+);
 """
 
 FULL, UNION_ONLY = "full", "union"
+PREFERRED_GATING_SUITE = "seen"  # the suite whose gating score a leaderboard shows when a model has several
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,28 @@ class SweepPointRecord:
     eps: float
     threat_key: str
     example_ids: list[int]
+
+
+@dataclass(frozen=True)
+class GatingScore:
+    """How differently a model's gates route the threats of a suite (see ``gating_analysis.py``).
+
+    ``divergence`` is the mean over gated layers of ``per_layer`` (layer name -> mean pairwise L2 distance between
+    the threats' mean gate vectors); ``classifier_accuracy`` is a held-out threat classifier's accuracy on the
+    gates, against ``chance`` = 1/len(threats). ``dataset`` is the dataset fingerprint.
+    """
+
+    model_hash: str
+    suite: str
+    dataset: str
+    dataset_name: str
+    n_examples: int
+    divergence: float
+    classifier_accuracy: float
+    chance: float
+    per_layer: dict[str, float]
+    threats: list[str]
+    created: str
 
 
 class ResultStore:
@@ -258,3 +287,27 @@ class ResultStore:
         if row is None:
             raise KeyError(threat_key)
         return row[0]
+
+    def record_gating_score(self, score: GatingScore) -> None:
+        """Store a gating score, replacing any earlier one of the same model, suite and dataset (one transaction)."""
+        with self._connection:
+            self._connection.execute(
+                "INSERT OR REPLACE INTO gating_scores VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (score.model_hash, score.suite, score.dataset, score.dataset_name, int(score.n_examples),
+                 float(score.divergence), float(score.classifier_accuracy), float(score.chance),
+                 json.dumps(score.per_layer), json.dumps(score.threats), score.created))
+
+    def gating_score(self, model_hash: str, dataset: str, suite: str | None = None) -> GatingScore | None:
+        """The model's gating score on the dataset (fingerprint): of ``suite``, or when None of the preferred
+        suite (``seen``) if stored, else the newest one; None when there is none."""
+        query = ("SELECT model_hash, suite, dataset, dataset_name, n_examples, divergence, classifier_accuracy, "
+                 "chance, per_layer, threats, created FROM gating_scores WHERE model_hash=? AND dataset=?")
+        arguments: list[Any] = [model_hash, dataset]
+        if suite is not None:
+            query += " AND suite=?"
+            arguments.append(suite)
+        query += " ORDER BY suite = ? DESC, created DESC, suite LIMIT 1"
+        row = self._connection.execute(query, [*arguments, PREFERRED_GATING_SUITE]).fetchone()
+        if row is None:
+            return None
+        return GatingScore(*row[:8], per_layer=json.loads(row[8]), threats=json.loads(row[9]), created=row[10])

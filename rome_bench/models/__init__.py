@@ -12,6 +12,7 @@ from rome_bench.config import ModelConfig
 from rome_bench.errors import CheckpointError
 from rome_bench.models import timm_backbones as _timm_backbones  # noqa: F401  (registers DeiT and Swin)
 from rome_bench.models import vit as _vit  # noqa: F401  (registers the ViTs)
+from rome_bench.models import wrn as _wrn  # noqa: F401  (registers the WideResNets)
 from rome_bench.models.classifier import ImageClassifier, content_hash
 from rome_bench.models.external import (
     ExternalModelSpec,

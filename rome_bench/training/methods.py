@@ -6,7 +6,8 @@ are aggregated into φ(L_1, L_2, L_∞) (``aggregate``):
 * ``max`` (Tramèr & Boneh): every threat attacks every example; each example contributes its worst threat's loss.
 * ``avg`` (Tramèr & Boneh): every threat attacks every example; the losses are averaged.
 * ``random`` (Madaan et al.): each example draws one threat uniformly; its loss is that threat's loss.
-* ``rome+max``, ``rome+random``, ``rome+avg``: the same on a model with RoME experts, plus λ·L_div (Eq. 9).
+* ``rome+max``, ``rome+random``, ``rome+avg``: the same on a model with RoME experts, plus λ·(routing loss):
+  L_div (Eq. 9) by default, or the one ``--routing-loss`` chooses.
 """
 
 from __future__ import annotations

@@ -39,8 +39,8 @@ from rome_bench.training.checkpoint import (
     save_tensors_with_sidecar,
     save_training_checkpoint,
 )
-from rome_bench.training.diversification import DiversificationLoss
 from rome_bench.training.methods import METHODS, Method
+from rome_bench.training.routing import build_routing_loss
 
 CONFIG_FILE = "config.json"
 RUN_FILES = (CONFIG_FILE, f"{MODEL_STEM}.json", f"{MODEL_STEM}.safetensors")
@@ -112,7 +112,7 @@ def augment_batch(images: torch.Tensor, seed: int, step: int, padding: int = 4) 
 @dataclass
 class StepStats:
     loss: float
-    div_loss: float
+    routing_loss: float
     clean_correct: int
     examples: int
     threat_correct: list[int] = field(default_factory=list)
@@ -120,7 +120,7 @@ class StepStats:
 
 
 def adversarial_training_step(model: nn.Module, method: Method, threats: list[Threat], images: torch.Tensor,
-                              labels: torch.Tensor, diversification: DiversificationLoss | None,
+                              labels: torch.Tensor, routing_loss: nn.Module | None,
                               optimizer: torch.optim.Optimizer) -> StepStats:
     """Generate the method's adversarial examples in eval mode, then one optimizer step in train mode."""
     model.eval()
@@ -138,14 +138,14 @@ def adversarial_training_step(model: nn.Module, method: Method, threats: list[Th
     logits = model(adversarial)
     losses = F.cross_entropy(logits, targets, reduction="none")
     loss = method.aggregate(losses, (example_index, threat_ids), len(images))
-    div = diversification(gate_outputs(model), threat_ids) if diversification is not None else None
-    total = loss + div if div is not None else loss
+    routing = routing_loss(gate_outputs(model), threat_ids) if routing_loss is not None else None
+    total = loss + routing if routing is not None else loss
     optimizer.zero_grad(set_to_none=True)
     total.backward()
     optimizer.step()
     correct = logits.argmax(1) == targets
     return StepStats(
-        loss=float(loss.detach()), div_loss=float(div.detach()) if div is not None else 0.0,
+        loss=float(loss.detach()), routing_loss=float(routing.detach()) if routing is not None else 0.0,
         clean_correct=clean_correct,
         examples=len(images),
         threat_correct=[int(correct[threat_ids == t].sum()) for t in range(len(threats))],
@@ -161,7 +161,7 @@ class RunningMetrics:
         self.reset()
 
     def reset(self) -> None:
-        self.loss_sum = self.div_sum = 0.0
+        self.loss_sum = self.routing_sum = 0.0
         self.steps = self.clean_correct = self.examples = 0
         self.threat_correct = [0] * len(self.columns)
         self.threat_examples = [0] * len(self.columns)
@@ -169,7 +169,7 @@ class RunningMetrics:
     def add(self, stats: StepStats) -> None:
         self.steps += 1
         self.loss_sum += stats.loss
-        self.div_sum += stats.div_loss
+        self.routing_sum += stats.routing_loss
         self.clean_correct += stats.clean_correct
         self.examples += stats.examples
         for i in range(len(self.columns)):
@@ -177,7 +177,7 @@ class RunningMetrics:
             self.threat_examples[i] += stats.threat_examples[i]
 
     def summary(self) -> dict[str, float]:
-        result = {"loss": self.loss_sum / max(self.steps, 1), "div": self.div_sum / max(self.steps, 1),
+        result = {"loss": self.loss_sum / max(self.steps, 1), "routing": self.routing_sum / max(self.steps, 1),
                   "clean_acc": self.clean_correct / max(self.examples, 1)}
         for column, correct, total in zip(self.columns, self.threat_correct, self.threat_examples, strict=True):
             result[f"{column}_acc"] = correct / max(total, 1)
@@ -242,21 +242,22 @@ class Trainer:
         optimizer = build_optimizer(model, config.train)
         threats = seen_threats(config.threats.eps, config.threats.train_steps, config.threats.l1_sparsity,
                                keep_adversarial=False)
-        diversification = self._diversification()
+        routing_loss = self._routing_loss(len(threats))
         if self.writes and not resume:
             if must_clear:
                 clear_run_dir(self.run_dir)
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / CONFIG_FILE, config.to_json())
         global_step = self._restore(model, optimizer) if resume else 0
-        self._loop(model, optimizer, threats, diversification, data, global_step, on_step)
+        self._loop(model, optimizer, threats, routing_loss, data, global_step, on_step)
         return self._save_final(model, data)
 
-    def _diversification(self) -> DiversificationLoss | None:
-        rome = self.config.model.rome
-        if not self.method.uses_experts or rome.lambda_div == 0:
+    def _routing_loss(self, num_threats: int) -> nn.Module | None:
+        """λ·(the configured routing regulariser) for a model with experts; None without experts or with λ = 0."""
+        if not self.method.uses_experts:
             return None
-        return DiversificationLoss(rome.num_experts, rome.projection_dim, rome.lambda_div).to(self.device)
+        loss = build_routing_loss(self.config.model.rome, num_threats)
+        return None if loss is None else loss.to(self.device)
 
     def _shard(self, num_examples: int, epoch: int) -> torch.Tensor:
         return epoch_permutation(num_examples, self.config.train.seed, epoch)[self.rank::self.world_size]
@@ -265,7 +266,7 @@ class Trainer:
         return math.ceil(len(range(self.rank, num_examples, self.world_size)) / self.config.train.batch_size)
 
     def _loop(self, model: nn.Module, optimizer: torch.optim.Optimizer, threats: list[Threat],
-              diversification: DiversificationLoss | None, data: LoadedDataset, global_step: int,
+              routing_loss: nn.Module | None, data: LoadedDataset, global_step: int,
               on_step: Callable[[int], None] | None) -> None:
         train = self.config.train
         per_epoch = self.steps_per_epoch(len(data.dataset))
@@ -283,7 +284,7 @@ class Trainer:
                 lr = learning_rate(train, global_step / per_epoch)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                stats = adversarial_training_step(model, self.method, threats, images, labels, diversification,
+                stats = adversarial_training_step(model, self.method, threats, images, labels, routing_loss,
                                                   optimizer)
                 metrics.add(stats)
                 global_step += 1

@@ -1,0 +1,315 @@
+"""WideResNet (Zagoruyko & Komodakis) with RobustBench's layout, and RoME's conv-LoRA experts for it (paper Sec. 5.1).
+
+The network has RobustBench's ``WideResNet`` parameter names (``conv1``, ``block{1,2,3}.layer.{i}`` BasicBlocks with
+``bn1, relu1, conv1, bn2, relu2, conv2`` and ``convShortcut`` when C_in ≠ C_out, then ``bn1, relu, fc``), so
+RobustBench and TRADES state dicts load as they are (``sub_block1=True`` adds TRADES' unused ``sub_block1``). The head
+pools with ``adaptive_avg_pool2d(·, 1)``, which equals RobustBench's ``avg_pool2d(·, 8)`` on 32x32 images.
+
+RoME on a convolution W (C_out × C_in × kh × kw) with K experts of rank r (Eq. 2 per output position p):
+
+    o_p = (W * x)_p + Σ_k g_{p,k} (ΔW_k * x)_p,   ΔW_k = reshape(B_k A_k, C_out × C_in × kh × kw)
+    A_k ∈ R^{r × C_in·kh·kw} (kaiming-uniform per expert),  B_k ∈ R^{C_out × r} (0 at init: the model starts as W)
+
+computed fused: one conv with all A_k stacked (K·r output channels, the base conv's stride/padding/dilation), the
+result multiplied per position by the gates repeated over r, then one 1×1 conv with all B_k (C_out × K·r). This equals
+the sum above because (B_k A_k) * x = B_k (A_k * x) channel-wise.
+
+Dual-scale gates (Eq. 3-5), one gate vector per OUTPUT position p of the conv:
+
+    u_p = softmax(MLP_local(x̃_p)),   x̃ = adaptive_avg_pool2d(x, (H', W'))  (x itself when H', W' = H, W)
+    v   = softmax(MLP_global(mean_{all input positions} x)),   g_p = (1 − β(l)) u_p + β(l) v
+
+MLP_local is Conv1x1 → GELU → Conv1x1 (``gate_hidden`` units; 0 = one Conv1x1), MLP_global the same as Linears.
+Stride choice: a stride-2 conv's gates read the input averaged to the output map; for the even maps of a WideResNet
+(32 → 16 → 8) adaptive pooling is exactly ``avg_pool2d(kernel=2, stride=2)``, and it also matches odd sizes.
+Gates are recorded through :meth:`ExpertGate.finish` in token layout (positions row-major): local (B, H'·W', K),
+global (B, K), fused (B, H'·W', K). Gating variants are those of :class:`DualScaleGate` except ``dual-cls``.
+
+Layer index: l = 1..L counts the BasicBlocks of block1..block3 in forward order (L = 3·(depth − 4)/6); both convs of
+a BasicBlock share its β(l). Targets: a subset of ``conv1``/``conv2`` of every BasicBlock (never the stem conv or the
+1×1 shortcuts); the Transformer default ``("qkv", "proj")`` is read as both convs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rome_bench.config import RomeConfig
+from rome_bench.errors import ConfigError
+from rome_bench.models.registry import MODELS
+from rome_bench.models.rome import ExpertGate, layer_beta
+
+CONV_TARGETS: tuple[str, ...] = ("conv1", "conv2")
+TRANSFORMER_DEFAULT_TARGETS: frozenset[str] = frozenset({"qkv", "proj"})  # read as CONV_TARGETS for a WRN
+CONV_GATINGS: tuple[str, ...] = ("none", "local", "global", "dual", "dual-inverted", "dual-learned")
+
+
+class BasicBlock(nn.Module):
+    """Pre-activation wide basic block: BN-ReLU-conv3x3(stride)-BN-ReLU-[dropout]-conv3x3, plus the shortcut."""
+
+    def __init__(self, in_planes: int, out_planes: int, stride: int, drop_rate: float = 0.0) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.relu1 = nn.ReLU()
+        self.conv1 = nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_planes)
+        self.relu2 = nn.ReLU()
+        self.conv2 = nn.Conv2d(out_planes, out_planes, kernel_size=3, stride=1, padding=1, bias=False)
+        self.drop_rate = drop_rate
+        self.equal_in_out = in_planes == out_planes
+        self.convShortcut = (None if self.equal_in_out else
+                             nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, padding=0, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        activated = self.relu1(self.bn1(x))
+        out = self.relu2(self.bn2(self.conv1(activated)))
+        if self.drop_rate > 0:
+            out = F.dropout(out, p=self.drop_rate, training=self.training)
+        out = self.conv2(out)
+        shortcut = x if self.convShortcut is None else self.convShortcut(activated)
+        return shortcut + out
+
+
+class NetworkBlock(nn.Module):
+    """A stage of ``num_layers`` BasicBlocks in ``.layer``; the first changes width and applies the stride."""
+
+    def __init__(self, num_layers: int, in_planes: int, out_planes: int, stride: int, drop_rate: float = 0.0) -> None:
+        super().__init__()
+        self.layer = nn.Sequential(*[
+            BasicBlock(in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1, drop_rate)
+            for i in range(num_layers)
+        ])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
+
+class WideResNet(nn.Module):
+    """WRN-depth-widen_factor with RobustBench's parameter names; ``add_rome_experts`` adds conv-LoRA experts."""
+
+    def __init__(self, depth: int = 28, num_classes: int = 10, widen_factor: int = 10, drop_rate: float = 0.0,
+                 sub_block1: bool = False, bias_last: bool = True) -> None:
+        super().__init__()
+        if depth < 10 or (depth - 4) % 6:
+            raise ConfigError(f"WideResNet depth must be 6n + 4 with n ≥ 1 (10, 16, 28, 34, 70, …); got {depth}")
+        if widen_factor < 1:
+            raise ConfigError(f"WideResNet widen_factor must be ≥ 1; got {widen_factor}")
+        blocks_per_stage = (depth - 4) // 6
+        channels = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
+        self.conv1 = nn.Conv2d(3, channels[0], kernel_size=3, stride=1, padding=1, bias=False)
+        self.block1 = NetworkBlock(blocks_per_stage, channels[0], channels[1], 1, drop_rate)
+        if sub_block1:  # present (and unused) in TRADES' WRN-34-10 checkpoints
+            self.sub_block1 = NetworkBlock(blocks_per_stage, channels[0], channels[1], 1, drop_rate)
+        self.block2 = NetworkBlock(blocks_per_stage, channels[1], channels[2], 2, drop_rate)
+        self.block3 = NetworkBlock(blocks_per_stage, channels[2], channels[3], 2, drop_rate)
+        self.bn1 = nn.BatchNorm2d(channels[3])
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(channels[3], num_classes, bias=bias_last)
+        self.num_channels = channels[3]
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """RobustBench's init: conv N(0, 2/(kh·kw·C_out)), BN weight 1 / bias 0, fc bias 0."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
+                nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    def stages(self) -> list[tuple[str, NetworkBlock]]:
+        """The NetworkBlocks of the forward pass (not TRADES' unused ``sub_block1``)."""
+        return [("block1", self.block1), ("block2", self.block2), ("block3", self.block3)]
+
+    def basic_blocks(self) -> list[tuple[str, BasicBlock]]:
+        """All BasicBlocks in forward order with their module paths (``block2.layer.0``)."""
+        return [(f"{stage_name}.layer.{i}", block) for stage_name, stage in self.stages()
+                for i, block in enumerate(stage.layer)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(x)
+        out = self.block3(self.block2(self.block1(out)))
+        out = self.relu(self.bn1(out))
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.fc(out)
+
+    def add_rome_experts(self, config: RomeConfig) -> WideResNet:
+        """Wrap conv1/conv2 (per ``config.targets``) of every BasicBlock in gated conv-LoRA experts, in place."""
+        if config.expert_type != "lora":
+            raise ConfigError(f"expert_type '{config.expert_type}': WideResNet supports lora experts only")
+        if config.gating == "dual-cls":
+            raise ConfigError("gating dual-cls needs a CLS token; a WideResNet has none: use --gating dual")
+        targets = conv_targets(config.targets)
+        blocks = self.basic_blocks()
+        for layer, (path, block) in enumerate(blocks, start=1):
+            beta = layer_beta(config.gating, layer, len(blocks), config.beta_s, config.beta_b)
+            for target in targets:
+                _wrap_conv(block, target, f"{path}.{target}", config, beta, layer)
+        return self
+
+
+def conv_targets(targets: tuple[str, ...]) -> tuple[str, ...]:
+    """A WRN's expert targets: a subset of conv1/conv2, with the Transformer default (qkv, proj) read as both."""
+    if set(targets) == TRANSFORMER_DEFAULT_TARGETS:
+        return CONV_TARGETS
+    unknown = [target for target in targets if target not in CONV_TARGETS]
+    if unknown or not targets:
+        raise ConfigError(f"WideResNet experts go on a subset of {','.join(CONV_TARGETS)}; got targets "
+                          f"'{','.join(targets)}'")
+    return tuple(target for target in CONV_TARGETS if target in targets)
+
+
+def _wrap_conv(block: BasicBlock, target: str, name: str, config: RomeConfig, beta: float, layer: int) -> None:
+    base = getattr(block, target)
+    if not isinstance(base, nn.Conv2d):
+        raise ConfigError(f"{name} is {type(base).__name__}, not nn.Conv2d: this WideResNet already has experts")
+    gate = ConvDualScaleGate(base.in_channels, config.num_experts, config.gate_hidden, beta, layer, name,
+                             config.gating)
+    setattr(block, target, ConvLoRAExpertMixture(base, config.num_experts, config.rank, gate))
+
+
+class ConvDualScaleGate(ExpertGate):
+    """Per-output-position local gate and global-average-pool gate, mixed by β(l) (Eq. 3-5), or an ablated variant.
+
+    ``forward(x, out_size)`` takes the conv's input (B, C_in, H, W) and its output size (H', W') and returns the gates
+    to use as maps (B, K, H', W'); the recorded gates are in token layout (see the module docstring).
+    """
+
+    def __init__(self, dim_in: int, num_experts: int, hidden: int, beta: float, layer: int, name: str,
+                 gating: str = "dual") -> None:
+        super().__init__(num_experts, layer, name)
+        if gating not in CONV_GATINGS:
+            hint = ": a CNN has no CLS token" if gating == "dual-cls" else ""
+            raise ConfigError(f"gating '{gating}' is not available for conv experts{hint}; choose one of "
+                              f"{', '.join(CONV_GATINGS)}")
+        self.gating = gating
+        self.uses_local = gating not in ("none", "global")
+        self.uses_global = gating not in ("none", "local")
+        self.local_mlp = _gate_mlp(dim_in, hidden, num_experts, conv=True) if self.uses_local else None
+        self.global_mlp = _gate_mlp(dim_in, hidden, num_experts, conv=False) if self.uses_global else None
+        self.beta_logit = nn.Parameter(torch.tensor(math.log(beta / (1 - beta)))) if gating == "dual-learned" else None
+        self.fixed_beta = beta
+
+    @property
+    def beta(self) -> float | torch.Tensor:
+        """β of this layer: a float, or a 0-d tensor for ``dual-learned``."""
+        return self.fixed_beta if self.beta_logit is None else torch.sigmoid(self.beta_logit)
+
+    def forward(self, x: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
+        batch, positions = x.shape[0], out_size[0] * out_size[1]
+        if not self.uses_local and not self.uses_global:
+            uniform = x.new_full((batch, positions, self.num_experts), 1.0 / self.num_experts)
+            return _as_maps(self.finish(uniform, uniform[:, 0], uniform), out_size)
+        local = self.local_gate(x, out_size) if self.uses_local else None
+        global_ = self.global_gate(x) if self.uses_global else None
+        if local is None:
+            everywhere = global_.unsqueeze(1).expand(batch, positions, -1)  # type: ignore[union-attr]
+            return _as_maps(self.finish(everywhere, global_, everywhere), out_size)  # type: ignore[arg-type]
+        if global_ is None:
+            return _as_maps(self.finish(local, local.mean(dim=1), local), out_size)
+        fused = torch.lerp(local, global_.unsqueeze(1), self.beta)  # (1 − β)·u + β·v
+        return _as_maps(self.finish(local, global_, fused), out_size)
+
+    def local_gate(self, x: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
+        """u (B, H'·W', K) from the input averaged to the output map."""
+        pooled = x if tuple(x.shape[-2:]) == tuple(out_size) else F.adaptive_avg_pool2d(x, out_size)
+        logits = self.local_mlp(pooled)  # type: ignore[misc]
+        return logits.flatten(2).transpose(1, 2).softmax(dim=-1)
+
+    def global_gate(self, x: torch.Tensor) -> torch.Tensor:
+        """v (B, K) from the global average pool of the input."""
+        return self.global_mlp(x.mean(dim=(2, 3))).softmax(dim=-1)  # type: ignore[misc]
+
+    def extra_repr(self) -> str:
+        beta = self.beta if isinstance(self.beta, float) else float(self.beta.detach())
+        return f"layer={self.layer}, gating={self.gating}, beta={beta:.4f}"
+
+
+def _gate_mlp(dim_in: int, hidden: int, num_experts: int, conv: bool) -> nn.Module:
+    """Conv1x1 (or Linear) → GELU → Conv1x1 (or Linear); ``hidden`` = 0 gives a single layer."""
+    def layer(n_in: int, n_out: int) -> nn.Module:
+        return nn.Conv2d(n_in, n_out, kernel_size=1) if conv else nn.Linear(n_in, n_out)
+
+    if not hidden:
+        return layer(dim_in, num_experts)
+    return nn.Sequential(layer(dim_in, hidden), nn.GELU(), layer(hidden, num_experts))
+
+
+def _as_maps(tokens: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
+    """(B, H'·W', K) → (B, K, H', W')."""
+    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *out_size)
+
+
+class ConvLoRAExpertMixture(nn.Module):
+    """A Conv2d plus K gated conv-LoRA experts (Eq. 2 per output position); B = 0 at init, so it starts as the base."""
+
+    def __init__(self, base: nn.Conv2d, num_experts: int, rank: int, gate: ConvDualScaleGate) -> None:
+        super().__init__()
+        if base.groups != 1:
+            raise ConfigError(f"conv-LoRA experts need groups = 1; this conv has groups = {base.groups}")
+        if base.padding_mode != "zeros":
+            raise ConfigError(f"conv-LoRA experts need padding_mode 'zeros'; this conv has '{base.padding_mode}'")
+        self.base = base
+        self.num_experts = num_experts
+        self.rank = rank
+        kernel_h, kernel_w = base.kernel_size
+        self.lora_A = nn.Parameter(torch.empty(num_experts * rank, base.in_channels * kernel_h * kernel_w))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_channels, num_experts * rank))
+        for expert_A in self.lora_A.data.split(rank):
+            nn.init.kaiming_uniform_(expert_A, a=math.sqrt(5))
+        self.gate = gate
+
+    def down_kernel(self) -> torch.Tensor:
+        """All A_k as one conv kernel (K·r, C_in, kh, kw)."""
+        return self.lora_A.view(len(self.lora_A), self.base.in_channels, *self.base.kernel_size)
+
+    def delta_weight(self, expert: int) -> torch.Tensor:
+        """ΔW_k = B_k A_k reshaped to the base kernel (C_out, C_in, kh, kw)."""
+        rows = slice(expert * self.rank, (expert + 1) * self.rank)
+        return (self.lora_B[:, rows] @ self.lora_A[rows]).view_as(self.base.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        base = self.base
+        down = F.conv2d(x, self.down_kernel(), None, base.stride, base.padding, base.dilation)  # (B, K·r, H', W')
+        batch, _, height, width = down.shape
+        gates = self.gate(x, (height, width))  # (B, K, H', W')
+        mixed = down.view(batch, self.num_experts, self.rank, height, width) * gates.unsqueeze(2)
+        up = F.conv2d(mixed.view(batch, -1, height, width), self.lora_B[:, :, None, None])
+        return base(x) + up
+
+    def extra_repr(self) -> str:
+        return f"num_experts={self.num_experts}, rank={self.rank}"
+
+
+WRN_SIZES: dict[str, dict[str, int]] = {
+    "wrn_micro": {"depth": 10, "widen_factor": 1},  # for tests
+    "wrn_smoke": {"depth": 16, "widen_factor": 2},
+    "wrn_28_10": {"depth": 28, "widen_factor": 10},
+    "wrn_34_10": {"depth": 34, "widen_factor": 10},
+    "wrn_70_16": {"depth": 70, "widen_factor": 16},
+}
+WRN_OVERRIDES: frozenset[str] = frozenset({"depth", "widen_factor", "drop_rate", "sub_block1", "bias_last"})
+
+
+def _make_wrn_builder(size: dict[str, int]) -> Callable[..., WideResNet]:
+    def build(num_classes: int, image_size: int, patch_size: int | None = None, **overrides: float) -> WideResNet:
+        """A WideResNet (any image size: the head pools adaptively); ``patch_size`` is ignored."""
+        unknown = sorted(set(overrides) - WRN_OVERRIDES)
+        if unknown:
+            raise ConfigError(f"unknown WideResNet option(s) {', '.join(unknown)}; choose from "
+                              f"{', '.join(sorted(WRN_OVERRIDES))}")
+        return WideResNet(num_classes=num_classes, **{**size, **overrides})  # type: ignore[arg-type]
+
+    return build
+
+
+for _name, _size in WRN_SIZES.items():
+    MODELS.add(_name, _make_wrn_builder(_size), family="wrn", **_size)

@@ -148,10 +148,13 @@ def evaluate(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
     corruptions_dir: Annotated[Path | None, typer.Option(
         help="Folder with the CIFAR-10-C .npy files: the corruption threats load them instead of generating.")] = None,
+    gating_variant: Annotated[str | None, typer.Option(
+        help="Evaluate a model with experts under an inference-time gating variant (Table 5), stored as its own "
+             "row: random (gates drawn uniformly from the simplex) | inverse ((1 − g)/(K − 1)) | removed.")] = None,
 ) -> None:
     """Evaluate a trained run (or --model-file) on every threat of a suite; results go to the store per example."""
     from rome_bench.data import evaluation_indices
-    from rome_bench.evaluation.runner import evaluate_run
+    from rome_bench.evaluation.runner import evaluate_run, with_gating_variant
     from rome_bench.evaluation.store import ResultStore
     from rome_bench.evaluation.suites import SUITES
     from rome_bench.training.trainer import resolve_device
@@ -168,11 +171,13 @@ def evaluate(
     chosen_suite = SUITES.get(suite)
     torch_device = resolve_device(device)
     loaded, data = _load_model_and_data(run, model_file, weights, preset_name, data_dir, torch_device)
+    if gating_variant is not None:
+        loaded = with_gating_variant(loaded, gating_variant)  # type: ignore[arg-type]
     ids = evaluation_indices(len(data.dataset), n_examples or loaded.config.data.eval_examples)
     threats = select_threats(chosen_suite.build(loaded.config.threats), threat or [], suite)
     if corruptions_dir is not None:
         threats = with_corruptions_dir(threats, corruptions_dir)
-    row_label = label or _default_label(loaded.method, run, model_file)
+    row_label = label or _default_label(loaded.method, run, model_file) + _variant_suffix(gating_variant)
     with ResultStore(store or default_store()) as results:
         if scales is not None:
             _eps_sweep(loaded, chosen_suite.name, threats, scales, data, ids, results, batch_size, torch_device,
@@ -213,6 +218,12 @@ def _default_label(method: str | None, run: Path | None, model_file: str | None)
     if run is not None:
         return f"{method} ({run.name})"
     return f"external ({Path(str(model_file).rsplit(':', 1)[0]).stem})"
+
+
+def _variant_suffix(variant: str | None) -> str:
+    if variant is None:
+        return ""
+    return " [experts removed]" if variant == "removed" else f" [{variant} gating]"
 
 
 def _default_plot(run: Path | None, suite: str, dataset: str) -> Path:

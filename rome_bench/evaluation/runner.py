@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from rome_bench.config import RunConfig
 from rome_bench.data import DatasetInfo, LoadedDataset, fetch_batch
-from rome_bench.errors import CheckpointError, ThreatOutputError
+from rome_bench.errors import CheckpointError, ConfigError, ThreatOutputError
 from rome_bench.evaluation.store import FULL, UNION_ONLY, BatchCost, ResultStore
 from rome_bench.evaluation.validity import batch_model_flags, refresh_computed_flags
 from rome_bench.models import content_hash, create_model
@@ -47,7 +47,7 @@ class LoadedRun:
     def describe(self) -> dict[str, Any]:
         """What the store keeps about the model besides its hash."""
         return {"git_commit": self.metadata.get("git_commit"), "preset": self.config.preset,
-                **{k: v for k, v in self.metadata.items() if k == "external"}}
+                **{k: v for k, v in self.metadata.items() if k in ("external", "gating_variant")}}
 
 
 def load_run(run_dir: Path, info: DatasetInfo, device: torch.device) -> LoadedRun:
@@ -71,6 +71,23 @@ def load_run(run_dir: Path, info: DatasetInfo, device: torch.device) -> LoadedRu
     model_config = json.dumps(dataclasses.asdict(config.model), sort_keys=True)
     model_hash = hashlib.sha256(f"{content_hash(model)}/{model_config}".encode()).hexdigest()
     return LoadedRun(model, config, metadata, model_hash, run_dir, config.train.method)
+
+
+def with_gating_variant(run: LoadedRun, variant: str) -> LoadedRun:
+    """The run's model under an inference-time gating variant (Table 5: random, inverse, removed), as its own model.
+
+    The variant is part of the model's identity: its results are stored under a hash of (model, variant), so they
+    form their own leaderboard row next to the learned gating's.
+    """
+    from rome_bench.models.rome import set_inference_variant
+
+    if variant == "removed" and run.config.model.rome.expert_type == "ffn":
+        raise ConfigError("gating variant 'removed' needs experts beside a backbone (lora or adapter); "
+                          "ffn experts replace the MLP, so removing them leaves no MLP")
+    set_inference_variant(run.model, variant)
+    model_hash = hashlib.sha256(f"{run.model_hash}/gating-variant={variant}".encode()).hexdigest()
+    metadata = {**run.metadata, "gating_variant": variant}
+    return dataclasses.replace(run, metadata=metadata, model_hash=model_hash)
 
 
 def load_external_run(source: str, weights: Path | None, config: RunConfig, device: torch.device) -> LoadedRun:

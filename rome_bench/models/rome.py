@@ -417,19 +417,25 @@ def has_experts(model: nn.Module) -> bool:
     return bool(gating_modules(model))
 
 
-@contextlib.contextmanager
-def inference_variant(model: nn.Module, variant: str | None) -> Iterator[nn.Module]:
-    """Run ``model`` with every gate switched to an inference-time variant (Table 5); restores it on exit."""
+def set_inference_variant(model: nn.Module, variant: str | None) -> list[str | None]:
+    """Switch every gate of ``model`` to an inference-time variant (None = learned); returns the previous ones."""
     if variant is not None and variant not in INFERENCE_VARIANTS:
         raise ConfigError(f"unknown gating variant '{variant}'; choose one of {', '.join(INFERENCE_VARIANTS)}")
     gates = gating_modules(model)
     if variant is not None and not gates:
         raise ConfigError(f"gating variant '{variant}' needs a model with experts; this one has none")
-    saved = [gate.variant for gate in gates]
+    previous = [gate.variant for gate in gates]
     for gate in gates:
         gate.variant = variant
+    return previous
+
+
+@contextlib.contextmanager
+def inference_variant(model: nn.Module, variant: str | None) -> Iterator[nn.Module]:
+    """Run ``model`` with every gate switched to an inference-time variant (Table 5); restores it on exit."""
+    previous = set_inference_variant(model, variant)
     try:
         yield model
     finally:
-        for gate, previous in zip(gates, saved, strict=True):
-            gate.variant = previous
+        for gate, saved in zip(gating_modules(model), previous, strict=True):
+            gate.variant = saved

@@ -1,0 +1,109 @@
+"""The RoME switches through the command line: each trains, is saved in the run's config and rebuilds the model it
+names; inference-time gating variants are stored as their own leaderboard rows."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rome_bench import cli
+from rome_bench.data import load_dataset
+from rome_bench.evaluation.runner import load_run
+from rome_bench.models.rome import AdapterExpertMixture, FFNExpertMixture, gating_modules
+from tests.test_cli import TINY
+
+ONE_STEP = [*TINY, "--train-size", "16", "--batch-size", "16"]
+
+
+class Result:
+    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def rome_bench(monkeypatch, capsys):
+    """The CLI's main() in this process (no interpreter start-up per call): exit code, stdout, stderr."""
+    def run(*args: str) -> Result:
+        monkeypatch.setattr(sys, "argv", ["rome-bench", *args])
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main()
+        captured = capsys.readouterr()
+        return Result(int(exit_info.value.code or 0), captured.out, captured.err)
+
+    return run
+
+
+def assert_one_line_error(result: Result, needle: str) -> None:
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert result.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert needle in lines[0], lines[0]
+
+
+def load(run: Path):
+    data = load_dataset("synthetic", "test", None)
+    return load_run(run, data.info, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("switches,expected", [
+    (["--experts", "ffn", "--gating", "global", "--routing-loss", "load-balance"],
+     {"expert_type": "ffn", "targets": ["mlp"], "gating": "global", "routing_loss": "load-balance"}),
+    (["--experts", "adapter", "--expert-layers", "qkv,fc2", "--gating", "none", "--routing-loss", "importance",
+      "--lambda", "0.2"],
+     {"expert_type": "adapter", "targets": ["qkv", "fc2"], "gating": "none", "routing_weight": 0.2}),
+    (["--num-experts", "3", "--rank", "2", "--gating", "dual-learned", "--routing-loss", "gate-classification",
+      "--beta-s", "6", "--beta-b", "1"],
+     {"num_experts": 3, "rank": 2, "gating": "dual-learned", "beta_s": 6.0, "beta_b": 1.0}),
+    (["--set", "model.backbone=wrn_micro", "--div-distance", "wasserstein1", "--no-div-projection", "--gating",
+      "dual-inverted"],
+     {"div_distance": "wasserstein1", "div_projection": False, "gating": "dual-inverted"}),
+])
+def test_every_switch_trains_and_is_saved_with_the_run(rome_bench, tmp_path, switches, expected):
+    run = tmp_path / "run"
+    result = rome_bench("train", "--method", "rome+max", *ONE_STEP, *switches, "--out", str(run))
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((run / "config.json").read_text())["model"]["rome"]
+    assert {key: saved[key] for key in expected} == expected
+    model = load(run).model
+    if expected.get("expert_type") == "ffn":
+        assert any(isinstance(module, FFNExpertMixture) for module in model.modules())
+    if expected.get("expert_type") == "adapter":
+        assert any(isinstance(module, AdapterExpertMixture) for module in model.modules())
+    assert all(gate.gating == saved["gating"] for gate in gating_modules(model))
+    if "wrn_micro" in switches:
+        assert type(model.backbone).__name__ == "WideResNet"
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--method", "max", "--gating", "local"], "--gating configures experts, but method 'max' trains none"),
+    (["--method", "rome+max", "--gating", "dual-cls", "--set", "model.backbone=wrn_micro"], "CLS token"),
+    (["--method", "rome+max", "--routing-loss", "gate-classification"], "needs num_experts = 3"),
+    (["--method", "rome+max", "--expert-layers", "qkv,attn"], "model.rome.targets must be"),
+    (["--method", "rome+max", "--div-distance", "l3"], "div_distance must be one of"),
+])
+def test_bad_switches_fail_with_one_line(rome_bench, tmp_path, flags, needle):
+    result = rome_bench("train", *ONE_STEP, *flags, "--out", str(tmp_path / "x"))
+    assert_one_line_error(result, needle)
+
+
+def test_inference_variants_are_their_own_leaderboard_rows(rome_bench, tmp_path):
+    run = tmp_path / "demo"
+    assert rome_bench("train", "--method", "rome+max", *ONE_STEP, "--out", str(run)).returncode == 0
+    store = tmp_path / "results.sqlite"
+    for variant in (None, "inverse", "removed", "random"):
+        extra = ["--gating-variant", variant] if variant else []
+        result = rome_bench("eval", "--run", str(run), "--suite", "seen-pgd", "--n-examples", "8", "--store",
+                            str(store), "--no-progress", *extra)
+        assert result.returncode == 0, result.stderr
+    board = json.loads(rome_bench("leaderboard", "--suite", "seen-pgd", "--store", str(store), "--format",
+                                  "json").stdout)
+    labels = sorted(row["label"] for row in board["rows"])
+    assert labels == ["rome+max (demo)", "rome+max (demo) [experts removed]", "rome+max (demo) [inverse gating]",
+                      "rome+max (demo) [random gating]"]
+    plain = rome_bench("train", "--method", "max", *ONE_STEP, "--out", str(tmp_path / "plain"))
+    assert plain.returncode == 0, plain.stderr
+    refused = rome_bench("eval", "--run", str(tmp_path / "plain"), "--suite", "seen-pgd", "--n-examples", "8",
+                         "--store", str(store), "--no-progress", "--gating-variant", "inverse")
+    assert_one_line_error(refused, "needs a model with experts")

@@ -470,7 +470,7 @@ def analyze_gating(
         report = analyse_run(loaded, chosen.name, threats, data, ids, results, batch_size,  # type: ignore[arg-type]
                              torch_device, out or run / "figures", progress, seed, map_images)
         typer.echo(render_report(report))
-        typer.echo(f"score stored in {results.path}: rome-bench leaderboard --suite {chosen.name} shows it")
+        typer.echo(f"score stored in {results.path}: the leaderboard's Routing div. and Gate clf. columns")
 
 
 def default_store() -> Path:

@@ -20,11 +20,14 @@ from rome_bench.errors import ConfigError
 from rome_bench.evaluation.gating_analysis import (
     KDE_FILE,
     MAPS_FILE,
+    MEAN_GATES_FILE,
+    GatingReport,
     analyse_run,
     collect_gates,
     condition_labels,
     gaussian_kde,
     region_mask,
+    render_report,
     routing_divergence,
     score_collection,
     threat_classifier_accuracy,
@@ -166,6 +169,7 @@ def test_score_separates_threat_agnostic_from_threat_specific_gates(synthetic, s
     specific = collect_gates(separating_model, THREATS, synthetic, IDS, 64, CPU, progress=False)
     assert agnostic.labels == ["clean", "pgd-linf", "pgd-l2"] and agnostic.threat_labels == ["pgd-linf", "pgd-l2"]
     assert agnostic.gates["clean"].shape == (64, 4, 4) and len(agnostic.layers) == 4
+    assert agnostic.unperturbed == {"pgd-linf": 0, "pgd-l2": 0}
     agnostic_score, agnostic_classifier = score_collection(agnostic, "agnostic", "seen-pgd", synthetic)
     specific_score, specific_classifier = score_collection(specific, "specific", "seen-pgd", synthetic)
     assert agnostic_score.divergence == 0.0 and agnostic_classifier.accuracy == agnostic_classifier.chance == 0.5
@@ -202,7 +206,8 @@ def test_analysis_writes_figures_stores_the_score_and_fills_the_leaderboard(tmp_
                             CPU, tmp_path / "figures", progress=False, map_images=0)  # replaces the stored row
         stored = store.gating_score("gated", synthetic.fingerprint)
         rows = build_leaderboard(store, SUITES.get("seen"))
-    expected = [tmp_path / "figures" / KDE_FILE.format(k=k) for k in range(1, 5)] + [tmp_path / "figures" / MAPS_FILE]
+    expected = [tmp_path / "figures" / name for name in
+                [*(KDE_FILE.format(k=k) for k in range(1, 5)), MEAN_GATES_FILE, MAPS_FILE]]
     assert report.figures == expected
     for path in expected:
         data = path.read_bytes()
@@ -224,6 +229,9 @@ def test_analysis_writes_figures_stores_the_score_and_fills_the_leaderboard(tmp_
     assert "routing_divergence" in RENDERERS["csv"](rows, suite).splitlines()[0]
     tex = RENDERERS["tex"](rows, suite)
     assert "Routing div." in tex and "-- & -- \\\\" in tex
+    assert "note:" not in render_report(report)
+    noted = render_report(GatingReport(report.score, report.classifier, report.figures, {"pgd-l2": 3}))
+    assert "note: pgd-l2 returned 3 of 16 examples unperturbed" in noted
 
 
 def test_store_prefers_the_seen_suites_score_then_the_newest(tmp_path):

@@ -9,7 +9,10 @@ that, for any model whose ``gates()`` return the fused gates of its last forward
   images go through the model in eval mode without gradients; each gated layer's fused gates (B, T, K) are
   averaged over the T tokens, giving an (N, L, K) array per condition. The average covers *all* tokens: for a ViT
   that includes the prefix (CLS) token, one of 1 + 64 tokens at CIFAR size, gated like the others (the paper's
-  "token-averaged gating weights" do not exclude it); a conv model has no prefix.
+  "token-averaged gating weights" do not exclude it); a conv model has no prefix. An attack may return an example
+  unperturbed: AutoAttack (the ``seen`` suite) returns the clean image wherever it fails, so those examples carry
+  clean gates under that threat, which dilutes the differences; the count per threat is reported, and
+  ``--suite seen-pgd`` (PGD returns its last iterate) perturbs every example.
 * Routing divergence (the score). Per gated layer, the mean gate vector (over the N examples, K-dim) of each
   threat, clean excluded; the layer's divergence is the mean L2 distance over unordered pairs of threats, and
   the score is the mean over layers. 0 means every threat is routed to the same expert mixture on average; the
@@ -24,11 +27,15 @@ that, for any model whose ``gates()`` return the fused gates of its last forward
   in the paper) with one Gaussian-KDE curve per condition of that expert's token-averaged gate over the N
   examples. The KDE is computed here with Scott's bandwidth h = σ̂·n^(-1/5) (σ̂ with ddof=1, as scipy's
   ``gaussian_kde``), floored at ``MIN_BANDWIDTH`` so that a constant gate (σ̂ = 0) draws a narrow peak, not NaN.
+* Mean gates (Fig. A2 style): ``gating-mean-gates.png``, one heatmap per gated layer of the mean token-averaged
+  gate of every condition (rows) and expert (columns): what the divergence compares, clean included.
 * Activation maps (Fig. 7): for a few images and each condition, the perturbation is applied to one region only,
   x_region = x + mask·(x_adv − x), with the mask the central square covering ``REGION_FRACTION`` of the side;
   ``gating-activation-maps.png`` shows per image and condition the perturbed image (region outlined) and, per
   expert, the final gated layer's per-token fused gate as a heatmap over the patch grid (prefix tokens dropped:
-  the first T − g² tokens, g = ⌊√T⌋). All heatmaps share one colour scale.
+  the first T − g² tokens, g = ⌊√T⌋). All heatmaps share one colour scale. The maps assume the final gated
+  layer's tokens in row-major patch order: true for ViT/DeiT, conv models, and Swin when its last stage is one
+  window (as at 32×32 and 224×224); a multi-window last stage would be drawn window by window.
 """
 
 from __future__ import annotations
@@ -65,6 +72,7 @@ REGION_FRACTION = 0.5  # side of the perturbed central square, as a fraction of 
 KDE_POINTS = 400
 KDE_FILE = "gating-kde-expert{k}.png"
 MAPS_FILE = "gating-activation-maps.png"
+MEAN_GATES_FILE = "gating-mean-gates.png"
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,7 @@ class GateCollection:
     layers: list[str]
     example_ids: list[int]
     gates: dict[str, np.ndarray]
+    unperturbed: dict[str, int]  # threat label -> examples the threat returned unchanged
 
     def threat_gates(self) -> dict[str, np.ndarray]:
         return {label: self.gates[label] for label in self.threat_labels}
@@ -104,6 +113,7 @@ class GatingReport:
     score: GatingScore
     classifier: ClassifierResult
     figures: list[Path]
+    unperturbed: dict[str, int]  # threat label -> examples the threat returned unchanged
 
 
 def condition_labels(threats: Sequence[Threat]) -> list[str]:
@@ -157,23 +167,27 @@ def collect_gates(model: nn.Module, threats: Sequence[Threat], data: LoadedDatas
                   batch_size: int, device: torch.device, progress: bool = True, seed: int = 0) -> GateCollection:
     """Token-averaged gates of every example under every applicable condition (clean and each threat)."""
     gates: dict[str, np.ndarray] = {}
+    unperturbed: dict[str, int] = {}
     threat_labels: list[str] = []
     layers: list[str] = []
     for threat, label in zip(threats, condition_labels(threats), strict=True):
         if not threat.applicable(model):
             tqdm.write(f"{label}: not applicable to this model, left out of the analysis")
             continue
-        parts = []
+        parts, unchanged = [], 0
         for start in tqdm(range(0, len(example_ids), batch_size), desc=f"gates {label}", disable=not progress):
             ids = example_ids[start:start + batch_size]
             images, targets = fetch_batch(data.dataset, ids)
             images, targets = images.to(device), targets.to(device)
-            parts.append(token_averaged_gates(model, perturb(threat, model, images, targets, ids, seed)))
+            perturbed = perturb(threat, model, images, targets, ids, seed)
+            unchanged += int(((perturbed - images).flatten(1).abs().amax(dim=1) == 0).sum())
+            parts.append(token_averaged_gates(model, perturbed))
             layers = layers or [output.name for output in model_gate_outputs(model)]
         gates[label] = np.concatenate(parts)
         if not isinstance(threat, Clean):
             threat_labels.append(label)
-    return GateCollection(list(gates), threat_labels, layers, list(example_ids), gates)
+            unperturbed[label] = unchanged
+    return GateCollection(list(gates), threat_labels, layers, list(example_ids), gates, unperturbed)
 
 
 def routing_divergence(threat_gates: Mapping[str, np.ndarray]) -> tuple[float, np.ndarray]:
@@ -298,6 +312,33 @@ def plot_gate_kdes(collection: GateCollection, out_dir: Path) -> list[Path]:
     return paths
 
 
+def plot_mean_gates(collection: GateCollection, path: Path) -> Path:
+    """Per gated layer, a conditions × experts heatmap of the mean token-averaged gate (paper Fig. A2 style)."""
+    means = np.stack([collection.gates[label].mean(axis=0) for label in collection.labels])  # (C, L, K)
+    conditions, layers, experts = means.shape
+    columns = min(layers, 4)
+    rows = math.ceil(layers / columns)
+    figure = _new_figure(columns * (0.45 * experts + 1.0) + 1.5, rows * (0.28 * conditions + 0.8) + 0.8)
+    try:
+        grid_axes = figure.subplots(rows, columns, squeeze=False)
+        image = None
+        for index, axes in enumerate(grid_axes.flat):
+            if index >= layers:
+                axes.set_visible(False)
+                continue
+            image = axes.imshow(means[:, index, :], vmin=0.0, vmax=float(means.max()), cmap="viridis", aspect="auto")
+            axes.set_title(collection.layers[index], fontsize="small")
+            axes.set_xticks(range(experts), [str(k + 1) for k in range(experts)], fontsize="x-small")
+            axes.set_yticks(range(conditions), collection.labels if index % columns == 0 else [], fontsize="x-small")
+        figure.colorbar(image, ax=grid_axes, shrink=0.9, label="mean gating weight")
+        figure.supxlabel("expert")
+        figure.suptitle(f"Mean token-averaged gates per condition (n={len(collection.example_ids)})")
+        _save_atomically(figure, Path(path))
+    finally:
+        figure.clear()
+    return Path(path)
+
+
 def region_box(height: int, width: int, fraction: float = REGION_FRACTION) -> tuple[int, int, int, int]:
     """(top, left, height, width) of the central square whose side is ``fraction`` of the shorter image side."""
     side = max(1, round(fraction * min(height, width)))
@@ -404,11 +445,11 @@ def analyse_run(run: LoadedRun, suite: str, threats: Sequence[Threat], data: Loa
     collection = collect_gates(run.model, threats, data, example_ids, batch_size, device, progress, seed)
     score, classifier = score_collection(collection, run.model_hash, suite, data, seed)
     store.record_gating_score(score)
-    figures = plot_gate_kdes(collection, out_dir)
+    figures = [*plot_gate_kdes(collection, out_dir), plot_mean_gates(collection, Path(out_dir) / MEAN_GATES_FILE)]
     if map_images > 0:
         maps = region_activation_maps(run.model, threats, images, labels, example_ids[:map_images], seed)
         figures.append(plot_activation_maps(maps, Path(out_dir) / MAPS_FILE))
-    return GatingReport(score, classifier, figures)
+    return GatingReport(score, classifier, figures, collection.unperturbed)
 
 
 def render_report(report: GatingReport) -> str:
@@ -421,6 +462,9 @@ def render_report(report: GatingReport) -> str:
     lines += [f"| **mean over layers** | **{score.divergence:.4f}** |", "",
               f"held-out threat classifier: {100 * score.classifier_accuracy:.1f}% accuracy "
               f"(chance {100 * score.chance:.1f}%; trained on {classifier.train_examples} examples, "
-              f"tested on {classifier.test_examples} others, {len(score.threats)} threats each)", "",
-              "figures:", *(f"  {path}" for path in report.figures)]
+              f"tested on {classifier.test_examples} others, {len(score.threats)} threats each)"]
+    lines += [f"note: {label} returned {count} of {score.n_examples} examples unperturbed (e.g. AutoAttack where it "
+              f"fails), so they carry clean gates; --suite seen-pgd perturbs every example"
+              for label, count in report.unperturbed.items() if count]
+    lines += ["", "figures:", *(f"  {path}" for path in report.figures)]
     return "\n".join(lines)

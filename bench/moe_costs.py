@@ -2,16 +2,21 @@
 gated LoRA experts (``rome``), a conventional MoE of K FFN experts (``moe-ffn``) and gated bottleneck adapters
 (``adapter``), built from one preset and seed and measured side by side in one process.
 
-    python bench/moe_costs.py --preset smoke                                  # vit_smoke, CPU, seconds
-    python bench/moe_costs.py --preset cifar10 --backbone vit_small --batch-size 8 --repeats 5
+    python bench/moe_costs.py --preset smoke --threads 1                      # vit_smoke, CPU, seconds
+    python bench/moe_costs.py --preset cifar10 --backbone vit_small --batch-size 8 --repeats 5 --threads 1
     python bench/moe_costs.py --preset cifar10 --device cuda --format md      # the paper's setting (ViT-B, 65 tokens)
     python bench/moe_costs.py --preset smoke --variants plain,rome --profile  # where RoME's step time goes
+    python bench/moe_costs.py --preset cifar10 --gate-hidden 0 --variants plain,rome   # single-Linear gates
+
+On a CPU shared with other work use ``--threads 1``: with several threads every op waits for its slowest thread,
+so one descheduled thread stalls the whole model and the repeats scatter by several times.
 
 Variants (K, r, gate_hidden and gating from the preset):
 
 * ``plain``: the backbone alone (the paper's RANDOM baseline has the same architecture).
 * ``rome``: K gated LoRA experts of rank r on ``attn.qkv`` and ``attn.proj`` of every block.
-* ``moe-ffn``: K FFN experts replacing every block's MLP (``expert_type=ffn``), dense soft routing.
+* ``moe-ffn``: K FFN experts replacing every block's MLP (``expert_type=ffn``), dense soft routing (all K computed,
+  so K× the MLP's FLOPs; the paper's MoE (FFN) row, 9.29G = 1.66× RANDOM, matches top-2 of 4 sparse routing).
 * ``adapter``: K gated Houlsby adapters (bottleneck r) after ``attn.qkv`` and ``attn.proj``.
 * ``rome-split`` (not in the default set): ``rome`` with the candidate forward of :func:`split_lora_forward`, a local
   copy of ``LoRAExpertMixture.forward`` without weight/activation concatenations, to measure that change.
@@ -19,8 +24,9 @@ Variants (K, r, gate_hidden and gating from the preset):
 Columns:
 
 * ``params (M)``: all parameters (backbone, experts, gates), millions.
-* ``GFLOPs/img``: forward FLOPs for one image from ``torch.utils.flop_counter`` (2 FLOPs per multiply-add; the
-  paper's Table 6 "FLOPs" are multiply-adds: 5.61G for ViT-B at 65 tokens is our ~11.2 GFLOPs).
+* ``GFLOPs/img``: forward FLOPs for one image from ``torch.utils.flop_counter`` (2 FLOPs per multiply-add of the
+  matmuls and attention; the paper's Table 6 "FLOPs" are multiply-adds: its 5.61G for ViT-B at 65 tokens is our
+  11.05 GFLOPs).
 * ``step ms``: one training step on a batch: forward, cross-entropy on the *clean* images, backward, AdamW step
   (``build_optimizer``: fused AdamW). An adversarial step adds ``steps`` forward+backward passes for the attack,
   which cost about the same ratio to plain as this step does; the paper's "train time / iter" is that whole step.
@@ -71,6 +77,10 @@ EXPERT_VARIANTS: dict[str, dict[str, object]] = {
     "rome-split": {"expert_type": "lora", "targets": ("qkv", "proj")},
 }
 DEFAULT_VARIANTS: tuple[str, ...] = ("plain", "rome", "moe-ffn", "adapter")
+# Table 6 of the paper (ViT-B, CIFAR-10 geometry, GPU): params (M), GMACs, train s/iter, latency ms/img
+PAPER_TABLE6: dict[str, tuple[float, float, float, float]] = {
+    "plain": (85.15, 5.61, 3.05, 0.53), "moe-ffn": (255.20, 9.29, 8.38, 1.36), "rome": (88.85, 5.84, 3.56, 0.60),
+}
 LABEL = "moe_costs:"  # prefix of the profiler ranges this script opens
 
 
@@ -248,6 +258,14 @@ def cost_table(names: list[str], params: dict[str, int], flops: dict[str, int], 
     return render(header, rows, markdown)
 
 
+def paper_line() -> str:
+    """The paper's Table 6 as ratios to RANDOM (params, FLOPs, train time/iter, latency/img), for comparison."""
+    reference = PAPER_TABLE6["plain"]
+    parts = [f"{name} " + " ".join(f"{value / base:.2f}×" for value, base in zip(row, reference, strict=True))
+             for name, row in PAPER_TABLE6.items() if name != "plain"]
+    return "paper Table 6 (ViT-B, 65 tokens, GPU; params FLOPs train-time latency vs RANDOM): " + "; ".join(parts)
+
+
 # ------------------------------------------------------------------------------------------------ profiling
 
 
@@ -315,18 +333,24 @@ class StepProfile:
         return sum(self.phases.values())
 
 
-def profile_steps(step: Callable[[], None], model: nn.Module, targets: tuple[str, ...], steps: int,
-                  device: torch.device) -> StepProfile:
-    """Run ``steps`` profiled train steps (after one unprofiled) and attribute their time."""
+def profile_steps(steps: dict[str, Callable[[], None]], models: dict[str, nn.Module], targets: tuple[str, ...],
+                  rounds: int, device: torch.device) -> dict[str, StepProfile]:
+    """Profile ``rounds`` rounds of one train step per variant (alternating, after one unprofiled round)."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with labelled_layers(model, targets):
-        step()
+    with contextlib.ExitStack() as stack:
+        for name in steps:
+            models[name].train()
+            stack.enter_context(labelled_layers(models[name], targets))
+        for step in steps.values():
+            step()
         synchronize(device)
         with profile(activities=activities) as profiler:
-            for _ in range(steps):
-                step()
-            synchronize(device)
-    return attribute(list(profiler.events()), steps, device.type == "cuda")
+            for _ in range(rounds):
+                for name, step in steps.items():
+                    with record_function(LABEL + "variant:" + name):
+                        step()
+                    synchronize(device)
+    return attribute(list(profiler.events()), rounds, device.type == "cuda")
 
 
 def labels(event: object) -> list[str]:
@@ -348,29 +372,27 @@ def event_time(event: object, on_device: bool) -> float:
                                               for child in event.cpu_children)  # type: ignore[attr-defined]
 
 
-def attribute(events: list, steps: int, on_device: bool) -> StepProfile:
-    """Split top-level ops (those directly under one of this script's ranges) by phase and region.
+def attribute(events: list, rounds: int, on_device: bool) -> dict[str, StepProfile]:
+    """Split each variant's top-level ops (those directly under one of this script's ranges) by phase and region.
 
     A forward op's region is the nearest ``target``/``gate`` range around it; a backward node (an
     ``evaluate_function`` event) gets the region of the forward op with the same autograd sequence number.
     """
+    chains = [labels(event) for event in events]
     regions_of_sequence: dict[int, str] = {}
-    for event in events:
-        if event.sequence_nr >= 0 and not event.name.startswith((LABEL, BACKWARD_PREFIX)):
-            chain = labels(event)
-            if "phase:forward" in chain:
-                regions_of_sequence[event.sequence_nr] = next((n for n in chain if n in ("target", "gate")), "rest")
-    phases: dict[tuple[str, str], float] = defaultdict(float)
-    layer_ops: dict[str, float] = defaultdict(float)
-    self_ops: dict[str, float] = defaultdict(float)
-    for event in events:
-        if event.name.startswith(LABEL):
-            continue
-        chain = labels(event)
+    for event, chain in zip(events, chains, strict=True):
+        if event.sequence_nr >= 0 and "phase:forward" in chain and not event.name.startswith(LABEL):
+            regions_of_sequence[event.sequence_nr] = next((n for n in chain if n in ("target", "gate")), "rest")
+    phases: dict[str, dict[tuple[str, str], float]] = defaultdict(lambda: defaultdict(float))
+    layer_ops: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    self_ops: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for event, chain in zip(events, chains, strict=True):
+        variant = next((n.split(":", 1)[1] for n in chain if n.startswith("variant:")), None)
         phase = next((n.split(":", 1)[1] for n in chain if n.startswith("phase:")), None)
-        if phase is None:
+        if event.name.startswith(LABEL) or variant is None or phase is None:
             continue
-        self_ops[event.name] += (event.self_device_time_total if on_device else event.self_cpu_time_total) / steps
+        self_time = event.self_device_time_total if on_device else event.self_cpu_time_total
+        self_ops[variant][event.name] += self_time / rounds
         if event.cpu_parent is not None and not event.cpu_parent.name.startswith(LABEL):
             continue  # not top-level: counted inside its parent
         if event.name.startswith(BACKWARD_PREFIX):
@@ -381,11 +403,11 @@ def attribute(events: list, steps: int, on_device: bool) -> StepProfile:
         else:
             region = next((n for n in chain if n in ("target", "gate")), "rest")
             op = f"fwd {event.name}"
-        duration = event_time(event, on_device) / steps
-        phases[phase, region] += duration
+        duration = event_time(event, on_device) / rounds
+        phases[variant][phase, region] += duration
         if region in ("target", "gate"):
-            layer_ops[("gate: " if region == "gate" else "") + op] += duration
-    return StepProfile(dict(phases), dict(layer_ops), dict(self_ops))
+            layer_ops[variant][("gate: " if region == "gate" else "") + op] += duration
+    return {name: StepProfile(dict(phases[name]), dict(layer_ops[name]), dict(self_ops[name])) for name in phases}
 
 
 def breakdown_table(profiles: dict[str, StepProfile], unprofiled: dict[str, float], targets: tuple[str, ...],
@@ -457,6 +479,10 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="smoke")
     parser.add_argument("--backbone", default=None, help="override the preset's backbone (e.g. vit_small)")
+    parser.add_argument("--num-experts", type=int, default=None, help="override the preset's K")
+    parser.add_argument("--rank", type=int, default=None, help="override the preset's r")
+    parser.add_argument("--gate-hidden", type=int, default=None,
+                        help="override the gating MLPs' hidden width (0 = one Linear d→K per branch)")
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                         help=f"comma-separated, from plain,{','.join(EXPERT_VARIANTS)}")
     parser.add_argument("--device", default="cpu")
@@ -487,6 +513,8 @@ def main() -> None:
     config = preset(args.preset)
     if args.backbone:
         config.model.backbone = args.backbone
+    overrides = {"num_experts": args.num_experts, "rank": args.rank, "gate_hidden": args.gate_hidden}
+    config.model.rome = dataclasses.replace(config.model.rome, **{k: v for k, v in overrides.items() if v is not None})
     info = dataset_info(config)
     models = {name: build_variant(config, info, name, device) for name in args.variants}
     generator = torch.Generator().manual_seed(0)
@@ -518,6 +546,7 @@ def main() -> None:
         timings["ms batch-1"] = alternate({name: inference(model, single) for name, model in models.items()},
                                           args.repeats, args.warmup, device, args.single_iters)
         print(cost_table(args.variants, params, flops, timings, args.batch_size, args.format == "md"))
+        print(paper_line())
     else:
         for name in args.variants:
             print(f"{name}: {params[name] / 1e6:.3f} M params, {flops[name] / 1e9:.4f} GFLOPs/img")
@@ -525,14 +554,13 @@ def main() -> None:
     if args.profile:
         profiled = [name for name in args.variants if name in ("plain", "rome", "rome-split")]
         targets: tuple[str, ...] = EXPERT_VARIANTS["rome"]["targets"]  # type: ignore[assignment]
-        profiles = {}
-        for name in profiled:
-            models[name].train()
-            profiles[name] = profile_steps(steps[name], models[name], targets, args.profile_steps, device)
+        found = profile_steps({name: steps[name] for name in profiled}, models, targets, args.profile_steps, device)
+        profiles = {name: found[name] for name in profiled}
         unprofiled = {name: timings["step ms"][name].median for name in profiled} if timings else {}
         markdown = args.format == "md"
-        print(f"\nprofile: {args.profile_steps} train steps each, {'device' if device.type == 'cuda' else 'CPU'} "
-              f"time per step; layers = attn.{{{','.join(targets)}}} of every block")
+        clock = "device" if device.type == "cuda" else "CPU"
+        print(f"\nprofile: {args.profile_steps} alternating train steps per variant, {clock} time per step; "
+              f"layers = attn.{{{','.join(targets)}}} of every block")
         print(breakdown_table(profiles, unprofiled, targets, markdown))
         print("\nops inside those layers (fwd: op called in the layer's forward; bwd: autograd node of such an op)")
         print(op_table(profiles, "layer_ops", 20, "rome", markdown))

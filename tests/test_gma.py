@@ -19,6 +19,7 @@ from tests.measures import accuracy
 def gated_model(undefended_model):
     """The tiny undefended ViT with 4 rank-2 experts on qkv/proj, non-zero experts and peaked (non-uniform) gates."""
     model = copy.deepcopy(undefended_model)
+    torch.manual_seed(0)  # the experts' A is drawn from the global RNG: fix it, whatever ran before
     add_rome_experts(model.backbone, RomeConfig(num_experts=4, rank=2, gate_hidden=8))
     generator = torch.Generator().manual_seed(0)
     for module in model.modules():

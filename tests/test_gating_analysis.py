@@ -222,7 +222,7 @@ def test_analysis_writes_figures_stores_the_score_and_fills_the_leaderboard(tmp_
     assert "| Routing div. | Gate clf. % (chance 50.0) |" in markdown
     gated = next(line for line in markdown.splitlines() if line.startswith("| rome model"))
     plain = next(line for line in markdown.splitlines() if line.startswith("| plain model"))
-    assert f"| {stored.divergence:.3f} | {100 * stored.classifier_accuracy:.1f} |" in gated
+    assert f"| {stored.divergence:.4f} | {100 * stored.classifier_accuracy:.1f} |" in gated
     assert "| – | – |" in plain
     as_json = {row["label"]: row["gating"] for row in json.loads(RENDERERS["json"](rows, suite))["rows"]}
     assert as_json["plain model"] is None and as_json["rome model"]["routing_divergence"] == stored.divergence

@@ -7,7 +7,7 @@
   is slightly asymmetric); reference rows have no interval, print none and are marked with a dagger.
 * The output compiles with ``\\usepackage{booktabs}`` alone: no siunitx, multirow or unicode input is needed.
 * When some row of a dataset has a gating score (``rome-bench analyze gating``), two more columns follow: the
-  routing divergence (3 decimals) and the held-out gate classifier's accuracy (\\%, chance in the caption), never
+  routing divergence (4 decimals) and the held-out gate classifier's accuracy (\\%, chance in the caption), never
   bold; rows without a score print ``--``.
 """
 

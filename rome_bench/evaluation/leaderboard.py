@@ -240,10 +240,10 @@ def gating_titles(rows: list[Row]) -> tuple[str, str]:
 
 
 def gating_texts(row: Row) -> tuple[str, str]:
-    """The row's routing divergence (3 decimals) and classifier accuracy (%, 1 decimal); '–' without a score."""
+    """The row's routing divergence (4 decimals) and classifier accuracy (%, 1 decimal); '–' without a score."""
     if row.gating is None:
         return "–", "–"
-    return f"{row.gating.divergence:.3f}", f"{100 * row.gating.classifier_accuracy:.1f}"
+    return f"{row.gating.divergence:.4f}", f"{100 * row.gating.classifier_accuracy:.1f}"
 
 
 def _cell_text(row: Row, column: str) -> str:

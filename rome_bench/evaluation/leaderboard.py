@@ -15,7 +15,7 @@
   those of a stored run of the named suite (e.g. ``seen``) on the same examples; "–" until that run exists.
 * Gating columns ("Routing div.", "Gate clf. %"): for models with a stored gating score on the same dataset
   (``rome-bench analyze gating``; the ``seen`` suite's score if there are several, else the newest), the routing
-  divergence (3 decimals; 0 = threat-agnostic routing) and the held-out threat classifier's accuracy, whose chance
+  divergence (4 decimals; 0 = threat-agnostic routing) and the held-out threat classifier's accuracy, whose chance
   level (1/#threats) is given in the header. They appear only when some row of the table has a score; rows
   without one show "–" (empty in csv, null in json).
 """

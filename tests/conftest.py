@@ -63,3 +63,28 @@ def correct_batch(undefended_model, synthetic_test):
         right = undefended_model(images).argmax(1) == labels
     assert right.float().mean() > 0.7, "the tiny undefended model should learn the synthetic task"
     return images[right][:64], labels[right][:64]
+
+
+class CliResult:
+    """Exit code and output of one in-process CLI call."""
+
+    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def cli_main(monkeypatch, capsys):
+    """The CLI's main() in this process (no interpreter start-up per call): returns a CliResult."""
+    import sys
+
+    from rome_bench import cli
+
+    def run(*args: str) -> CliResult:
+        monkeypatch.setattr(sys, "argv", ["rome-bench", *args])
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main()
+        captured = capsys.readouterr()
+        return CliResult(int(exit_info.value.code or 0), captured.out, captured.err)
+
+    return run

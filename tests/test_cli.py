@@ -43,38 +43,38 @@ def test_train_eval_leaderboard_end_to_end(trained_run, tmp_path):
     store = tmp_path / "results.sqlite"
     config = json.loads((trained_run / "config.json").read_text())
     assert config["train"]["method"] == "rome+max" and config["data"]["dataset"] == "synthetic"
-    result = rome_bench("eval", "--run", str(trained_run), "--suite", "seen", "--n-examples", "24", "--store",
+    result = rome_bench("eval", "--run", str(trained_run), "--suite", "seen", "--n-examples", "10", "--store",
                         str(store), "--no-progress")
     assert result.returncode == 0, result.stderr
     board = rome_bench("leaderboard", "--suite", "seen", "--store", str(store))
     assert board.returncode == 0, board.stderr
     row = next(line for line in board.stdout.splitlines() if line.startswith("| rome+max (demo)"))
-    assert "| 24 |" in row
+    assert "| 10 |" in row
     as_json = json.loads(rome_bench("leaderboard", "--store", str(store), "--format", "json").stdout)
     values = as_json["rows"][0]["accuracy"]
     assert values["union"] <= min(values["l1"], values["l2"], values["linf"])
 
 
-def test_unknown_method_fails_cleanly_and_writes_nothing(tmp_path):
-    result = rome_bench("train", "--method", "rome+maxx", *TINY, "--out", str(tmp_path / "x"))
+def test_unknown_method_fails_cleanly_and_writes_nothing(cli_main, tmp_path):
+    result = cli_main("train", "--method", "rome+maxx", *TINY, "--out", str(tmp_path / "x"))
     assert_one_line_error(result, "unknown methods 'rome+maxx'", "did you mean 'rome+max'")
     assert not (tmp_path / "x").exists()
 
 
-def test_unknown_suite_fails_cleanly(trained_run, tmp_path):
-    result = rome_bench("eval", "--run", str(trained_run), "--suite", "sen", "--store", str(tmp_path / "s.db"))
+def test_unknown_suite_fails_cleanly(cli_main, trained_run, tmp_path):
+    result = cli_main("eval", "--run", str(trained_run), "--suite", "sen", "--store", str(tmp_path / "s.db"))
     assert_one_line_error(result, "unknown suites 'sen'", "did you mean 'seen'")
     assert not (tmp_path / "s.db").exists()
 
 
-def test_unknown_threat_fails_cleanly(trained_run, tmp_path):
-    result = rome_bench("eval", "--run", str(trained_run), "--threat", "pgd-lnf", "--store", str(tmp_path / "s.db"))
+def test_unknown_threat_fails_cleanly(cli_main, trained_run, tmp_path):
+    result = cli_main("eval", "--run", str(trained_run), "--threat", "pgd-lnf", "--store", str(tmp_path / "s.db"))
     assert_one_line_error(result, "unknown threats 'pgd-lnf'", "did you mean 'pgd-linf'")
     assert not (tmp_path / "s.db").exists()
 
 
-def test_missing_data_fails_cleanly_and_writes_nothing(tmp_path):
-    result = rome_bench("train", *TINY, "--dataset", "cifar10", "--data-dir", str(tmp_path / "nowhere"), "--out",
+def test_missing_data_fails_cleanly_and_writes_nothing(cli_main, tmp_path):
+    result = cli_main("train", *TINY, "--dataset", "cifar10", "--data-dir", str(tmp_path / "nowhere"), "--out",
                         str(tmp_path / "x"))
     assert_one_line_error(result, "nowhere")
     assert not (tmp_path / "x").exists()
@@ -88,32 +88,32 @@ def test_missing_data_fails_cleanly_and_writes_nothing(tmp_path):
     (["--epochs", "many"], "Invalid value for '--epochs'"),
     (["--no-such-flag"], "No such option: --no-such-flag"),
 ])
-def test_bad_flag_values_fail_cleanly(tmp_path, flags, needle):
-    result = rome_bench("train", *TINY, *flags, "--out", str(tmp_path / "x"))
+def test_bad_flag_values_fail_cleanly(cli_main, tmp_path, flags, needle):
+    result = cli_main("train", *TINY, *flags, "--out", str(tmp_path / "x"))
     assert_one_line_error(result, needle)
     assert not (tmp_path / "x").exists()
 
 
-def test_corrupt_checkpoint_fails_cleanly(trained_run, tmp_path):
+def test_corrupt_checkpoint_fails_cleanly(cli_main, trained_run, tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()
     for name in ("config.json", "model.json", "model.safetensors"):
         (broken / name).write_bytes((trained_run / name).read_bytes())
     weights = broken / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-4] + b"oops")
-    result = rome_bench("eval", "--run", str(broken), "--store", str(tmp_path / "s.db"))
+    result = cli_main("eval", "--run", str(broken), "--store", str(tmp_path / "s.db"))
     assert_one_line_error(result, "sha256")
 
 
-def test_existing_run_needs_resume_or_force(trained_run):
+def test_existing_run_needs_resume_or_force(cli_main, trained_run):
     before = (trained_run / "model.safetensors").read_bytes()
-    result = rome_bench("train", "--method", "rome+max", *TINY, "--out", str(trained_run))
+    result = cli_main("train", "--method", "rome+max", *TINY, "--out", str(trained_run))
     assert_one_line_error(result, "--resume", "--force")
     assert (trained_run / "model.safetensors").read_bytes() == before
 
 
-def test_list_shows_registered_entries():
-    result = rome_bench("list", "threats")
+def test_list_shows_registered_entries(cli_main):
+    result = cli_main("list", "threats")
     assert result.returncode == 0
     assert "pgd-l1" in result.stdout and "tag=seen" in result.stdout
 
@@ -185,8 +185,8 @@ def test_model_file_export_and_latex(tmp_path, trained_run):
     assert_one_line_error(both, "exactly one of --run")
 
 
-def test_bad_eps_scale_fails_cleanly(trained_run, tmp_path):
-    result = rome_bench("eval", "--run", str(trained_run), "--eps-scale", "0.5,x", "--store", str(tmp_path / "s.db"))
+def test_bad_eps_scale_fails_cleanly(cli_main, trained_run, tmp_path):
+    result = cli_main("eval", "--run", str(trained_run), "--eps-scale", "0.5,x", "--store", str(tmp_path / "s.db"))
     assert_one_line_error(result, "--eps-scale")
     assert not (tmp_path / "s.db").exists()
 

@@ -2,13 +2,11 @@
 names; inference-time gating variants are stored as their own leaderboard rows."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from rome_bench import cli
 from rome_bench.data import load_dataset
 from rome_bench.evaluation.runner import load_run
 from rome_bench.models.rome import AdapterExpertMixture, FFNExpertMixture, gating_modules
@@ -17,26 +15,12 @@ from tests.test_cli import TINY
 ONE_STEP = [*TINY, "--train-size", "16", "--batch-size", "16"]
 
 
-class Result:
-    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
-
-
 @pytest.fixture
-def rome_bench(monkeypatch, capsys):
-    """The CLI's main() in this process (no interpreter start-up per call): exit code, stdout, stderr."""
-    def run(*args: str) -> Result:
-        monkeypatch.setattr(sys, "argv", ["rome-bench", *args])
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as exit_info:
-            cli.main()
-        captured = capsys.readouterr()
-        return Result(int(exit_info.value.code or 0), captured.out, captured.err)
-
-    return run
+def rome_bench(cli_main):
+    return cli_main
 
 
-def assert_one_line_error(result: Result, needle: str) -> None:
+def assert_one_line_error(result, needle: str) -> None:
     lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
     assert result.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert needle in lines[0], lines[0]
@@ -50,12 +34,6 @@ def load(run: Path):
 @pytest.mark.parametrize("switches,expected", [
     (["--experts", "ffn", "--gating", "global", "--routing-loss", "load-balance"],
      {"expert_type": "ffn", "targets": ["mlp"], "gating": "global", "routing_loss": "load-balance"}),
-    (["--experts", "adapter", "--expert-layers", "qkv,fc2", "--gating", "none", "--routing-loss", "importance",
-      "--lambda", "0.2"],
-     {"expert_type": "adapter", "targets": ["qkv", "fc2"], "gating": "none", "routing_weight": 0.2}),
-    (["--num-experts", "3", "--rank", "2", "--gating", "dual-learned", "--routing-loss", "gate-classification",
-      "--beta-s", "6", "--beta-b", "1"],
-     {"num_experts": 3, "rank": 2, "gating": "dual-learned", "beta_s": 6.0, "beta_b": 1.0}),
     (["--set", "model.backbone=wrn_micro", "--div-distance", "wasserstein1", "--no-div-projection", "--gating",
       "dual-inverted"],
      {"div_distance": "wasserstein1", "div_projection": False, "gating": "dual-inverted"}),

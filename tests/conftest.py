@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-# One thread unless told otherwise: the tests' tiny models run faster without intra-op threading (the suite took
-# 369 s at 2 threads and about 240 s at 1 on the 2-core CI machine); the CLI tests' subprocesses inherit it.
+# One intra-op thread unless told otherwise, inherited by the CLI tests' subprocesses: the tiny models gain nothing
+# from threading on a 2-core machine (CI-like clone runs: 317-393 s at 1 thread, 369 s at 2; runs are noisy).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 

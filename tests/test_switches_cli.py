@@ -10,20 +10,9 @@ import torch
 from rome_bench.data import load_dataset
 from rome_bench.evaluation.runner import load_run
 from rome_bench.models.rome import AdapterExpertMixture, FFNExpertMixture, gating_modules
-from tests.test_cli import TINY
+from tests.test_cli import TINY, assert_one_line_error
 
 ONE_STEP = [*TINY, "--train-size", "16", "--batch-size", "16"]
-
-
-@pytest.fixture
-def rome_bench(cli_main):
-    return cli_main
-
-
-def assert_one_line_error(result, needle: str) -> None:
-    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-    assert result.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert needle in lines[0], lines[0]
 
 
 def load(run: Path):
@@ -38,9 +27,9 @@ def load(run: Path):
       "dual-inverted"],
      {"div_distance": "wasserstein1", "div_projection": False, "gating": "dual-inverted"}),
 ])
-def test_every_switch_trains_and_is_saved_with_the_run(rome_bench, tmp_path, switches, expected):
+def test_every_switch_trains_and_is_saved_with_the_run(cli_main, tmp_path, switches, expected):
     run = tmp_path / "run"
-    result = rome_bench("train", "--method", "rome+max", *ONE_STEP, *switches, "--out", str(run))
+    result = cli_main("train", "--method", "rome+max", *ONE_STEP, *switches, "--out", str(run))
     assert result.returncode == 0, result.stderr
     saved = json.loads((run / "config.json").read_text())["model"]["rome"]
     assert {key: saved[key] for key in expected} == expected
@@ -61,27 +50,27 @@ def test_every_switch_trains_and_is_saved_with_the_run(rome_bench, tmp_path, swi
     (["--method", "rome+max", "--expert-layers", "qkv,attn"], "model.rome.targets must be"),
     (["--method", "rome+max", "--div-distance", "l3"], "div_distance must be one of"),
 ])
-def test_bad_switches_fail_with_one_line(rome_bench, tmp_path, flags, needle):
-    result = rome_bench("train", *ONE_STEP, *flags, "--out", str(tmp_path / "x"))
+def test_bad_switches_fail_with_one_line(cli_main, tmp_path, flags, needle):
+    result = cli_main("train", *ONE_STEP, *flags, "--out", str(tmp_path / "x"))
     assert_one_line_error(result, needle)
 
 
-def test_inference_variants_are_their_own_leaderboard_rows(rome_bench, tmp_path):
+def test_inference_variants_are_their_own_leaderboard_rows(cli_main, tmp_path):
     run = tmp_path / "demo"
-    assert rome_bench("train", "--method", "rome+max", *ONE_STEP, "--out", str(run)).returncode == 0
+    assert cli_main("train", "--method", "rome+max", *ONE_STEP, "--out", str(run)).returncode == 0
     store = tmp_path / "results.sqlite"
     for variant in (None, "inverse", "removed", "random"):
         extra = ["--gating-variant", variant] if variant else []
-        result = rome_bench("eval", "--run", str(run), "--suite", "seen-pgd", "--n-examples", "8", "--store",
+        result = cli_main("eval", "--run", str(run), "--suite", "seen-pgd", "--n-examples", "8", "--store",
                             str(store), "--no-progress", *extra)
         assert result.returncode == 0, result.stderr
-    board = json.loads(rome_bench("leaderboard", "--suite", "seen-pgd", "--store", str(store), "--format",
+    board = json.loads(cli_main("leaderboard", "--suite", "seen-pgd", "--store", str(store), "--format",
                                   "json").stdout)
     labels = sorted(row["label"] for row in board["rows"])
     assert labels == ["rome+max (demo)", "rome+max (demo) [experts removed]", "rome+max (demo) [inverse gating]",
                       "rome+max (demo) [random gating]"]
-    plain = rome_bench("train", "--method", "max", *ONE_STEP, "--out", str(tmp_path / "plain"))
+    plain = cli_main("train", "--method", "max", *ONE_STEP, "--out", str(tmp_path / "plain"))
     assert plain.returncode == 0, plain.stderr
-    refused = rome_bench("eval", "--run", str(tmp_path / "plain"), "--suite", "seen-pgd", "--n-examples", "8",
+    refused = cli_main("eval", "--run", str(tmp_path / "plain"), "--suite", "seen-pgd", "--n-examples", "8",
                          "--store", str(store), "--no-progress", "--gating-variant", "inverse")
     assert_one_line_error(refused, "needs a model with experts")

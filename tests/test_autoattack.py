@@ -8,6 +8,7 @@ from rome_bench.config import preset
 from rome_bench.evaluation.suites import SUITES
 from rome_bench.evaluation.validity import batch_model_flags
 from rome_bench.threats import L1AutoAttack, LinfAPGD, LinfAutoAttack, LinfPGD
+from tests.measures import fooled
 
 pyautoattack = pytest.importorskip("pyautoattack")
 
@@ -55,8 +56,12 @@ def test_an_undefended_model_is_at_zero_under_every_seen_threat(undefended_model
     assert [t.name for t in threats] == ["clean", "autoattack-l1", "autoattack-l2", "autoattack-linf"]
     for threat in threats[1:]:
         adversarial = threat(undefended_model, images, labels)
-        assert (undefended_model(adversarial).argmax(1) == labels).float().mean() <= 1 / 16, threat.name
-        assert threat.successes.get("apgd-ce", 0) >= 15
+        broken = fooled(undefended_model, adversarial, labels)
+        assert broken.float().mean() >= 15 / 16, threat.name
+        # Which stage of the cascade breaks an example follows the CPU's float kernels; that every break is
+        # counted once, by some stage, and that the first stage does real work does not.
+        assert sum(threat.successes.values()) == int(broken.sum()), (threat.name, threat.successes)
+        assert threat.successes.get("apgd-ce", 0) >= len(labels) // 2, (threat.name, threat.successes)
 
 
 class Quantised(nn.Module):

@@ -14,6 +14,21 @@ import torch.nn.functional as F
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
+# The seed of the shared undefended model. Another value trains a slightly different model, as another CPU's float
+# kernels do: a test that fails under ROME_BENCH_TEST_SEED=1 or 2 asserts something at the edge of one model.
+MODEL_SEED = int(os.environ.get("ROME_BENCH_TEST_SEED", "0"))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``numerics`` every test that judges a trained model's decisions (it uses the shared undefended model).
+
+    Those are the tests whose outcome can follow the CPU's float kernels; ``.ci/run`` runs them a second time
+    under another ATEN_CPU_CAPABILITY (``pytest -m numerics``).
+    """
+    for item in items:
+        if "undefended_model" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.numerics)
+
 
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -37,13 +52,13 @@ def undefended_model():
     from rome_bench.models import MODELS, ImageClassifier
 
     data = load_dataset("synthetic", "train", size=3000, seed=0)
-    torch.manual_seed(0)
+    torch.manual_seed(MODEL_SEED)
     backbone = MODELS.get("vit_smoke")(num_classes=10, image_size=32, patch_size=4, embed_dim=32, depth=2,
                                        num_heads=2)
     model = ImageClassifier(backbone, data.info.mean, data.info.std)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     images, labels = data.dataset.batch(list(range(len(data.dataset))))
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(MODEL_SEED)
     for _ in range(6):
         order = torch.randperm(len(labels), generator=generator)
         for start in range(0, len(labels), 100):

@@ -123,8 +123,10 @@ def test_returns_first_misclassified_iterate(name, eps, undefended_model, correc
     wrong = torch.stack([predictions != labels for _, predictions in recording.seen])  # (iterates, B)
     inputs = torch.stack([batch for batch, _ in recording.seen])
     fooled = wrong.any(dim=0)
-    assert (wrong[-1] != fooled).any(), "this setting should produce examples that the last iterate fails to fool"
     first = wrong.int().argmax(dim=0)
+    # Examples first fooled before the last iterate tell the first misclassified iterate from the last one (and this
+    # setting often fools an example, then stops fooling it); how many there are follows the model.
+    assert (first[fooled] < len(wrong) - 1).any(), "some example should be fooled before the last iterate"
     expected = torch.where(fooled.view(-1, 1, 1, 1), inputs[first, torch.arange(len(labels))], inputs[-1])
     assert (adversarial - expected).abs().max() < 1e-6
     assert torch.equal(~correct_after(undefended_model, adversarial, labels), fooled)

@@ -278,6 +278,34 @@ def select_threats(threats: list[Threat], names: list[str], suite: str) -> list[
 
 
 @app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the demo's runs and results store.")] = Path("runs/demo"),
+    suite: Annotated[str, typer.Option(help="Suite to evaluate on: seen-pgd (fast), seen (AutoAttack), ...")
+                     ] = "seen-pgd",
+    n_examples: Annotated[int, typer.Option(help="Size of the fixed, seeded test subset.")] = 200,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Change the smoke preset for both runs: section.field=value (e.g. train.epochs=1).")] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """The main job end to end on the embedded synthetic data: train MAX and RoME+MAX (smoke preset), evaluate
+    both, print the leaderboard. Re-running continues where an interrupted demo stopped."""
+    from rome_bench.demo import describe, estimate_seconds, plan_demo, run_demo
+
+    plan = plan_demo(out, suite, n_examples, list(set_ or []))
+    typer.echo(describe(plan))
+    typer.echo(f"estimated time on this machine: about {_minutes(estimate_seconds(plan))} "
+               "(timed just now on one training step and one evaluation batch per model)")
+    text = run_demo(plan, progress, typer.echo)
+    typer.echo(text)
+    typer.echo(f"demo done: runs in {plan.out}, results in {plan.store_path} "
+               f"(rome-bench leaderboard --suite {plan.suite} --store {plan.store_path})")
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+@app.command()
 def leaderboard(
     suite: Annotated[str, typer.Option(help="Threat suite, e.g. seen.")] = "seen",
     format_: Annotated[str, typer.Option("--format", help="md | csv | json")] = "md",

@@ -1,0 +1,205 @@
+"""``rome-bench demo``: the main job end to end on the embedded synthetic data, in one resumable command.
+
+It trains MAX and RoME+MAX at the ``smoke`` preset (synthetic data, no files needed), evaluates both on one
+suite (``seen-pgd`` by default) on the same fixed test subset, and prints the leaderboard. Everything lands in
+one folder (default ``runs/demo``): ``<method>/`` run directories and ``results.sqlite``. Running the command
+again continues where it stopped: a finished run is reused, an interrupted one resumes from its last checkpoint
+(bit for bit), and the store skips every result it already holds.
+
+Before starting it prints what it will do and how long that should take on this machine, measured by timing one
+training step per method and one evaluation batch on fresh models (a few seconds).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rome_bench.config import RunConfig, apply_override, preset, validate
+from rome_bench.data import evaluation_indices, load_dataset
+from rome_bench.errors import CheckpointError, ConfigError
+from rome_bench.evaluation.runner import evaluate_run, load_run
+from rome_bench.evaluation.store import ResultStore
+from rome_bench.evaluation.suites import SUITES
+from rome_bench.models import create_model
+from rome_bench.threats import seen_threats
+from rome_bench.training.checkpoint import MODEL_STEM, latest_training_checkpoint, load_tensors_with_sidecar
+from rome_bench.training.methods import METHODS
+from rome_bench.training.trainer import (
+    CONFIG_FILE,
+    Trainer,
+    adversarial_training_step,
+    build_optimizer,
+    read_run_config,
+    resolve_device,
+)
+
+DEMO_METHODS: tuple[str, ...] = ("max", "rome+max")
+DEMO_PRESET = "smoke"
+DEMO_SUITE = "seen-pgd"
+DEMO_EXAMPLES = 200
+STORE_NAME = "results.sqlite"
+_TIMING_EXAMPLES = 16
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """What the demo does: which runs, where, evaluated on which suite and how many examples."""
+
+    out: Path
+    configs: dict[str, RunConfig]  # method -> resolved config
+    suite: str
+    n_examples: int
+
+    @property
+    def store_path(self) -> Path:
+        return self.out / STORE_NAME
+
+    def run_dir(self, method: str) -> Path:
+        return self.out / method
+
+
+def plan_demo(out: Path, suite: str = DEMO_SUITE, n_examples: int = DEMO_EXAMPLES,
+              overrides: list[str] | None = None) -> DemoPlan:
+    """Resolve the demo's configs (the smoke preset plus ``overrides``, section.field=value) and check its choices."""
+    SUITES.get(suite)  # an unknown suite fails here, with the registered names
+    if n_examples < 1:
+        raise ConfigError("--n-examples must be >= 1")
+    configs = {}
+    for method in DEMO_METHODS:
+        config = preset(DEMO_PRESET)
+        for assignment in [*(overrides or []), f"train.method={method}"]:
+            config = apply_override(config, assignment, check=False)
+        validate(config)
+        configs[method] = config
+    return DemoPlan(out, configs, suite, n_examples)
+
+
+def run_state(run_dir: Path) -> str:
+    """``done`` (a final model exists), ``resume`` (a run was started) or ``new``."""
+    if (run_dir / f"{MODEL_STEM}.json").exists():
+        return "done"
+    return "resume" if (run_dir / CONFIG_FILE).exists() else "new"
+
+
+def steps_done(run_dir: Path) -> int:
+    sidecar = latest_training_checkpoint(run_dir)
+    return 0 if sidecar is None else int(load_tensors_with_sidecar(sidecar)[1]["step"])
+
+
+def total_steps(config: RunConfig) -> int:
+    train_size = config.data.train_size or len(load_dataset(config.data.dataset, "train", config.data.data_dir)
+                                               .dataset)
+    return config.train.epochs * -(-train_size // config.train.batch_size)
+
+
+def time_training_step(config: RunConfig) -> float:
+    """Seconds of one training step of ``config``'s method on a fresh model (the second of two, after warm-up)."""
+    method = METHODS.get(config.train.method)
+    data = load_dataset(config.data.dataset, "train", config.data.data_dir, size=config.train.batch_size)
+    model = create_model(config.model, data.info, with_experts=method.uses_experts)
+    optimizer = build_optimizer(model, config.train)
+    threats = seen_threats(config.threats.eps, config.threats.train_steps, config.threats.l1_sparsity,
+                           keep_adversarial=False)
+    images, labels = data.dataset.batch(list(range(len(data.dataset))))
+    elapsed = 0.0
+    for _ in range(2):
+        started = time.perf_counter()
+        adversarial_training_step(model, method, threats, images, labels, None, optimizer)
+        elapsed = time.perf_counter() - started
+    return elapsed
+
+
+def time_evaluation(config: RunConfig, suite: str, n_examples: int) -> float:
+    """Seconds to evaluate ``n_examples`` on the suite, timed on a few examples with a fresh model (all attacked)."""
+    method = METHODS.get(config.train.method)
+    data = load_dataset(config.data.dataset, "test")
+    model = create_model(config.model, data.info, with_experts=method.uses_experts).eval()
+    images, labels = data.dataset.batch(list(range(_TIMING_EXAMPLES)))
+    started = time.perf_counter()
+    for threat in SUITES.get(suite).build(config.threats):
+        threat(model, images, labels)
+    return (time.perf_counter() - started) * n_examples / _TIMING_EXAMPLES
+
+
+def evaluation_left(plan: DemoPlan, method: str) -> float:
+    """The fraction of (threat, example) results of ``method``'s evaluation that the store does not hold yet."""
+    run_dir = plan.run_dir(method)
+    if run_state(run_dir) != "done" or not plan.store_path.exists():
+        return 1.0
+    config = plan.configs[method]
+    data = load_dataset(config.data.dataset, "test", config.data.data_dir)
+    loaded = load_run(run_dir, data.info, torch.device("cpu"))
+    ids = set(evaluation_indices(len(data.dataset), plan.n_examples))
+    threats = SUITES.get(plan.suite).build(loaded.config.threats)
+    with ResultStore(plan.store_path) as results:
+        missing = sum(len(ids - results.stored_example_ids(loaded.model_hash, threat.key, data.fingerprint))
+                      for threat in threats)
+    return missing / (len(ids) * len(threats))
+
+
+def estimate_seconds(plan: DemoPlan) -> float:
+    """Wall time the demo still needs on this machine: remaining training steps and evaluations, timed here."""
+    seconds = 0.0
+    for method, config in plan.configs.items():
+        run_dir = plan.run_dir(method)
+        state = run_state(run_dir)
+        if state != "done":
+            remaining = total_steps(config) - (steps_done(run_dir) if state == "resume" else 0)
+            seconds += max(remaining, 0) * time_training_step(config)
+        if (left := evaluation_left(plan, method)) > 0:
+            seconds += left * time_evaluation(config, plan.suite, plan.n_examples)
+    return seconds
+
+
+def describe(plan: DemoPlan) -> str:
+    """What the demo will do, in a few lines."""
+    lines = [f"rome-bench demo -> {plan.out}"]
+    for method, config in plan.configs.items():
+        state = run_state(plan.run_dir(method))
+        what = {"done": "trained already: reused", "resume": "interrupted earlier: resumed from its last checkpoint",
+                "new": "trained"}[state]
+        lines.append(f"  {method:9s} {config.preset} preset, {config.data.dataset} data, {config.train.epochs} "
+                     f"epochs of {total_steps(config) // config.train.epochs} steps: {what}")
+    lines.append(f"  then both evaluated on suite '{plan.suite}' ({plan.n_examples} test examples) into "
+                 f"{plan.store_path}, and the leaderboard")
+    return "\n".join(lines)
+
+
+def run_demo(plan: DemoPlan, progress: bool = True, echo: Callable[[str], None] = print,
+             on_step: Callable[[int], None] | None = None) -> str:
+    """Train what is missing, evaluate, and return the leaderboard (Markdown). Safe to re-run after a kill.
+
+    ``on_step(global_step)`` runs after each training step (as in ``Trainer.fit``).
+    """
+    from rome_bench.evaluation.leaderboard import RENDERERS, build_leaderboard
+
+    for method, config in plan.configs.items():
+        run_dir = plan.run_dir(method)
+        state = run_state(run_dir)
+        if state == "done":
+            continue
+        if state == "resume" and read_run_config(run_dir).to_dict() != config.to_dict():
+            raise CheckpointError(f"{run_dir} holds a run with other settings than this demo's; give another --out "
+                                  f"or delete {run_dir}")
+        echo(f"training {method} -> {run_dir}")
+        Trainer(config, run_dir, progress=progress).fit(resume=state == "resume", on_step=on_step)
+    suite = SUITES.get(plan.suite)
+    with ResultStore(plan.store_path) as results:
+        hashes, dataset = set(), None
+        for method, config in plan.configs.items():
+            device = resolve_device(config.train.device)
+            data = load_dataset(config.data.dataset, "test", config.data.data_dir)
+            loaded = load_run(plan.run_dir(method), data.info, device)
+            ids = evaluation_indices(len(data.dataset), plan.n_examples)
+            echo(f"evaluating {method} on '{plan.suite}' ({len(ids)} examples)")
+            evaluate_run(loaded, suite.name, suite.build(loaded.config.threats), data, ids, results, 128, device,
+                         f"{method} (demo)", progress)
+            hashes.add(loaded.model_hash)
+            dataset = data.info.name
+        rows = [row for row in build_leaderboard(results, suite, dataset) if row.model_hash in hashes]
+        return RENDERERS["md"](rows, suite)

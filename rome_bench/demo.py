@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from rome_bench.config import RunConfig, apply_override, preset, validate
-from rome_bench.data import evaluation_indices, load_dataset
+from rome_bench.data import evaluation_indices, fetch_batch, load_dataset
 from rome_bench.errors import CheckpointError, ConfigError
 from rome_bench.evaluation.runner import evaluate_run, load_run
 from rome_bench.evaluation.store import ResultStore
@@ -75,6 +75,9 @@ def plan_demo(out: Path, suite: str = DEMO_SUITE, n_examples: int = DEMO_EXAMPLE
         for assignment in [*(overrides or []), f"train.method={method}"]:
             config = apply_override(config, assignment, check=False)
         validate(config)
+        if run_state(out / method) != "new" and read_run_config(out / method).to_dict() != config.to_dict():
+            raise CheckpointError(f"{out / method} holds a {method} run with other settings than this demo's; give "
+                                  f"another --out, the same --set flags as before, or delete {out / method}")
         configs[method] = config
     return DemoPlan(out, configs, suite, n_examples)
 
@@ -100,29 +103,39 @@ def total_steps(config: RunConfig) -> int:
 def time_training_step(config: RunConfig) -> float:
     """Seconds of one training step of ``config``'s method on a fresh model (the second of two, after warm-up)."""
     method = METHODS.get(config.train.method)
+    device = resolve_device(config.train.device)
     data = load_dataset(config.data.dataset, "train", config.data.data_dir, size=config.train.batch_size)
-    model = create_model(config.model, data.info, with_experts=method.uses_experts)
+    model = create_model(config.model, data.info, with_experts=method.uses_experts).to(device)
     optimizer = build_optimizer(model, config.train)
     threats = seen_threats(config.threats.eps, config.threats.train_steps, config.threats.l1_sparsity,
                            keep_adversarial=False)
-    images, labels = data.dataset.batch(list(range(len(data.dataset))))
+    images, labels = (t.to(device) for t in fetch_batch(data.dataset, list(range(len(data.dataset)))))
     elapsed = 0.0
     for _ in range(2):
         started = time.perf_counter()
         adversarial_training_step(model, method, threats, images, labels, None, optimizer)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         elapsed = time.perf_counter() - started
     return elapsed
 
 
 def time_evaluation(config: RunConfig, suite: str, n_examples: int) -> float:
-    """Seconds to evaluate ``n_examples`` on the suite, timed on a few examples with a fresh model (all attacked)."""
+    """Seconds to evaluate ``n_examples`` on the suite, timed on a few examples with a fresh model (all attacked).
+
+    For a cascade such as AutoAttack this is a lower bound: on a fresh model the first attack breaks nearly every
+    example, while on a trained one more of them reach the later, costlier attacks.
+    """
     method = METHODS.get(config.train.method)
-    data = load_dataset(config.data.dataset, "test")
-    model = create_model(config.model, data.info, with_experts=method.uses_experts).eval()
-    images, labels = data.dataset.batch(list(range(_TIMING_EXAMPLES)))
+    device = resolve_device(config.train.device)
+    data = load_dataset(config.data.dataset, "test", config.data.data_dir)
+    model = create_model(config.model, data.info, with_experts=method.uses_experts).to(device).eval()
+    images, labels = (t.to(device) for t in fetch_batch(data.dataset, list(range(_TIMING_EXAMPLES))))
     started = time.perf_counter()
     for threat in SUITES.get(suite).build(config.threats):
         threat(model, images, labels)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return (time.perf_counter() - started) * n_examples / _TIMING_EXAMPLES
 
 
@@ -164,7 +177,7 @@ def describe(plan: DemoPlan) -> str:
         what = {"done": "trained already: reused", "resume": "interrupted earlier: resumed from its last checkpoint",
                 "new": "trained"}[state]
         lines.append(f"  {method:9s} {config.preset} preset, {config.data.dataset} data, {config.train.epochs} "
-                     f"epochs of {total_steps(config) // config.train.epochs} steps: {what}")
+                     f"epoch(s) of {total_steps(config) // config.train.epochs} steps: {what}")
     lines.append(f"  then both evaluated on suite '{plan.suite}' ({plan.n_examples} test examples) into "
                  f"{plan.store_path}, and the leaderboard")
     return "\n".join(lines)
@@ -183,9 +196,6 @@ def run_demo(plan: DemoPlan, progress: bool = True, echo: Callable[[str], None] 
         state = run_state(run_dir)
         if state == "done":
             continue
-        if state == "resume" and read_run_config(run_dir).to_dict() != config.to_dict():
-            raise CheckpointError(f"{run_dir} holds a run with other settings than this demo's; give another --out "
-                                  f"or delete {run_dir}")
         echo(f"training {method} -> {run_dir}")
         Trainer(config, run_dir, progress=progress).fit(resume=state == "resume", on_step=on_step)
     suite = SUITES.get(plan.suite)

@@ -45,6 +45,10 @@ def test_demo_trains_evaluates_and_prints_the_leaderboard_then_reuses_everything
     assert [line for line in again.stdout.splitlines() if "(demo) |" in line] == \
         [line for line in first.stdout.splitlines() if "(demo) |" in line]
 
+    changed = cli_main("demo", "--out", str(out), "--n-examples", "16", *tiny_flags(), "--set", "train.lr=0.01")
+    assert_one_line_error(changed, "other settings than this demo's")
+    assert stored_results(out / "results.sqlite") == results
+
 
 class Killed(Exception):
     pass

@@ -191,25 +191,28 @@ def run_demo(plan: DemoPlan, progress: bool = True, echo: Callable[[str], None] 
     """
     from rome_bench.evaluation.leaderboard import RENDERERS, build_leaderboard
 
-    for method, config in plan.configs.items():
+    stages = 2 * len(plan.configs) + 1
+    for stage, (method, config) in enumerate(plan.configs.items(), 1):
         run_dir = plan.run_dir(method)
         state = run_state(run_dir)
         if state == "done":
+            echo(f"[{stage}/{stages}] {method}: trained already, reused")
             continue
-        echo(f"training {method} -> {run_dir}")
+        echo(f"[{stage}/{stages}] training {method} -> {run_dir}")
         Trainer(config, run_dir, progress=progress).fit(resume=state == "resume", on_step=on_step)
     suite = SUITES.get(plan.suite)
     with ResultStore(plan.store_path) as results:
         hashes, dataset = set(), None
-        for method, config in plan.configs.items():
+        for stage, (method, config) in enumerate(plan.configs.items(), len(plan.configs) + 1):
             device = resolve_device(config.train.device)
             data = load_dataset(config.data.dataset, "test", config.data.data_dir)
             loaded = load_run(plan.run_dir(method), data.info, device)
             ids = evaluation_indices(len(data.dataset), plan.n_examples)
-            echo(f"evaluating {method} on '{plan.suite}' ({len(ids)} examples)")
+            echo(f"[{stage}/{stages}] evaluating {method} on '{plan.suite}' ({len(ids)} examples)")
             evaluate_run(loaded, suite.name, suite.build(loaded.config.threats), data, ids, results, 128, device,
                          f"{method} (demo)", progress)
             hashes.add(loaded.model_hash)
             dataset = data.info.name
+        echo(f"[{stages}/{stages}] leaderboard")
         rows = [row for row in build_leaderboard(results, suite, dataset) if row.model_hash in hashes]
         return RENDERERS["md"](rows, suite)

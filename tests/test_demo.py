@@ -28,7 +28,7 @@ def test_demo_trains_evaluates_and_prints_the_leaderboard_then_reuses_everything
     first = cli_main("demo", "--out", str(out), "--n-examples", "16", "--no-progress", *tiny_flags())
     assert first.returncode == 0, first.stderr
     assert "estimated time on this machine: about" in first.stdout
-    assert "training max" in first.stdout and "training rome+max" in first.stdout
+    assert "[1/5] training max" in first.stdout and "[2/5] training rome+max" in first.stdout
     for label in ("max (demo)", "rome+max (demo)"):
         row = next(line for line in first.stdout.splitlines() if line.startswith(f"| {label} |"))
         assert row.split("|")[2].strip() == "16", row

@@ -7,6 +7,7 @@ from safetensors.torch import load_file
 from rome_bench.demo import plan_demo, run_demo, run_state
 from rome_bench.evaluation.store import ResultStore
 from tests.test_cli import assert_one_line_error
+from tests.test_training import Killed, kill_at
 
 TINY = ["model.backbone=vit_micro", "data.train_size=96", "train.batch_size=32", "train.epochs=1",
         "train.checkpoint_every=1", "threats.train_steps.l1=2", "threats.train_steps.l2=2",
@@ -50,18 +51,6 @@ def test_demo_trains_evaluates_and_prints_the_leaderboard_then_reuses_everything
     changed = cli_main("demo", "--out", str(out), "--n-examples", "16", *tiny_flags(), "--set", "train.lr=0.01")
     assert_one_line_error(changed, "other settings than this demo's")
     assert stored_results(out / "results.sqlite") == results
-
-
-class Killed(Exception):
-    pass
-
-
-def kill_at(step_to_die: int):
-    def on_step(step: int) -> None:
-        if step == step_to_die:
-            raise Killed
-
-    return on_step
 
 
 def test_an_interrupted_demo_resumes_where_an_unbroken_demo_ends(tmp_path):

@@ -429,6 +429,35 @@ def _extract_archive(archive: Path, destination: Path) -> None:
         tar.extractall(destination, members=members)
 
 
+# What torchvision's CIFAR-10 batches hold besides dicts, lists, strings and numbers: numpy arrays, as pickled by
+# numpy 1 and 2, and bytes as Python 3 pickles them at protocol 2. Nothing else is ever imported from a batch file.
+_CIFAR10_PICKLE_GLOBALS = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+})
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """An unpickler that builds only plain containers and numpy arrays: a crafted file cannot run code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _CIFAR10_PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"it asks to import {module}.{name}, which a CIFAR-10 batch never holds; "
+                                         f"refused, since unpickling it could run code")
+        return super().find_class(module, name)
+
+
+def load_cifar10_batch(path: Path) -> dict[str, Any]:
+    """One torchvision-format CIFAR-10 batch file, read without running any code a crafted file may carry."""
+    with path.open("rb") as file:
+        entry = _RestrictedUnpickler(file, encoding="latin1").load()
+    if not isinstance(entry, dict):
+        raise ValueError(f"it holds a {type(entry).__name__}, not a dict")
+    return entry
+
+
 def _cifar10_from_batches(folder: Path, split: str) -> LoadedDataset:
     """CIFAR-10 split from torchvision's pickled batches in ``folder``."""
     names = _CIFAR10_TRAIN_BATCHES if split == "train" else _CIFAR10_TEST_BATCHES
@@ -438,11 +467,14 @@ def _cifar10_from_batches(folder: Path, split: str) -> LoadedDataset:
         if not path.is_file():
             raise DataNotFoundError(f"{path} is missing: the cifar-10-batches-py folder is incomplete")
         try:
-            with path.open("rb") as file:
-                entry = pickle.load(file, encoding="latin1")
-            images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels.extend(entry["labels"])
-        except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as error:
+            entry = load_cifar10_batch(path)
+            batch_images = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            batch_labels = [int(label) for label in entry["labels"]]
+            if len(batch_labels) != len(batch_images) or not all(0 <= label < 10 for label in batch_labels):
+                raise ValueError(f"{len(batch_images)} images but {len(batch_labels)} labels in 0..9")
+            images.append(batch_images)
+            labels.extend(batch_labels)
+        except (OSError, pickle.UnpicklingError, KeyError, TypeError, ValueError, EOFError) as error:
             raise DataNotFoundError(f"{path} is not a CIFAR-10 batch ({_one_line(error)})") from error
     dataset = ImageTensorDataset(torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.long))
     sizes = [(name, (folder / name).stat().st_size) for name in names]

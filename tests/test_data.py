@@ -304,6 +304,52 @@ def test_cifar10_torchvision_batches(tmp_path: Path, parent: bool) -> None:
     assert train.fingerprint != test.fingerprint
 
 
+class _OpensAFileWhenUnpickled:
+    """What a crafted batch carries: unpickling it with plain pickle.load calls open(marker, "w")."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_a_crafted_cifar10_batch_runs_no_code(tmp_path: Path, packed: bool) -> None:
+    folder = tmp_path / "evil" / "cifar-10-batches-py"
+    _write_batches(folder)
+    marker = tmp_path / "marker"
+    entry = {"batch_label": "test", "labels": [0], "data": _OpensAFileWhenUnpickled(marker), "filenames": ["0.png"]}
+    (folder / "test_batch").write_bytes(pickle.dumps(entry, protocol=2))
+    source = folder
+    if packed:
+        source = tmp_path / "evil.tar.gz"
+        with tarfile.open(source, "w:gz") as tar:
+            tar.add(folder, arcname="cifar-10-batches-py")
+    with pytest.raises(DataNotFoundError, match=r"test_batch is not a CIFAR-10 batch \(it asks to import io.open"):
+        load_dataset("cifar10", "test", source)
+    assert not marker.exists(), "the crafted batch ran code"
+    assert len(load_dataset("cifar10", "train", source).dataset) == 20, "the untouched batches still load"
+    pickle.loads((folder / "test_batch").read_bytes())  # plain pickle runs it: the batch is a real attack
+    assert marker.exists()
+
+
+@pytest.mark.parametrize(("entry", "needle"), [
+    ([1, 2, 3], "holds a list, not a dict"),
+    ({"labels": [0, 1], "data": np.zeros((3, 3072), np.uint8)}, "3 images but 2 labels"),
+    ({"labels": [0, 10, 1], "data": np.zeros((3, 3072), np.uint8)}, "labels in 0..9"),
+    ({"labels": ["cat"] * 3, "data": np.zeros((3, 3072), np.uint8)}, "invalid literal"),
+    ({"data": np.zeros((3, 3072), np.uint8)}, "labels"),
+])
+def test_a_malformed_cifar10_batch_is_one_clear_error(tmp_path: Path, entry: object, needle: str) -> None:
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_batches(folder)
+    (folder / "test_batch").write_bytes(pickle.dumps(entry, protocol=4))
+    with pytest.raises(DataNotFoundError, match="test_batch is not a CIFAR-10 batch") as error:
+        load_dataset("cifar10", "test", folder)
+    assert needle in str(error.value) and "\n" not in str(error.value)
+
+
 def test_cifar10_from_cache_without_data_dir(monkeypatch: pytest.MonkeyPatch) -> None:
     _write_batches(cache_dir() / "cifar10" / "cifar-10-batches-py")
     monkeypatch.setattr(data, "_download_cifar10", lambda root: pytest.fail("must not download"))

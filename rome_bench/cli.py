@@ -203,14 +203,17 @@ def with_corruptions_dir(threats: list[Threat], folder: Path) -> list[Threat]:
     return rebuilt
 
 
+MAX_EPS_SCALE = 100.0  # far beyond any sweep; NaN and infinity fail this range too
+
+
 def parse_scales(text: str) -> list[float]:
     """'0.25,0.5,1' -> [0.25, 0.5, 1.0]; every scale must be a positive number, each given once."""
     try:
         scales = [float(part) for part in text.split(",") if part.strip()]
     except ValueError as error:
         raise ConfigError(f"--eps-scale takes comma-separated positive numbers, e.g. 0.5,1,2 (got '{text}')") from error
-    if not scales or any(scale <= 0 for scale in scales) or len(set(scales)) != len(scales):
-        raise ConfigError(f"--eps-scale takes distinct positive numbers, e.g. 0.5,1,2 (got '{text}')")
+    if not scales or not all(0 < scale <= MAX_EPS_SCALE for scale in scales) or len(set(scales)) != len(scales):
+        raise ConfigError(f"--eps-scale takes distinct numbers in (0, {MAX_EPS_SCALE:g}], e.g. 0.5,1,2 (got '{text}')")
     return sorted(scales)
 
 

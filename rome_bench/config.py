@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +19,12 @@ from typing import Any
 from rome_bench.errors import ConfigError
 
 NORMS: tuple[str, ...] = ("l1", "l2", "linf")
+# Upper ends of the numeric settings: far above any real run, low enough that a typo fails at once.
+MAX_EPOCHS = 10_000
+MAX_BATCH = 1_000_000
+MAX_LR = 10.0
+MAX_STEPS = 100_000
+MAX_EXPERTS = 1024
 
 
 @dataclass
@@ -134,12 +142,38 @@ def _from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:
     for name, value in data.items():
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config field '{prefix}{name}' is a section: set its fields, e.g. "
+                                  f"{prefix}{name}.{dataclasses.fields(hint)[0].name}=…, not '{value}'")
             kwargs[name] = _from_dict(hint, value, f"{prefix}{name}.")
-        elif typing.get_origin(hint) is tuple:
-            kwargs[name] = tuple(value)
         else:
-            kwargs[name] = value
+            kwargs[name] = _typed_value(f"{prefix}{name}", hint, value)
     return cls(**kwargs)
+
+
+def _typed_value(path: str, hint: Any, value: Any) -> Any:
+    """``value`` checked against the field's type hint (str, int, float, bool, optional, tuple, dict of numbers)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if value is None and type(None) in args:
+        return None
+    if origin in (typing.Union, types.UnionType):
+        hint = next(arg for arg in args if arg is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is tuple:
+        if not isinstance(value, list | tuple) or not all(isinstance(item, str) for item in value):
+            raise ConfigError(f"config field '{path}' must be a list of names, got {value!r}")
+        return tuple(value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config field '{path}' must be a table of {', '.join(NORMS)} values, got {value!r}")
+        return {key: _typed_value(f"{path}.{key}", args[1], item) for key, item in value.items()}
+    expected = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}[hint]
+    if not isinstance(value, expected) or (hint is not bool and isinstance(value, bool)):
+        raise ConfigError(f"config field '{path}' must be {_TYPE_NAMES[hint]}, got {value!r}")
+    return float(value) if hint is float else value
+
+
+_TYPE_NAMES: dict[type, str] = {bool: "true or false", int: "an integer", float: "a number", str: "a text value"}
 
 
 def _cifar10() -> RunConfig:
@@ -247,18 +281,35 @@ def _coerce(path: str, raw: str, current: Any) -> Any:
     return value
 
 
+def non_finite_fields(node: Any, prefix: str = "") -> list[str]:
+    """Paths of the number fields of a config dict that are NaN or infinite (JSON accepts NaN and Infinity)."""
+    if isinstance(node, dict):
+        return [path for key, value in node.items() for path in non_finite_fields(value, f"{prefix}{key}.")]
+    return [prefix.rstrip(".")] if isinstance(node, float) and not math.isfinite(node) else []
+
+
 def validate(config: RunConfig) -> None:
-    """Raise ConfigError (one line) for values no run can use."""
+    """Raise ConfigError (one line) for values no run can use: every number finite and in a sensible range."""
+    if bad := non_finite_fields(config.to_dict()):
+        raise ConfigError(f"{bad[0]} must be a finite number (NaN and Infinity train nothing)")
+    train = config.train
     checks: list[tuple[bool, str]] = [
-        (config.train.epochs >= 1, "train.epochs must be >= 1"),
-        (config.train.batch_size >= 1, "train.batch_size must be >= 1"),
-        (config.train.lr > 0, "train.lr must be > 0"),
-        (config.train.checkpoint_every >= 1, "train.checkpoint_every must be >= 1"),
+        (1 <= train.epochs <= MAX_EPOCHS, f"train.epochs must be between 1 and {MAX_EPOCHS}"),
+        (1 <= train.batch_size <= MAX_BATCH, f"train.batch_size must be between 1 and {MAX_BATCH}"),
+        (0 < train.lr <= MAX_LR, f"train.lr must be > 0 and <= {MAX_LR}"),
+        (0 <= train.weight_decay <= MAX_LR, f"train.weight_decay must be between 0 and {MAX_LR}"),
+        (min(train.warmup_epochs, train.decay_epochs, train.final_epochs) >= 0,
+         "train.warmup_epochs, decay_epochs and final_epochs must be >= 0"),
+        (0 <= train.final_floor <= train.decay_floor <= 1, "train.final_floor <= train.decay_floor must lie in [0, 1]"),
+        (0 <= train.seed < 2**31, "train.seed must be between 0 and 2147483647"),
+        (train.checkpoint_every >= 1, "train.checkpoint_every must be >= 1"),
+        (config.model.patch_size >= 1, "model.patch_size must be >= 1"),
         (config.train.device in ("auto", "cpu", "cuda") or config.train.device.startswith("cuda:"),
          "train.device must be auto, cpu, cuda or cuda:N"),
         (config.data.eval_examples >= 1, "data.eval_examples must be >= 1"),
         (config.data.train_size is None or config.data.train_size >= 1, "data.train_size must be >= 1"),
-        (config.model.rome.num_experts >= 1, "model.rome.num_experts must be >= 1"),
+        (1 <= config.model.rome.num_experts <= MAX_EXPERTS, f"model.rome.num_experts must be between 1 and "
+                                                             f"{MAX_EXPERTS}"),
         (config.model.rome.rank >= 1, "model.rome.rank must be >= 1"),
         (config.model.rome.gate_hidden >= 0, "model.rome.gate_hidden must be >= 0 (0 = one linear layer)"),
         *rome_checks(config.model.rome),
@@ -268,6 +319,9 @@ def validate(config: RunConfig) -> None:
         values = getattr(config.threats, table)
         checks.append((set(values) == set(NORMS), f"threats.{table} needs exactly the keys l1, l2, linf"))
         checks.append((all(v > 0 for v in values.values()), f"threats.{table} values must be > 0"))
+    for table in ("train_steps", "eval_steps"):
+        checks.append((all(isinstance(v, int) and v <= MAX_STEPS for v in getattr(config.threats, table).values()),
+                       f"threats.{table} values must be whole numbers <= {MAX_STEPS}"))
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)

@@ -28,3 +28,11 @@ class CheckpointError(RomeBenchError):
 
 class ThreatOutputError(RomeBenchError):
     """A threat returned an input outside its declared budget, outside [0,1], or not finite."""
+
+
+class TrainingError(RomeBenchError):
+    """Training cannot go on (e.g. its loss became NaN or infinite); checkpoints written before are intact."""
+
+
+class ModelOutputError(RomeBenchError):
+    """A model's output is not one finite logit per class for each image."""

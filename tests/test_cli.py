@@ -81,7 +81,7 @@ def test_missing_data_fails_cleanly_and_writes_nothing(cli_main, tmp_path):
 
 
 @pytest.mark.parametrize("flags,needle", [
-    (["--epochs", "0"], "train.epochs must be >= 1"),
+    (["--epochs", "0"], "train.epochs must be between 1 and 10000"),
     (["--set", "train.lr=fast"], "train.lr must be a number"),
     (["--set", "train.nonsense=1"], "unknown config field 'train.nonsense'"),
     (["--preset", "tiny"], "unknown preset 'tiny'"),

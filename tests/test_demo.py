@@ -71,7 +71,7 @@ def test_an_interrupted_demo_resumes_where_an_unbroken_demo_ends(tmp_path):
 @pytest.mark.parametrize(("flags", "needle"), [
     (["--suite", "sen"], "unknown suites 'sen'"),
     (["--n-examples", "0"], "--n-examples must be >= 1"),
-    (["--set", "train.epochs=0"], "train.epochs must be >= 1"),
+    (["--set", "train.epochs=0"], "train.epochs must be between 1 and 10000"),
 ])
 def test_bad_demo_flags_fail_cleanly_and_write_nothing(cli_main, tmp_path, flags, needle):
     result = cli_main("demo", "--out", str(tmp_path / "demo"), *flags)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from rome_bench.config import RunConfig
 from rome_bench.data import DatasetInfo, LoadedDataset, fetch_batch
-from rome_bench.errors import CheckpointError, ConfigError, ThreatOutputError
+from rome_bench.errors import CheckpointError, ConfigError, ModelOutputError, ThreatOutputError
 from rome_bench.evaluation.store import FULL, UNION_ONLY, BatchCost, ResultStore
 from rome_bench.evaluation.validity import batch_model_flags, refresh_computed_flags
 from rome_bench.models import content_hash, create_model
@@ -182,6 +182,32 @@ def _examples_to_attack(store: ResultStore, model_hash: str, threats: list[Threa
     return [i for i in todo if all(results.get(i, False) for results in earlier)]
 
 
+def check_model_output(model: nn.Module, data: LoadedDataset, example_ids: list[int], device: torch.device,
+                       probe: int = 8) -> None:
+    """Raise ModelOutputError unless the model gives finite (B, num_classes) logits on the first examples.
+
+    Runs before anything is stored, so a model that returns a scalar, a tuple, too few classes or NaN never gets a
+    leaderboard row.
+    """
+    images, _ = _dataset_batch(data, example_ids[:probe], device)
+    expected = (len(images), data.info.num_classes)
+    try:
+        with torch.no_grad():
+            logits = model(images)
+    except RuntimeError as error:
+        raise ModelOutputError(f"the model fails on {tuple(images.shape)} images in [0, 1] of {data.info.name}: "
+                               f"{str(error).splitlines()[0]}") from error
+    if not isinstance(logits, torch.Tensor):
+        raise ModelOutputError(f"the model returns a {type(logits).__name__}; it must return a logits tensor of "
+                               f"shape (batch, {data.info.num_classes})")
+    if tuple(logits.shape) != expected:
+        raise ModelOutputError(f"the model returns logits of shape {tuple(logits.shape)} for {len(images)} images; "
+                               f"{data.info.name} needs {expected} (one logit per class)")
+    if not torch.isfinite(logits).all():
+        raise ModelOutputError(f"the model returns NaN or infinite logits on clean {data.info.name} images; "
+                               f"nothing was stored")
+
+
 def evaluate_threats(model: nn.Module, model_hash: str, threats: list[Threat], data: LoadedDataset,
                      example_ids: list[int], store: ResultStore, batch_size: int, device: torch.device,
                      progress: bool = True, union_only: bool = False) -> None:
@@ -261,6 +287,7 @@ def evaluate_run(run: LoadedRun, suite_name: str, threats: list[Threat], data: L
                  example_ids: list[int], store: ResultStore, batch_size: int, device: torch.device,
                  label: str, progress: bool = True, complete: bool = True, union_only: bool = False) -> None:
     """Evaluate a loaded run on a suite; a ``complete`` run (every threat) is recorded for the leaderboard."""
+    check_model_output(run.model, data, example_ids, device)
     store.record_model(run.model_hash, label, run.method, str(run.source), run.describe())
     evaluate_threats(run.model, run.model_hash, threats, data, example_ids, store, batch_size, device, progress,
                      union_only)

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from rome_bench.config import RunConfig, TrainConfig, validate
 from rome_bench.data import LoadedDataset, fetch_batch, load_dataset
-from rome_bench.errors import CheckpointError, ConfigError
+from rome_bench.errors import CheckpointError, ConfigError, TrainingError
 from rome_bench.models import create_model, gate_outputs
 from rome_bench.threats import Threat, seen_threats
 from rome_bench.training.checkpoint import (
@@ -286,6 +286,7 @@ class Trainer:
                     group["lr"] = lr
                 stats = adversarial_training_step(model, self.method, threats, images, labels, routing_loss,
                                                   optimizer)
+                self._stop_if_diverged(stats, global_step + 1, lr)
                 metrics.add(stats)
                 global_step += 1
                 bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.summary().items()}, refresh=False)
@@ -297,6 +298,15 @@ class Trainer:
             if self.writes:
                 summary = "  ".join(f"{k} {v:.4g}" for k, v in metrics.summary().items())
                 print(f"epoch {epoch + 1}/{train.epochs}  {summary}", file=sys.stderr)
+
+    def _stop_if_diverged(self, stats: StepStats, step: int, lr: float) -> None:
+        """Stop before a NaN or infinite loss reaches a checkpoint: the ones on disk stay the last good weights."""
+        if math.isfinite(stats.loss) and math.isfinite(stats.routing_loss):
+            return
+        latest = latest_training_checkpoint(self.run_dir)
+        kept = f"the last good checkpoint {latest} is kept" if latest else "no checkpoint had been written yet"
+        raise TrainingError(f"training loss became {stats.loss + stats.routing_loss} at step {step} (lr {lr:.3g}); "
+                            f"stopped, {kept}: lower train.lr (--lr) and train again with --force")
 
     def _batch(self, data: LoadedDataset, indices: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = fetch_batch(data.dataset, indices)

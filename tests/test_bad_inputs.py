@@ -1,0 +1,104 @@
+"""Hostile and careless input: every case is one line on stderr, exit code 2, and nothing written or changed.
+
+Each case names the input a user could give and a fragment of the one line it must print (issue: no NaN result
+stored as a number, no traceback, no code run from data).
+"""
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rome_bench.errors import TrainingError
+from rome_bench.training import trainer as trainer_module
+from rome_bench.training.trainer import Trainer
+from tests.test_cli import TINY, assert_one_line_error
+from tests.test_training import tiny_config
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root``: what must be byte-identical before and after a refused command."""
+    return {str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+@pytest.mark.parametrize(("flags", "needle"), [
+    (["--set", "train.lr=Infinity"], "train.lr must be a finite number"),
+    (["--set", "train.lr=NaN"], "train.lr must be a finite number"),
+    (["--lr", "1e30"], "train.lr must be > 0 and <= 10"),
+    (["--set", "threats.eps.l2=Infinity"], "threats.eps.l2 must be a finite number"),
+    (["--eps-linf", "nan"], "threats.eps.linf must be a number, got 'nan'"),
+    (["--set", "model.rome.beta_s=-Infinity"], "model.rome.beta_s must be a finite number"),
+    (["--epochs", "100000000000000000000000"], "train.epochs must be between 1 and 10000"),
+    (["--batch-size", "10000000"], "train.batch_size must be between 1 and 1000000"),
+    (["--seed", "-3"], "train.seed must be between 0 and 2147483647"),
+    (["--set", "threats.train_steps.l1=1000000"], "threats.train_steps values must be whole numbers <= 100000"),
+    (["--set", "train.decay_floor=2"], "train.final_floor <= train.decay_floor must lie in [0, 1]"),
+    (["--num-experts", "5000"], "model.rome.num_experts must be between 1 and 1024"),
+    (["--set", "model.rome=3"], "config field 'model.rome' is a section"),
+    (["--set", "data.dataset=5"], "config field 'data.dataset' must be a text value"),
+    (["--set", "threats.eps=[1, 2]"], "config field 'threats.eps' must be a table of l1, l2, linf values"),
+])
+def test_train_refuses_numbers_no_run_can_use(cli_main, tmp_path, flags, needle):
+    result = cli_main("train", "--method", "rome+max", *TINY, *flags, "--out", str(tmp_path / "run"))
+    assert_one_line_error(result, needle)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("scales", ["nan", "inf", "0.5,inf", "-1", "1e9"])
+def test_eps_scale_must_be_finite_and_positive(cli_main, tmp_path, scales):
+    result = cli_main("eval", "--model-file", "torch.nn:Identity", "--preset", "smoke", "--eps-scale", scales,
+                      "--store", str(tmp_path / "s.sqlite"))
+    assert_one_line_error(result, "--eps-scale takes distinct numbers in (0, 100]")
+    assert not (tmp_path / "s.sqlite").exists()
+
+
+MODELS = {
+    "seven_logits": ("return self.linear(x.flatten(1))[:, :7]", "logits of shape (8, 7) for 8 images"),
+    "nan_logits": ("return self.linear(x.flatten(1)) * float('nan')", "NaN or infinite logits"),
+    "scalar": ("return self.linear(x.flatten(1)).sum()", "logits of shape () for 8 images"),
+    "tuple": ("return self.linear(x.flatten(1)), None", "returns a tuple"),
+    "wrong_size": ("return self.linear(torch.nn.functional.interpolate(x, size=224).flatten(1))",
+                   "the model fails on (8, 3, 32, 32) images"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_a_model_with_unusable_outputs_gets_no_stored_row(cli_main, tmp_path, kind):
+    body, needle = MODELS[kind]
+    module = tmp_path / "net.py"
+    module.write_text("import torch\n\nclass Net(torch.nn.Module):\n    def __init__(self):\n"
+                      "        super().__init__()\n        self.linear = torch.nn.Linear(3 * 32 * 32, 10)\n\n"
+                      f"    def forward(self, x):\n        {body}\n")
+    store = tmp_path / "s.sqlite"
+    result = cli_main("eval", "--model-file", f"{module}:Net", "--preset", "smoke", "--suite", "seen-pgd",
+                      "--n-examples", "8", "--store", str(store), "--no-progress")
+    assert_one_line_error(result, needle)
+    leaderboard = cli_main("leaderboard", "--suite", "seen-pgd", "--store", str(store)) if store.exists() else None
+    assert leaderboard is None or "external (net)" not in leaderboard.stdout
+
+
+def test_a_loss_that_becomes_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    """Poisoned weights after step 4 (a checkpoint) make step 5's loss NaN: the run stops there, nothing NaN saved."""
+    run_dir = tmp_path / "run"
+    models = []
+    build_optimizer = trainer_module.build_optimizer
+    monkeypatch.setattr(trainer_module, "build_optimizer", lambda model, config: (models.append(model),
+                                                                                  build_optimizer(model, config))[1])
+    written = {}
+
+    def poison(step: int) -> None:
+        if step == 4:
+            written.update(tree_digest(run_dir))
+            for parameter in models[0].parameters():
+                parameter.data.fill_(float("nan"))
+
+    with pytest.raises(TrainingError, match=r"training loss became nan at step 5 .* the last good checkpoint .*"
+                                            r"step-00000004\.json is kept"):
+        Trainer(tiny_config("max"), run_dir, progress=False).fit(on_step=poison)
+    assert tree_digest(run_dir) == written, "nothing was written after the loss became NaN"
+    assert not (run_dir / "model.json").exists()
+    last = load_file(run_dir / "checkpoints" / "step-00000004.safetensors")
+    assert all(torch.isfinite(tensor).all() for name, tensor in last.items() if name.startswith("model."))

@@ -102,3 +102,18 @@ def test_a_loss_that_becomes_nan_stops_training_and_keeps_the_last_good_checkpoi
     assert not (run_dir / "model.json").exists()
     last = load_file(run_dir / "checkpoints" / "step-00000004.safetensors")
     assert all(torch.isfinite(tensor).all() for name, tensor in last.items() if name.startswith("model."))
+
+
+@pytest.mark.parametrize(("name", "params"), [
+    ("pgd-linf", {"eps": -1.0}), ("pgd-l2", {"eps": 0.5, "steps": 0}), ("patch", {"placement": "corner"}),
+    ("patch", {"size": 0}), ("sparsefool-l0", {"steps": 0}), ("fog", {"eps": -1.0}), ("snow", {"kernel_size": 4}),
+    ("gabor", {"kernel_size": 2}), ("elastic", {"eps": 0.0}), ("jpeg-linf", {"quality": 100}),
+    ("stadv", {"bound": -0.1}), ("recoloradv", {"colour_space": "cmyk"}),
+])
+def test_every_threat_refuses_bad_settings_with_a_rome_bench_error(name, params):
+    """A threat built from the Python API or a plugin config fails as the CLI reports it: one RomeBenchError line."""
+    from rome_bench.errors import RomeBenchError
+    from rome_bench.threats import THREATS
+
+    with pytest.raises(RomeBenchError, match=name.split("-")[0] if name != "sparsefool-l0" else "sparsefool"):
+        THREATS.get(name)(**params)

@@ -37,7 +37,7 @@ LP_ORDERS: dict[str, float] = {"l1": 1.0, "l2": 2.0, "linf": float("inf")}
 def register_threat(name: str, tag: str, column: str | None = None) -> Callable[[type[Threat]], type[Threat]]:
     """Class decorator: register a Threat subclass under ``name``; ``tag`` is 'seen' or 'unseen'."""
     if tag not in ("seen", "unseen"):
-        raise ValueError(f"threat tag must be 'seen' or 'unseen', got '{tag}'")
+        raise ConfigError(f"threat tag must be 'seen' or 'unseen', got '{tag}'")
 
     def decorator(cls: type[Threat]) -> type[Threat]:
         cls.name = name

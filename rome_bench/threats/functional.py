@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rome_bench.errors import ConfigError
 from rome_bench.threats.base import Budget, BudgetCheck, Threat, keep_first_success, per_example, register_threat
 
 SMOOTHNESS_EPS = 1e-10
@@ -139,7 +140,7 @@ class FunctionalAttack(Threat):
 
     def __init__(self, bound: float, steps: int, step_size: float, smoothness_weight: float) -> None:
         if bound <= 0 or steps < 1 or step_size <= 0 or smoothness_weight < 0:
-            raise ValueError(f"{self.name}: need bound > 0, steps >= 1, step_size > 0 and a non-negative "
+            raise ConfigError(f"{self.name}: need bound > 0, steps >= 1, step_size > 0 and a non-negative "
                              f"smoothness weight (got {bound}, {steps}, {step_size}, {smoothness_weight})")
         self.bound = float(bound)
         self.steps = int(steps)
@@ -321,9 +322,9 @@ class ReColorAdv(FunctionalAttack):
         super().__init__(bound, steps, step_size, smoothness_weight)
         self.resolution = tuple(int(r) for r in resolution)
         if len(self.resolution) != 3 or min(self.resolution) < 2:
-            raise ValueError(f"recoloradv: resolution must be three sizes >= 2, got {resolution}")
+            raise ConfigError(f"recoloradv: resolution must be three sizes >= 2, got {resolution}")
         if colour_space not in COLOUR_SPACES:
-            raise ValueError(f"recoloradv: colour_space must be one of {sorted(COLOUR_SPACES)}, got '{colour_space}'")
+            raise ConfigError(f"recoloradv: colour_space must be one of {sorted(COLOUR_SPACES)}, got '{colour_space}'")
         self.colour_space = colour_space
         self.space = COLOUR_SPACES[colour_space]()
 

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rome_bench.errors import ConfigError
 from rome_bench.threats.base import register_threat
 from rome_bench.threats.pgd import LinfPGD
 
@@ -74,7 +75,7 @@ class GatingMisrouting(LinfPGD):
             model(images)
             gates = model_gates(model)
         if not gates:
-            raise ValueError("gma needs a model whose forward pass records gates (model.gates() is empty)")
+            raise ConfigError("gma needs a model whose forward pass records gates (model.gates() is empty)")
         self._targets = [gate.argmin(dim=-1) for gate in gates]
 
     def objective(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor

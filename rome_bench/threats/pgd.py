@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rome_bench.errors import ConfigError
 from rome_bench.threats.base import Budget, LpBudget, Threat, keep_first_success, per_example, register_threat
 
 
@@ -44,7 +45,7 @@ class PGD(Threat):
     def __init__(self, eps: float, steps: int = 10, step_size: float | None = None, random_start: bool = True,
                  keep_adversarial: bool = True) -> None:
         if eps <= 0 or steps < 1:
-            raise ValueError(f"{self.name}: eps must be > 0 and steps >= 1 (got eps={eps}, steps={steps})")
+            raise ConfigError(f"{self.name}: eps must be > 0 and steps >= 1 (got eps={eps}, steps={steps})")
         self.eps = float(eps)
         self.steps = int(steps)
         self.step_size = float(step_size) if step_size is not None else 2.5 * self.eps / self.steps
@@ -149,7 +150,7 @@ class L1PGD(PGD):
                  keep_adversarial: bool = True, sparsity: float = 0.05) -> None:
         super().__init__(eps, steps, step_size, random_start, keep_adversarial)
         if not 0 < sparsity <= 1:
-            raise ValueError(f"pgd-l1: sparsity must be in (0, 1], got {sparsity}")
+            raise ConfigError(f"pgd-l1: sparsity must be in (0, 1], got {sparsity}")
         self.sparsity = float(sparsity)
 
     def params(self) -> dict[str, Any]:

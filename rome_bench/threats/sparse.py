@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rome_bench.errors import ConfigError
 from rome_bench.threats.base import Budget, BudgetCheck, Threat, per_example, register_threat
 
 L0_TOLERANCE = 1e-6
@@ -214,7 +215,7 @@ class SparseFool(Threat):
     def __init__(self, steps: int = 10, lam: float = 3.0, overshoot: float = 0.02, deepfool_steps: int = 50,
                  candidates: int = 10) -> None:
         if steps < 1 or deepfool_steps < 1 or lam < 1 or overshoot < 0 or candidates < 2:
-            raise ValueError(f"sparsefool-l0: need steps >= 1, deepfool_steps >= 1, lam >= 1, overshoot >= 0 and "
+            raise ConfigError(f"sparsefool-l0: need steps >= 1, deepfool_steps >= 1, lam >= 1, overshoot >= 0 and "
                              f"candidates >= 2 (got {steps}, {deepfool_steps}, {lam}, {overshoot}, {candidates})")
         self.steps = int(steps)
         self.lam = float(lam)
@@ -292,10 +293,10 @@ class AdversarialPatch(Threat):
     def __init__(self, size: int = 8, steps: int = 50, step_size: float = 2 / 255, placement: str = "random",
                  restarts: int = 1) -> None:
         if size < 1 or steps < 1 or step_size <= 0 or restarts < 1:
-            raise ValueError(f"patch: need size >= 1, steps >= 1, step_size > 0 and restarts >= 1 (got {size}, "
+            raise ConfigError(f"patch: need size >= 1, steps >= 1, step_size > 0 and restarts >= 1 (got {size}, "
                              f"{steps}, {step_size}, {restarts})")
         if placement not in ("random", "center"):
-            raise ValueError(f"patch: placement must be 'random' or 'center', got '{placement}'")
+            raise ConfigError(f"patch: placement must be 'random' or 'center', got '{placement}'")
         self.size = int(size)
         self.steps = int(steps)
         self.step_size = float(step_size)
@@ -312,7 +313,7 @@ class AdversarialPatch(Threat):
     def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         images = images.detach()
         if self.size > min(images.shape[-2:]):
-            raise ValueError(f"patch: a {self.size}×{self.size} patch does not fit {tuple(images.shape[-2:])} images")
+            raise ConfigError(f"patch: a {self.size}×{self.size} patch does not fit {tuple(images.shape[-2:])} images")
         result = images.clone()
         active = torch.arange(len(images), device=images.device)
         for _ in range(self.restarts):

@@ -61,6 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rome_bench.errors import ConfigError
 from rome_bench.threats.base import Budget, BudgetCheck, Threat, keep_first_success, per_example, register_threat
 
 RECONSTRUCTION_ATOL = 1e-4
@@ -74,12 +75,12 @@ class ParametricAttack(Threat):
 
     def __init__(self, eps: float, steps: int, step_size: float | None, random_start: bool) -> None:
         if eps <= 0 or steps < 1:
-            raise ValueError(f"{self.name}: eps must be > 0 and steps >= 1 (got eps={eps}, steps={steps})")
+            raise ConfigError(f"{self.name}: eps must be > 0 and steps >= 1 (got eps={eps}, steps={steps})")
         self.eps = float(eps)
         self.steps = int(steps)
         self.step_size = float(step_size) if step_size is not None else self.eps / math.sqrt(self.steps)
         if self.step_size <= 0:
-            raise ValueError(f"{self.name}: step_size must be > 0, got {self.step_size}")
+            raise ConfigError(f"{self.name}: step_size must be > 0, got {self.step_size}")
         self.random_start = bool(random_start)
         self.last_parameters: torch.Tensor | None = None
         """θ behind each example of the most recent output (read by the budget check)."""
@@ -201,7 +202,7 @@ class Elastic(ParametricAttack):
                  random_start: bool = True, kernel_size: int = 5, kernel_std: float = 3.0 / 224.0 * 32) -> None:
         super().__init__(eps, steps, step_size, random_start)
         if kernel_size < 1 or kernel_size % 2 == 0 or kernel_std <= 0:
-            raise ValueError(f"elastic: kernel_size must be odd and positive and kernel_std > 0 "
+            raise ConfigError(f"elastic: kernel_size must be odd and positive and kernel_std > 0 "
                              f"(got {kernel_size}, {kernel_std})")
         self.kernel_size = int(kernel_size)
         self.kernel_std = float(kernel_std)
@@ -213,7 +214,7 @@ class Elastic(ParametricAttack):
         batch, _, height, width = images.shape
         pad = (self.kernel_size - 1) // 2
         if pad >= min(height, width):
-            raise ValueError(f"elastic: kernel size {self.kernel_size} is too large for {height}×{width} images")
+            raise ConfigError(f"elastic: kernel size {self.kernel_size} is too large for {height}×{width} images")
         return (batch, 2, height, width)
 
     def prepare(self, images: torch.Tensor) -> _ElasticState:
@@ -324,7 +325,7 @@ class JPEGLinf(ParametricAttack):
                  random_start: bool = True, quality: int = 50, subsample_chroma: bool = True) -> None:
         super().__init__(eps, steps, step_size, random_start)
         if not 1 <= quality <= 99:
-            raise ValueError(f"jpeg-linf: quality must be in [1, 99], got {quality}")
+            raise ConfigError(f"jpeg-linf: quality must be in [1, 99], got {quality}")
         self.quality = int(quality)
         self.subsample_chroma = bool(subsample_chroma)
 
@@ -335,7 +336,7 @@ class JPEGLinf(ParametricAttack):
         batch, channels, height, width = images.shape
         multiple = 16 if self.subsample_chroma else 8
         if channels != 3 or height % multiple or width % multiple:
-            raise ValueError(f"jpeg-linf: needs RGB images with height and width multiples of {multiple}, "
+            raise ConfigError(f"jpeg-linf: needs RGB images with height and width multiples of {multiple}, "
                              f"got {tuple(images.shape)}")
         luma = height * width // 64
         chroma = luma // 4 if self.subsample_chroma else luma

@@ -64,6 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rome_bench.errors import ConfigError
 from rome_bench.threats.base import Budget, BudgetCheck, LpBudget, Threat, per_example, register_threat
 
 Params = list[torch.Tensor]
@@ -84,7 +85,7 @@ class UARNoise(Threat):
 
     def __init__(self, eps: float, steps: int = 100, step_size: float | None = None) -> None:
         if eps < 0 or steps < 1:
-            raise ValueError(f"{self.name}: eps must be >= 0 and steps >= 1 (got eps={eps}, steps={steps})")
+            raise ConfigError(f"{self.name}: eps must be >= 0 and steps >= 1 (got eps={eps}, steps={steps})")
         self.eps = float(eps)
         self.steps = int(steps)
         self.step_size = float(step_size) if step_size is not None else reference_step_size(self.eps, self.steps)
@@ -224,7 +225,7 @@ class Fog(UARNoise):
                  wibble_decay: float = 2.0) -> None:
         super().__init__(eps, steps, step_size)
         if wibble_decay <= 0:
-            raise ValueError(f"fog: wibble_decay must be > 0, got {wibble_decay}")
+            raise ConfigError(f"fog: wibble_decay must be > 0, got {wibble_decay}")
         self.wibble_decay = float(wibble_decay)
 
     def params(self) -> dict[str, Any]:
@@ -400,7 +401,7 @@ class Snow(UARNoise):
                  block_size: int = 8) -> None:
         super().__init__(eps, steps, step_size)
         if not 0 < flake_budget <= 1 or kernel_size < 5 or kernel_size % 2 == 0 or block_size < 1:
-            raise ValueError(f"snow: need 0 < flake_budget <= 1, odd kernel_size >= 5 and block_size >= 1 (got "
+            raise ConfigError(f"snow: need 0 < flake_budget <= 1, odd kernel_size >= 5 and block_size >= 1 (got "
                              f"{flake_budget}, {kernel_size}, {block_size})")
         self.flake_budget = float(flake_budget)
         self.discolor = float(discolor)
@@ -418,7 +419,7 @@ class Snow(UARNoise):
     def start(self, images: torch.Tensor) -> tuple[Params, Any]:
         height, width = images.shape[-2:]
         if height % SNOW_STRIDE or width % SNOW_STRIDE:
-            raise ValueError(f"snow: image sides must be multiples of {SNOW_STRIDE}, got {height}×{width}")
+            raise ConfigError(f"snow: image sides must be multiples of {SNOW_STRIDE}, got {height}×{width}")
         kernels = draw_snow_kernels(self.kernel_size)
         uniform = torch.rand(len(images), SNOW_KERNELS, height // SNOW_STRIDE, width // SNOW_STRIDE,
                              device=images.device, dtype=images.dtype)
@@ -492,7 +493,7 @@ class Gabor(UARNoise):
         super().__init__(eps, steps, step_size)
         if kernel_size < 3 or kernel_size % 2 == 0 or max_sides < 1 or not 0 < sigma_low <= sigma_high \
                 or not 0 <= density < 1:
-            raise ValueError(f"gabor: need odd kernel_size >= 3, max_sides >= 1, 0 < sigma_low <= sigma_high and "
+            raise ConfigError(f"gabor: need odd kernel_size >= 3, max_sides >= 1, 0 < sigma_low <= sigma_high and "
                              f"density in [0, 1) (got {kernel_size}, {max_sides}, {sigma_low}, {sigma_high}, "
                              f"{density})")
         self.kernel_size = int(kernel_size)

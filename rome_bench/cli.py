@@ -5,6 +5,7 @@ Every error a user can cause is a RomeBenchError: printed as one line ``error: â
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -534,6 +535,16 @@ def main() -> None:
     except RomeBenchError as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+    except sqlite3.Error as error:  # the results store: not a database, read-only, locked, disk full
+        print(f"error: results store: {str(error).splitlines()[0]}; give --store a writable SQLite file with free "
+              f"space (stored results are never half-written)", file=sys.stderr)
+        sys.exit(2)
+    except OSError as error:  # an output path that is a folder, read-only, in /proc, or a full disk
+        path = error.filename2 or error.filename  # os.replace(temporary, target) names the target second
+        where = f" {path}" if path else ""
+        print(f"error: cannot use{where}: {error.strerror or error}; choose another path or free space "
+              f"(files written before are intact)", file=sys.stderr)
         sys.exit(2)
     except (KeyboardInterrupt, typer.Abort):
         print("interrupted: checkpoints and stored results written so far are intact", file=sys.stderr)

@@ -41,6 +41,7 @@ import pickle
 import shutil
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -408,8 +409,9 @@ def _extract_once(archive: Path) -> Path:
         except OSError:
             if not target.is_dir():  # otherwise another process finished first: use its copy
                 raise
-    except (OSError, tarfile.TarError) as error:
-        raise DataNotFoundError(f"cannot extract {archive} ({_one_line(error)})") from error
+    except (OSError, tarfile.TarError, EOFError, zlib.error) as error:  # EOFError: a truncated .gz
+        raise DataNotFoundError(f"cannot extract {archive} ({_one_line(error)}); is it complete? copy or download "
+                                f"it again") from error
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
     return target

@@ -117,3 +117,54 @@ def test_every_threat_refuses_bad_settings_with_a_rome_bench_error(name, params)
 
     with pytest.raises(RomeBenchError, match=name.split("-")[0] if name != "sparsefool-l0" else "sparsefool"):
         THREATS.get(name)(**params)
+
+
+@pytest.fixture
+def empty_store(tmp_path) -> Path:
+    from rome_bench.evaluation.store import ResultStore
+
+    with ResultStore(tmp_path / "empty.sqlite") as store:
+        return store.path
+
+
+def test_unusable_stores_and_output_paths_are_one_line(cli_main, tmp_path, empty_store):
+    not_a_database = tmp_path / "notes.txt"
+    not_a_database.write_text("these are my notes, not a database\n")
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    before = tree_digest(tmp_path)
+    cases = [
+        (["leaderboard", "--store", str(not_a_database)], "results store: file is not a database"),
+        (["leaderboard", "--store", str(folder)], "results store: unable to open database file"),
+        (["export", "--store", str(not_a_database), "--out", str(tmp_path / "m.csv")], "file is not a database"),
+        (["leaderboard", "--store", str(empty_store), "--out", str(folder)], f"cannot use {folder}: Is a directory"),
+        (["export", "--store", str(empty_store), "--out", str(folder)], f"cannot use {folder}: Is a directory"),
+        (["leaderboard", "--store", str(empty_store), "--out", str(not_a_database / "x.md")],
+         f"cannot use {not_a_database}: File exists"),
+    ]
+    for args, needle in cases:
+        assert_one_line_error(cli_main(*args), needle)
+    assert tree_digest(tmp_path) == before, "nothing written, nothing changed, no partial file left"
+
+
+def test_eval_refuses_an_unknown_device(cli_main, tmp_path):
+    result = cli_main("eval", "--model-file", "torch.nn:Identity", "--preset", "smoke", "--device", "gpu",
+                      "--store", str(tmp_path / "s.sqlite"))
+    assert_one_line_error(result, "unknown device 'gpu'; use auto, cpu, cuda or cuda:N")
+    assert not (tmp_path / "s.sqlite").exists()
+
+
+def test_a_truncated_archive_is_a_data_error_not_an_interruption(cli_main, tmp_path):
+    import tarfile
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    (folder / "test_batch").write_bytes(bytes(range(256)) * 4000)  # ~1 MB that gzip cannot shrink much
+    archive = tmp_path / "cifar.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname="cifar-10-batches-py")
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    result = cli_main("eval", "--model-file", "torch.nn:Identity", "--preset", "cifar10", "--data-dir", str(archive),
+                      "--store", str(tmp_path / "s.sqlite"))
+    assert result.returncode == 2, "a truncated archive is not a Ctrl-C (exit 130)"
+    assert_one_line_error(result, f"cannot extract {archive}", "copy or download it again")

@@ -221,7 +221,8 @@ def parse_scales(text: str) -> list[float]:
 def _default_label(method: str | None, run: Path | None, model_file: str | None) -> str:
     if run is not None:
         return f"{method} ({run.name})"
-    return f"external ({Path(str(model_file).rsplit(':', 1)[0]).stem})"
+    location, _, name = str(model_file).rpartition(":")
+    return f"external ({Path(location).stem}:{name})"  # the class too: one file can hold several models
 
 
 def _variant_suffix(variant: str | None) -> str:

@@ -77,7 +77,7 @@ def test_a_model_with_unusable_outputs_gets_no_stored_row(cli_main, tmp_path, ki
                       "--n-examples", "8", "--store", str(store), "--no-progress")
     assert_one_line_error(result, needle)
     leaderboard = cli_main("leaderboard", "--suite", "seen-pgd", "--store", str(store)) if store.exists() else None
-    assert leaderboard is None or "external (net)" not in leaderboard.stdout
+    assert leaderboard is None or "external (net:Net)" not in leaderboard.stdout
 
 
 def test_a_loss_that_becomes_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
@@ -168,3 +168,34 @@ def test_a_truncated_archive_is_a_data_error_not_an_interruption(cli_main, tmp_p
                       "--store", str(tmp_path / "s.sqlite"))
     assert result.returncode == 2, "a truncated archive is not a Ctrl-C (exit 130)"
     assert_one_line_error(result, f"cannot extract {archive}", "copy or download it again")
+
+
+def test_two_models_from_one_file_get_their_own_rows(cli_main, tmp_path):
+    module = tmp_path / "zoo.py"
+    module.write_text("import torch\n\nclass Small(torch.nn.Module):\n    def __init__(self):\n"
+                      "        super().__init__()\n        self.linear = torch.nn.Linear(3 * 32 * 32, 10)\n\n"
+                      "    def forward(self, x):\n        return self.linear(x.flatten(1))\n\n\n"
+                      "class Other(Small):\n    def forward(self, x):\n        return -self.linear(x.flatten(1))\n")
+    store = tmp_path / "s.sqlite"
+    for name in ("Small", "Other"):
+        result = cli_main("eval", "--model-file", f"{module}:{name}", "--preset", "smoke", "--suite", "seen-pgd",
+                          "--n-examples", "4", "--store", str(store), "--no-progress")
+        assert result.returncode == 0, result.stderr
+    board = cli_main("leaderboard", "--suite", "seen-pgd", "--store", str(store)).stdout
+    assert "| external (zoo:Small) |" in board and "| external (zoo:Other) |" in board
+
+
+def test_a_run_whose_weights_do_not_fit_its_config_names_the_keys(cli_main, tmp_path):
+    import json
+
+    run = tmp_path / "run"
+    Trainer(tiny_config("max"), run, progress=False).fit()
+    config = json.loads((run / "config.json").read_text())
+    config["model"]["backbone"] = "vit_smoke"  # another width and depth than the weights were trained with
+    (run / "config.json").write_text(json.dumps(config))
+    before = tree_digest(run)
+    result = cli_main("eval", "--run", str(run), "--suite", "seen-pgd", "--n-examples", "4",
+                      "--store", str(tmp_path / "s.sqlite"))
+    assert_one_line_error(result, "do not fit the model its config.json describes", "missing (e.g.",
+                          "wrong-shaped (e.g.")
+    assert tree_digest(run) == before and not (tmp_path / "s.sqlite").exists()

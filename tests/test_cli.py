@@ -175,7 +175,7 @@ def test_model_file_export_and_latex(tmp_path, trained_run):
     result = rome_bench("eval", "--model-file", f"{module}:Net", "--preset", "smoke", "--suite", "seen-pgd",
                         "--n-examples", "16", "--store", str(store), "--no-progress")
     assert result.returncode == 0, result.stderr
-    assert "external (net)" in result.stdout
+    assert "external (net:Net)" in result.stdout
     matrix = tmp_path / "matrix.csv"
     assert rome_bench("export", "--suite", "seen-pgd", "--store", str(store), "--out", str(matrix)).returncode == 0
     assert len(matrix.read_text().splitlines()) == 17

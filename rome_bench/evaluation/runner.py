@@ -27,6 +27,7 @@ from rome_bench.errors import CheckpointError, ConfigError, ModelOutputError, Th
 from rome_bench.evaluation.store import FULL, UNION_ONLY, BatchCost, ResultStore
 from rome_bench.evaluation.validity import batch_model_flags, refresh_computed_flags
 from rome_bench.models import content_hash, create_model
+from rome_bench.models.external import state_dict_mismatch
 from rome_bench.threats import Clean, Threat
 from rome_bench.training.checkpoint import MODEL_STEM, load_tensors_with_sidecar
 from rome_bench.training.methods import METHODS
@@ -62,11 +63,10 @@ def load_run(run_dir: Path, info: DatasetInfo, device: torch.device) -> LoadedRu
                               f"rome-bench train --out {run_dir} --resume")
     tensors, metadata = load_tensors_with_sidecar(sidecar)
     model = create_model(config.model, info, with_experts=METHODS.get(config.train.method).uses_experts)
-    try:
-        model.load_state_dict(tensors)
-    except RuntimeError as error:
-        raise CheckpointError(f"weights in {run_dir} do not fit the model its config describes: "
-                              f"{str(error).splitlines()[0]}") from error
+    if problem := state_dict_mismatch(model.state_dict(), tensors):
+        raise CheckpointError(f"weights in {run_dir} do not fit the model its config.json describes: {problem}; "
+                              f"restore the run's own config.json and model files, or retrain")
+    model.load_state_dict(tensors)
     model.to(device).eval().requires_grad_(False)
     model_config = json.dumps(dataclasses.asdict(config.model), sort_keys=True)
     model_hash = hashlib.sha256(f"{content_hash(model)}/{model_config}".encode()).hexdigest()

@@ -66,7 +66,7 @@ def load_external_weights(model: nn.Module, path: Path) -> None:
     if not path.is_file():
         raise CheckpointError(f"weights '{path}' not found; give a local .safetensors, .pt or .pth file")
     state = _strip_parallel_prefix(_unwrap_state_dict(_read_weights(path), path), model)
-    problem = _mismatch(model.state_dict(), state)
+    problem = state_dict_mismatch(model.state_dict(), state)
     if problem:
         raise CheckpointError(f"weights '{path}' do not fit {type(model).__name__}: {problem}; "
                               "check that the weights belong to this model source")
@@ -211,7 +211,7 @@ def _strip_parallel_prefix(state: dict[str, torch.Tensor], model: nn.Module) -> 
     return state
 
 
-def _mismatch(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> str:
+def state_dict_mismatch(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> str:
     """Describe missing, unexpected and wrong-shaped tensors in one line; empty when the state dict fits."""
     missing = [key for key in own if key not in state]
     unexpected = [key for key in state if key not in own]

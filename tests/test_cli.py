@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -118,22 +117,33 @@ def test_list_shows_registered_entries(cli_main):
     assert "pgd-l1" in result.stdout and "tag=seen" in result.stdout
 
 
+# Runs `rome-bench train …` in a child process that sends itself SIGKILL right after training step 5 (the newest
+# checkpoint is step 4's): a real kill -9, at the same point on every machine, so the test never races the run.
+_KILLED_AT_STEP_5 = """
+import os, signal, sys
+from rome_bench.training import trainer
+fit = trainer.Trainer.fit
+def fit_then_die(self, resume=False, force=False, on_step=None):
+    return fit(self, resume, force, on_step=lambda step: os.kill(os.getpid(), signal.SIGKILL) if step == 5 else None)
+trainer.Trainer.fit = fit_then_die
+from rome_bench.cli import main
+sys.argv = ["rome-bench", *sys.argv[1:]]
+main()
+"""
+
+
 def test_sigkill_mid_run_then_resume_ends_where_an_unbroken_run_ends(tmp_path):
     """A real kill -9 of the training process, then `--resume` with only --out: same final weights."""
     args = ["--method", "rome+random", *TINY, "--train-size", "96", "--batch-size", "16", "--epochs", "3",
             "--checkpoint-every", "2"]
     unbroken, broken = tmp_path / "unbroken", tmp_path / "broken"
     assert rome_bench("train", *args, "--out", str(unbroken)).returncode == 0
-    process = subprocess.Popen([sys.executable, "-m", "rome_bench.cli", "train", *args, "--out", str(broken)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not (broken / "checkpoints" / "step-00000004.json").exists() and process.poll() is None:
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    if (broken / "model.json").exists():
-        pytest.skip("the run finished before it could be killed")
+    killed = subprocess.run([sys.executable, "-c", _KILLED_AT_STEP_5, "train", *args, "--out", str(broken)],
+                            capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not (broken / "model.json").exists()
+    assert sorted(path.name for path in (broken / "checkpoints").glob("*.json")) == ["step-00000002.json",
+                                                                                      "step-00000004.json"]
     resumed = rome_bench("train", "--out", str(broken), "--resume", "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
     expected, actual = load_file(unbroken / "model.safetensors"), load_file(broken / "model.safetensors")

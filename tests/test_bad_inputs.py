@@ -199,3 +199,75 @@ def test_a_run_whose_weights_do_not_fit_its_config_names_the_keys(cli_main, tmp_
     assert_one_line_error(result, "do not fit the model its config.json describes", "missing (e.g.",
                           "wrong-shaped (e.g.")
     assert tree_digest(run) == before and not (tmp_path / "s.sqlite").exists()
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    from tests.test_training import tiny_config
+
+    run = tmp_path_factory.mktemp("json") / "run"
+    Trainer(tiny_config("max"), run, progress=False).fit()
+    return run
+
+
+JSON_CASES = {  # file, what is written into it, a fragment of the one line
+    "config binary": ("config.json", b"\x89PNG\r\n\x1a\n\x00\x00", "(run config) is not text (byte 0 is not UTF-8)"),
+    "config list": ("config.json", b"[1, 2]", "(run config): the file must be an object, got [1, 2]"),
+    "config section": ("config.json", b'{"model": 1, "data": {}, "threats": {}, "train": {}}',
+                       "(run config): model must be an object, got 1"),
+    "config field type": ("config.json", None, "config field 'train.epochs' must be an integer, got '3'"),
+    "sidecar type": ("model.json", b'{"tensors_file": 7, "tensors_sha256": "x"}',
+                     "(checkpoint sidecar): tensors_file must be text, got 7"),
+    "sidecar missing": ("model.json", b'{"step": 1}', "(checkpoint sidecar): the file lacks the field 'tensors_file'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(JSON_CASES))
+def test_a_run_file_of_the_wrong_shape_is_one_line(cli_main, tmp_path, finished_run, case):
+    import json
+    import shutil
+
+    name, content, needle = JSON_CASES[case]
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    if content is None:  # a well-formed config with one wrongly typed field
+        config = json.loads((run / name).read_text())
+        config["train"]["epochs"] = "3"
+        content = json.dumps(config).encode()
+    (run / name).write_bytes(content)
+    before = tree_digest(run)
+    result = cli_main("eval", "--run", str(run), "--suite", "seen-pgd", "--n-examples", "4",
+                      "--store", str(tmp_path / "s.sqlite"))
+    assert_one_line_error(result, str(run / name), needle)
+    assert tree_digest(run) == before and not (tmp_path / "s.sqlite").exists()
+
+
+REFERENCE_CASES = {
+    "leaderboard": [
+        ("[]", "(paper reference): the file must be an object, got []"),
+        ('{"name": "x", "source": "y", "columns": ["nat"], "rows": [{"method": "m"}]}',
+         "(paper reference): rows[0] lacks the field 'dataset'"),
+        ('{"name": "x", "source": "y", "columns": ["nat"], "rows": [{"method": "m", "dataset": "d", "nat": "high"}]}',
+         "m's 'nat' must be a percentage in [0, 100], got 'high'"),
+        ('{"name": "x", "source": "y", "columns": "nat", "rows": []}', 'columns must be a list, got "nat"'),
+    ],
+    "check": [
+        ('{"checks": {}}', "(regression reference): checks must be a list, got {}"),
+        ('{"checks": [{"name": "c", "run": "r", "suite": "seen", "dataset": "synthetic", "n_examples": "100"}]}',
+         "checks[0].n_examples must be an integer, got \"100\""),
+        ('{"checks": [{"name": "c", "run": "r", "suite": "seen", "dataset": "synthetic", "n_examples": 100, '
+         '"correct": {"nat": 1.5}}]}', "checks[0].correct.nat must be an integer, got 1.5"),
+        ("{nope", "(regression reference) is not valid JSON"),
+    ],
+}
+
+
+@pytest.mark.parametrize(("command", "index"), [(c, i) for c, cases in REFERENCE_CASES.items()
+                                                for i in range(len(cases))])
+def test_a_reference_file_of_the_wrong_shape_is_one_line(cli_main, tmp_path, empty_store, command, index):
+    content, needle = REFERENCE_CASES[command][index]
+    reference = tmp_path / "reference.json"
+    reference.write_text(content)
+    args = (["leaderboard", "--store", str(empty_store), "--reference", str(reference)] if command == "leaderboard"
+            else ["check", "--reference", str(reference)])
+    assert_one_line_error(cli_main(*args), str(reference), needle)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from rome_bench.errors import RomeBenchError
+from rome_bench.jsonfiles import JSONFileError, read_json
 
 LEADERBOARDS_DIR = Path(__file__).resolve().parents[2] / "leaderboards"
 
@@ -32,12 +32,21 @@ def load_reference(name_or_path: str) -> list[ReferenceRow]:
     if not path.is_file():
         raise RomeBenchError(f"reference '{name_or_path}' not found; choose one of: "
                              f"{', '.join(available_references()) or '(none)'} or give a JSON path")
-    document = json.loads(path.read_text())
+    document = read_json(path, "paper reference")
     rows = []
     for entry in document["rows"]:
         attack = entry.get("training_attack")
         label = f"{entry['method']} [{attack}-trained]" if attack else entry["method"]
-        values = {column: entry[column] / 100 for column in document["columns"] if column in entry}
+        values = {column: _percent(entry, column, path) for column in document["columns"] if column in entry}
         rows.append(ReferenceRow(label, entry["method"], entry["dataset"], values,
                                  f"{document['source']} ({document['name']})"))
     return rows
+
+
+def _percent(entry: dict, column: str, path: Path) -> float:
+    """A reported accuracy in percent, as a fraction; anything but a number in [0, 100] is refused."""
+    value = entry[column]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
+        raise JSONFileError(f"{path} (paper reference): {entry['method']}'s '{column}' must be a percentage in "
+                            f"[0, 100], got {value!r}; fix the file or restore it from the repository")
+    return value / 100

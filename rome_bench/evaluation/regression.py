@@ -24,6 +24,7 @@ from rome_bench.evaluation.leaderboard import Z_95, Row, measured_row, wilson_in
 from rome_bench.evaluation.runner import evaluate_run, load_run
 from rome_bench.evaluation.store import ResultStore
 from rome_bench.evaluation.suites import SUITES
+from rome_bench.jsonfiles import read_json
 from rome_bench.training.checkpoint import atomic_write_text
 
 REFERENCE_DIR = Path(__file__).resolve().parents[2] / "leaderboards" / "reference"
@@ -50,12 +51,9 @@ def read_reference(path: Path) -> dict[str, Any]:
     if not path.is_file():
         available = ", ".join(sorted(p.stem for p in REFERENCE_DIR.glob("*.json"))) or "(none)"
         raise RomeBenchError(f"reference file '{path}' not found; available in {REFERENCE_DIR}: {available}")
-    try:
-        document = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"reference file {path} is not valid JSON: {error}") from error
-    if not isinstance(document.get("checks"), list) or not document["checks"]:
-        raise ConfigError(f"reference file {path} has no 'checks' list")
+    document = read_json(path, "regression reference")
+    if not document["checks"]:
+        raise ConfigError(f"reference file {path} has an empty 'checks' list; add a check or give another file")
     document["_path"] = str(path)
     return document
 

@@ -21,6 +21,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as serialize_tensors
 
 from rome_bench.errors import CheckpointError
+from rome_bench.jsonfiles import read_json
 
 CHECKPOINT_DIR = "checkpoints"
 MODEL_STEM = "model"
@@ -59,13 +60,10 @@ def save_tensors_with_sidecar(directory: Path, stem: str, tensors: dict[str, tor
 def load_tensors_with_sidecar(sidecar_path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a sidecar and its tensors, verifying the sha256; a one-line CheckpointError if anything is off."""
     try:
-        metadata = json.loads(sidecar_path.read_text())
+        metadata = read_json(sidecar_path, "checkpoint sidecar")
         blob = (sidecar_path.parent / metadata["tensors_file"]).read_bytes()
     except FileNotFoundError as error:
         raise CheckpointError(f"checkpoint file missing: {error.filename}") from error
-    except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"checkpoint sidecar {sidecar_path} is corrupt ({error}); delete it or retrain") \
-            from error
     if hashlib.sha256(blob).hexdigest() != metadata.get("tensors_sha256"):
         raise CheckpointError(
             f"checkpoint {sidecar_path.parent / metadata['tensors_file']} does not match the sha256 in "

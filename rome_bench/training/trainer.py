@@ -10,7 +10,6 @@ epoch's permutation, and only rank 0 writes.
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import sys
@@ -27,6 +26,7 @@ from tqdm import tqdm
 from rome_bench.config import RunConfig, TrainConfig, validate
 from rome_bench.data import LoadedDataset, fetch_batch, load_dataset
 from rome_bench.errors import CheckpointError, ConfigError, TrainingError
+from rome_bench.jsonfiles import read_json
 from rome_bench.models import create_model, gate_outputs
 from rome_bench.threats import Threat, seen_threats
 from rome_bench.training.checkpoint import (
@@ -52,9 +52,9 @@ def read_run_config(run_dir: Path) -> RunConfig:
     if not path.exists():
         raise CheckpointError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); train one with rome-bench train")
     try:
-        return RunConfig.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError, AttributeError) as error:
-        raise CheckpointError(f"{path} is corrupt ({error}); restore it or retrain") from error
+        return RunConfig.from_dict(read_json(path, "run config"))
+    except ConfigError as error:
+        raise CheckpointError(f"{path}: {error}; restore the run's config.json or retrain") from error
 
 
 def learning_rate(config: TrainConfig, epoch_progress: float) -> float:
@@ -197,7 +197,7 @@ def check_run_dir(run_dir: Path, config: RunConfig, resume: bool, force: bool) -
     if resume:
         if not saved.exists():
             raise CheckpointError(f"nothing to resume in {run_dir}: no {CONFIG_FILE}; start it without --resume")
-        previous = RunConfig.from_dict(json.loads(saved.read_text()))
+        previous = read_run_config(run_dir)
         previous.train.device = config.train.device
         if previous.to_dict() != config.to_dict():
             raise CheckpointError(f"--resume with settings that differ from {saved}; resume without changing flags")

@@ -281,6 +281,14 @@ def _coerce(path: str, raw: str, current: Any) -> Any:
     return value
 
 
+DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
+
+
+def is_device_name(name: str) -> bool:
+    """Whether ``name`` is a device rome-bench accepts (the one check behind train.device and every --device)."""
+    return name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())
+
+
 def non_finite_fields(node: Any, prefix: str = "") -> list[str]:
     """Paths of the number fields of a config dict that are NaN or infinite (JSON accepts NaN and Infinity)."""
     if isinstance(node, dict):
@@ -304,8 +312,7 @@ def validate(config: RunConfig) -> None:
         (0 <= train.seed < 2**31, "train.seed must be between 0 and 2147483647"),
         (train.checkpoint_every >= 1, "train.checkpoint_every must be >= 1"),
         (config.model.patch_size >= 1, "model.patch_size must be >= 1"),
-        (config.train.device in ("auto", "cpu", "cuda") or config.train.device.startswith("cuda:"),
-         "train.device must be auto, cpu, cuda or cuda:N"),
+        (is_device_name(config.train.device), f"train.device must be {DEVICE_NAMES}"),
         (config.data.eval_examples >= 1, "data.eval_examples must be >= 1"),
         (config.data.train_size is None or config.data.train_size >= 1, "data.train_size must be >= 1"),
         (1 <= config.model.rome.num_experts <= MAX_EXPERTS, f"model.rome.num_experts must be between 1 and "

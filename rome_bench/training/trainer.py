@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from rome_bench.config import RunConfig, TrainConfig, validate
+from rome_bench.config import DEVICE_NAMES, RunConfig, TrainConfig, is_device_name, validate
 from rome_bench.data import LoadedDataset, fetch_batch, load_dataset
 from rome_bench.errors import CheckpointError, ConfigError, TrainingError
 from rome_bench.jsonfiles import read_json
@@ -82,8 +82,8 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
 
 
 def resolve_device(name: str) -> torch.device:
-    if name not in ("auto", "cpu", "cuda") and not (name.startswith("cuda:") and name[5:].isdigit()):
-        raise ConfigError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N")
+    if not is_device_name(name):
+        raise ConfigError(f"unknown device '{name}'; use {DEVICE_NAMES}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():

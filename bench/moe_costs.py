@@ -97,11 +97,11 @@ def dataset_info(config: RunConfig) -> DatasetInfo:
 
 def build_variant(config: RunConfig, info: DatasetInfo, variant: str, device: torch.device) -> nn.Module:
     """One variant, its backbone initialised from ``config.train.seed`` (identical across variants)."""
-    model_config = dataclasses.replace(config.model)
+    model_config = dataclasses.replace(config.model, family="plain" if variant == "plain" else "rome")
     if variant != "plain":
         model_config.rome = dataclasses.replace(config.model.rome, **EXPERT_VARIANTS[variant])  # type: ignore[arg-type]
     torch.manual_seed(config.train.seed)
-    model = create_model(model_config, info, with_experts=variant != "plain").to(device)
+    model = create_model(model_config, info).to(device)
     if variant == "rome-split":
         for module in model.modules():
             if isinstance(module, LoRAExpertMixture):
@@ -532,7 +532,7 @@ def main() -> None:
 
     params = {name: count_parameters(model) for name, model in models.items()}
     flops = {name: forward_flops(model.eval(), single) for name, model in models.items()}
-    optimizers = {name: build_optimizer(model, config.train) for name, model in models.items()}
+    optimizers = {name: build_optimizer(model.parameters(), config.train) for name, model in models.items()}
     steps = {name: train_step(model, optimizers[name], images, labels_) for name, model in models.items()}
     timings: dict[str, dict[str, Timing]] = {}
     if not args.skip_timing:

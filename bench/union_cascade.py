@@ -17,12 +17,13 @@ from pathlib import Path
 
 import torch
 
+from rome_bench.checkpoint import read_run_config
+from rome_bench.config import resolve_device
 from rome_bench.data import evaluation_indices, load_dataset
 from rome_bench.evaluation.leaderboard import measured_row
 from rome_bench.evaluation.runner import evaluate_run, load_run
 from rome_bench.evaluation.store import ResultStore
 from rome_bench.evaluation.suites import SUITES
-from rome_bench.training.trainer import read_run_config, resolve_device
 
 
 def evaluate_once(run_dir: Path, suite_name: str, n_examples: int, union_only: bool, store_path: Path,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from rome_bench.config import RunConfig, apply_override, preset, validate
-from rome_bench.errors import ConfigError, RomeBenchError
+from rome_bench.errors import ConfigError, RomeBenchError, UnknownEntryError
 
 if TYPE_CHECKING:  # the heavy modules are imported by the commands that need them
     from rome_bench.evaluation.store import ResultStore
@@ -26,7 +26,8 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_mar
 def _flag_overrides(**flags: object) -> list[str]:
     """Turn the named flags that were given into config overrides."""
     paths = {
-        "method": "train.method", "dataset": "data.dataset", "data_dir": "data.data_dir",
+        "method": "train.method", "family": "model.family", "train_attack": "train.attack",
+        "init": "model.init_from", "dataset": "data.dataset", "data_dir": "data.data_dir",
         "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr",
         "train_size": "data.train_size", "backbone": "model.backbone", "num_experts": "model.rome.num_experts",
         "rank": "model.rome.rank", "routing_weight": "model.rome.routing_weight", "seed": "train.seed",
@@ -40,16 +41,51 @@ def _flag_overrides(**flags: object) -> list[str]:
 
 
 def resolve_config(base: RunConfig, assignments: list[str]) -> RunConfig:
+    """``base`` with the overrides applied in order; ``train.method=rome+max`` sets recipe and family at once."""
     config = base
     for assignment in assignments:
-        config = apply_override(config, assignment, check=False)
+        for part in expand_method(assignment):
+            config = apply_override(config, part, check=False)
     validate(config)
     return config
 
 
+def expand_method(assignment: str) -> list[str]:
+    """``train.method=rome+max`` -> recipe ``max`` on family ``rome`` (a name without a family is the plain one)."""
+    path, _, value = assignment.partition("=")
+    if path.strip() != "train.method":
+        return [assignment]
+    from rome_bench.config import split_method
+    from rome_bench.models import FAMILIES
+    from rome_bench.training import recipes as _recipes  # noqa: F401  (registers the built-in recipes)
+    from rome_bench.training.recipe import RECIPES
+
+    recipe, family = split_method(value.strip(), FAMILIES.names())
+    if recipe not in RECIPES:  # fails here with 'did you mean', before anything is written
+        import difflib
+
+        known = [*RECIPES.names(), *(f"{f}+{r}" for f in FAMILIES.names() if f != "plain" for r in RECIPES.names())]
+        close = difflib.get_close_matches(value.strip(), known, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise UnknownEntryError(f"unknown method '{value.strip()}': {hint}choose a recipe "
+                                f"({', '.join(RECIPES.names())}), optionally on a family with experts (rome+max; "
+                                f"rome-bench list families)")
+    return [f"train.recipe={recipe}", f"model.family={family}"]
+
+
 @app.command()
 def train(
-    method: Annotated[str | None, typer.Option(help="Training recipe, e.g. rome+max, max, random, avg.")] = None,
+    method: Annotated[str | None, typer.Option(
+        help="Training recipe, optionally on a family: max, msd, ramp, … or rome+max (see rome-bench list methods)."
+    )] = None,
+    family: Annotated[str | None, typer.Option(
+        help="Model family: plain | rome | … (see rome-bench list families); overrides the --method prefix.")
+    ] = None,
+    train_attack: Annotated[str | None, typer.Option(
+        help="ℓp training attack: pgd (the preset's steps) | apgd (threats.apgd_steps, best-loss iterate).")] = None,
+    init: Annotated[str | None, typer.Option(
+        help="Fine-tune: start from a run directory or weights file (experts added to it start at B = 0).")
+    ] = None,
     preset_name: Annotated[str | None, typer.Option(
         "--preset", help="smoke | cifar10 | imagenet100 | imagenet1k (default cifar10; on --resume the run's)",
     )] = None,
@@ -94,15 +130,17 @@ def train(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Train a model with a multi-perturbation adversarial training recipe."""
-    from rome_bench.training.methods import METHODS
-    from rome_bench.training.trainer import Trainer, read_run_config
+    from rome_bench.checkpoint import read_run_config
+    from rome_bench.models import FAMILIES
+    from rome_bench.training.trainer import Trainer
 
     expert_switches = {"experts": experts, "num_experts": num_experts, "rank": rank,
                        "expert_layers": expert_layers or ("mlp" if experts == "ffn" else None), "gating": gating,
                        "beta_s": beta_s, "beta_b": beta_b, "routing_loss": routing_loss,
                        "routing_weight": routing_weight, "div_distance": div_distance,
                        "div_projection": None if div_projection is None else str(div_projection).lower()}
-    overrides = _flag_overrides(method=method, dataset=dataset, data_dir=data_dir, epochs=epochs,
+    overrides = _flag_overrides(method=method, family=family, train_attack=train_attack, init=init, dataset=dataset,
+                                data_dir=data_dir, epochs=epochs,
                                 batch_size=batch_size, lr=lr, train_size=train_size, backbone=backbone,
                                 eps_l1=eps_l1, eps_l2=eps_l2, eps_linf=eps_linf, pretrained=pretrained, seed=seed,
                                 device=device, checkpoint_every=checkpoint_every, **expert_switches)
@@ -114,14 +152,14 @@ def train(
     if resume and preset_name is None:
         base = read_run_config(out)  # type: ignore[arg-type]
     config = resolve_config(base, overrides + list(set_ or []))
-    chosen_method = METHODS.get(config.train.method)  # an unknown method fails here, before anything is written
+    chosen_family = FAMILIES.get(config.model.family)  # an unknown family fails here, before anything is written
     given = [f"--{name.replace('_', '-')}" for name, value in expert_switches.items() if value is not None]
-    if given and not chosen_method.uses_experts:
-        raise ConfigError(f"{given[0]} configures experts, but method '{config.train.method}' trains none: "
-                          f"use rome+{config.train.method} (or drop the expert switches)")
-    run_dir = out or Path("runs") / f"{config.train.method}-{config.preset}"
+    if given and not chosen_family.has_experts:
+        raise ConfigError(f"{given[0]} configures experts, but family '{config.model.family}' has none: "
+                          f"use --method rome+{config.train.recipe} (or drop the expert switches)")
+    run_dir = out or Path("runs") / f"{config.method}-{config.preset}"
     final = Trainer(config, run_dir, progress=progress).fit(resume=resume, force=force)
-    typer.echo(f"trained {config.train.method} ({config.preset}) -> {final.parent}")
+    typer.echo(f"trained {config.method} ({config.preset}) -> {final.parent}")
 
 
 @app.command("eval")
@@ -154,11 +192,11 @@ def evaluate(
              "row: random (gates drawn uniformly from the simplex) | inverse ((1 − g)/(K − 1)) | removed.")] = None,
 ) -> None:
     """Evaluate a trained run (or --model-file) on every threat of a suite; results go to the store per example."""
+    from rome_bench.config import resolve_device
     from rome_bench.data import evaluation_indices
     from rome_bench.evaluation.runner import evaluate_run, with_gating_variant
     from rome_bench.evaluation.store import ResultStore
     from rome_bench.evaluation.suites import SUITES
-    from rome_bench.training.trainer import resolve_device
 
     if batch_size < 1:
         raise ConfigError("--batch-size must be >= 1")
@@ -239,9 +277,9 @@ def _default_plot(run: Path | None, suite: str, dataset: str) -> Path:
 def _load_model_and_data(run: Path | None, model_file: str | None, weights: Path | None, preset_name: str,
                          data_dir: str | None, device: object) -> tuple[object, object]:
     """The model to evaluate (a run, or an external module under a preset's dataset and ε) and its test data."""
+    from rome_bench.checkpoint import read_run_config
     from rome_bench.data import load_dataset
     from rome_bench.evaluation.runner import load_external_run, load_run
-    from rome_bench.training.trainer import read_run_config
 
     if run is not None:
         config = read_run_config(run)
@@ -343,10 +381,10 @@ def _existing_store(store: Path | None) -> Path:
 def _print_leaderboard(results: ResultStore, suite: str, dataset: str | None, format_: str,
                        references: list[str], costs: bool = False, out: Path | None = None,
                        detail: bool = False) -> None:
+    from rome_bench.checkpoint import atomic_write_text
     from rome_bench.evaluation.leaderboard import RENDERERS, build_leaderboard
     from rome_bench.evaluation.reference import load_reference
     from rome_bench.evaluation.suites import SUITES
-    from rome_bench.training.checkpoint import atomic_write_text
 
     if format_ not in RENDERERS:
         raise ConfigError(f"unknown format '{format_}'; choose one of: {', '.join(RENDERERS)}")
@@ -369,10 +407,10 @@ def export(
     store: Annotated[Path | None, typer.Option(help="SQLite results store (default: in the cache dir).")] = None,
 ) -> None:
     """Export the per-example matrix (examples × threats, plus union) of every completed run, for pandas."""
+    from rome_bench.checkpoint import atomic_write_text
     from rome_bench.evaluation.export import matrix_csv
     from rome_bench.evaluation.store import ResultStore
     from rome_bench.evaluation.suites import SUITES
-    from rome_bench.training.checkpoint import atomic_write_text
 
     chosen = SUITES.get(suite)
     with ResultStore(_existing_store(store)) as results:
@@ -394,6 +432,7 @@ def check(
     """Re-evaluate the referenced models and fail (exit 1) when a number leaves its binomial tolerance."""
     import tempfile
 
+    from rome_bench.config import resolve_device
     from rome_bench.evaluation.regression import (
         check_fingerprint,
         compare,
@@ -404,7 +443,6 @@ def check(
         write_reference,
     )
     from rome_bench.evaluation.store import ResultStore
-    from rome_bench.training.trainer import resolve_device
 
     document = read_reference(reference)
     base = Path(document["_path"]).parent
@@ -435,21 +473,24 @@ def check(
 
 @app.command("list")
 def list_entries(
-    kind: Annotated[str, typer.Argument(help="threats | models | methods | datasets | suites | presets")],
+    kind: Annotated[str, typer.Argument(
+        help="threats | models | methods (= recipes) | families | datasets | suites | presets")],
 ) -> None:
     """List registered entries with their metadata."""
     from rome_bench.config import PRESETS
     from rome_bench.data import DATASETS
     from rome_bench.evaluation.suites import SUITES
-    from rome_bench.models import MODELS
+    from rome_bench.models import FAMILIES, MODELS
     from rome_bench.threats import THREATS
-    from rome_bench.training.methods import METHODS
+    from rome_bench.training import recipes as _recipes  # noqa: F401  (registers the built-in recipes)
+    from rome_bench.training.recipe import RECIPES
 
     if kind == "presets":
         for name in PRESETS:
             typer.echo(name)
         return
-    registries = {"threats": THREATS, "models": MODELS, "methods": METHODS, "datasets": DATASETS, "suites": SUITES}
+    registries = {"threats": THREATS, "models": MODELS, "methods": RECIPES, "recipes": RECIPES, "families": FAMILIES,
+                  "datasets": DATASETS, "suites": SUITES}
     if kind not in registries:
         raise ConfigError(f"unknown kind '{kind}'; choose one of: {', '.join([*registries, 'presets'])}")
     for entry in registries[kind].entries():
@@ -482,11 +523,11 @@ def analyze_gating(
 ) -> None:
     """Routing divergence and held-out threat classifier of a run's gates, stored for the leaderboard, plus the
     KDE (paper Fig. 3) and per-patch activation (Fig. 7) figures."""
+    from rome_bench.config import resolve_device
     from rome_bench.data import evaluation_indices
     from rome_bench.evaluation.gating_analysis import analyse_run, render_report
     from rome_bench.evaluation.store import ResultStore
     from rome_bench.evaluation.suites import SUITES
-    from rome_bench.training.trainer import resolve_device
 
     if batch_size < 1:
         raise ConfigError("--batch-size must be >= 1")

@@ -14,9 +14,12 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rome_bench.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 NORMS: tuple[str, ...] = ("l1", "l2", "linf")
 # Upper ends of the numeric settings: far above any real run, low enough that a typo fails at once.
@@ -34,6 +37,8 @@ class ThreatsConfig:
     eps: dict[str, float] = field(default_factory=lambda: {"l1": 12.0, "l2": 0.5, "linf": 8 / 255})
     train_steps: dict[str, int] = field(default_factory=lambda: {"l1": 20, "l2": 20, "linf": 10})
     eval_steps: dict[str, int] = field(default_factory=lambda: {"l1": 50, "l2": 50, "linf": 50})
+    # iterations of the training APGD (--train-attack apgd): 15 in the paper's Sec. 5.1
+    apgd_steps: dict[str, int] = field(default_factory=lambda: {"l1": 15, "l2": 15, "linf": 15})
     l1_sparsity: float = 0.05  # fraction of coordinates moved by one sparse ℓ1 steepest-ascent step
 
 
@@ -80,9 +85,11 @@ LEGACY_FIELDS: dict[str, str] = {"lambda_div": "routing_weight"}  # old name -> 
 
 @dataclass
 class ModelConfig:
+    family: str = "rome"  # plain (the backbone alone) | rome (LoRA experts + dual-scale gates); see `list families`
     backbone: str = "vit_base"
     patch_size: int = 4
     pretrained: str | None = None  # local checkpoint (safetensors or torch state dict) for the backbone
+    init_from: str | None = None  # robust fine-tuning: a run directory or weights file the whole model starts from
     rome: RomeConfig = field(default_factory=RomeConfig)
 
 
@@ -95,9 +102,14 @@ class DataConfig:
     augment: bool = True  # random crop (pad 4) + horizontal flip, for 32x32 data
 
 
+TRAIN_ATTACKS: tuple[str, ...] = ("pgd", "apgd")
+
+
 @dataclass
 class TrainConfig:
-    method: str = "rome+max"
+    recipe: str = "max"  # the training recipe (see `rome-bench list methods`); the model family is model.family
+    options: dict[str, Any] = field(default_factory=dict)  # the recipe's own settings, checked by the recipe
+    attack: str = "pgd"  # the ℓp training attack: pgd (the preset's steps) | apgd (best-loss APGD)
     epochs: int = 20
     warmup_epochs: float = 4.0
     decay_epochs: float = 12.0  # linear decay to decay_floor·lr
@@ -126,9 +138,41 @@ class RunConfig:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
+    @property
+    def method(self) -> str:
+        """The run's name for recipe and family: ``max`` on the plain backbone, ``rome+max`` with RoME experts."""
+        return method_name(self.train.recipe, self.model.family)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
-        return _from_dict(cls, data, "")
+        return _from_dict(cls, upgrade_legacy(data), "")
+
+
+def method_name(recipe: str, family: str) -> str:
+    return recipe if family == "plain" else f"{family}+{recipe}"
+
+
+def split_method(method: str, families: list[str]) -> tuple[str, str]:
+    """``rome+max`` -> (recipe ``max``, family ``rome``); a name without a family prefix is the plain backbone."""
+    prefix, plus, rest = method.partition("+")
+    if plus and prefix in families and rest:
+        return rest, prefix
+    return method, "plain"
+
+
+def upgrade_legacy(data: dict[str, Any]) -> dict[str, Any]:
+    """Configs saved before recipes and families were separate hold ``train.method = "rome+max"``: split it."""
+    train = data.get("train")
+    if not isinstance(train, dict) or "method" not in train:
+        return data
+    train = dict(train)
+    method = train.pop("method")
+    if not isinstance(method, str):
+        raise ConfigError(f"config field 'train.method' must be a text value, got {method!r}")
+    recipe, family = split_method(method, ["rome"])  # the only family a legacy run could have
+    model = dict(data.get("model") or {})
+    model.setdefault("family", family)
+    return {**data, "train": {**train, "recipe": recipe}, "model": model}
 
 
 def _from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:
@@ -163,6 +207,10 @@ def _typed_value(path: str, hint: Any, value: Any) -> Any:
         if not isinstance(value, list | tuple) or not all(isinstance(item, str) for item in value):
             raise ConfigError(f"config field '{path}' must be a list of names, got {value!r}")
         return tuple(value)
+    if origin is dict and args[1] is Any:
+        if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
+            raise ConfigError(f"config field '{path}' must be a table of named settings, got {value!r}")
+        return dict(value)
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"config field '{path}' must be a table of {', '.join(NORMS)} values, got {value!r}")
@@ -241,7 +289,8 @@ def apply_override(config: RunConfig, assignment: str, check: bool = True) -> Ru
             raise ConfigError(f"unknown config field '{path}'; see the resolved config.json of a run for names")
         node = node[key]
     last = keys[-1]
-    if not isinstance(node, dict) or (last not in node and not _is_norm_table(node)):
+    free_table = keys[:-1] == ["train", "options"]  # a recipe's options: the recipe checks names and values
+    if not isinstance(node, dict) or (last not in node and not _is_norm_table(node) and not free_table):
         raise ConfigError(f"unknown config field '{path}'; see the resolved config.json of a run for names")
     node[last] = _coerce(path, raw, node.get(last))
     resolved = RunConfig.from_dict(data)
@@ -289,6 +338,19 @@ def is_device_name(name: str) -> bool:
     return name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())
 
 
+def resolve_device(name: str) -> torch.device:
+    """The torch device for a device name (``auto``: CUDA when available, else the CPU)."""
+    import torch
+
+    if not is_device_name(name):
+        raise ConfigError(f"unknown device '{name}'; use {DEVICE_NAMES}")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' asked for, but CUDA is not available here; use --device cpu")
+    return torch.device(name)
+
+
 def non_finite_fields(node: Any, prefix: str = "") -> list[str]:
     """Paths of the number fields of a config dict that are NaN or infinite (JSON accepts NaN and Infinity)."""
     if isinstance(node, dict):
@@ -313,6 +375,8 @@ def validate(config: RunConfig) -> None:
         (train.checkpoint_every >= 1, "train.checkpoint_every must be >= 1"),
         (config.model.patch_size >= 1, "model.patch_size must be >= 1"),
         (is_device_name(config.train.device), f"train.device must be {DEVICE_NAMES}"),
+        (train.attack in TRAIN_ATTACKS, f"train.attack must be one of {', '.join(TRAIN_ATTACKS)} "
+                                        f"(got '{train.attack}')"),
         (config.data.eval_examples >= 1, "data.eval_examples must be >= 1"),
         (config.data.train_size is None or config.data.train_size >= 1, "data.train_size must be >= 1"),
         (1 <= config.model.rome.num_experts <= MAX_EXPERTS, f"model.rome.num_experts must be between 1 and "
@@ -322,11 +386,11 @@ def validate(config: RunConfig) -> None:
         *rome_checks(config.model.rome),
         (0 < config.threats.l1_sparsity <= 1, "threats.l1_sparsity must be in (0, 1]"),
     ]
-    for table in ("eps", "train_steps", "eval_steps"):
+    for table in ("eps", "train_steps", "eval_steps", "apgd_steps"):
         values = getattr(config.threats, table)
         checks.append((set(values) == set(NORMS), f"threats.{table} needs exactly the keys l1, l2, linf"))
         checks.append((all(v > 0 for v in values.values()), f"threats.{table} values must be > 0"))
-    for table in ("train_steps", "eval_steps"):
+    for table in ("train_steps", "eval_steps", "apgd_steps"):
         checks.append((all(isinstance(v, int) and v <= MAX_STEPS for v in getattr(config.threats, table).values()),
                        f"threats.{table} values must be whole numbers <= {MAX_STEPS}"))
     for ok, message in checks:

@@ -19,26 +19,24 @@ from pathlib import Path
 
 import torch
 
-from rome_bench.config import RunConfig, apply_override, preset, validate
+from rome_bench.checkpoint import (
+    CONFIG_FILE,
+    MODEL_STEM,
+    latest_training_checkpoint,
+    load_tensors_with_sidecar,
+    read_run_config,
+)
+from rome_bench.config import RunConfig, apply_override, preset, resolve_device, validate
 from rome_bench.data import evaluation_indices, fetch_batch, load_dataset
 from rome_bench.errors import CheckpointError, ConfigError
 from rome_bench.evaluation.runner import evaluate_run, load_run
 from rome_bench.evaluation.store import ResultStore
 from rome_bench.evaluation.suites import SUITES
 from rome_bench.models import create_model
-from rome_bench.threats import seen_threats
-from rome_bench.training.checkpoint import MODEL_STEM, latest_training_checkpoint, load_tensors_with_sidecar
-from rome_bench.training.methods import METHODS
-from rome_bench.training.trainer import (
-    CONFIG_FILE,
-    Trainer,
-    adversarial_training_step,
-    build_optimizer,
-    read_run_config,
-    resolve_device,
-)
+from rome_bench.training.recipe import Batch, StepContext, build_recipe
+from rome_bench.training.trainer import Trainer, build_optimizer, train_step
 
-DEMO_METHODS: tuple[str, ...] = ("max", "rome+max")
+DEMO_METHODS: dict[str, tuple[str, str]] = {"max": ("max", "plain"), "rome+max": ("max", "rome")}  # recipe, family
 DEMO_PRESET = "smoke"
 DEMO_SUITE = "seen-pgd"
 DEMO_EXAMPLES = 200
@@ -70,9 +68,9 @@ def plan_demo(out: Path, suite: str = DEMO_SUITE, n_examples: int = DEMO_EXAMPLE
     if n_examples < 1:
         raise ConfigError("--n-examples must be >= 1")
     configs = {}
-    for method in DEMO_METHODS:
+    for method, (recipe, family) in DEMO_METHODS.items():
         config = preset(DEMO_PRESET)
-        for assignment in [*(overrides or []), f"train.method={method}"]:
+        for assignment in [*(overrides or []), f"train.recipe={recipe}", f"model.family={family}"]:
             config = apply_override(config, assignment, check=False)
         validate(config)
         if run_state(out / method) != "new" and read_run_config(out / method).to_dict() != config.to_dict():
@@ -102,18 +100,18 @@ def total_steps(config: RunConfig) -> int:
 
 def time_training_step(config: RunConfig) -> float:
     """Seconds of one training step of ``config``'s method on a fresh model (the second of two, after warm-up)."""
-    method = METHODS.get(config.train.method)
+    recipe = build_recipe(config.train.recipe, config.train.options, config.threats, config.train.attack)
     device = resolve_device(config.train.device)
     data = load_dataset(config.data.dataset, "train", config.data.data_dir, size=config.train.batch_size)
-    model = create_model(config.model, data.info, with_experts=method.uses_experts).to(device)
-    optimizer = build_optimizer(model, config.train)
-    threats = seen_threats(config.threats.eps, config.threats.train_steps, config.threats.l1_sparsity,
-                           keep_adversarial=False)
+    model = create_model(config.model, data.info).to(device)
+    parameters = recipe.parameters(model)
+    optimizer = build_optimizer(parameters, config.train)
+    ctx = StepContext(model, parameters, None)
     images, labels = (t.to(device) for t in fetch_batch(data.dataset, list(range(len(data.dataset)))))
     elapsed = 0.0
-    for _ in range(2):
+    for step in range(2):
         started = time.perf_counter()
-        adversarial_training_step(model, method, threats, images, labels, None, optimizer)
+        train_step(recipe, ctx, optimizer, Batch(images, labels, step, 0))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         elapsed = time.perf_counter() - started
@@ -126,10 +124,9 @@ def time_evaluation(config: RunConfig, suite: str, n_examples: int) -> float:
     For a cascade such as AutoAttack this is a lower bound: on a fresh model the first attack breaks nearly every
     example, while on a trained one more of them reach the later, costlier attacks.
     """
-    method = METHODS.get(config.train.method)
     device = resolve_device(config.train.device)
     data = load_dataset(config.data.dataset, "test", config.data.data_dir)
-    model = create_model(config.model, data.info, with_experts=method.uses_experts).to(device).eval()
+    model = create_model(config.model, data.info).to(device).eval()
     images, labels = (t.to(device) for t in fetch_batch(data.dataset, list(range(_TIMING_EXAMPLES))))
     started = time.perf_counter()
     for threat in SUITES.get(suite).build(config.threats):

@@ -83,16 +83,16 @@ def test_a_model_with_unusable_outputs_gets_no_stored_row(cli_main, tmp_path, ki
 def test_a_loss_that_becomes_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     """Poisoned weights after step 4 (a checkpoint) make step 5's loss NaN: the run stops there, nothing NaN saved."""
     run_dir = tmp_path / "run"
-    models = []
+    trained = []
     build_optimizer = trainer_module.build_optimizer
-    monkeypatch.setattr(trainer_module, "build_optimizer", lambda model, config: (models.append(model),
-                                                                                  build_optimizer(model, config))[1])
+    monkeypatch.setattr(trainer_module, "build_optimizer", lambda parameters, config: (
+        trained.extend(parameters), build_optimizer(parameters, config))[1])
     written = {}
 
     def poison(step: int) -> None:
         if step == 4:
             written.update(tree_digest(run_dir))
-            for parameter in models[0].parameters():
+            for parameter in trained:
                 parameter.data.fill_(float("nan"))
 
     with pytest.raises(TrainingError, match=r"training loss became nan at step 5 .* the last good checkpoint .*"

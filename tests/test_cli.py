@@ -41,7 +41,8 @@ def trained_run(tmp_path_factory) -> Path:
 def test_train_eval_leaderboard_end_to_end(trained_run, tmp_path):
     store = tmp_path / "results.sqlite"
     config = json.loads((trained_run / "config.json").read_text())
-    assert config["train"]["method"] == "rome+max" and config["data"]["dataset"] == "synthetic"
+    assert (config["train"]["recipe"], config["model"]["family"]) == ("max", "rome")
+    assert config["data"]["dataset"] == "synthetic"
     result = rome_bench("eval", "--run", str(trained_run), "--suite", "seen", "--n-examples", "10", "--store",
                         str(store), "--no-progress")
     assert result.returncode == 0, result.stderr
@@ -56,7 +57,7 @@ def test_train_eval_leaderboard_end_to_end(trained_run, tmp_path):
 
 def test_unknown_method_fails_cleanly_and_writes_nothing(cli_main, tmp_path):
     result = cli_main("train", "--method", "rome+maxx", *TINY, "--out", str(tmp_path / "x"))
-    assert_one_line_error(result, "unknown methods 'rome+maxx'", "did you mean 'rome+max'")
+    assert_one_line_error(result, "unknown method 'rome+maxx'", "did you mean 'rome+max'")
     assert not (tmp_path / "x").exists()
 
 

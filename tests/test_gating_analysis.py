@@ -13,6 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from rome_bench.checkpoint import MODEL_STEM, save_tensors_with_sidecar
 from rome_bench.cli import app, main
 from rome_bench.config import RomeConfig, preset
 from rome_bench.data import load_dataset
@@ -39,7 +40,6 @@ from rome_bench.evaluation.suites import SUITES
 from rome_bench.models import MODELS, ImageClassifier, create_model
 from rome_bench.models.rome import LoRAExpertMixture, add_rome_experts
 from rome_bench.threats import L2PGD, Clean, LinfPGD
-from rome_bench.training.checkpoint import MODEL_STEM, save_tensors_with_sidecar
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CPU = torch.device("cpu")
@@ -256,11 +256,12 @@ def write_run(run_dir: Path, method: str) -> Path:
     """A micro run directory (vit_micro, 1-step PGD evaluation) with random gates, written without training."""
     config = preset("smoke")
     config.model.backbone = "vit_micro"
-    config.train.method = method
+    config.train.recipe = method.removeprefix("rome+")
+    config.model.family = "rome" if method.startswith("rome+") else "plain"
     config.threats.eval_steps = {"l1": 1, "l2": 1, "linf": 1}
     info = load_dataset("synthetic", "test").info
     torch.manual_seed(0)
-    model = create_model(config.model, info, with_experts=method.startswith("rome+"))
+    model = create_model(config.model, info)
     generator = torch.Generator().manual_seed(0)
     for module in model.modules():
         if isinstance(module, LoRAExpertMixture):

@@ -4,18 +4,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from rome_bench.cli import resolve_config
 from rome_bench.config import apply_override, preset
 from rome_bench.errors import CheckpointError
 from rome_bench.training.trainer import Trainer, augment_batch, learning_rate
 
 
 def tiny_config(method: str = "rome+max"):
-    config = preset("smoke")
-    for assignment in ("model.backbone=vit_micro", "data.train_size=96", "train.batch_size=16", "train.epochs=2",
-                       "train.checkpoint_every=4", f"train.method={method}", "threats.train_steps.l1=2",
-                       "threats.train_steps.l2=2", "threats.train_steps.linf=1"):
-        config = apply_override(config, assignment)
-    return config
+    return resolve_config(preset("smoke"), [
+        "model.backbone=vit_micro", "data.train_size=96", "train.batch_size=16", "train.epochs=2",
+        "train.checkpoint_every=4", f"train.method={method}", "threats.train_steps.l1=2",
+        "threats.train_steps.l2=2", "threats.train_steps.linf=1"])
 
 
 class Killed(Exception):
@@ -44,7 +43,7 @@ def test_resumed_run_ends_with_the_same_weights_as_an_unbroken_run(tmp_path, met
     for name in expected:
         assert torch.equal(expected[name], actual[name]), name
     sidecar = json.loads(resumed.read_text())
-    assert sidecar["method"] == method and sidecar["config"]["train"]["method"] == method
+    assert sidecar["method"] == method and sidecar["config"]["train"]["recipe"] == method.removeprefix("rome+")
     assert len(sidecar["data_fingerprint"]) == 64
 
 

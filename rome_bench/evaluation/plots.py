@@ -14,7 +14,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from rome_bench.training.checkpoint import atomic_write_bytes
+from rome_bench.checkpoint import atomic_write_bytes
 
 ROSE_LABEL = "accuracy rose with ε"
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from rome_bench.checkpoint import atomic_write_text
 from rome_bench.data import evaluation_indices, load_dataset
 from rome_bench.errors import ConfigError, RomeBenchError
 from rome_bench.evaluation.leaderboard import Z_95, Row, measured_row, wilson_interval
@@ -25,7 +26,6 @@ from rome_bench.evaluation.runner import evaluate_run, load_run
 from rome_bench.evaluation.store import ResultStore
 from rome_bench.evaluation.suites import SUITES
 from rome_bench.jsonfiles import read_json
-from rome_bench.training.checkpoint import atomic_write_text
 
 REFERENCE_DIR = Path(__file__).resolve().parents[2] / "leaderboards" / "reference"
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from rome_bench.checkpoint import load_final_weights, read_run_config
 from rome_bench.config import RunConfig
 from rome_bench.data import DatasetInfo, LoadedDataset, fetch_batch
 from rome_bench.errors import CheckpointError, ConfigError, ModelOutputError, ThreatOutputError
@@ -29,9 +30,6 @@ from rome_bench.evaluation.validity import batch_model_flags, refresh_computed_f
 from rome_bench.models import content_hash, create_model
 from rome_bench.models.external import state_dict_mismatch
 from rome_bench.threats import Clean, Threat
-from rome_bench.training.checkpoint import MODEL_STEM, load_tensors_with_sidecar
-from rome_bench.training.methods import METHODS
-from rome_bench.training.trainer import read_run_config
 
 
 @dataclass
@@ -57,20 +55,32 @@ def load_run(run_dir: Path, info: DatasetInfo, device: torch.device) -> LoadedRu
     The model hash covers the weights and the model config (β schedule, gating, …), which weights alone do not fix.
     """
     config = read_run_config(run_dir)
-    sidecar = run_dir / f"{MODEL_STEM}.json"
-    if not sidecar.exists():
-        raise CheckpointError(f"run {run_dir} has no final model yet; finish it with "
-                              f"rome-bench train --out {run_dir} --resume")
-    tensors, metadata = load_tensors_with_sidecar(sidecar)
-    model = create_model(config.model, info, with_experts=METHODS.get(config.train.method).uses_experts)
+    tensors, metadata = load_final_weights(run_dir)
+    model = create_model(config.model, info)
     if problem := state_dict_mismatch(model.state_dict(), tensors):
         raise CheckpointError(f"weights in {run_dir} do not fit the model its config.json describes: {problem}; "
                               f"restore the run's own config.json and model files, or retrain")
     model.load_state_dict(tensors)
     model.to(device).eval().requires_grad_(False)
-    model_config = json.dumps(dataclasses.asdict(config.model), sort_keys=True)
-    model_hash = hashlib.sha256(f"{content_hash(model)}/{model_config}".encode()).hexdigest()
-    return LoadedRun(model, config, metadata, model_hash, run_dir, config.train.method)
+    model_hash = hashlib.sha256(f"{content_hash(model)}/{model_identity(config)}".encode()).hexdigest()
+    return LoadedRun(model, config, metadata, model_hash, run_dir, config.method)
+
+
+# Families older runs had; their weights' names already tell them apart, so leaving the family out of the hash
+# keeps the model hashes (and stored results) of runs trained before model.family existed.
+FAMILIES_BEFORE_FIELD = ("plain", "rome")
+
+
+def model_identity(config: RunConfig) -> str:
+    """The model config as hashed into the model hash (β schedule, gating, … fix what weights alone do not).
+
+    ``init_from`` (where training started) does not change the model and is left out.
+    """
+    fields = dataclasses.asdict(config.model)
+    fields.pop("init_from")
+    if fields["family"] in FAMILIES_BEFORE_FIELD:
+        fields.pop("family")
+    return json.dumps(fields, sort_keys=True)
 
 
 def with_gating_variant(run: LoadedRun, variant: str) -> LoadedRun:

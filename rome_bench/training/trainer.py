@@ -4,17 +4,19 @@ Everything random is either drawn from a generator seeded by (seed, epoch) or (s
 the augmentation — or from the global torch RNG, whose state is saved in every checkpoint — model initialisation,
 PGD random starts and RANDOM's threat draws. A run resumed from a checkpoint therefore continues bit for bit.
 
-The loop is ready for torchrun DDP: it takes ``rank`` and ``world_size``, each rank reads its own shard of the
-epoch's permutation, and only rank 0 writes.
+What happens inside a step is the recipe's (``training/recipe.py``); the model is built by its family
+(``model.family``). ``rank``/``world_size`` shard the epoch's permutation and only rank 0 writes, but gradients are
+not yet averaged across processes: multi-process training is not supported yet.
 """
 
 from __future__ import annotations
 
 import math
+import platform
 import shutil
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -23,38 +25,27 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from rome_bench.config import DEVICE_NAMES, RunConfig, TrainConfig, is_device_name, validate
-from rome_bench.data import LoadedDataset, fetch_batch, load_dataset
-from rome_bench.errors import CheckpointError, ConfigError, TrainingError
-from rome_bench.jsonfiles import read_json
-from rome_bench.models import create_model, gate_outputs
-from rome_bench.threats import Threat, seen_threats
-from rome_bench.training.checkpoint import (
+from rome_bench.checkpoint import (
     CHECKPOINT_DIR,
+    CONFIG_FILE,
     MODEL_STEM,
+    RUN_FILES,
     atomic_write_text,
     git_commit,
     latest_training_checkpoint,
     load_tensors_with_sidecar,
+    read_run_config,
     save_tensors_with_sidecar,
     save_training_checkpoint,
 )
-from rome_bench.training.methods import METHODS, Method
+from rome_bench.config import RunConfig, TrainConfig, resolve_device, validate
+from rome_bench.data import LoadedDataset, fetch_batch, load_dataset
+from rome_bench.errors import CheckpointError, TrainingError
+from rome_bench.models import FAMILIES, create_model
+from rome_bench.training import recipes as _recipes  # noqa: F401  (registers the built-in recipes)
+from rome_bench.training.finetune import load_initial_weights
+from rome_bench.training.recipe import Batch, Recipe, StepContext, StepResult, build_recipe
 from rome_bench.training.routing import build_routing_loss
-
-CONFIG_FILE = "config.json"
-RUN_FILES = (CONFIG_FILE, f"{MODEL_STEM}.json", f"{MODEL_STEM}.safetensors")
-
-
-def read_run_config(run_dir: Path) -> RunConfig:
-    """The resolved config a run was trained with."""
-    path = run_dir / CONFIG_FILE
-    if not path.exists():
-        raise CheckpointError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); train one with rome-bench train")
-    try:
-        return RunConfig.from_dict(read_json(path, "run config"))
-    except ConfigError as error:
-        raise CheckpointError(f"{path}: {error}; restore the run's config.json or retrain") from error
 
 
 def learning_rate(config: TrainConfig, epoch_progress: float) -> float:
@@ -76,19 +67,9 @@ def learning_rate(config: TrainConfig, epoch_progress: float) -> float:
     return config.lr * config.final_floor
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(parameters: Iterable[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
     """AdamW (the paper's optimiser), with the fused kernel: one launch for all parameters."""
-    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
-
-
-def resolve_device(name: str) -> torch.device:
-    if not is_device_name(name):
-        raise ConfigError(f"unknown device '{name}'; use {DEVICE_NAMES}")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device '{name}' asked for, but CUDA is not available here; use --device cpu")
-    return torch.device(name)
+    return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay, fused=True)
 
 
 def epoch_permutation(num_examples: int, seed: int, epoch: int) -> torch.Tensor:
@@ -111,79 +92,77 @@ def augment_batch(images: torch.Tensor, seed: int, step: int, padding: int = 4) 
     return torch.where(flips.to(images.device).view(-1, 1, 1, 1), cropped.flip(-1), cropped)
 
 
-@dataclass
-class StepStats:
-    loss: float
-    routing_loss: float
-    clean_correct: int
-    examples: int
-    threat_correct: list[int] = field(default_factory=list)
-    threat_examples: list[int] = field(default_factory=list)
-
-
-def adversarial_training_step(model: nn.Module, method: Method, threats: list[Threat], images: torch.Tensor,
-                              labels: torch.Tensor, routing_loss: nn.Module | None,
-                              optimizer: torch.optim.Optimizer) -> StepStats:
-    """Generate the method's adversarial examples in eval mode, then one optimizer step in train mode."""
-    model.eval()
-    with torch.no_grad():
-        clean_correct = int((model(images).argmax(1) == labels).sum())
-    example_index, threat_ids = method.assign(len(images), len(threats), images.device)
-    adversarial = torch.empty((len(example_index), *images.shape[1:]), device=images.device)
-    for threat_id, threat in enumerate(threats):
-        chosen = threat_ids == threat_id
-        if chosen.any():
-            picked = example_index[chosen]
-            adversarial[chosen] = threat(model, images[picked], labels[picked])
-    model.train()
-    targets = labels[example_index]
-    logits = model(adversarial)
-    losses = F.cross_entropy(logits, targets, reduction="none")
-    loss = method.aggregate(losses, (example_index, threat_ids), len(images))
-    routing = routing_loss(gate_outputs(model), threat_ids) if routing_loss is not None else None
-    total = loss + routing if routing is not None else loss
+def train_step(recipe: Recipe, ctx: StepContext, optimizer: torch.optim.Optimizer, batch: Batch) -> StepResult:
+    """One optimizer step: the recipe fills the gradients; a non-finite loss leaves the weights untouched."""
     optimizer.zero_grad(set_to_none=True)
-    total.backward()
-    optimizer.step()
-    correct = logits.argmax(1) == targets
-    return StepStats(
-        loss=float(loss.detach()), routing_loss=float(routing.detach()) if routing is not None else 0.0,
-        clean_correct=clean_correct,
-        examples=len(images),
-        threat_correct=[int(correct[threat_ids == t].sum()) for t in range(len(threats))],
-        threat_examples=[int((threat_ids == t).sum()) for t in range(len(threats))],
-    )
+    result = recipe.update(ctx, batch)
+    if torch.isfinite(result.loss.detach()).all():
+        optimizer.step()
+    return result
 
 
 class RunningMetrics:
-    """Epoch averages shown on the progress bar and stored in checkpoints."""
+    """Epoch averages shown on the progress bar and stored in checkpoints: losses, logs, per-column accuracy."""
 
-    def __init__(self, threat_columns: list[str]) -> None:
-        self.columns = threat_columns
+    def __init__(self) -> None:
         self.reset()
 
     def reset(self) -> None:
-        self.loss_sum = self.routing_sum = 0.0
-        self.steps = self.clean_correct = self.examples = 0
-        self.threat_correct = [0] * len(self.columns)
-        self.threat_examples = [0] * len(self.columns)
+        self.steps = 0
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, list[int]] = {}
 
-    def add(self, stats: StepStats) -> None:
+    def add(self, result: StepResult) -> None:
         self.steps += 1
-        self.loss_sum += stats.loss
-        self.routing_sum += stats.routing_loss
-        self.clean_correct += stats.clean_correct
-        self.examples += stats.examples
-        for i in range(len(self.columns)):
-            self.threat_correct[i] += stats.threat_correct[i]
-            self.threat_examples[i] += stats.threat_examples[i]
+        for name, value in {"loss": float(result.loss.detach()), **result.logs}.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value
+        for column, (correct, total) in result.correct.items():
+            counts = self.counts.setdefault(column, [0, 0])
+            counts[0] += correct
+            counts[1] += total
 
     def summary(self) -> dict[str, float]:
-        result = {"loss": self.loss_sum / max(self.steps, 1), "routing": self.routing_sum / max(self.steps, 1),
-                  "clean_acc": self.clean_correct / max(self.examples, 1)}
-        for column, correct, total in zip(self.columns, self.threat_correct, self.threat_examples, strict=True):
-            result[f"{column}_acc"] = correct / max(total, 1)
+        result = {name: total / max(self.steps, 1) for name, total in self.sums.items()}
+        result.update({f"{column}_acc": correct / max(total, 1) for column, (correct, total) in self.counts.items()})
         return result
+
+
+class CostMeter:
+    """Training cost for the leaderboard: wall time and images through the model's forward (and backward).
+
+    A forward with autograd on counts as a forward and a backward (every such forward in training is followed by
+    one backward, of the attack's or of the update's loss). Counts accumulate across resumes.
+    """
+
+    def __init__(self, model: nn.Module, device: torch.device) -> None:
+        self.device = device
+        self.forward_images = self.backward_images = 0
+        self.seconds = 0.0
+        self._started = time.perf_counter()
+        model.register_forward_pre_hook(self._count)
+
+    def _count(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        images = len(inputs[0]) if inputs and isinstance(inputs[0], torch.Tensor) else 0
+        self.forward_images += images
+        if torch.is_grad_enabled():
+            self.backward_images += images
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        self.forward_images = int(saved.get("forward_images", 0))
+        self.backward_images = int(saved.get("backward_images", 0))
+        self.seconds = float(saved.get("wall_seconds", 0.0))
+        self._started = time.perf_counter()
+
+    def summary(self) -> dict[str, Any]:
+        return {"wall_seconds": round(self.seconds + time.perf_counter() - self._started, 3),
+                "device": str(self.device), "device_name": device_name(self.device),
+                "forward_images": self.forward_images, "backward_images": self.backward_images}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine() or "cpu"
 
 
 def check_run_dir(run_dir: Path, config: RunConfig, resume: bool, force: bool) -> bool:
@@ -225,7 +204,10 @@ class Trainer:
         self.rank = rank
         self.world_size = world_size
         self.progress = progress and rank == 0
-        self.method: Method = METHODS.get(config.train.method)
+        self.family = FAMILIES.get(config.model.family)
+        self.recipe: Recipe = build_recipe(config.train.recipe, config.train.options, config.threats,
+                                           config.train.attack)
+        self.recipe.threats()  # a recipe that cannot build its threats fails here, before anything is written
         self.device = resolve_device(config.train.device)
 
     @property
@@ -240,23 +222,26 @@ class Trainer:
         data = load_dataset(config.data.dataset, "train", config.data.data_dir, size=config.data.train_size,
                             seed=config.train.seed)
         torch.manual_seed(config.train.seed)
-        model = create_model(config.model, data.info, with_experts=self.method.uses_experts).to(self.device)
-        optimizer = build_optimizer(model, config.train)
-        threats = seen_threats(config.threats.eps, config.threats.train_steps, config.threats.l1_sparsity,
-                               keep_adversarial=False)
-        routing_loss = self._routing_loss(len(threats))
+        model = create_model(config.model, data.info)
+        if config.model.init_from:
+            load_initial_weights(model, config.model, data.info)
+        model = model.to(self.device)
+        parameters = self.recipe.parameters(model)
+        optimizer = build_optimizer(parameters, config.train)
+        ctx = StepContext(model, parameters, self._routing_loss(len(self.recipe.threats())))
+        costs = CostMeter(model, self.device)
         if self.writes and not resume:
             if must_clear:
                 clear_run_dir(self.run_dir)
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / CONFIG_FILE, config.to_json())
-        global_step = self._restore(model, optimizer) if resume else 0
-        self._loop(model, optimizer, threats, routing_loss, data, global_step, on_step)
-        return self._save_final(model, data)
+        global_step = self._restore(model, optimizer, costs) if resume else 0
+        self._loop(ctx, optimizer, data, global_step, costs, on_step)
+        return self._save_final(model, data, costs)
 
     def _routing_loss(self, num_threats: int) -> nn.Module | None:
-        """λ·(the configured routing regulariser) for a model with experts; None without experts or with λ = 0."""
-        if not self.method.uses_experts:
+        """λ·(the configured routing regulariser) for a family with experts; None without experts or with λ = 0."""
+        if not self.family.has_experts:
             return None
         loss = build_routing_loss(self.config.model.rome, num_threats)
         return None if loss is None else loss.to(self.device)
@@ -267,12 +252,11 @@ class Trainer:
     def steps_per_epoch(self, num_examples: int) -> int:
         return math.ceil(len(range(self.rank, num_examples, self.world_size)) / self.config.train.batch_size)
 
-    def _loop(self, model: nn.Module, optimizer: torch.optim.Optimizer, threats: list[Threat],
-              routing_loss: nn.Module | None, data: LoadedDataset, global_step: int,
-              on_step: Callable[[int], None] | None) -> None:
+    def _loop(self, ctx: StepContext, optimizer: torch.optim.Optimizer, data: LoadedDataset, global_step: int,
+              costs: CostMeter, on_step: Callable[[int], None] | None) -> None:
         train = self.config.train
         per_epoch = self.steps_per_epoch(len(data.dataset))
-        metrics = RunningMetrics([threat.column for threat in threats])
+        metrics = RunningMetrics()
         start_epoch, start_batch = divmod(global_step, per_epoch)
         for epoch in range(start_epoch, train.epochs):
             metrics.reset()
@@ -286,14 +270,13 @@ class Trainer:
                 lr = learning_rate(train, global_step / per_epoch)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                stats = adversarial_training_step(model, self.method, threats, images, labels, routing_loss,
-                                                  optimizer)
-                self._stop_if_diverged(stats, global_step + 1, lr)
-                metrics.add(stats)
+                result = train_step(self.recipe, ctx, optimizer, Batch(images, labels, global_step, epoch))
+                self._stop_if_diverged(result, global_step + 1, lr)
+                metrics.add(result)
                 global_step += 1
                 bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.summary().items()}, refresh=False)
                 if self.writes and (global_step % train.checkpoint_every == 0 or batch == per_epoch - 1):
-                    self._checkpoint(model, optimizer, global_step, epoch, metrics.summary(), data)
+                    self._checkpoint(ctx.model, optimizer, global_step, epoch, metrics.summary(), data, costs)
                 if on_step is not None:
                     on_step(global_step)
             bar.close()
@@ -301,13 +284,14 @@ class Trainer:
                 summary = "  ".join(f"{k} {v:.4g}" for k, v in metrics.summary().items())
                 print(f"epoch {epoch + 1}/{train.epochs}  {summary}", file=sys.stderr)
 
-    def _stop_if_diverged(self, stats: StepStats, step: int, lr: float) -> None:
+    def _stop_if_diverged(self, result: StepResult, step: int, lr: float) -> None:
         """Stop before a NaN or infinite loss reaches a checkpoint: the ones on disk stay the last good weights."""
-        if math.isfinite(stats.loss) and math.isfinite(stats.routing_loss):
+        loss = float(result.loss.detach())
+        if math.isfinite(loss):
             return
         latest = latest_training_checkpoint(self.run_dir)
         kept = f"the last good checkpoint {latest} is kept" if latest else "no checkpoint had been written yet"
-        raise TrainingError(f"training loss became {stats.loss + stats.routing_loss} at step {step} (lr {lr:.3g}); "
+        raise TrainingError(f"training loss became {loss} at step {step} (lr {lr:.3g}); "
                             f"stopped, {kept}: lower train.lr (--lr) and train again with --force")
 
     def _batch(self, data: LoadedDataset, indices: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -321,6 +305,7 @@ class Trainer:
         for index, state in optimizer.state_dict()["state"].items():
             for key, value in state.items():
                 tensors[f"optim.{index}.{key}"] = torch.as_tensor(value)
+        tensors.update({f"recipe.{k}": v for k, v in self.recipe.state_dict().items()})
         tensors["rng.cpu"] = torch.get_rng_state()
         if torch.cuda.is_available():
             for index, state in enumerate(torch.cuda.get_rng_state_all()):
@@ -328,13 +313,13 @@ class Trainer:
         return tensors
 
     def _checkpoint(self, model: nn.Module, optimizer: torch.optim.Optimizer, global_step: int, epoch: int,
-                    metrics: dict[str, float], data: LoadedDataset) -> None:
-        metadata = self._metadata(data, epoch=epoch, metrics=metrics)
+                    metrics: dict[str, float], data: LoadedDataset, costs: CostMeter) -> None:
+        metadata = self._metadata(data, epoch=epoch, metrics=metrics, train_cost=costs.summary())
         metadata["param_groups"] = [{k: v for k, v in g.items() if k != "params"}
                                     for g in optimizer.state_dict()["param_groups"]]
         save_training_checkpoint(self.run_dir, global_step, self._state_tensors(model, optimizer), metadata)
 
-    def _restore(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    def _restore(self, model: nn.Module, optimizer: torch.optim.Optimizer, costs: CostMeter) -> int:
         sidecar = latest_training_checkpoint(self.run_dir)
         if sidecar is None:
             return 0  # killed before the first checkpoint: start over, which is the same run
@@ -349,20 +334,30 @@ class Trainer:
         for group, saved in zip(groups, metadata["param_groups"], strict=True):
             group.update(saved)
         optimizer.load_state_dict({"state": state, "param_groups": groups})
+        self.recipe.load_state_dict({k.removeprefix("recipe."): v for k, v in tensors.items()
+                                     if k.startswith("recipe.")})
+        costs.restore(metadata.get("train_cost") or {})
         torch.set_rng_state(tensors["rng.cpu"])
-        cuda_states = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+        cuda_states = [tensors[k] for k in sorted(tensors, key=_device_index) if k.startswith("rng.cuda.")]
         if cuda_states and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(cuda_states)
         return int(metadata["step"])
 
     def _metadata(self, data: LoadedDataset, **extra: Any) -> dict[str, Any]:
-        return {"method": self.config.train.method, "config": self.config.to_dict(), "git_commit": git_commit(),
+        return {"method": self.config.method, "recipe": self.config.train.recipe,
+                "family": self.config.model.family, "config": self.config.to_dict(), "git_commit": git_commit(),
                 "data_fingerprint": data.fingerprint, "data_source": data.source, **extra}
 
-    def _save_final(self, model: nn.Module, data: LoadedDataset) -> Path:
+    def _save_final(self, model: nn.Module, data: LoadedDataset, costs: CostMeter) -> Path:
         path = self.run_dir / f"{MODEL_STEM}.json"
         if self.writes:
             metadata = self._metadata(data, epoch=self.config.train.epochs, dataset=data.info.name,
-                                      num_classes=data.info.num_classes)
+                                      num_classes=data.info.num_classes, train_cost=costs.summary())
             path = save_tensors_with_sidecar(self.run_dir, MODEL_STEM, model.state_dict(), metadata)
         return path
+
+
+def _device_index(key: str) -> int:
+    """``rng.cuda.10`` sorts after ``rng.cuda.2``."""
+    tail = key.rsplit(".", 1)[-1]
+    return int(tail) if tail.isdigit() else -1

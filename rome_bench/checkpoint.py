@@ -1,4 +1,8 @@
-"""Checkpoints as safetensors + a JSON sidecar, written atomically; never pickle.
+"""Run directories and checkpoints: safetensors + a JSON sidecar, written atomically; never pickle.
+
+Training writes run directories through this module and evaluation reads them through it (never through
+``training/``). A run directory holds ``config.json`` (the resolved :class:`RunConfig`), ``model.{safetensors,json}``
+(the final weights) and ``checkpoints/step-*.{safetensors,json}`` (the newest training states).
 
 A checkpoint is two files, ``<stem>.safetensors`` (tensors) and ``<stem>.json`` (everything else, including the
 sha256 of the tensor file). Each is written to a temporary file in the same directory and moved into place with
@@ -20,12 +24,35 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as serialize_tensors
 
-from rome_bench.errors import CheckpointError
+from rome_bench.config import RunConfig
+from rome_bench.errors import CheckpointError, ConfigError
 from rome_bench.jsonfiles import read_json
 
 CHECKPOINT_DIR = "checkpoints"
 MODEL_STEM = "model"
+CONFIG_FILE = "config.json"
+RUN_FILES = (CONFIG_FILE, f"{MODEL_STEM}.json", f"{MODEL_STEM}.safetensors")
 KEEP_CHECKPOINTS = 2
+
+
+def read_run_config(run_dir: Path) -> RunConfig:
+    """The resolved config a run was trained with (configs from before recipes and families are upgraded)."""
+    path = run_dir / CONFIG_FILE
+    if not path.exists():
+        raise CheckpointError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); train one with rome-bench train")
+    try:
+        return RunConfig.from_dict(read_json(path, "run config"))
+    except ConfigError as error:
+        raise CheckpointError(f"{path}: {error}; restore the run's config.json or retrain") from error
+
+
+def load_final_weights(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A finished run's final weights and sidecar (sha256-checked)."""
+    sidecar = run_dir / f"{MODEL_STEM}.json"
+    if not sidecar.exists():
+        raise CheckpointError(f"run {run_dir} has no final model yet; finish it with "
+                              f"rome-bench train --out {run_dir} --resume")
+    return load_tensors_with_sidecar(sidecar)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

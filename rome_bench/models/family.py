@@ -1,0 +1,99 @@
+"""Model families: how a registered backbone becomes the model a recipe trains (the backbone alone, or with experts).
+
+A family is chosen by ``model.family``, independently of the training recipe (``train.recipe``): ``rome+max`` is
+recipe ``max`` on family ``rome``. Adding a family is one decorated class in one file::
+
+    @register_family("my-moe", has_experts=True, citation="…")
+    class MyMoE(ModelFamily):
+        def build(self, config, info): ...   # an ImageClassifier taking [0,1] images
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+from torch import nn
+
+from rome_bench.config import ModelConfig
+from rome_bench.errors import CheckpointError
+from rome_bench.models.classifier import ImageClassifier
+from rome_bench.models.registry import MODELS
+from rome_bench.models.rome import add_rome_experts
+from rome_bench.registry import Registry
+
+if TYPE_CHECKING:
+    from rome_bench.data import DatasetInfo
+
+
+class ModelFamily(ABC):
+    """Builds an :class:`ImageClassifier` (images in [0,1], normalisation inside) from a model config."""
+
+    name: ClassVar[str] = "unregistered"
+    has_experts: ClassVar[bool] = False
+
+    @abstractmethod
+    def build(self, config: ModelConfig, info: DatasetInfo) -> ImageClassifier: ...
+
+
+FAMILIES: Registry[type[ModelFamily]] = Registry("families")
+
+
+def register_family(name: str, has_experts: bool, citation: str) -> Callable[[type[ModelFamily]], type[ModelFamily]]:
+    def decorator(cls: type[ModelFamily]) -> type[ModelFamily]:
+        cls.name = name
+        cls.has_experts = has_experts
+        FAMILIES.add(name, cls, has_experts=has_experts, citation=citation)
+        return cls
+
+    return decorator
+
+
+def build_backbone(config: ModelConfig, info: DatasetInfo) -> nn.Module:
+    """The registered backbone for ``info``'s images, with local pretrained weights loaded if configured."""
+    builder = MODELS.get(config.backbone)
+    backbone = builder(num_classes=info.num_classes, image_size=info.image_size, patch_size=config.patch_size)
+    if config.pretrained:
+        load_pretrained(backbone, Path(config.pretrained))
+    return backbone
+
+
+@register_family("plain", has_experts=False, citation="the backbone alone")
+class PlainFamily(ModelFamily):
+    """The backbone alone."""
+
+    def build(self, config: ModelConfig, info: DatasetInfo) -> ImageClassifier:
+        return ImageClassifier(build_backbone(config, info), info.mean, info.std)
+
+
+@register_family("rome", has_experts=True,
+                 citation="RoME: Robust Mixture of Low-Rank Experts (ECCV 2026), Sec. 4.2-4.4")
+class RomeFamily(ModelFamily):
+    """LoRA experts on the configured projections with dual-scale gating (``model.rome``)."""
+
+    def build(self, config: ModelConfig, info: DatasetInfo) -> ImageClassifier:
+        backbone = add_rome_experts(build_backbone(config, info), config.rome)
+        return ImageClassifier(backbone, info.mean, info.std)
+
+
+def load_pretrained(backbone: nn.Module, path: Path) -> None:
+    """Load a local state dict; the classifier head and mismatched shapes (e.g. pos_embed) are skipped."""
+    if not path.is_file():
+        raise CheckpointError(f"pretrained weights '{path}' not found; give a local .safetensors or .pth file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CheckpointError(f"cannot read pretrained weights '{path}': {error}") from error
+    own = backbone.state_dict()
+    compatible = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not compatible:
+        raise CheckpointError(f"pretrained weights '{path}' share no tensor with backbone {type(backbone).__name__}")
+    backbone.load_state_dict(compatible, strict=False)

@@ -1,0 +1,188 @@
+"""The recipe interface: what one training step optimises, given a small step context from the trainer.
+
+The trainer owns everything around the step (seeded data order and augmentation, the learning-rate schedule,
+atomic checkpoints with the RNG state, metrics); a recipe owns the step itself through a :class:`StepContext`:
+
+* ``ctx.attack(threat, images, labels)`` runs a training attack with the model in eval mode;
+* ``ctx.forward(images)`` is the model in train mode (the update's forward);
+* ``ctx.routing_loss(threat_ids)`` is λ·(the family's routing loss) on the gates of the last forward, or None;
+* ``ctx.backward(loss)`` is the one seam through which every gradient reaches the parameters (DDP and AMP hook
+  here); ``ctx.grads(loss)`` / ``ctx.set_grads(grads)`` serve recipes that combine gradients (RAMP).
+
+Adding a recipe is one decorated class in one file under ``training/recipes/``::
+
+    @register_recipe("my-at", citation="Someone et al. 2027")
+    class MyAT(Recipe):
+        def loss(self, ctx, batch): ...   # a StepResult whose loss the default update() back-propagates
+
+Recipe settings are a frozen dataclass ``Options`` (set with ``--set train.options.NAME=VALUE``); state that must
+survive a resume (e.g. a running estimate) goes through ``state_dict``/``load_state_dict`` into checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from rome_bench.config import ThreatsConfig, _typed_value
+from rome_bench.errors import ConfigError
+from rome_bench.registry import Registry
+from rome_bench.threats import Threat
+
+
+@dataclass(frozen=True)
+class Batch:
+    images: torch.Tensor  # [0, 1], on the training device (augmented)
+    labels: torch.Tensor
+    step: int  # global optimizer step, 0-based
+    epoch: int
+
+
+@dataclass
+class StepResult:
+    loss: torch.Tensor  # the scalar that was back-propagated (recipe loss + routing loss)
+    logs: dict[str, float] = field(default_factory=dict)  # averaged per epoch into the progress bar and metadata
+    correct: dict[str, tuple[int, int]] = field(default_factory=dict)  # column -> (correct, total) this step
+
+
+class StepContext:
+    """What a recipe may do to the model during one step (built once per run by the trainer)."""
+
+    def __init__(self, model: nn.Module, parameters: list[nn.Parameter], routing_loss: nn.Module | None) -> None:
+        self.model = model
+        self.parameters = parameters
+        self._routing_loss = routing_loss
+
+    def attack(self, threat: Threat, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Adversarial examples of ``threat`` with the model in eval mode (detached)."""
+        self.model.eval()
+        return threat(self.model, images, labels).detach()
+
+    def eval_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits in eval mode without a graph (clean accuracy, vulnerability estimates)."""
+        self.model.eval()
+        with torch.no_grad():
+            return self.model(images)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits in train mode, with a graph: the forward of the update."""
+        self.model.train()
+        return self.model(images)
+
+    @property
+    def has_routing_loss(self) -> bool:
+        return self._routing_loss is not None
+
+    def routing_loss(self, threat_ids: torch.Tensor) -> torch.Tensor | None:
+        """λ·(routing loss) on the gates of the last forward, each example labelled by its threat; None if none."""
+        if self._routing_loss is None:
+            return None
+        from rome_bench.models import gate_outputs
+
+        return self._routing_loss(gate_outputs(self.model), threat_ids)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Accumulate d loss / d parameters into ``.grad``: the one seam every update goes through."""
+        loss.backward()
+
+    def grads(self, loss: torch.Tensor, retain_graph: bool = False) -> list[torch.Tensor]:
+        """d loss / d parameter for every trained parameter (zeros where the loss does not reach it)."""
+        grads = torch.autograd.grad(loss, self.parameters, retain_graph=retain_graph, allow_unused=True)
+        return [torch.zeros_like(p) if g is None else g for p, g in zip(self.parameters, grads, strict=True)]
+
+    def set_grads(self, grads: list[torch.Tensor]) -> None:
+        """Make ``grads`` the gradients the optimizer steps with."""
+        for parameter, grad in zip(self.parameters, grads, strict=True):
+            parameter.grad = grad.detach().clone()
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """A recipe without settings of its own."""
+
+
+class Recipe(ABC):
+    """A training objective; subclasses are registered with :func:`register_recipe`."""
+
+    name: ClassVar[str] = "unregistered"
+    Options: ClassVar[type] = NoOptions
+
+    def __init__(self, options: Any, threats: ThreatsConfig, attack: str) -> None:
+        self.options = options
+        self.threat_config = threats
+        self.attack_kind = attack
+        self._threats: list[Threat] | None = None
+
+    @abstractmethod
+    def build_threats(self) -> list[Threat]:
+        """The recipe's training threats (their order fixes the threat ids the routing loss sees)."""
+
+    def threats(self) -> list[Threat]:
+        if self._threats is None:
+            self._threats = self.build_threats()
+        return self._threats
+
+    def parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        """The parameters the optimizer trains (all by default; fine-tuning schemes may freeze some)."""
+        return list(model.parameters())
+
+    @abstractmethod
+    def loss(self, ctx: StepContext, batch: Batch) -> StepResult:
+        """The step's objective (including the routing loss where the model has one), not yet back-propagated."""
+
+    def update(self, ctx: StepContext, batch: Batch) -> StepResult:
+        """Fill the parameters' gradients for one optimizer step: by default back-propagate :meth:`loss`."""
+        result = self.loss(ctx, batch)
+        ctx.backward(result.loss)
+        return result
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Recipe state that a resumed run needs (saved in every checkpoint)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:  # noqa: B027  (most recipes hold none)
+        """Restore :meth:`state_dict`'s tensors."""
+
+
+RECIPES: Registry[type[Recipe]] = Registry("recipes")
+
+
+def register_recipe(name: str, citation: str) -> Callable[[type[Recipe]], type[Recipe]]:
+    """Class decorator: register a Recipe under ``name`` with the paper it implements."""
+
+    def decorator(cls: type[Recipe]) -> type[Recipe]:
+        cls.name = name
+        summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        RECIPES.add(name, cls, citation=citation, summary=summary)
+        return cls
+
+    return decorator
+
+
+def parse_options(recipe: type[Recipe], values: dict[str, Any]) -> Any:
+    """``train.options`` checked against the recipe's Options dataclass: known names, right types, one-line errors."""
+    known = {f.name: f for f in dataclasses.fields(recipe.Options)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        names = ", ".join(known) or "none"
+        raise ConfigError(f"recipe '{recipe.name}' has no option '{unknown[0]}'; its options: {names}")
+    hints = typing.get_type_hints(recipe.Options)
+    typed = {name: _typed_value(f"train.options.{name}", hints[name], value) for name, value in values.items()}
+    options = recipe.Options(**typed)
+    check = getattr(options, "check", None)
+    if callable(check):
+        check()
+    return options
+
+
+def build_recipe(name: str, options: dict[str, Any], threats: ThreatsConfig, attack: str) -> Recipe:
+    """The registered recipe ``name`` with its options checked (an unknown name fails with 'did you mean')."""
+    cls = RECIPES.get(name)
+    return cls(parse_options(cls, options), threats, attack)

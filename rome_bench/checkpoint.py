@@ -31,6 +31,7 @@ from rome_bench.jsonfiles import read_json
 CHECKPOINT_DIR = "checkpoints"
 MODEL_STEM = "model"
 CONFIG_FILE = "config.json"
+CURVE_FILE = "training-curve.json"  # --eval-every: (step, wall time, union and per-threat accuracy) records
 RUN_FILES = (CONFIG_FILE, f"{MODEL_STEM}.json", f"{MODEL_STEM}.safetensors")
 KEEP_CHECKPOINTS = 2
 
@@ -126,3 +127,18 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return result.stdout.strip() or None
+
+
+def read_training_curve(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's --eval-every records, in step order ([] when it was trained without --eval-every)."""
+    path = run_dir / CURVE_FILE
+    if not path.exists():
+        return []
+    records = read_json(path, "training curve")
+    return sorted(records, key=lambda record: record["step"])
+
+
+def append_training_curve(run_dir: Path, record: dict[str, Any]) -> None:
+    """Add one record (replacing any at the same or a later step, left by a run killed after it), atomically."""
+    kept = [old for old in read_training_curve(run_dir) if old["step"] < record["step"]]
+    atomic_write_text(run_dir / CURVE_FILE, json.dumps([*kept, record], indent=1, sort_keys=True))

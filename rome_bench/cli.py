@@ -34,7 +34,8 @@ def _flag_overrides(**flags: object) -> list[str]:
         "experts": "model.rome.expert_type", "expert_layers": "model.rome.targets", "gating": "model.rome.gating",
         "beta_s": "model.rome.beta_s", "beta_b": "model.rome.beta_b", "routing_loss": "model.rome.routing_loss",
         "div_distance": "model.rome.div_distance", "div_projection": "model.rome.div_projection",
-        "device": "train.device", "checkpoint_every": "train.checkpoint_every", "eps_l1": "threats.eps.l1",
+        "device": "train.device", "checkpoint_every": "train.checkpoint_every", "eval_every": "train.eval_every",
+        "eps_l1": "threats.eps.l1",
         "eps_l2": "threats.eps.l2", "eps_linf": "threats.eps.linf", "pretrained": "model.pretrained",
     }
     return [f"{paths[name]}={value}" for name, value in flags.items() if value is not None]
@@ -124,6 +125,9 @@ def train(
     seed: Annotated[int | None, typer.Option()] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
     checkpoint_every: Annotated[int | None, typer.Option(help="Steps between checkpoints.")] = None,
+    eval_every: Annotated[int | None, typer.Option(
+        help="Every N steps, union robustness of train.eval_examples test images under the ℓp PGD, for "
+             "rome-bench plot training (0: never).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Any config field: section.field=value.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
     force: Annotated[bool, typer.Option(help="Overwrite an existing run in --out.")] = False,
@@ -143,7 +147,8 @@ def train(
                                 data_dir=data_dir, epochs=epochs,
                                 batch_size=batch_size, lr=lr, train_size=train_size, backbone=backbone,
                                 eps_l1=eps_l1, eps_l2=eps_l2, eps_linf=eps_linf, pretrained=pretrained, seed=seed,
-                                device=device, checkpoint_every=checkpoint_every, **expert_switches)
+                                device=device, checkpoint_every=checkpoint_every, eval_every=eval_every,
+                                **expert_switches)
     if resume and force:
         raise ConfigError("--resume and --force exclude each other: resume a run or overwrite it, not both")
     if resume and out is None:
@@ -499,6 +504,33 @@ def list_entries(
         if kind == "suites":  # the exact parameters, at the cifar10 preset's ε
             for threat in entry.obj.build(PRESETS["cifar10"]().threats):
                 typer.echo(f"{'':16s}   {threat!r}")
+
+
+plot_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Figures from trained runs.")
+app.add_typer(plot_app, name="plot")
+
+
+@plot_app.command("training")
+def plot_training(
+    run: Annotated[list[Path], typer.Option(help="Run directory trained with --eval-every (repeatable).")],
+    out: Annotated[Path, typer.Option(help="Figure file (.png, .pdf or .svg).")] = Path("training-curves.png"),
+) -> None:
+    """Union robustness against training wall-clock time for several runs (paper Fig. 8)."""
+    from rome_bench.checkpoint import read_run_config, read_training_curve
+    from rome_bench.evaluation.plots import plot_training_curves
+
+    curves = {}
+    for run_dir in run:
+        records = read_training_curve(run_dir)
+        if not records:
+            raise ConfigError(f"{run_dir} has no training curve; train it with --eval-every N (e.g. 50)")
+        curves[f"{read_run_config(run_dir).method} ({run_dir.name})"] = records
+    written = plot_training_curves(curves, out, "union robustness vs training time")
+    for label, records in curves.items():
+        last = records[-1]
+        typer.echo(f"{label}: step {last['step']}, {last['wall_seconds'] / 60:.1f} min, union "
+                   f"{100 * last['accuracy']['union']:.1f}% (n={last['n']})")
+    typer.echo(f"training curves -> {written}")
 
 
 analyze_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,

@@ -121,6 +121,8 @@ class TrainConfig:
     weight_decay: float = 0.05
     seed: int = 0
     checkpoint_every: int = 200  # optimizer steps between checkpoints (and one at every epoch end)
+    eval_every: int = 0  # every N steps: union robustness of a fixed test subset under the ℓp PGD (0 = never)
+    eval_examples: int = 64  # size of that subset (the first of the seeded test permutation)
     device: str = "auto"
 
 
@@ -373,6 +375,8 @@ def validate(config: RunConfig) -> None:
         (0 <= train.final_floor <= train.decay_floor <= 1, "train.final_floor <= train.decay_floor must lie in [0, 1]"),
         (0 <= train.seed < 2**31, "train.seed must be between 0 and 2147483647"),
         (train.checkpoint_every >= 1, "train.checkpoint_every must be >= 1"),
+        (train.eval_every >= 0, "train.eval_every must be >= 0 (0: no training curve)"),
+        (1 <= train.eval_examples <= MAX_BATCH, f"train.eval_examples must be between 1 and {MAX_BATCH}"),
         (config.model.patch_size >= 1, "model.patch_size must be >= 1"),
         (is_device_name(config.train.device), f"train.device must be {DEVICE_NAMES}"),
         (train.attack in TRAIN_ATTACKS, f"train.attack must be one of {', '.join(TRAIN_ATTACKS)} "

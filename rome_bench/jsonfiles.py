@@ -22,6 +22,7 @@ SCHEMAS: dict[str, Any] = {
                            "config?": dict, "param_groups?": [dict]},
     "paper reference": {"name": str, "source": str, "columns": [str],
                         "rows": [{"method": str, "dataset": str, "training_attack?": str}]},
+    "training curve": [{"step": int, "wall_seconds": Number, "n": int, "accuracy": {"*": Number}}],
     "regression reference": {"name?": str, "description?": str, "checks": [{
         "name": str, "run": str, "suite": str, "dataset": str, "n_examples": int, "split?": str, "batch_size?": int,
         "data_fingerprint?": str, "correct?": {"*": int}, "totals?": {"*": int}, "accuracy?": {"*": Number},
@@ -32,6 +33,7 @@ FIXES: dict[str, str] = {
     "run config": "restore the run's config.json or retrain",
     "checkpoint sidecar": "delete the checkpoint (the run resumes from an older one) or retrain",
     "paper reference": "fix the file or restore it from the repository",
+    "training curve": "delete it (it only holds the --eval-every records of this run)",
     "regression reference": "fix the file, restore it from the repository, or rewrite it with check --update",
 }
 
@@ -40,7 +42,7 @@ class JSONFileError(RomeBenchError):
     """A JSON file the project reads is unreadable or has the wrong shape."""
 
 
-def read_json(path: Path, kind: str) -> dict[str, Any]:
+def read_json(path: Path, kind: str) -> Any:
     """The JSON object in ``path``, checked against ``SCHEMAS[kind]``."""
     fix = FIXES[kind]
     try:

@@ -79,6 +79,7 @@ class Row:
     counts: dict[str, Cell] = field(default_factory=dict)  # column -> correct/total, for tolerance checks
     not_applicable: set[str] = field(default_factory=set)  # columns whose threats cannot attack this model
     gating: GatingScore | None = None  # routing divergence and threat classifier of its gates, if analysed
+    train_cost: dict[str, Any] | None = None  # training wall time, device and images (runs trained since recipes)
 
 
 def union_cell(per_threat: list[dict[int, bool]], example_ids: list[int]) -> Cell:
@@ -192,6 +193,7 @@ def build_leaderboard(store: ResultStore, suite: Suite, dataset: str | None = No
     for run in store.suite_runs(suite.name, dataset):
         if (row := measured_row(store, run, suite)) is not None:
             row.gating = store.gating_score(run.model_hash, run.dataset)
+            row.train_cost = store.model_metadata(run.model_hash).get("train_cost")
             rows.append(row)
     for reference in references or []:
         if dataset is None or reference.dataset == dataset:
@@ -226,6 +228,18 @@ def costs_text(row: Row, suite: Suite) -> str:
         parts.append(f"{suite.titles.get(column, column)} {100 * cost.seconds / cost.examples:.1f}s/100 "
                      f"{per_attacked:.0f}f+b")
     return "; ".join(parts) if parts else "–"
+
+
+def train_cost_text(row: Row) -> str:
+    """Training wall time, device and forward/backward images (millions), e.g. '12.3 min cpu, 4.1M f / 3.9M b'."""
+    cost = row.train_cost
+    if not cost:
+        return "–"
+    return (f"{cost['wall_seconds'] / 60:.1f} min {cost.get('device', '?')}, "
+            f"{cost['forward_images'] / 1e6:.2f}M f / {cost['backward_images'] / 1e6:.2f}M b")
+
+
+TRAIN_COST_FIELDS = ("wall_seconds", "device", "device_name", "forward_images", "backward_images")
 
 
 def has_gating(rows: list[Row]) -> bool:
@@ -266,13 +280,13 @@ def render_markdown(rows: list[Row], suite: Suite, costs: bool = False) -> str:
         gating = has_gating(table)
         titles = [title for _, title in columns] + (list(gating_titles(table)) if gating else [])
         lines += [f"### {suite.name} suite on {dataset} — accuracy % (95% Wilson interval)", ""]
-        extra = " Cost |" if costs else ""
+        extra = " Train cost | Eval cost |" if costs else ""
         lines.append("| Method | n | " + " | ".join(titles) + f" | Flags | Source |{extra}")
-        lines.append("|---|---:|" + "---:|" * len(titles) + "---|---|" + ("---|" if costs else ""))
+        lines.append("|---|---:|" + "---:|" * len(titles) + "---|---|" + ("---|---|" if costs else ""))
         for row in table:
             cells = " | ".join([_cell_text(row, c) for c, _ in columns] + (list(gating_texts(row)) if gating else []))
             source = row.source + (" (union only)" if row.mode == UNION_ONLY else "")
-            cost = f" {costs_text(row, suite)} |" if costs else ""
+            cost = f" {train_cost_text(row)} | {costs_text(row, suite)} |" if costs else ""
             lines.append(f"| {row.label} | {row.n if row.n is not None else '–'} | {cells} | "
                          f"{flags_text(row, suite)} | {source} |{cost}")
         lines.append("")
@@ -288,6 +302,7 @@ def render_csv(rows: list[Row], suite: Suite, costs: bool = False) -> str:
         header += [column, f"{column}_low", f"{column}_high"]
     threat_columns = list(suite.columns)
     if costs:
+        header += [f"train_{name}" for name in TRAIN_COST_FIELDS]
         for column in threat_columns:
             header += [f"{column}_seconds", f"{column}_forward_images", f"{column}_backward_images"]
     gating = has_gating(rows)
@@ -301,6 +316,7 @@ def render_csv(rows: list[Row], suite: Suite, costs: bool = False) -> str:
             low, high = row.intervals.get(column, (None, None))
             record += [row.values.get(column), low, high]
         if costs:
+            record += [(row.train_cost or {}).get(name) for name in TRAIN_COST_FIELDS]
             for column in threat_columns:
                 cost = row.costs.get(column)
                 record += [cost.seconds, cost.forward_images, cost.backward_images] if cost else [None] * 3
@@ -333,7 +349,9 @@ def render_json(rows: list[Row], suite: Suite, costs: bool = False) -> str:
     payload = {"suite": suite.name, "columns": [c for c, _ in _columns(suite)], "rows": [
         {"label": row.label, "method": row.method, "dataset": row.dataset, "n": row.n, "source": row.source,
          "mode": row.mode, "accuracy": row.values, "wilson95": {c: list(v) for c, v in row.intervals.items()},
-         "flags": row.flags, **({"costs": {c: dataclasses.asdict(v) for c, v in row.costs.items()}} if costs else {}),
+         "flags": row.flags,
+         **({"costs": {c: dataclasses.asdict(v) for c, v in row.costs.items()}, "train_cost": row.train_cost}
+            if costs else {}),
          **({"gating": _gating_json(row.gating)} if gating else {})}
         for row in rows]}
     return json.dumps(payload, indent=2, ensure_ascii=False)

@@ -71,3 +71,30 @@ def plot_accuracy_vs_eps(series: dict[str, list[SweepPoint]], path: Path, title:
     finally:
         figure.clear()
     return path
+
+
+def plot_training_curves(curves: dict[str, list[dict]], path: Path, title: str) -> Path:
+    """Union robust accuracy (%) against training wall time (minutes), one line per run (key = label).
+
+    ``curves`` holds each run's training-curve records (``rome-bench train --eval-every N``).
+    """
+    if not curves or any(not records for records in curves.values()):
+        raise ValueError("every run needs at least one training-curve record")
+    path = Path(path)
+    figure = Figure(figsize=(5.5, 3.8), layout="constrained")
+    FigureCanvasAgg(figure)
+    try:
+        axes = figure.subplots()
+        for label, records in curves.items():
+            minutes = [record["wall_seconds"] / 60 for record in records]
+            axes.plot(minutes, [100 * record["accuracy"]["union"] for record in records], marker="o",
+                      markersize=3, label=f"{label} (n={records[-1]['n']})")
+        axes.set_xlabel("training wall time (min)")
+        axes.set_ylabel("union robust accuracy (%)")
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize="small")
+        figure.suptitle(title)
+        _save_atomically(figure, path)
+    finally:
+        figure.clear()
+    return path

@@ -46,7 +46,7 @@ class LoadedRun:
     def describe(self) -> dict[str, Any]:
         """What the store keeps about the model besides its hash."""
         return {"git_commit": self.metadata.get("git_commit"), "preset": self.config.preset,
-                **{k: v for k, v in self.metadata.items() if k in ("external", "gating_variant")}}
+                **{k: v for k, v in self.metadata.items() if k in ("external", "gating_variant", "train_cost")}}
 
 
 def load_run(run_dir: Path, info: DatasetInfo, device: torch.device) -> LoadedRun:

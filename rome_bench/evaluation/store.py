@@ -152,6 +152,11 @@ class ResultStore:
                 "INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?)",
                 (model_hash, label, method, run_dir, json.dumps(metadata, sort_keys=True, default=str)))
 
+    def model_metadata(self, model_hash: str) -> dict[str, Any]:
+        """What :meth:`record_model` stored about the model besides its label ({} for an unknown hash)."""
+        row = self._connection.execute("SELECT metadata FROM models WHERE model_hash=?", (model_hash,)).fetchone()
+        return json.loads(row[0]) if row and row[0] else {}
+
     def record_threat(self, key: str, name: str, column: str, tag: str, params: dict[str, Any]) -> None:
         with self._connection:
             self._connection.execute("INSERT OR REPLACE INTO threats VALUES (?, ?, ?, ?, ?)",

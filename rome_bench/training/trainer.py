@@ -11,12 +11,13 @@ not yet averaged across processes: multi-process training is not supported yet.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import platform
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ from rome_bench.data import LoadedDataset, fetch_batch, load_dataset
 from rome_bench.errors import CheckpointError, TrainingError
 from rome_bench.models import FAMILIES, create_model
 from rome_bench.training import recipes as _recipes  # noqa: F401  (registers the built-in recipes)
+from rome_bench.training.curve import TrainingCurve
 from rome_bench.training.finetune import load_initial_weights
 from rome_bench.training.recipe import Batch, Recipe, StepContext, StepResult, build_recipe
 from rome_bench.training.routing import build_routing_loss
@@ -139,13 +141,30 @@ class CostMeter:
         self.forward_images = self.backward_images = 0
         self.seconds = 0.0
         self._started = time.perf_counter()
+        self._counting = True
         model.register_forward_pre_hook(self._count)
 
     def _count(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        if not self._counting:
+            return
         images = len(inputs[0]) if inputs and isinstance(inputs[0], torch.Tensor) else 0
         self.forward_images += images
         if torch.is_grad_enabled():
             self.backward_images += images
+
+    def wall_seconds(self) -> float:
+        """Training wall time so far (all sessions of a resumed run; time spent while paused left out)."""
+        return self.seconds + time.perf_counter() - self._started
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Neither the time nor the images of what runs inside (training-curve evaluations) count as training."""
+        started, self._counting = time.perf_counter(), False
+        try:
+            yield
+        finally:
+            self._counting = True
+            self._started += time.perf_counter() - started
 
     def restore(self, saved: dict[str, Any]) -> None:
         self.forward_images = int(saved.get("forward_images", 0))
@@ -154,7 +173,7 @@ class CostMeter:
         self._started = time.perf_counter()
 
     def summary(self) -> dict[str, Any]:
-        return {"wall_seconds": round(self.seconds + time.perf_counter() - self._started, 3),
+        return {"wall_seconds": round(self.wall_seconds(), 3),
                 "device": str(self.device), "device_name": device_name(self.device),
                 "forward_images": self.forward_images, "backward_images": self.backward_images}
 
@@ -230,13 +249,14 @@ class Trainer:
         optimizer = build_optimizer(parameters, config.train)
         ctx = StepContext(model, parameters, self._routing_loss(len(self.recipe.threats())))
         costs = CostMeter(model, self.device)
+        curve = TrainingCurve(config, self.run_dir, self.device) if config.train.eval_every and self.writes else None
         if self.writes and not resume:
             if must_clear:
                 clear_run_dir(self.run_dir)
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / CONFIG_FILE, config.to_json())
         global_step = self._restore(model, optimizer, costs) if resume else 0
-        self._loop(ctx, optimizer, data, global_step, costs, on_step)
+        self._loop(ctx, optimizer, data, global_step, costs, curve, on_step)
         return self._save_final(model, data, costs)
 
     def _routing_loss(self, num_threats: int) -> nn.Module | None:
@@ -253,7 +273,7 @@ class Trainer:
         return math.ceil(len(range(self.rank, num_examples, self.world_size)) / self.config.train.batch_size)
 
     def _loop(self, ctx: StepContext, optimizer: torch.optim.Optimizer, data: LoadedDataset, global_step: int,
-              costs: CostMeter, on_step: Callable[[int], None] | None) -> None:
+              costs: CostMeter, curve: TrainingCurve | None, on_step: Callable[[int], None] | None) -> None:
         train = self.config.train
         per_epoch = self.steps_per_epoch(len(data.dataset))
         metrics = RunningMetrics()
@@ -275,6 +295,9 @@ class Trainer:
                 metrics.add(result)
                 global_step += 1
                 bar.set_postfix({k: f"{v:.3f}" for k, v in metrics.summary().items()}, refresh=False)
+                if curve is not None and global_step % train.eval_every == 0:
+                    with costs.paused():
+                        curve.record(ctx.model, global_step, costs.wall_seconds())
                 if self.writes and (global_step % train.checkpoint_every == 0 or batch == per_epoch - 1):
                     self._checkpoint(ctx.model, optimizer, global_step, epoch, metrics.summary(), data, costs)
                 if on_step is not None:

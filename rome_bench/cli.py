@@ -387,8 +387,9 @@ def _print_leaderboard(results: ResultStore, suite: str, dataset: str | None, fo
                        references: list[str], costs: bool = False, out: Path | None = None,
                        detail: bool = False) -> None:
     from rome_bench.checkpoint import atomic_write_text
-    from rome_bench.evaluation.leaderboard import RENDERERS, build_leaderboard
+    from rome_bench.evaluation.leaderboard import build_leaderboard
     from rome_bench.evaluation.reference import load_reference
+    from rome_bench.evaluation.render import RENDERERS
     from rome_bench.evaluation.suites import SUITES
 
     if format_ not in RENDERERS:

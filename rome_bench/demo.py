@@ -186,7 +186,8 @@ def run_demo(plan: DemoPlan, progress: bool = True, echo: Callable[[str], None] 
 
     ``on_step(global_step)`` runs after each training step (as in ``Trainer.fit``).
     """
-    from rome_bench.evaluation.leaderboard import RENDERERS, build_leaderboard
+    from rome_bench.evaluation.leaderboard import build_leaderboard
+    from rome_bench.evaluation.render import RENDERERS
 
     stages = 2 * len(plan.configs) + 1
     for stage, (method, config) in enumerate(plan.configs.items(), 1):

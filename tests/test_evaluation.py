@@ -4,13 +4,13 @@ import pytest
 import torch
 
 from rome_bench.evaluation.leaderboard import (
-    RENDERERS,
     build_leaderboard,
     measured_row,
     union_cell,
     wilson_interval,
 )
 from rome_bench.evaluation.reference import load_reference
+from rome_bench.evaluation.render import RENDERERS
 from rome_bench.evaluation.runner import evaluate_threats
 from rome_bench.evaluation.store import ResultStore
 from rome_bench.evaluation.suites import SUITES

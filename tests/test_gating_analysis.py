@@ -33,7 +33,8 @@ from rome_bench.evaluation.gating_analysis import (
     score_collection,
     threat_classifier_accuracy,
 )
-from rome_bench.evaluation.leaderboard import RENDERERS, build_leaderboard
+from rome_bench.evaluation.leaderboard import build_leaderboard
+from rome_bench.evaluation.render import RENDERERS
 from rome_bench.evaluation.runner import LoadedRun, load_run
 from rome_bench.evaluation.store import GatingScore, ResultStore
 from rome_bench.evaluation.suites import SUITES

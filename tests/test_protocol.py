@@ -6,7 +6,8 @@ import io
 import torch
 
 from rome_bench.evaluation.export import matrix_csv
-from rome_bench.evaluation.leaderboard import RENDERERS, build_leaderboard, measured_row
+from rome_bench.evaluation.leaderboard import build_leaderboard, measured_row
+from rome_bench.evaluation.render import RENDERERS
 from rome_bench.evaluation.runner import evaluate_threats
 from rome_bench.evaluation.store import FULL, UNION_ONLY, ResultStore, SweepPointRecord
 from rome_bench.evaluation.suites import Suite

@@ -27,7 +27,6 @@ import dataclasses
 import io
 import json
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -355,13 +354,3 @@ def render_json(rows: list[Row], suite: Suite, costs: bool = False) -> str:
          **({"gating": _gating_json(row.gating)} if gating else {})}
         for row in rows]}
     return json.dumps(payload, indent=2, ensure_ascii=False)
-
-
-def _render_latex(rows: list[Row], suite: Suite, costs: bool = False) -> str:
-    from rome_bench.evaluation.latex import render_latex
-
-    return render_latex(rows, suite)
-
-
-RENDERERS: dict[str, Callable[..., str]] = {"md": render_markdown, "csv": render_csv, "json": render_json,
-                                            "tex": _render_latex}

@@ -1,6 +1,7 @@
 """Threats: the registry and the built-in threats (importing this package registers them)."""
 
 from rome_bench.threats import autoattack as _autoattack  # noqa: F401  (registers autoattack-*, apgd-*)
+from rome_bench.threats import msd as _msd  # noqa: F401  (registers msd)
 from rome_bench.threats import pgd as _pgd  # noqa: F401  (registers pgd-linf, pgd-l2, pgd-l1)
 from rome_bench.threats.autoattack import (
     L1APGD,

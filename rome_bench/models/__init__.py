@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from rome_bench.config import ModelConfig
-from rome_bench.models import timm_backbones as _timm_backbones  # noqa: F401  (registers DeiT and Swin)
+from rome_bench.models import resnet as _resnet  # noqa: F401  (registers ResNet-18 and PreAct ResNet-18)
+from rome_bench.models import timm_backbones as _timm_backbones  # noqa: F401  (registers DeiT, Swin and XCiT)
 from rome_bench.models import vit as _vit  # noqa: F401  (registers the ViTs)
 from rome_bench.models import wrn as _wrn  # noqa: F401  (registers the WideResNets)
 from rome_bench.models.classifier import ImageClassifier, content_hash

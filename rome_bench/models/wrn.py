@@ -27,7 +27,18 @@ global (B, K), fused (B, H'·W', K). Gating variants are those of :class:`DualSc
 
 Layer index: l = 1..L counts the BasicBlocks of block1..block3 in forward order (L = 3·(depth − 4)/6); both convs of
 a BasicBlock share its β(l). Targets: a subset of ``conv1``/``conv2`` of every BasicBlock (never the stem conv or the
-1×1 shortcuts); the Transformer default ``("qkv", "proj")`` is read as both convs.
+1×1 shortcuts); the Transformer default ``("qkv", "proj")`` is read as both convs. :func:`add_conv_experts` does this
+for any network that lists its residual blocks (the ResNets of models/resnet.py use it too).
+
+**DeepMind layout** (``DeepMindWideResNet``; ``wrn_94_16``, ``dm_wrn_*``): the WideResNet of Gowal et al. 2020
+("Uncovering the limits of adversarial training") as RobustBench ships it (``DMWideResNet``), which is the architecture
+of every RobustBench WRN-94-16 (Bartoldson et al. 2024, "Adversarial robustness limits via scaling-law and
+human-alignment studies": depth 94, width 16, SiLU, 365,915,610 parameters with 10 classes). Same blocks as above, but
+SiLU activations, TensorFlow 'SAME' padding of the first conv of a block (input padded by (1, 1, 1, 1) at stride 1 and
+by (0, 1, 0, 1) at stride 2, conv with padding 0) and its own names (``init_conv``, ``layer.{g}.block.{i}`` with
+``batchnorm_0, conv_0, batchnorm_1, conv_1, shortcut``, then ``batchnorm, logits``), so RobustBench's state dicts load
+(their ``mean``/``std`` buffers aside: here the classifier normalises). Experts go on ``conv_0``/``conv_1`` (read
+from the ``conv1``/``conv2`` targets). Initialisation: as the other WideResNet (RobustBench's port keeps PyTorch's).
 """
 
 from __future__ import annotations
@@ -111,19 +122,7 @@ class WideResNet(nn.Module):
         self.relu = nn.ReLU()
         self.fc = nn.Linear(channels[3], num_classes, bias=bias_last)
         self.num_channels = channels[3]
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        """RobustBench's init: conv N(0, 2/(kh·kw·C_out)), BN weight 1 / bias 0, fc bias 0."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
-                nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear) and module.bias is not None:
-                nn.init.zeros_(module.bias)
+        he_init(self)
 
     def stages(self) -> list[tuple[str, NetworkBlock]]:
         """The NetworkBlocks of the forward pass (not TRADES' unused ``sub_block1``)."""
@@ -143,34 +142,58 @@ class WideResNet(nn.Module):
 
     def add_rome_experts(self, config: RomeConfig) -> WideResNet:
         """Wrap conv1/conv2 (per ``config.targets``) of every BasicBlock in gated conv-LoRA experts, in place."""
-        if config.expert_type != "lora":
-            raise ConfigError(f"expert_type '{config.expert_type}': WideResNet supports lora experts only")
-        if config.gating == "dual-cls":
-            raise ConfigError("gating dual-cls needs a CLS token; a WideResNet has none: use --gating dual")
-        targets = conv_targets(config.targets)
-        blocks = self.basic_blocks()
-        for layer, (path, block) in enumerate(blocks, start=1):
-            beta = layer_beta(config.gating, layer, len(blocks), config.beta_s, config.beta_b)
-            for target in targets:
-                _wrap_conv(block, target, f"{path}.{target}", config, beta, layer)
+        add_conv_experts(self.basic_blocks(), config, "WideResNet")
         return self
 
 
-def conv_targets(targets: tuple[str, ...]) -> tuple[str, ...]:
-    """A WRN's expert targets: a subset of conv1/conv2, with the Transformer default (qkv, proj) read as both."""
+def he_init(model: nn.Module) -> None:
+    """RobustBench's WideResNet init: conv N(0, 2/(kh·kw·C_out)), BN weight 1 / bias 0, Linear bias 0."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
+            nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+def add_conv_experts(blocks: list[tuple[str, nn.Module]], config: RomeConfig, architecture: str,
+                     conv_names: dict[str, str] | None = None) -> None:
+    """Wrap the two 3×3 convs of each residual block (per ``config.targets``) in gated conv-LoRA experts, in place.
+
+    ``blocks``: (module path, block) in forward order; block l (1-based) gets β(l) of L = len(blocks).
+    ``conv_names`` maps the targets ``conv1``/``conv2`` to the block's attribute names (default: the same).
+    """
+    if config.expert_type != "lora":
+        raise ConfigError(f"expert_type '{config.expert_type}': {architecture} supports lora experts only")
+    if config.gating == "dual-cls":
+        raise ConfigError(f"gating dual-cls needs a CLS token; a {architecture} has none: use --gating dual")
+    names = conv_names or {target: target for target in CONV_TARGETS}
+    targets = conv_targets(config.targets, architecture)
+    for layer, (path, block) in enumerate(blocks, start=1):
+        beta = layer_beta(config.gating, layer, len(blocks), config.beta_s, config.beta_b)
+        for target in targets:
+            _wrap_conv(block, names[target], f"{path}.{names[target]}", config, beta, layer, architecture)
+
+
+def conv_targets(targets: tuple[str, ...], architecture: str = "WideResNet") -> tuple[str, ...]:
+    """A CNN's expert targets: a subset of conv1/conv2, with the Transformer default (qkv, proj) read as both."""
     if set(targets) == TRANSFORMER_DEFAULT_TARGETS:
         return CONV_TARGETS
     unknown = [target for target in targets if target not in CONV_TARGETS]
     if unknown or not targets:
-        raise ConfigError(f"WideResNet experts go on a subset of {','.join(CONV_TARGETS)}; got targets "
+        raise ConfigError(f"{architecture} experts go on a subset of {','.join(CONV_TARGETS)}; got targets "
                           f"'{','.join(targets)}'")
     return tuple(target for target in CONV_TARGETS if target in targets)
 
 
-def _wrap_conv(block: BasicBlock, target: str, name: str, config: RomeConfig, beta: float, layer: int) -> None:
+def _wrap_conv(block: nn.Module, target: str, name: str, config: RomeConfig, beta: float, layer: int,
+               architecture: str) -> None:
     base = getattr(block, target)
     if not isinstance(base, nn.Conv2d):
-        raise ConfigError(f"{name} is {type(base).__name__}, not nn.Conv2d: this WideResNet already has experts")
+        raise ConfigError(f"{name} is {type(base).__name__}, not nn.Conv2d: this {architecture} already has experts")
     gate = ConvDualScaleGate(base.in_channels, config.num_experts, config.gate_hidden, beta, layer, name,
                              config.gating)
     setattr(block, target, ConvLoRAExpertMixture(base, config.num_experts, config.rank, gate))
@@ -289,6 +312,93 @@ class ConvLoRAExpertMixture(nn.Module):
         return f"num_experts={self.num_experts}, rank={self.rank}"
 
 
+ACTIVATIONS: dict[str, type[nn.Module]] = {"silu": nn.SiLU, "relu": nn.ReLU}
+DM_CONV_NAMES: dict[str, str] = {"conv1": "conv_0", "conv2": "conv_1"}  # expert targets -> DeepMind block names
+
+
+class DeepMindBlock(nn.Module):
+    """Pre-activation wide block, DeepMind layout: act(BN) → SAME-padded conv3x3(stride) → act(BN) → conv3x3 + shortcut.
+
+    The shortcut is the raw input when C_in = C_out, else a 1×1 conv (stride) of the activated input.
+    """
+
+    def __init__(self, in_planes: int, out_planes: int, stride: int, activation: type[nn.Module]) -> None:
+        super().__init__()
+        if stride not in (1, 2):
+            raise ConfigError(f"DeepMind WideResNet blocks take stride 1 or 2; got {stride}")
+        self.batchnorm_0 = nn.BatchNorm2d(in_planes)
+        self.relu_0 = activation()
+        self.conv_0 = nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=0, bias=False)
+        self.batchnorm_1 = nn.BatchNorm2d(out_planes)
+        self.relu_1 = activation()
+        self.conv_1 = nn.Conv2d(out_planes, out_planes, kernel_size=3, stride=1, padding=1, bias=False)
+        self.shortcut = (None if in_planes == out_planes else
+                         nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, padding=0, bias=False))
+        self.same_padding = (1, 1, 1, 1) if stride == 1 else (0, 1, 0, 1)  # TensorFlow 'SAME' for a 3×3 kernel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        activated = self.relu_0(self.batchnorm_0(x))
+        out = self.conv_0(F.pad(activated, self.same_padding))
+        out = self.conv_1(self.relu_1(self.batchnorm_1(out)))
+        return (x if self.shortcut is None else self.shortcut(activated)) + out
+
+
+class DeepMindBlockGroup(nn.Module):
+    """``num_blocks`` DeepMindBlocks in ``.block``; the first changes width and applies the stride."""
+
+    def __init__(self, num_blocks: int, in_planes: int, out_planes: int, stride: int,
+                 activation: type[nn.Module]) -> None:
+        super().__init__()
+        self.block = nn.Sequential(*[
+            DeepMindBlock(in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1, activation)
+            for i in range(num_blocks)
+        ])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+class DeepMindWideResNet(nn.Module):
+    """WRN-depth-widen_factor in RobustBench's ``DMWideResNet`` layout and names (see the module docstring)."""
+
+    def __init__(self, depth: int = 28, num_classes: int = 10, widen_factor: int = 10,
+                 activation: str = "silu") -> None:
+        super().__init__()
+        if depth < 10 or (depth - 4) % 6:
+            raise ConfigError(f"WideResNet depth must be 6n + 4 with n ≥ 1 (10, 16, 28, 34, 70, 94, …); got {depth}")
+        if widen_factor < 1:
+            raise ConfigError(f"WideResNet widen_factor must be ≥ 1; got {widen_factor}")
+        if activation not in ACTIVATIONS:
+            raise ConfigError(f"unknown WideResNet activation '{activation}'; choose one of {', '.join(ACTIVATIONS)}")
+        act = ACTIVATIONS[activation]
+        blocks_per_group = (depth - 4) // 6
+        channels = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
+        self.init_conv = nn.Conv2d(3, channels[0], kernel_size=3, stride=1, padding=1, bias=False)
+        self.layer = nn.Sequential(*[
+            DeepMindBlockGroup(blocks_per_group, channels[g], channels[g + 1], 1 if g == 0 else 2, act)
+            for g in range(3)
+        ])
+        self.batchnorm = nn.BatchNorm2d(channels[3])
+        self.relu = act()
+        self.logits = nn.Linear(channels[3], num_classes)
+        self.num_channels = channels[3]
+        he_init(self)
+
+    def basic_blocks(self) -> list[tuple[str, DeepMindBlock]]:
+        """All blocks in forward order with their module paths (``layer.1.block.0``)."""
+        return [(f"layer.{g}.block.{i}", block) for g, group in enumerate(self.layer)
+                for i, block in enumerate(group.block)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.batchnorm(self.layer(self.init_conv(x))))
+        return self.logits(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+    def add_rome_experts(self, config: RomeConfig) -> DeepMindWideResNet:
+        """Wrap conv_0/conv_1 (targets conv1/conv2) of every block in gated conv-LoRA experts, in place."""
+        add_conv_experts(self.basic_blocks(), config, "WideResNet", DM_CONV_NAMES)
+        return self
+
+
 WRN_SIZES: dict[str, dict[str, int]] = {
     "wrn_micro": {"depth": 10, "widen_factor": 1},  # for tests
     "wrn_smoke": {"depth": 16, "widen_factor": 2},
@@ -297,19 +407,44 @@ WRN_SIZES: dict[str, dict[str, int]] = {
     "wrn_70_16": {"depth": 70, "widen_factor": 16},
 }
 WRN_OVERRIDES: frozenset[str] = frozenset({"depth", "widen_factor", "drop_rate", "sub_block1", "bias_last"})
+# RobustBench's DMWideResNet layout (SiLU): its WRN-94-16 (Bartoldson et al. 2024; paper Table 3) and the
+# Gowal/Rebuffi/Wang WRN-28-10 and WRN-70-16 checkpoints
+DM_WRN_SIZES: dict[str, dict[str, int]] = {
+    "dm_wrn_micro": {"depth": 10, "widen_factor": 1},  # for tests
+    "dm_wrn_28_10": {"depth": 28, "widen_factor": 10},
+    "dm_wrn_70_16": {"depth": 70, "widen_factor": 16},
+    "wrn_94_16": {"depth": 94, "widen_factor": 16},
+}
+DM_WRN_OVERRIDES: frozenset[str] = frozenset({"depth", "widen_factor", "activation"})
+
+
+def _check_overrides(overrides: dict[str, object], allowed: frozenset[str]) -> None:
+    unknown = sorted(set(overrides) - allowed)
+    if unknown:
+        raise ConfigError(f"unknown WideResNet option(s) {', '.join(unknown)}; choose from "
+                          f"{', '.join(sorted(allowed))}")
 
 
 def _make_wrn_builder(size: dict[str, int]) -> Callable[..., WideResNet]:
     def build(num_classes: int, image_size: int, patch_size: int | None = None, **overrides: float) -> WideResNet:
         """A WideResNet (any image size: the head pools adaptively); ``patch_size`` is ignored."""
-        unknown = sorted(set(overrides) - WRN_OVERRIDES)
-        if unknown:
-            raise ConfigError(f"unknown WideResNet option(s) {', '.join(unknown)}; choose from "
-                              f"{', '.join(sorted(WRN_OVERRIDES))}")
+        _check_overrides(overrides, WRN_OVERRIDES)
         return WideResNet(num_classes=num_classes, **{**size, **overrides})  # type: ignore[arg-type]
+
+    return build
+
+
+def _make_dm_wrn_builder(size: dict[str, int]) -> Callable[..., DeepMindWideResNet]:
+    def build(num_classes: int, image_size: int, patch_size: int | None = None,
+              **overrides: int | str) -> DeepMindWideResNet:
+        """A DeepMind-layout WideResNet (any image size: the head pools adaptively); ``patch_size`` is ignored."""
+        _check_overrides(overrides, DM_WRN_OVERRIDES)
+        return DeepMindWideResNet(num_classes=num_classes, **{**size, **overrides})  # type: ignore[arg-type]
 
     return build
 
 
 for _name, _size in WRN_SIZES.items():
     MODELS.add(_name, _make_wrn_builder(_size), family="wrn", **_size)
+for _name, _size in DM_WRN_SIZES.items():
+    MODELS.add(_name, _make_dm_wrn_builder(_size), family="wrn", layout="deepmind", activation="silu", **_size)

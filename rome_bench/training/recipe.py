@@ -129,6 +129,10 @@ class Recipe(ABC):
             self._threats = self.build_threats()
         return self._threats
 
+    def routing_groups(self) -> int:
+        """How many threat labels (ids 0..n−1) the routing loss sees: one per training threat by default."""
+        return len(self.threats())
+
     def parameters(self, model: nn.Module) -> list[nn.Parameter]:
         """The parameters the optimizer trains (all by default; fine-tuning schemes may freeze some)."""
         return list(model.parameters())

@@ -247,7 +247,7 @@ class Trainer:
         model = model.to(self.device)
         parameters = self.recipe.parameters(model)
         optimizer = build_optimizer(parameters, config.train)
-        ctx = StepContext(model, parameters, self._routing_loss(len(self.recipe.threats())))
+        ctx = StepContext(model, parameters, self._routing_loss(self.recipe.routing_groups()))
         costs = CostMeter(model, self.device)
         curve = TrainingCurve(config, self.run_dir, self.device) if config.train.eval_every and self.writes else None
         if self.writes and not resume:

@@ -76,6 +76,10 @@ class MSDRecipe(Recipe):
                               f"{self.attack_kind} does not apply: use --train-attack pgd")
         return [msd_threat(self.threat_config.eps, self.options)]
 
+    def routing_groups(self) -> int:
+        """Each example is labelled by the norm whose step it kept last (0/1/2 = ℓ1/ℓ2/ℓ∞), not by its one threat."""
+        return 3
+
     def loss(self, ctx: StepContext, batch: Batch) -> StepResult:
         images, labels = batch.images, batch.labels
         (attack,) = self.threats()

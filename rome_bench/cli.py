@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from rome_bench.config import RunConfig, apply_override, preset, validate
+from rome_bench.config import PRESETS, RunConfig, apply_override, preset, validate
 from rome_bench.errors import ConfigError, RomeBenchError, UnknownEntryError
 
 if TYPE_CHECKING:  # the heavy modules are imported by the commands that need them
@@ -88,7 +88,7 @@ def train(
         help="Fine-tune: start from a run directory or weights file (experts added to it start at B = 0).")
     ] = None,
     preset_name: Annotated[str | None, typer.Option(
-        "--preset", help="smoke | cifar10 | imagenet100 | imagenet1k (default cifar10; on --resume the run's)",
+        "--preset", help=f"{' | '.join(PRESETS)} (default cifar10; on --resume the run's)",
     )] = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<method>-<preset>).")] = None,
     dataset: Annotated[str | None, typer.Option(help="Dataset name (smoke uses synthetic).")] = None,
@@ -157,6 +157,8 @@ def train(
     if resume and preset_name is None:
         base = read_run_config(out)  # type: ignore[arg-type]
     config = resolve_config(base, overrides + list(set_ or []))
+    if config.preset.startswith("finetune") and not config.model.init_from:
+        raise ConfigError(f"preset {config.preset} fine-tunes trained weights: give --init RUN_DIR or a weights file")
     chosen_family = FAMILIES.get(config.model.family)  # an unknown family fails here, before anything is written
     given = [f"--{name.replace('_', '-')}" for name, value in expert_switches.items() if value is not None]
     if given and not chosen_family.has_experts:

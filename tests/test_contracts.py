@@ -1,0 +1,127 @@
+"""Contract tests over the registries (timm-style): every entry, including ones added later, is checked here.
+
+* every recipe, on every family it accepts, trains 2 steps to finite weights and resumes bit-exact after a kill;
+* every family's forward/backward reaches every parameter, and its gates (if any) have consistent shapes;
+* every registered threat appears in some suite or training attack, rebuilds from ``params()``, stays within its
+  budget and [0, 1], and is deterministic under a seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rome_bench.cli import resolve_config
+from rome_bench.config import preset
+from rome_bench.data import load_dataset
+from rome_bench.evaluation.runner import verify_threat_output
+from rome_bench.evaluation.suites import SUITES
+from rome_bench.models import FAMILIES, create_model, gate_outputs
+from rome_bench.threats import THREATS, Threat
+from rome_bench.training import recipes as _recipes  # noqa: F401  (registers every recipe)
+from rome_bench.training.attacks import training_threats
+from rome_bench.training.recipe import RECIPES
+from rome_bench.training.trainer import Trainer
+
+FAST = ["model.backbone=vit_micro", "data.train_size=24", "train.batch_size=8", "train.epochs=2",
+        "train.checkpoint_every=2", "threats.train_steps.l1=1", "threats.train_steps.l2=1",
+        "threats.train_steps.linf=1", "threats.apgd_steps.l1=2", "threats.apgd_steps.l2=2",
+        "threats.apgd_steps.linf=2"]
+ITERATION_OPTIONS = ("steps", "iterations", "attack_steps")  # a recipe's own attack-length options, cut to 1
+
+
+def fast_config(recipe: str, family: str):
+    options = [f"train.options.{f.name}=1" for f in dataclasses.fields(RECIPES.get(recipe).Options)
+               if f.name in ITERATION_OPTIONS]
+    return resolve_config(preset("smoke"), [*FAST, f"train.recipe={recipe}", f"model.family={family}", *options])
+
+
+class Killed(Exception):
+    pass
+
+
+def die_at(step_to_die: int):
+    def on_step(step: int) -> None:
+        if step == step_to_die:
+            raise Killed
+
+    return on_step
+
+
+@pytest.mark.parametrize("family", FAMILIES.names())
+@pytest.mark.parametrize("recipe", RECIPES.names())
+def test_every_recipe_trains_and_resumes_bit_exact(tmp_path, recipe, family):
+    """6 steps unbroken vs killed at step 5 (after the checkpoint at step 4) and resumed: identical weights."""
+    unbroken = Trainer(fast_config(recipe, family), tmp_path / "unbroken", progress=False).fit()
+    with pytest.raises(Killed):
+        Trainer(fast_config(recipe, family), tmp_path / "broken", progress=False).fit(on_step=die_at(5))
+    resumed = Trainer(fast_config(recipe, family), tmp_path / "broken", progress=False).fit(resume=True)
+    expected, got = load_file(unbroken.with_suffix(".safetensors")), load_file(resumed.with_suffix(".safetensors"))
+    assert expected.keys() == got.keys()
+    assert all(torch.isfinite(t).all() for t in expected.values() if t.is_floating_point())
+    assert all(torch.equal(expected[k], got[k]) for k in expected), f"{recipe} on {family} did not resume bit-exact"
+
+
+@pytest.mark.parametrize("family", FAMILIES.names())
+def test_every_family_trains_every_parameter_and_reports_consistent_gates(family):
+    config = preset("smoke").model
+    config.backbone, config.family = "vit_micro", family
+    info = load_dataset("synthetic", "test").info
+    torch.manual_seed(0)
+    model = create_model(config, info)
+    for parameter in model.parameters():  # experts start neutral (B = 0): perturb so every gradient is non-zero
+        parameter.data.add_(0.01 * torch.randn_like(parameter))
+    images = torch.rand(3, 3, 32, 32)
+    model(images).logsumexp(1).sum().backward()
+    silent = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not silent, f"family {family}: no gradient reaches {silent[:3]}"
+    gates = gate_outputs(model)
+    assert bool(gates) == FAMILIES.get(family).has_experts
+    for gate in gates:
+        assert gate.fused.shape[0] == len(images) and gate.fused.shape[-1] == config.rome.num_experts
+        assert torch.allclose(gate.fused.sum(-1), torch.ones(()), atol=1e-5), gate.name
+
+
+def all_threat_instances() -> list[Threat]:
+    """One instance of every threat the suites and the training attacks build, at the smoke preset."""
+    threats_config = preset("smoke").threats
+    instances: dict[str, Threat] = {}
+    for suite in SUITES.entries():
+        for threat in suite.obj.build(threats_config):
+            instances.setdefault(threat.name, threat)
+    for attack in ("pgd", "apgd"):
+        for threat in training_threats(threats_config, attack):
+            instances.setdefault(threat.name, threat)
+    for name in RECIPES.names():
+        recipe = RECIPES.get(name)
+        for threat in recipe(recipe.Options(), threats_config, "pgd").threats():
+            instances.setdefault(threat.name, threat)
+    return list(instances.values())
+
+
+INSTANCES = all_threat_instances()
+SLOW = {"autoattack-linf", "autoattack-l2", "autoattack-l1"}  # covered by test_autoattack; minutes on 2 cores
+
+
+def test_every_registered_threat_is_built_by_some_suite_or_recipe():
+    built = {threat.name for threat in INSTANCES}
+    assert set(THREATS.names()) <= built, f"never built, so never checked: {sorted(set(THREATS.names()) - built)}"
+
+
+@pytest.mark.parametrize("threat", [t for t in INSTANCES if t.name not in SLOW], ids=lambda t: t.name)
+def test_every_threat_rebuilds_stays_in_budget_and_is_deterministic(threat, undefended_model, synthetic_test):
+    rebuilt = type(threat)(**threat.params())
+    assert rebuilt.key == threat.key
+    if not threat.applicable(undefended_model):
+        pytest.skip(f"{threat.name} does not apply to a model without gates")
+    images, labels = synthetic_test.dataset.batch([0, 1, 2])
+    kwargs = {"example_ids": [0, 1, 2]} if threat.uses_example_ids else {}
+    outputs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        outputs.append(rebuilt(undefended_model, images, labels, **kwargs))
+    verify_threat_output(rebuilt, images, outputs[0], [0, 1, 2])
+    assert torch.equal(outputs[0], outputs[1]), f"{threat.name} is not deterministic under a seed"

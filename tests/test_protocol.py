@@ -137,6 +137,33 @@ def test_a_weaker_attack_of_the_same_norm_is_flagged(tmp_path, undefended_model,
         assert "weaker-than-other" not in store.flags("m", strong.key, synthetic_test.fingerprint)
 
 
+class LinfPGDInItsOwnColumn(LinfPGD):
+    """An ℓ∞ attack shown in another leaderboard column (as GMA is)."""
+
+    column = "elsewhere"
+
+
+def test_the_weaker_flag_compares_by_budget_not_by_column(tmp_path, undefended_model, synthetic_test):
+    """Same norm and no larger ε: compared across columns; a larger ε or another norm is not evidence."""
+    ids = list(range(32))
+    weak = LinfPGDInItsOwnColumn(2 / 255, steps=1, step_size=1e-4)
+    strong, larger = LinfPGD(2 / 255, steps=8), LinfPGD(8 / 255, steps=8)
+    l2 = L2PGD(0.5, steps=8)
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        evaluate_threats(undefended_model, "m", [Clean(), weak, l2], synthetic_test, ids, store, 16, CPU,
+                         progress=False)
+        refresh_computed_flags(store, "m", synthetic_test.fingerprint)
+        assert "weaker-than-other" not in store.flags("m", weak.key, synthetic_test.fingerprint)  # ℓ2 is no evidence
+        evaluate_threats(undefended_model, "m", [Clean(), larger], synthetic_test, ids, store, 16, CPU,
+                         progress=False)
+        refresh_computed_flags(store, "m", synthetic_test.fingerprint)
+        assert "weaker-than-other" not in store.flags("m", weak.key, synthetic_test.fingerprint)  # larger ε
+        evaluate_threats(undefended_model, "m", [Clean(), strong], synthetic_test, ids, store, 16, CPU,
+                         progress=False)
+        refresh_computed_flags(store, "m", synthetic_test.fingerprint)
+        assert store.flags("m", weak.key, synthetic_test.fingerprint)["weaker-than-other"] > 0
+
+
 def test_per_example_matrix_matches_the_leaderboard(tmp_path, undefended_model, synthetic_test):
     ids = list(range(24))
     with ResultStore(tmp_path / "r.sqlite") as store:

@@ -10,7 +10,8 @@ Flags are counts of examples, stored per (model, threat, dataset) and shown as a
   white-box attack of AutoAttack failed; pyautoattack's own zero-gradient warning;
 * computed from stored results (:func:`refresh_computed_flags`): ``eps-non-monotone`` — accuracy rose with ε in
   a sweep; ``steps-non-monotone`` — accuracy rose with more steps (same threat, same ε); ``weaker-than-other``
-  — examples this threat left robust but another threat of the same column (same norm) broke with no larger ε.
+  — examples this threat left robust but another ℓp threat of the same norm broke with no larger ε, whatever
+  their leaderboard columns (so GMA, an ℓ∞ attack with its own column, is compared with ℓ∞ PGD and AutoAttack).
 
 The runner also verifies budgets, range and NaNs on every batch; those are errors, not flags.
 """
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rome_bench.evaluation.store import ResultStore
+from rome_bench.threats.base import LP_ORDERS, THREATS
 
 FLAG_DESCRIPTIONS = {
     "randomized": "two forward passes of the same images differ: use a randomised-defence protocol (EOT)",
@@ -30,7 +32,8 @@ FLAG_DESCRIPTIONS = {
     "autoattack-warning": "pyautoattack logged a warning during the attack",
     "eps-non-monotone": "robust accuracy rose with a larger ε in the sweep",
     "steps-non-monotone": "robust accuracy rose with more attack steps at the same ε",
-    "weaker-than-other": "examples this threat left robust were broken by another threat of the same norm",
+    "weaker-than-other": "examples this threat left robust were broken by another threat of the same norm and no "
+                         "larger ε",
 }
 
 VANISHING_GRADIENT = 1e-12
@@ -71,9 +74,19 @@ def refresh_computed_flags(store: ResultStore, model_hash: str, dataset: str) ->
                        _rise(results, key, _neighbours(by_key, key, axis="eps")))
         store.set_flag(model_hash, key, dataset, "steps-non-monotone",
                        _rise(results, key, _neighbours(by_key, key, axis="steps")))
-        others = [k for k, (n, c, p) in by_key.items() if c == column and k != key and n != "clean"
-                  and p.get("eps", float("inf")) <= params.get("eps", 0.0) * (1 + 1e-9)]
+        budget = lp_budget(name, params)
+        others = [k for k, (n, _, p) in by_key.items() if k != key and n != "clean" and budget is not None
+                  and (other := lp_budget(n, p)) is not None and other[0] == budget[0]
+                  and other[1] <= budget[1] * (1 + 1e-9)]
         store.set_flag(model_hash, key, dataset, "weaker-than-other", _missed(results, key, others))
+
+
+def lp_budget(name: str, params: dict) -> tuple[str, float] | None:
+    """(norm, ε) of a stored ℓp threat (a registered class with a ``norm`` and an ``eps``); None for the others."""
+    if name not in THREATS or "eps" not in params:
+        return None
+    norm = getattr(THREATS.get(name), "norm", None)
+    return (norm, float(params["eps"])) if norm in LP_ORDERS else None
 
 
 _STEP_KEYS = ("steps", "n_iter")

@@ -67,7 +67,7 @@ def refresh_computed_flags(store: ResultStore, model_hash: str, dataset: str) ->
     threats = store.threats_of_model(model_hash, dataset)
     results = {key: store.correctness(model_hash, key, dataset) for key, _, _, _ in threats}
     by_key = {key: (name, column, params) for key, name, column, params in threats}
-    for key, (name, column, params) in by_key.items():
+    for key, (name, _, params) in by_key.items():
         if name == "clean":
             continue
         store.set_flag(model_hash, key, dataset, "eps-non-monotone",

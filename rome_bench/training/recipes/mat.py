@@ -9,15 +9,25 @@ Every threat's adversarial examples are generated in eval mode, then one train-m
 
 On a family with experts the routing loss (L_div of Eq. 9 by default) is added, with each adversarial input
 labelled by the threat that made it: that is RoME on these recipes (``rome+max``, …).
+
+Option ``train.options.batched_attacks`` (default false): generate all threats' PGD examples in one batched pass
+(``training/batched.py``: one forward/backward per iteration over the stacked perturbations, each threat stepped and
+projected by its own rule, a threat with fewer steps frozen once done). Valid when the model's eval-mode output for
+an example does not depend on the rest of its batch (every ViT/CNN family here, RoME included; not batch-capacity
+routing); the same random starts, the same examples up to float rounding, so off by default to keep runs
+bit-identical to the sequential generation.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from rome_bench.threats import Threat
 from rome_bench.training.attacks import training_threats
+from rome_bench.training.batched import batched_attack_inputs, check_batchable
 from rome_bench.training.recipe import Batch, Recipe, StepContext, StepResult, register_recipe
 
 Assignment = tuple[torch.Tensor, torch.Tensor]  # (example index, threat id), one entry per adversarial input
@@ -49,11 +59,25 @@ def adversarial_inputs(ctx: StepContext, threats: list[Threat], images: torch.Te
     return adversarial
 
 
+@dataclass(frozen=True)
+class MultiThreatOptions:
+    batched_attacks: bool = False  # all threats' PGD in one batched pass (training/batched.py); not bit-identical
+
+
 class MultiThreatRecipe(Recipe):
     """Adversarial inputs from the ℓ1, ℓ2, ℓ∞ training attacks, assigned and aggregated by the subclass."""
 
+    Options = MultiThreatOptions
+    options: MultiThreatOptions
+
     def build_threats(self) -> list[Threat]:
         return training_threats(self.threat_config, self.attack_kind)
+
+    def threats(self) -> list[Threat]:
+        threats = super().threats()
+        if self.options.batched_attacks:
+            check_batchable(threats)
+        return threats
 
     def assign(self, batch_size: int, num_threats: int, device: torch.device) -> Assignment:
         return all_threats_every_example(batch_size, num_threats, device)
@@ -67,7 +91,8 @@ class MultiThreatRecipe(Recipe):
         threats = self.threats()
         clean_correct = int((ctx.eval_logits(images).argmax(1) == labels).sum())
         example_index, threat_ids = self.assign(len(images), len(threats), images.device)
-        adversarial = adversarial_inputs(ctx, threats, images, labels, (example_index, threat_ids))
+        generate = batched_attack_inputs if self.options.batched_attacks else adversarial_inputs
+        adversarial = generate(ctx, threats, images, labels, (example_index, threat_ids))
         targets = labels[example_index]
         logits = ctx.forward(adversarial)
         loss = self.aggregate(F.cross_entropy(logits, targets, reduction="none"), len(images))

@@ -109,3 +109,15 @@ def test_randomness_is_flagged_and_determinism_is_not(undefended_model, correct_
     with torch.no_grad():
         logits = noisy(images)
     assert batch_model_flags(noisy, images, labels, logits, correct)["randomized"] == 8
+
+
+@pytest.mark.parametrize("threat_class", [L1AutoAttack, LinfAPGD])
+def test_n_iter_sets_every_iteration_setting_as_the_constructor_would(threat_class):
+    """Setting only ``n_iter`` on a built APGD left ℓ1's ε-schedule (and the step checkpoints) at 100 iterations."""
+    from pyautoattack.autopgd_base import APGDAttack
+
+    adversary = threat_class(eps=1.0, n_iter=10).adversary(nn.Linear(1, 1), torch.device("cpu"))
+    reference = APGDAttack(nn.Linear(1, 1), n_iter=10, eps=1.0)
+    for attack in (adversary.apgd, adversary.apgd_targeted):
+        for name in ("n_iter", "n_iter_orig", "n_iter_2", "n_iter_min", "size_decr"):
+            assert getattr(attack, name) == getattr(reference, name), name

@@ -75,8 +75,9 @@ class AutoAttackThreat(Threat):
                                         version=self.version, device=device)
         if self.attacks is not None:
             adversary.attacks_to_run = list(self.attacks)
-        for attack in (adversary.apgd, adversary.apgd_targeted, adversary.fab):
-            attack.n_iter = self.n_iter
+        for attack in (adversary.apgd, adversary.apgd_targeted):
+            set_apgd_iterations(attack, self.n_iter)
+        adversary.fab.n_iter = self.n_iter
         adversary.square.n_queries = self.n_queries
         return adversary
 
@@ -114,6 +115,19 @@ class AutoAttackThreat(Threat):
 
     def call_flags(self) -> dict[str, int]:
         return dict(getattr(self, "_flags", {}))
+
+
+def set_apgd_iterations(attack: Any, n_iter: int) -> None:
+    """Give a built pyautoattack APGD ``n_iter`` iterations as if it had been constructed with them.
+
+    Its constructor derives more than ``n_iter`` from the iteration count: the step-size checkpoints
+    (``n_iter_2``, ``n_iter_min``, ``size_decr``) and ``n_iter_orig``, which the ℓ1 ε-schedule (3ε → 2ε → ε) splits
+    into its stages. Setting ``n_iter`` alone would leave ℓ1 APGD at the constructor's 100 iterations.
+    """
+    attack.n_iter = attack.n_iter_orig = n_iter
+    attack.n_iter_2 = max(int(0.22 * n_iter), 1)
+    attack.n_iter_min = max(int(0.06 * n_iter), 1)
+    attack.size_decr = max(int(0.03 * n_iter), 1)
 
 
 class _WarningCollector(logging.Handler):

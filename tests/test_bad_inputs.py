@@ -271,3 +271,21 @@ def test_a_reference_file_of_the_wrong_shape_is_one_line(cli_main, tmp_path, emp
     args = (["leaderboard", "--store", str(empty_store), "--reference", str(reference)] if command == "leaderboard"
             else ["check", "--reference", str(reference)])
     assert_one_line_error(cli_main(*args), str(reference), needle)
+
+
+@pytest.mark.parametrize("content", ["pickled-object", "garbage"])
+def test_unreadable_pt_weights_are_one_plain_line(cli_main, tmp_path, content):
+    """torch's own refusal is paragraphs long with terminal escapes: the user gets one plain line instead."""
+    module = tmp_path / "net.py"
+    module.write_text("from torch import nn\n\nclass Net(nn.Sequential):\n"
+                      "    def __init__(self):\n        super().__init__(nn.Flatten(), nn.Linear(3072, 10))\n")
+    weights = tmp_path / "w.pt"
+    if content == "garbage":
+        weights.write_bytes(b"not a torch file" * 8)
+    else:
+        torch.save({"0.weight": torch.zeros(1), "note": Path("x")}, weights)  # an object only unpickling can build
+    result = cli_main("eval", "--model-file", f"{module}:Net", "--weights", str(weights), "--preset", "smoke",
+                      "--suite", "seen-pgd", "--n-examples", "4", "--store", str(tmp_path / "s.sqlite"),
+                      "--no-progress")
+    assert_one_line_error(result, "not a torch file of plain tensors", "torch.save(model.state_dict(), path)")
+    assert "\x1b" not in result.stderr and not (tmp_path / "s.sqlite").exists()

@@ -6,6 +6,7 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import pickle
 import re
 import sys
 from collections.abc import Mapping
@@ -183,6 +184,10 @@ def _read_weights(path: Path) -> object:
 
             return load_file(str(path))
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # torch's own message is paragraphs long, with terminal escapes
+        raise CheckpointError(f"cannot read weights '{path}': not a torch file of plain tensors (objects that would "
+                              f"need unpickling are never loaded); save a state dict with "
+                              f"torch.save(model.state_dict(), path) or safetensors") from error
     except Exception as error:
         raise CheckpointError(f"cannot read weights '{path}' ({_one_line(error)}); save a state dict with "
                               "torch.save(model.state_dict(), path) or safetensors") from error

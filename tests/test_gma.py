@@ -90,3 +90,22 @@ def test_gma_is_not_applicable_without_gates_and_stored_as_such(tmp_path, undefe
                          torch.device("cpu"), progress=False)
         assert store.not_applicable("gated", threat.key, synthetic_test.fingerprint) is None
         assert len(store.correctness("gated", threat.key, synthetic_test.fingerprint)) == 8
+
+
+@pytest.mark.parametrize("eps", [1 / 255, 2 / 255])
+def test_gma_union_breaks_exactly_what_gma_or_pgd_breaks(gated_model, correct_batch, eps):
+    """Per example, GMA∪PGD is the worst case of GMA and of PGD on the same budget (deterministic starts)."""
+    from rome_bench.threats.gma import GatingMisroutingOrPGD
+
+    images, labels = correct_batch[0][:32], correct_batch[1][:32]
+    union = GatingMisroutingOrPGD(eps=eps, steps=5, random_start=False)
+    gma = GatingMisrouting(eps=eps, steps=5, random_start=False)
+    pgd = LinfPGD(eps, 5, gma.step_size, random_start=False)
+    adversarial = {name: threat(gated_model, images, labels)
+                   for name, threat in (("union", union), ("gma", gma), ("pgd", pgd))}
+    with torch.no_grad():
+        fooled = {name: gated_model(x).argmax(1) != labels for name, x in adversarial.items()}
+    assert torch.equal(fooled["union"], fooled["gma"] | fooled["pgd"])
+    assert fooled["union"].sum() >= max(fooled["gma"].sum(), fooled["pgd"].sum())
+    check = union.budget().check(images, adversarial["union"])
+    assert bool((check.measured <= check.limit).all())

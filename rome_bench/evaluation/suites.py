@@ -7,7 +7,18 @@ from dataclasses import dataclass, field, replace
 
 from rome_bench.config import ThreatsConfig
 from rome_bench.registry import Registry
-from rome_bench.threats import CORRUPTIONS, Clean, Threat, seen_apgd, seen_autoattack, seen_threats, unseen_threats
+from rome_bench.threats import (
+    CORRUPTIONS,
+    Clean,
+    GatingMisrouting,
+    LinfPGD,
+    Threat,
+    seen_apgd,
+    seen_autoattack,
+    seen_threats,
+    unseen_threats,
+)
+from rome_bench.threats.gma import GatingMisroutingOrPGD
 
 
 @dataclass(frozen=True)
@@ -92,4 +103,15 @@ register_suite(Suite(
                 "percep": ("fog", "snow", "gabor", "elastic", "jpeg")},
     show_avg=False,
     union_with=("seen", "seen-apgd", "seen-plus", "seen-pgd"),
+))
+
+register_suite(Suite(
+    name="adaptive",
+    build=lambda threats: [Clean(), LinfPGD(threats.eps["linf"], 20), GatingMisrouting(threats.eps["linf"], 20),
+                           GatingMisroutingOrPGD(threats.eps["linf"], 20)],
+    columns=("nat", "linf", "gma", "gma-union"),
+    titles={"nat": "Nat", "linf": "PGD ℓ∞", "gma": "GMA", "gma-union": "GMA∪PGD"},
+    description="clean, ℓ∞ PGD, the gating-misrouting attack and their per-example worst case, all at the run's ℓ∞ ε "
+                "with 20 steps: the adaptive evaluation of a mixture-of-experts model, never weaker than PGD",
+    show_avg=False,
 ))

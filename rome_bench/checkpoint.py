@@ -57,17 +57,31 @@ def load_final_weights(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write ``path`` through a temporary file in its folder and ``os.replace``; an OSError names ``path``."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise _naming(error, path) from error
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise _naming(error, path) from error
         raise
+
+
+def _naming(error: OSError, path: Path) -> OSError:
+    """The same error, naming the file the user asked for rather than our temporary file (or nothing)."""
+    named = error.filename2 or error.filename
+    if named is not None and ".tmp" not in str(named):
+        return error
+    return type(error)(error.errno, error.strerror or str(error), str(path))
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -36,3 +36,7 @@ class TrainingError(RomeBenchError):
 
 class ModelOutputError(RomeBenchError):
     """A model's output is not one finite logit per class for each image."""
+
+
+class StoreError(RomeBenchError):
+    """The results store cannot be opened or written (not a database, read-only, a folder, disk full)."""

@@ -134,13 +134,15 @@ def test_unusable_stores_and_output_paths_are_one_line(cli_main, tmp_path, empty
     folder.mkdir()
     before = tree_digest(tmp_path)
     cases = [
-        (["leaderboard", "--store", str(not_a_database)], "results store: file is not a database"),
-        (["leaderboard", "--store", str(folder)], "results store: unable to open database file"),
+        (["leaderboard", "--store", str(not_a_database)], f"results store {not_a_database}: file is not a database"),
+        (["leaderboard", "--store", str(folder)], f"results store {folder}: unable to open database file"),
         (["export", "--store", str(not_a_database), "--out", str(tmp_path / "m.csv")], "file is not a database"),
         (["leaderboard", "--store", str(empty_store), "--out", str(folder)], f"cannot use {folder}: Is a directory"),
         (["export", "--store", str(empty_store), "--out", str(folder)], f"cannot use {folder}: Is a directory"),
         (["leaderboard", "--store", str(empty_store), "--out", str(not_a_database / "x.md")],
          f"cannot use {not_a_database}: File exists"),
+        (["leaderboard", "--store", str(empty_store), "--out", "/proc/rome-bench-board.md"],
+         "cannot use /proc/rome-bench-board.md:"),  # the file asked for, not our temporary file
     ]
     for args, needle in cases:
         assert_one_line_error(cli_main(*args), needle)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rome_bench.errors import StoreError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
     model_hash TEXT PRIMARY KEY, label TEXT NOT NULL, method TEXT, run_dir TEXT, metadata TEXT
@@ -125,9 +127,13 @@ class ResultStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._connection = sqlite3.connect(self.path)
-        self._connection.executescript(SCHEMA)
-        self._migrate()
+        try:
+            self._connection = sqlite3.connect(self.path)
+            self._connection.executescript(SCHEMA)
+            self._migrate()
+        except sqlite3.Error as error:
+            raise StoreError(f"results store {self.path}: {error}; give --store a writable SQLite file with free "
+                             f"space (nothing in it was changed)") from error
 
     def _migrate(self) -> None:
         """Bring a store written by an older rome-bench up to this schema (columns are only ever added)."""

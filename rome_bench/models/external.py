@@ -9,6 +9,7 @@ import inspect
 import pickle
 import re
 import sys
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +67,7 @@ def load_external_weights(model: nn.Module, path: Path) -> None:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"weights '{path}' not found; give a local .safetensors, .pt or .pth file")
-    state = _strip_parallel_prefix(_unwrap_state_dict(_read_weights(path), path), model)
+    state = _strip_parallel_prefix(_unwrap_state_dict(read_weights_file(path), path), model)
     problem = state_dict_mismatch(model.state_dict(), state)
     if problem:
         raise CheckpointError(f"weights '{path}' do not fit {type(model).__name__}: {problem}; "
@@ -176,14 +177,19 @@ def _builder_names(module: ModuleType, limit: int = 12) -> list[str]:
     return [*names[:limit], "..."] if len(names) > limit else names
 
 
-def _read_weights(path: Path) -> object:
-    """Read a .safetensors file, or a torch-saved file without unpickling arbitrary objects."""
+def read_weights_file(path: Path) -> object:
+    """Read a .safetensors file, or a torch-saved file without unpickling arbitrary objects.
+
+    torch's own warnings about the file (e.g. its pickle protocol) are silenced: a refused file gets one line.
+    """
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             return load_file(str(path))
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:  # torch's own message is paragraphs long, with terminal escapes
         raise CheckpointError(f"cannot read weights '{path}': not a torch file of plain tensors (objects that would "
                               f"need unpickling are never loaded); save a state dict with "

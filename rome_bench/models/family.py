@@ -15,12 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-import torch
 from torch import nn
 
 from rome_bench.config import ModelConfig
 from rome_bench.errors import CheckpointError
 from rome_bench.models.classifier import ImageClassifier
+from rome_bench.models.external import read_weights_file
 from rome_bench.models.registry import MODELS
 from rome_bench.models.rome import add_rome_experts
 from rome_bench.registry import Registry
@@ -83,15 +83,9 @@ def load_pretrained(backbone: nn.Module, path: Path) -> None:
     """Load a local state dict; the classifier head and mismatched shapes (e.g. pos_embed) are skipped."""
     if not path.is_file():
         raise CheckpointError(f"pretrained weights '{path}' not found; give a local .safetensors or .pth file")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise CheckpointError(f"cannot read pretrained weights '{path}': {error}") from error
+    state = read_weights_file(path)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"pretrained weights '{path}' are not a state dict; save model.state_dict()")
     own = backbone.state_dict()
     compatible = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not compatible:

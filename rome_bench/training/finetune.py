@@ -33,6 +33,7 @@ from rome_bench.checkpoint import CONFIG_FILE, load_final_weights
 from rome_bench.config import ModelConfig
 from rome_bench.errors import CheckpointError
 from rome_bench.models import create_model
+from rome_bench.models.external import read_weights_file
 from rome_bench.models.rome import FFNExpertMixture
 
 if TYPE_CHECKING:
@@ -52,14 +53,7 @@ def read_initial_weights(source: Path) -> dict[str, torch.Tensor]:
     if not source.is_file():
         raise CheckpointError(f"--init {source} does not exist; give a run directory or a weights file "
                               f"(.safetensors, .pt, .pth)")
-    try:
-        if source.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(source))
-        state = torch.load(source, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise CheckpointError(f"cannot read --init weights {source}: {type(error).__name__}") from error
+    state = read_weights_file(source)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"--init {source} is not a state dict (a flat dict of tensors); save the model's "
                               f"state_dict() itself")

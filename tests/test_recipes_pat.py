@@ -185,3 +185,10 @@ def test_a_run_started_with_alexnet_lpips_refuses_to_resume_with_self_lpips():
     recipe.load_state_dict(recipe.state_dict())
     with pytest.raises(ConfigError, match="LPIPS 'alexnet'"):
         recipe.load_state_dict({"lpips_alexnet": torch.tensor(1)})
+
+
+@pytest.mark.parametrize("name", ["pat", "pat+vr"])
+def test_pat_refuses_the_apgd_training_attack_it_would_not_use(name):
+    """Fast-LPA is PAT's attack: --train-attack apgd is refused in one line, not silently ignored."""
+    with pytest.raises(ConfigError, match="--train-attack apgd does not apply"):
+        build_recipe(name, {}, preset("smoke").threats, "apgd").threats()

@@ -319,6 +319,9 @@ class PATRecipe(Recipe):
                 "projection": options.projection}
 
     def build_threats(self) -> list[Threat]:
+        if self.attack_kind != "pgd":
+            raise ConfigError(f"{self.name} generates its examples with Fast-LPA; --train-attack "
+                              f"{self.attack_kind} does not apply: use --train-attack pgd")
         return [FastLagrangePerceptualAttack(**self.attack_settings())]
 
     @property

@@ -25,6 +25,7 @@ from rome_bench.training import recipes as _recipes  # noqa: F401  (registers ev
 from rome_bench.training.attacks import training_threats
 from rome_bench.training.recipe import RECIPES
 from rome_bench.training.trainer import Trainer
+from tests.test_training import Killed, kill_at
 
 FAST = ["model.backbone=vit_micro", "data.train_size=24", "train.batch_size=8", "train.epochs=2",
         "train.checkpoint_every=2", "threats.train_steps.l1=1", "threats.train_steps.l2=1",
@@ -39,25 +40,13 @@ def fast_config(recipe: str, family: str):
     return resolve_config(preset("smoke"), [*FAST, f"train.recipe={recipe}", f"model.family={family}", *options])
 
 
-class Killed(Exception):
-    pass
-
-
-def die_at(step_to_die: int):
-    def on_step(step: int) -> None:
-        if step == step_to_die:
-            raise Killed
-
-    return on_step
-
-
 @pytest.mark.parametrize("family", FAMILIES.names())
 @pytest.mark.parametrize("recipe", RECIPES.names())
 def test_every_recipe_trains_and_resumes_bit_exact(tmp_path, recipe, family):
     """6 steps unbroken vs killed at step 5 (after the checkpoint at step 4) and resumed: identical weights."""
     unbroken = Trainer(fast_config(recipe, family), tmp_path / "unbroken", progress=False).fit()
     with pytest.raises(Killed):
-        Trainer(fast_config(recipe, family), tmp_path / "broken", progress=False).fit(on_step=die_at(5))
+        Trainer(fast_config(recipe, family), tmp_path / "broken", progress=False).fit(on_step=kill_at(5))
     resumed = Trainer(fast_config(recipe, family), tmp_path / "broken", progress=False).fit(resume=True)
     expected, got = load_file(unbroken.with_suffix(".safetensors")), load_file(resumed.with_suffix(".safetensors"))
     assert expected.keys() == got.keys()

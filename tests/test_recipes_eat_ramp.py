@@ -18,6 +18,7 @@ from rome_bench.training.recipe import Batch, StepContext, build_recipe
 from rome_bench.training.recipes.eat import L1, LINF, l1_probability
 from rome_bench.training.recipes.ramp import gradient_projection, logit_pairing_loss, most_vulnerable_pair
 from rome_bench.training.trainer import Trainer
+from tests.test_training import Killed, kill_at
 
 FAST = ["model.backbone=vit_micro", "data.train_size=24", "train.batch_size=8", "train.epochs=2",
         "train.checkpoint_every=2", "threats.train_steps.l1=1", "threats.train_steps.l2=1",
@@ -29,25 +30,13 @@ def fast_config(method: str, *extra: str):
     return resolve_config(preset("smoke"), [*FAST, f"train.method={method}", *extra])
 
 
-class Killed(Exception):
-    pass
-
-
-def die_at(step_to_die: int):
-    def on_step(step: int) -> None:
-        if step == step_to_die:
-            raise Killed
-
-    return on_step
-
-
 def assert_resume_is_bit_exact(tmp_path, config) -> tuple[Trainer, Trainer]:
     """6 steps unbroken vs killed at step 5 (one after the checkpoint at step 4) and resumed: identical weights and
     identical recipe state at the end."""
     unbroken = Trainer(config, tmp_path / "unbroken", progress=False)
     unbroken_final = unbroken.fit()
     with pytest.raises(Killed):
-        Trainer(config, tmp_path / "broken", progress=False).fit(on_step=die_at(5))
+        Trainer(config, tmp_path / "broken", progress=False).fit(on_step=kill_at(5))
     resumed = Trainer(config, tmp_path / "broken", progress=False)
     resumed_final = resumed.fit(resume=True)
     expected = load_file(unbroken_final.with_suffix(".safetensors"))

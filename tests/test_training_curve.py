@@ -12,6 +12,7 @@ from rome_bench.checkpoint import read_training_curve
 from rome_bench.cli import resolve_config
 from rome_bench.config import preset
 from rome_bench.training.trainer import Trainer
+from tests.test_training import Killed, kill_at
 
 TINY = ["model.backbone=vit_micro", "data.train_size=48", "train.batch_size=16", "train.epochs=2",
         "train.checkpoint_every=2", "threats.train_steps.l1=1", "threats.train_steps.l2=1",
@@ -20,10 +21,6 @@ TINY = ["model.backbone=vit_micro", "data.train_size=48", "train.batch_size=16",
 
 def tiny(*extra: str):
     return resolve_config(preset("smoke"), [*TINY, *extra])
-
-
-class Killed(Exception):
-    pass
 
 
 @pytest.fixture(scope="module")
@@ -61,12 +58,8 @@ def test_the_sidecar_records_the_training_cost(runs):
 
 
 def test_a_resumed_run_keeps_one_curve_record_per_step(tmp_path):
-    def die(step: int) -> None:
-        if step == 5:
-            raise Killed
-
     with pytest.raises(Killed):  # dies after the record at step 4 and the checkpoint at step 4
-        Trainer(tiny("train.eval_every=2"), tmp_path / "run", progress=False).fit(on_step=die)
+        Trainer(tiny("train.eval_every=2"), tmp_path / "run", progress=False).fit(on_step=kill_at(5))
     Trainer(tiny("train.eval_every=2"), tmp_path / "run", progress=False).fit(resume=True)
     assert [record["step"] for record in read_training_curve(tmp_path / "run")] == [2, 4, 6]
 

@@ -113,6 +113,8 @@ class Recipe(ABC):
 
     name: ClassVar[str] = "unregistered"
     Options: ClassVar[type] = NoOptions
+    own_attack: ClassVar[str | None] = None
+    """The recipe's own attack (e.g. "Fast-LPA"); such a recipe refuses ``--train-attack`` other than pgd."""
 
     def __init__(self, options: Any, threats: ThreatsConfig, attack: str) -> None:
         self.options = options
@@ -125,6 +127,9 @@ class Recipe(ABC):
         """The recipe's training threats (their order fixes the threat ids the routing loss sees)."""
 
     def threats(self) -> list[Threat]:
+        if self.own_attack is not None and self.attack_kind != "pgd":
+            raise ConfigError(f"{self.name} generates its examples with {self.own_attack}; --train-attack "
+                              f"{self.attack_kind} does not apply: use --train-attack pgd")
         if self._threats is None:
             self._threats = self.build_threats()
         return self._threats

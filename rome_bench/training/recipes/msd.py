@@ -68,12 +68,10 @@ class MSDRecipe(Recipe):
     """MSD: CE on one multi-steepest-descent example per input (the union of the ℓ1, ℓ2, ℓ∞ balls)."""
 
     Options = MSDOptions
+    own_attack = "multi steepest descent"
     options: MSDOptions
 
     def build_threats(self) -> list[Threat]:
-        if self.attack_kind != "pgd":
-            raise ConfigError(f"msd generates its examples with multi steepest descent; --train-attack "
-                              f"{self.attack_kind} does not apply: use --train-attack pgd")
         return [msd_threat(self.threat_config.eps, self.options)]
 
     def routing_groups(self) -> int:

@@ -304,6 +304,7 @@ class PATRecipe(Recipe):
     """PAT: cross-entropy on Fast-LPA's LPIPS-bounded examples (self- or AlexNet-LPIPS)."""
 
     Options = PATOptions
+    own_attack = "Fast-LPA"
 
     def resolved_lpips(self) -> str:
         return resolve_lpips_backbone(self.options.lpips)
@@ -319,9 +320,6 @@ class PATRecipe(Recipe):
                 "projection": options.projection}
 
     def build_threats(self) -> list[Threat]:
-        if self.attack_kind != "pgd":
-            raise ConfigError(f"{self.name} generates its examples with Fast-LPA; --train-attack "
-                              f"{self.attack_kind} does not apply: use --train-attack pgd")
         return [FastLagrangePerceptualAttack(**self.attack_settings())]
 
     @property

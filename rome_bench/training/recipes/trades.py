@@ -98,12 +98,10 @@ class TradesRecipe(Recipe):
     """TRADES: CE on clean inputs + β·KL(clean ‖ adversarial) with a KL-maximising ℓ∞ PGD."""
 
     Options = TradesOptions
+    own_attack = "its own KL-PGD"
     options: TradesOptions
 
     def build_threats(self) -> list[Threat]:
-        if self.attack_kind != "pgd":
-            raise ConfigError(f"trades generates its examples with its own KL-PGD; --train-attack "
-                              f"{self.attack_kind} does not apply: use --train-attack pgd")
         steps = self.options.steps or self.threat_config.train_steps["linf"]
         return [TradesKLAttack(self.threat_config.eps["linf"], steps, self.options.step_size)]
 

@@ -16,6 +16,8 @@ from rome_bench.config import PRESETS, RunConfig, apply_override, preset, valida
 from rome_bench.errors import ConfigError, RomeBenchError, UnknownEntryError
 
 if TYPE_CHECKING:  # the heavy modules are imported by the commands that need them
+    from torch import nn
+
     from rome_bench.evaluation.store import ResultStore
     from rome_bench.threats import Threat
 
@@ -34,6 +36,7 @@ def _flag_overrides(**flags: object) -> list[str]:
         "experts": "model.rome.expert_type", "expert_layers": "model.rome.targets", "gating": "model.rome.gating",
         "beta_s": "model.rome.beta_s", "beta_b": "model.rome.beta_b", "routing_loss": "model.rome.routing_loss",
         "div_distance": "model.rome.div_distance", "div_projection": "model.rome.div_projection",
+        "top_k": "model.rome.top_k",
         "device": "train.device", "checkpoint_every": "train.checkpoint_every", "eval_every": "train.eval_every",
         "eps_l1": "threats.eps.l1",
         "eps_l2": "threats.eps.l2", "eps_linf": "threats.eps.linf", "pretrained": "model.pretrained",
@@ -88,7 +91,8 @@ def train(
         help="Fine-tune: start from a run directory or weights file (experts added to it start at B = 0).")
     ] = None,
     preset_name: Annotated[str | None, typer.Option(
-        "--preset", help=f"{' | '.join(PRESETS)} (default cifar10; on --resume the run's)",
+        "--preset", help=f"{' | '.join(PRESETS)}, or a family's (rome-bench list presets); default cifar10, "
+                         f"on --resume the run's",
     )] = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<method>-<preset>).")] = None,
     dataset: Annotated[str | None, typer.Option(help="Dataset name (smoke uses synthetic).")] = None,
@@ -101,6 +105,8 @@ def train(
     experts: Annotated[str | None, typer.Option(
         help="Expert architecture: lora (RoME) | ffn (K FFNs replacing the MLP) | adapter (Houlsby).")] = None,
     num_experts: Annotated[int | None, typer.Option(help="Number of experts K.")] = None,
+    top_k: Annotated[int | None, typer.Option(
+        help="ffn experts: route each token to its k largest-gated experts only (sparse dispatch); 0 = dense.")] = None,
     rank: Annotated[int | None, typer.Option(help="LoRA rank r of each expert (adapter: bottleneck width).")] = None,
     expert_layers: Annotated[str | None, typer.Option(
         help="Where experts go: comma-separated subset of qkv,proj,fc1,fc2 (WRN: conv1,conv2); default qkv,proj.")
@@ -135,14 +141,15 @@ def train(
 ) -> None:
     """Train a model with a multi-perturbation adversarial training recipe."""
     from rome_bench.checkpoint import read_run_config
-    from rome_bench.models import FAMILIES
+    from rome_bench.models import build_family
     from rome_bench.training.trainer import Trainer
 
     expert_switches = {"experts": experts, "num_experts": num_experts, "rank": rank,
                        "expert_layers": expert_layers or ("mlp" if experts == "ffn" else None), "gating": gating,
                        "beta_s": beta_s, "beta_b": beta_b, "routing_loss": routing_loss,
                        "routing_weight": routing_weight, "div_distance": div_distance,
-                       "div_projection": None if div_projection is None else str(div_projection).lower()}
+                       "div_projection": None if div_projection is None else str(div_projection).lower(),
+                       "top_k": top_k}
     overrides = _flag_overrides(method=method, family=family, train_attack=train_attack, init=init, dataset=dataset,
                                 data_dir=data_dir, epochs=epochs,
                                 batch_size=batch_size, lr=lr, train_size=train_size, backbone=backbone,
@@ -153,17 +160,20 @@ def train(
         raise ConfigError("--resume and --force exclude each other: resume a run or overwrite it, not both")
     if resume and out is None:
         raise ConfigError("--resume needs --out DIR, the run directory to continue")
+    import rome_bench.models  # noqa: F401  (registers the families' presets)
+
     base = preset(preset_name or "cifar10")
     if resume and preset_name is None:
         base = read_run_config(out)  # type: ignore[arg-type]
     config = resolve_config(base, overrides + list(set_ or []))
     if config.preset.startswith("finetune") and not config.model.init_from:
         raise ConfigError(f"preset {config.preset} fine-tunes trained weights: give --init RUN_DIR or a weights file")
-    chosen_family = FAMILIES.get(config.model.family)  # an unknown family fails here, before anything is written
+    chosen_family = build_family(config.model)  # an unknown family or option fails here, before anything is written
     given = [f"--{name.replace('_', '-')}" for name, value in expert_switches.items() if value is not None]
-    if given and not chosen_family.has_experts:
-        raise ConfigError(f"{given[0]} configures experts, but family '{config.model.family}' has none: "
-                          f"use --method rome+{config.train.recipe} (or drop the expert switches)")
+    if given and not chosen_family.uses_rome_config:
+        raise ConfigError(f"{given[0]} configures RoME's experts, but family '{config.model.family}' does not use "
+                          f"them: use --method rome+{config.train.recipe}, or set the family's own options with "
+                          f"--set model.options.NAME=VALUE")
     run_dir = out or Path("runs") / f"{config.method}-{config.preset}"
     final = Trainer(config, run_dir, progress=progress).fit(resume=resume, force=force)
     typer.echo(f"trained {config.method} ({config.preset}) -> {final.parent}")
@@ -197,6 +207,9 @@ def evaluate(
     gating_variant: Annotated[str | None, typer.Option(
         help="Evaluate a model with experts under an inference-time gating variant (Table 5), stored as its own "
              "row: random (gates drawn uniformly from the simplex) | inverse ((1 − g)/(K − 1)) | removed.")] = None,
+    route_to_expert: Annotated[str | None, typer.Option(
+        help="Fixed-expert evaluation: every example goes to expert K (0-based) of every gate, stored as its own "
+             "row; 'all' evaluates each expert in turn (one row per expert).")] = None,
 ) -> None:
     """Evaluate a trained run (or --model-file) on every threat of a suite; results go to the store per example."""
     from rome_bench.config import resolve_device
@@ -216,26 +229,48 @@ def evaluate(
     scales = parse_scales(eps_scale) if eps_scale else None
     chosen_suite = SUITES.get(suite)
     torch_device = resolve_device(device)
+    if gating_variant is not None and route_to_expert is not None:
+        raise ConfigError("--gating-variant and --route-to-expert exclude each other: give one")
     loaded, data = _load_model_and_data(run, model_file, weights, preset_name, data_dir, torch_device)
-    if gating_variant is not None:
-        loaded = with_gating_variant(loaded, gating_variant)  # type: ignore[arg-type]
+    variants = route_variants(loaded.model, route_to_expert) if route_to_expert is not None else [gating_variant]
     ids = evaluation_indices(len(data.dataset), n_examples or loaded.config.data.eval_examples)
     threats = select_threats(chosen_suite.build(loaded.config.threats), threat or [], suite)
     if corruptions_dir is not None:
         threats = with_corruptions_dir(threats, corruptions_dir)
-    row_label = label or _default_label(loaded.method, run, model_file) + _variant_suffix(gating_variant)
     with ResultStore(store or default_store()) as results:
+        for variant in variants:
+            varied = loaded if variant is None else with_gating_variant(loaded, variant)
+            row_label = (label or _default_label(loaded.method, run, model_file)) + _variant_suffix(variant)
+            if scales is not None:
+                _eps_sweep(varied, chosen_suite.name, threats, scales, data, ids, results, batch_size, torch_device,
+                           row_label, progress, plot or _default_plot(run, chosen_suite.name, data.info.name))
+                continue
+            evaluate_run(varied, chosen_suite.name, threats, data, ids, results, batch_size, torch_device, row_label,
+                         progress, complete=not threat, union_only=union_only)
+            typer.echo(f"evaluated {row_label} on suite '{suite}' ({len(ids)} examples) -> {results.path}")
         if scales is not None:
-            _eps_sweep(loaded, chosen_suite.name, threats, scales, data, ids, results, batch_size, torch_device,
-                       row_label, progress, plot or _default_plot(run, chosen_suite.name, data.info.name))
             return
-        evaluate_run(loaded, chosen_suite.name, threats, data, ids, results, batch_size, torch_device, row_label,
-                     progress, complete=not threat, union_only=union_only)
-        typer.echo(f"evaluated {row_label} on suite '{suite}' ({len(ids)} examples) -> {results.path}")
         if threat:
             typer.echo("only some threats were run: the suite's leaderboard row appears once all have been")
             return
         _print_leaderboard(results, chosen_suite.name, data.info.name, "md", [])
+
+
+def route_variants(model: nn.Module, route_to_expert: str) -> list[str | None]:
+    """The fixed-expert variants ``--route-to-expert K|all`` asks for, checked against the model's gates."""
+    from rome_bench.models.gates import fixed_expert_variant, gating_modules
+
+    modules = gating_modules(model)
+    if not modules:
+        raise ConfigError("--route-to-expert needs a model with gates; this one has none "
+                          "(see rome-bench list families)")
+    experts = min(module.num_experts for module in modules)
+    if route_to_expert == "all":
+        return [fixed_expert_variant(k) for k in range(experts)]
+    if not route_to_expert.isdigit() or int(route_to_expert) >= experts:
+        raise ConfigError(f"--route-to-expert takes an expert index 0..{experts - 1} or 'all' "
+                          f"(got '{route_to_expert}')")
+    return [fixed_expert_variant(int(route_to_expert))]
 
 
 def with_corruptions_dir(threats: list[Threat], folder: Path) -> list[Threat]:
@@ -271,8 +306,12 @@ def _default_label(method: str | None, run: Path | None, model_file: str | None)
 
 
 def _variant_suffix(variant: str | None) -> str:
+    from rome_bench.models.gates import fixed_expert
+
     if variant is None:
         return ""
+    if (expert := fixed_expert(variant)) is not None:
+        return f" [expert {expert}]"
     return " [experts removed]" if variant == "removed" else f" [{variant} gating]"
 
 

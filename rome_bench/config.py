@@ -71,6 +71,7 @@ class RomeConfig:
     div_distance: str = "l2"  # l2 | cosine | sym-kl | wasserstein1 (Table A5)
     div_projection: bool = True  # project global gates K -> K' for L_div-global (Eq. 7); False = Table 4's w/o
     projection_dim: int = 100  # K' of that projection
+    top_k: int = 0  # ffn experts only: 0 = dense (all K per token); k < K = sparse top-k dispatch (Table 6: 2 of 4)
 
     @property
     def resolved_routing_weight(self) -> float:
@@ -85,11 +86,12 @@ LEGACY_FIELDS: dict[str, str] = {"lambda_div": "routing_weight"}  # old name -> 
 
 @dataclass
 class ModelConfig:
-    family: str = "rome"  # plain (the backbone alone) | rome (LoRA experts + dual-scale gates); see `list families`
+    family: str = "rome"  # plain (the backbone alone) | rome (LoRA experts + dual-scale gates) | …: `list families`
     backbone: str = "vit_base"
     patch_size: int = 4
     pretrained: str | None = None  # local checkpoint (safetensors or torch state dict) for the backbone
     init_from: str | None = None  # robust fine-tuning: a run directory or weights file the whole model starts from
+    options: dict[str, Any] = field(default_factory=dict)  # the family's own settings, checked by the family
     rome: RomeConfig = field(default_factory=RomeConfig)
 
 
@@ -226,6 +228,23 @@ def _typed_value(path: str, hint: Any, value: Any) -> Any:
 _TYPE_NAMES: dict[type, str] = {bool: "true or false", int: "an integer", float: "a number", str: "a text value"}
 
 
+def parse_options(owner: str, options_cls: type, values: dict[str, Any], path: str) -> Any:
+    """A free options table (``train.options``, ``model.options``) checked against its owner's frozen dataclass:
+    known names, right types, then the dataclass's own ``check()``; every problem is one ConfigError line."""
+    known = {f.name: f for f in dataclasses.fields(options_cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        names = ", ".join(known) or "none"
+        raise ConfigError(f"{owner} has no option '{unknown[0]}'; its options: {names}")
+    hints = typing.get_type_hints(options_cls)
+    typed = {name: _typed_value(f"{path}.{name}", hints[name], value) for name, value in values.items()}
+    options = options_cls(**typed)
+    check = getattr(options, "check", None)
+    if callable(check):
+        check()
+    return options
+
+
 def _cifar10() -> RunConfig:
     return RunConfig(preset="cifar10")
 
@@ -288,10 +307,27 @@ PRESETS: dict[str, typing.Callable[[], RunConfig]] = {
 }
 
 
+def register_preset(name: str) -> typing.Callable[[typing.Callable[[], RunConfig]], typing.Callable[[], RunConfig]]:
+    """Decorator: a function returning a complete RunConfig becomes preset ``name`` (a family's file adds its own:
+    importing ``rome_bench.models`` registers them)."""
+
+    def decorator(build: typing.Callable[[], RunConfig]) -> typing.Callable[[], RunConfig]:
+        if name in PRESETS:
+            raise ValueError(f"preset '{name}' is already registered")
+        PRESETS[name] = build
+        return build
+
+    return decorator
+
+
 def preset(name: str) -> RunConfig:
+    """A fresh copy of preset ``name`` (families' presets exist once ``rome_bench.models`` is imported)."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset '{name}'; choose one of: {', '.join(PRESETS)}")
-    return PRESETS[name]()
+    config = PRESETS[name]()
+    if config.preset != name:
+        config = dataclasses.replace(config, preset=name)
+    return config
 
 
 def apply_override(config: RunConfig, assignment: str, check: bool = True) -> RunConfig:
@@ -310,7 +346,7 @@ def apply_override(config: RunConfig, assignment: str, check: bool = True) -> Ru
             raise ConfigError(f"unknown config field '{path}'; see the resolved config.json of a run for names")
         node = node[key]
     last = keys[-1]
-    free_table = keys[:-1] == ["train", "options"]  # a recipe's options: the recipe checks names and values
+    free_table = keys[:-1] in (["train", "options"], ["model", "options"])  # checked by their recipe / family
     if not isinstance(node, dict) or (last not in node and not _is_norm_table(node) and not free_table):
         raise ConfigError(f"unknown config field '{path}'; see the resolved config.json of a run for names")
     node[last] = _coerce(path, raw, node.get(last))
@@ -442,4 +478,8 @@ def rome_checks(rome: RomeConfig) -> list[tuple[bool, str]]:
         (rome.div_distance in DIV_DISTANCES,
          f"model.rome.div_distance must be one of {', '.join(DIV_DISTANCES)} (got '{rome.div_distance}')"),
         (rome.projection_dim >= 1, "model.rome.projection_dim must be >= 1"),
+        (isinstance(rome.top_k, int) and 0 <= rome.top_k <= rome.num_experts,
+         f"model.rome.top_k must be between 0 (dense) and num_experts = {rome.num_experts} (got {rome.top_k})"),
+        (rome.top_k == 0 or rome.expert_type == "ffn",
+         "model.rome.top_k (sparse dispatch) applies to ffn experts: add --experts ffn, or set top_k=0"),
     ]

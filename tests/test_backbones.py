@@ -13,9 +13,9 @@ from rome_bench.config import ModelConfig, RomeConfig
 from rome_bench.data import DatasetInfo
 from rome_bench.errors import ConfigError
 from rome_bench.models import create_model
+from rome_bench.models.gates import gates, gating_modules
 from rome_bench.models.registry import MODELS
 from rome_bench.models.resnet import BasicBlock, PreActBlock
-from rome_bench.models.rome import gating_modules
 from rome_bench.models.wrn import ConvLoRAExpertMixture, DeepMindBlock
 
 MICROS = ["resnet_micro", "preact_resnet_micro", "dm_wrn_micro", "xcit_micro"]
@@ -151,7 +151,7 @@ def test_rome_family_builds_on_the_new_backbones():
         model = create_model(ModelConfig(family="rome", backbone=backbone, rome=EXPERTS), INFO)
         assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
         assert gating_modules(model)[0].name == first_gate, backbone
-        assert len(model.gates()) == len(gating_modules(model))
+        assert len(gates(model)) == len(gating_modules(model))
 
 
 @pytest.mark.parametrize("backbone", ["resnet_micro", "xcit_micro"])

@@ -19,7 +19,7 @@ from rome_bench.config import preset
 from rome_bench.data import load_dataset
 from rome_bench.evaluation.runner import verify_threat_output
 from rome_bench.evaluation.suites import SUITES
-from rome_bench.models import FAMILIES, create_model, gate_outputs
+from rome_bench.models import FAMILIES, create_model, gates
 from rome_bench.threats import THREATS, Threat
 from rome_bench.training import recipes as _recipes  # noqa: F401  (registers every recipe)
 from rome_bench.training.attacks import training_threats
@@ -27,21 +27,27 @@ from rome_bench.training.recipe import RECIPES
 from rome_bench.training.trainer import Trainer
 from tests.test_training import Killed, kill_at
 
-FAST = ["model.backbone=vit_micro", "data.train_size=24", "train.batch_size=8", "train.epochs=2",
+FAST = ["data.train_size=24", "train.batch_size=8", "train.epochs=2",
         "train.checkpoint_every=2", "threats.train_steps.l1=1", "threats.train_steps.l2=1",
         "threats.train_steps.linf=1", "threats.apgd_steps.l1=2", "threats.apgd_steps.l2=2",
         "threats.apgd_steps.linf=2"]
 ITERATION_OPTIONS = ("steps", "iterations", "attack_steps")  # a recipe's own attack-length options, cut to 1
+CORE_FAMILIES = ("plain", "rome")  # every recipe runs on these; every other family runs its paper's recipe
 
 
 def fast_config(recipe: str, family: str):
     options = [f"train.options.{f.name}=1" for f in dataclasses.fields(RECIPES.get(recipe).Options)
                if f.name in ITERATION_OPTIONS]
-    return resolve_config(preset("smoke"), [*FAST, f"train.recipe={recipe}", f"model.family={family}", *options])
+    micro = list(FAMILIES.get(family).micro)
+    return resolve_config(preset("smoke"), [*micro, *FAST, f"train.recipe={recipe}", f"model.family={family}",
+                                            *options])
 
 
-@pytest.mark.parametrize("family", FAMILIES.names())
-@pytest.mark.parametrize("recipe", RECIPES.names())
+RECIPE_FAMILY_PAIRS = [(recipe, family) for family in CORE_FAMILIES for recipe in RECIPES.names()] + [
+    (FAMILIES.get(family).paper_recipe, family) for family in FAMILIES.names() if family not in CORE_FAMILIES]
+
+
+@pytest.mark.parametrize(("recipe", "family"), RECIPE_FAMILY_PAIRS)
 def test_every_recipe_trains_and_resumes_bit_exact(tmp_path, recipe, family):
     """6 steps unbroken vs killed at step 5 (after the checkpoint at step 4) and resumed: identical weights."""
     unbroken = Trainer(fast_config(recipe, family), tmp_path / "unbroken", progress=False).fit()
@@ -54,24 +60,52 @@ def test_every_recipe_trains_and_resumes_bit_exact(tmp_path, recipe, family):
     assert all(torch.equal(expected[k], got[k]) for k in expected), f"{recipe} on {family} did not resume bit-exact"
 
 
+def micro_model(family: str):
+    config = fast_config(FAMILIES.get(family).paper_recipe, family)
+    torch.manual_seed(0)
+    return create_model(config.model, load_dataset("synthetic", "test").info)
+
+
 @pytest.mark.parametrize("family", FAMILIES.names())
 def test_every_family_trains_every_parameter_and_reports_consistent_gates(family):
-    config = preset("smoke").model
-    config.backbone, config.family = "vit_micro", family
-    info = load_dataset("synthetic", "test").info
-    torch.manual_seed(0)
-    model = create_model(config, info)
+    model = micro_model(family)
     for parameter in model.parameters():  # experts start neutral (B = 0): perturb so every gradient is non-zero
         parameter.data.add_(0.01 * torch.randn_like(parameter))
-    images = torch.rand(3, 3, 32, 32)
+    images = torch.rand(6, 3, 32, 32)
+    model.train()
     model(images).logsumexp(1).sum().backward()
     silent = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
-    assert not silent, f"family {family}: no gradient reaches {silent[:3]}"
-    gates = gate_outputs(model)
-    assert bool(gates) == FAMILIES.get(family).has_experts
-    for gate in gates:
-        assert gate.fused.shape[0] == len(images) and gate.fused.shape[-1] == config.rome.num_experts
+    assert not silent, f"family {family}: no gradient reaches {silent[:3]} (a dead expert or a detached gate?)"
+    outputs = gates(model)
+    assert bool(outputs) == FAMILIES.get(family).has_experts
+    for gate in outputs:
+        batch, _, experts = gate.fused.shape
+        assert batch == len(images) and experts >= 2, gate.name
         assert torch.allclose(gate.fused.sum(-1), torch.ones(()), atol=1e-5), gate.name
+        if gate.dispatch is not None:  # a hard top-k assignment: 0/1, the same k experts per token
+            assert gate.dispatch.shape == gate.fused.shape, gate.name
+            assert set(gate.dispatch.unique().tolist()) <= {0.0, 1.0}, gate.name
+            assert len(gate.dispatch.sum(-1).unique()) == 1, gate.name
+
+
+@pytest.mark.parametrize("family", [name for name in FAMILIES.names() if FAMILIES.get(name).has_experts])
+def test_gma_attacks_every_gated_family_within_budget(family):
+    """GMA runs on every family with gates (its misrouting term reads them) and stays in its ℓ∞ ball and [0, 1]."""
+    from rome_bench.threats.gma import GatingMisrouting, misrouting_loss, model_gates
+
+    model = micro_model(family).eval().requires_grad_(False)
+    images, labels = torch.rand(4, 3, 32, 32), torch.arange(4)
+    probe = images.clone().requires_grad_(True)
+    model(probe)
+    targets = [gate.detach().argmin(-1) for gate in model_gates(model)]
+    misrouting_loss(model_gates(model), targets).sum().backward()
+    assert probe.grad is not None and probe.grad.abs().sum() > 0, f"{family}: the gates carry no input gradient"
+    threat = GatingMisrouting(eps=8 / 255, steps=2)
+    assert threat.applicable(model)
+    torch.manual_seed(0)
+    adversarial = threat(model, images, labels)
+    assert (adversarial - images).abs().max() <= 8 / 255 + 1e-6
+    assert adversarial.min() >= 0 and adversarial.max() <= 1
 
 
 def all_threat_instances() -> list[Threat]:

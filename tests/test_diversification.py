@@ -1,6 +1,6 @@
 import torch
 
-from rome_bench.models.rome import GateOutput
+from rome_bench.models.gates import DualScaleGateOutput as GateOutput
 from rome_bench.training.diversification import (
     DiversificationLoss,
     diversification_loss,
@@ -10,7 +10,7 @@ from rome_bench.training.diversification import (
 
 
 def gates_from(local: torch.Tensor, global_: torch.Tensor) -> GateOutput:
-    return GateOutput(local=local, global_=global_, fused=local, layer=1, name="test")
+    return GateOutput(local, 1, "test", local=local, global_=global_)
 
 
 def test_pairwise_sum_matches_the_definition():

@@ -47,7 +47,7 @@ def test_the_family_not_the_recipe_decides_whether_the_model_has_gates(name):
     from rome_bench.config import preset
     from rome_bench.data import load_dataset
     from rome_bench.models import create_model
-    from rome_bench.models.rome import gate_outputs
+    from rome_bench.models import gates as gate_outputs
 
     assert expand_method(f"train.method=rome+{name}") == [f"train.recipe={name}", "model.family=rome"]
     assert expand_method(f"train.method={name}") == [f"train.recipe={name}", "model.family=plain"]

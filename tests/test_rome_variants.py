@@ -9,14 +9,15 @@ from torch import nn
 
 from rome_bench.config import RomeConfig
 from rome_bench.errors import ConfigError
-from rome_bench.models import MODELS, gate_outputs, gating_modules
+from rome_bench.models import MODELS, gating_modules
+from rome_bench.models import gates as gate_outputs
+from rome_bench.models.gates import inference_variant
 from rome_bench.models.rome import (
     AdapterExpertMixture,
     FFNExpertMixture,
     LoRAExpertMixture,
     add_rome_experts,
     beta_schedule,
-    inference_variant,
 )
 from rome_bench.models.timm_backbones import swin_window
 

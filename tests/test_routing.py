@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from rome_bench.config import ROUTING_LOSSES as CONFIG_ROUTING_LOSSES
 from rome_bench.config import RomeConfig
 from rome_bench.errors import ConfigError
-from rome_bench.models.rome import GateOutput
+from rome_bench.models.gates import DualScaleGateOutput as GateOutput
 from rome_bench.training.diversification import (
     DISTANCES,
     DiversificationLoss,
@@ -38,7 +38,7 @@ def gate(fused: torch.Tensor, global_: torch.Tensor | None = None, local: torch.
     """A GateOutput whose local gates default to the fused ones and global gates to their token mean."""
     local = fused if local is None else local
     global_ = local.mean(dim=1) if global_ is None else global_
-    return GateOutput(local=local, global_=global_, fused=fused, layer=1, name="test")
+    return GateOutput(fused, 1, "test", local=local, global_=global_)
 
 
 def per_threat_gates(per_threat: torch.Tensor, tokens: int = 5) -> GateOutput:

@@ -9,7 +9,8 @@ import torch
 
 from rome_bench.data import load_dataset
 from rome_bench.evaluation.runner import load_run
-from rome_bench.models.rome import AdapterExpertMixture, FFNExpertMixture, gating_modules
+from rome_bench.models.gates import gating_modules
+from rome_bench.models.rome import AdapterExpertMixture, FFNExpertMixture
 from tests.test_cli import TINY, assert_one_line_error
 
 ONE_STEP = [*TINY, "--train-size", "16", "--batch-size", "16"]
@@ -44,7 +45,7 @@ def test_every_switch_trains_and_is_saved_with_the_run(cli_main, tmp_path, switc
 
 
 @pytest.mark.parametrize("flags,needle", [
-    (["--method", "max", "--gating", "local"], "--gating configures experts, but family 'plain' has none"),
+    (["--method", "max", "--gating", "local"], "--gating configures RoME's experts, but family 'plain' does not use them"),
     (["--method", "rome+max", "--gating", "dual-cls", "--set", "model.backbone=wrn_micro"], "CLS token"),
     (["--method", "rome+max", "--routing-loss", "gate-classification"], "needs num_experts = 3"),
     (["--method", "rome+max", "--expert-layers", "qkv,attn"], "model.rome.targets must be"),

@@ -6,8 +6,10 @@ from torch import nn
 from rome_bench.config import RomeConfig
 from rome_bench.errors import ConfigError
 from rome_bench.models.classifier import ImageClassifier
+from rome_bench.models.gates import gates as gate_outputs
+from rome_bench.models.gates import gating_modules, inference_variant
 from rome_bench.models.registry import MODELS
-from rome_bench.models.rome import gate_outputs, gating_modules, inference_variant, layer_beta
+from rome_bench.models.rome import layer_beta
 from rome_bench.models.wrn import ConvDualScaleGate, ConvLoRAExpertMixture, WideResNet
 
 SMALL = RomeConfig(num_experts=3, rank=2, gate_hidden=4)

@@ -2,7 +2,8 @@
 
 The paper argues (Sec. 3, Fig. 3, A1; Sec. 5.4, Fig. 7, A2) that a plain MoE routes every threat to the same
 experts ("threat-agnostic routing") while RoME learns threat-specific expert combinations. This module measures
-that, for any model whose ``gates()`` return the fused gates of its last forward pass.
+that, for any model of any family whose gates (``rome_bench.models.gates.gates``) record the fused gates of its
+last forward pass.
 
 * Gates. On a fixed seeded evaluation subset, for clean images and for every threat of a suite, applied to
   every example (not only the clean-correct ones, so all conditions see the same N images), the (perturbed)
@@ -62,7 +63,7 @@ from rome_bench.errors import ConfigError
 from rome_bench.evaluation.plots import _save_atomically
 from rome_bench.evaluation.runner import LoadedRun, batch_seed
 from rome_bench.evaluation.store import GatingScore, ResultStore
-from rome_bench.models.rome import GateOutput
+from rome_bench.models.gates import gates as read_gates
 from rome_bench.threats import Clean, Threat
 
 MIN_BANDWIDTH = 1e-3  # KDE bandwidth floor, in gate-weight units
@@ -128,20 +129,14 @@ def condition_labels(threats: Sequence[Threat]) -> list[str]:
     return unique
 
 
-def model_gate_outputs(model: nn.Module) -> list[GateOutput]:
-    """The gates of the model's last forward pass (``model.gates()``); [] for a model without gates."""
-    gates = getattr(model, "gates", None)
-    return list(gates()) if callable(gates) else []
-
-
 def require_gates(model: nn.Module, images: torch.Tensor, what: str) -> list[str]:
     """Names of the model's gated layers; ConfigError when it has none."""
     with torch.no_grad():
         model(images)
-    outputs = model_gate_outputs(model)
+    outputs = read_gates(model)
     if not outputs:
-        raise ConfigError(f"{what} has no experts to analyse: train with a rome+ method "
-                          f"(e.g. rome-bench train --method rome+max)")
+        raise ConfigError(f"{what} has no experts to analyse: train a family with gates "
+                          f"(e.g. rome-bench train --method rome+max; see rome-bench list families)")
     return [output.name for output in outputs]
 
 
@@ -149,7 +144,7 @@ def token_averaged_gates(model: nn.Module, images: torch.Tensor) -> np.ndarray:
     """(B, L, K): each gated layer's fused gates averaged over all tokens (prefix tokens included)."""
     with torch.no_grad():
         model(images)
-        outputs = model_gate_outputs(model)
+        outputs = read_gates(model)
         return torch.stack([output.fused.float().mean(dim=1) for output in outputs], dim=1).cpu().numpy()
 
 
@@ -182,7 +177,7 @@ def collect_gates(model: nn.Module, threats: Sequence[Threat], data: LoadedDatas
             perturbed = perturb(threat, model, images, targets, ids, seed)
             unchanged += int(((perturbed - images).flatten(1).abs().amax(dim=1) == 0).sum())
             parts.append(token_averaged_gates(model, perturbed))
-            layers = layers or [output.name for output in model_gate_outputs(model)]
+            layers = layers or [output.name for output in read_gates(model)]
         gates[label] = np.concatenate(parts)
         if not isinstance(threat, Clean):
             threat_labels.append(label)
@@ -357,7 +352,7 @@ def patch_gate_maps(model: nn.Module, images: torch.Tensor) -> tuple[np.ndarray,
     """(B, K, g, g) final-layer fused gates per patch (the first T − g² prefix tokens dropped), and its name."""
     with torch.no_grad():
         model(images)
-        final = model_gate_outputs(model)[-1]
+        final = read_gates(model)[-1]
     batch, tokens, experts = final.fused.shape
     grid = math.isqrt(tokens)
     patches = final.fused[:, tokens - grid * grid:].float()

@@ -29,6 +29,7 @@ from rome_bench.evaluation.store import FULL, UNION_ONLY, BatchCost, ResultStore
 from rome_bench.evaluation.validity import batch_model_flags, refresh_computed_flags
 from rome_bench.models import content_hash, create_model
 from rome_bench.models.external import state_dict_mismatch
+from rome_bench.models.gates import set_inference_variant
 from rome_bench.threats import Clean, Threat
 
 
@@ -80,6 +81,10 @@ def model_identity(config: RunConfig) -> str:
     fields.pop("init_from")
     if fields["family"] in FAMILIES_BEFORE_FIELD:
         fields.pop("family")
+    if not fields["options"]:  # no family options: hashed as before model.options existed
+        fields.pop("options")
+    if not fields["rome"]["top_k"]:  # dense experts: hashed as before model.rome.top_k existed
+        fields["rome"].pop("top_k")
     return json.dumps(fields, sort_keys=True)
 
 
@@ -89,11 +94,9 @@ def with_gating_variant(run: LoadedRun, variant: str) -> LoadedRun:
     The variant is part of the model's identity: its results are stored under a hash of (model, variant), so they
     form their own leaderboard row next to the learned gating's.
     """
-    from rome_bench.models.rome import set_inference_variant
-
-    if variant == "removed" and run.config.model.rome.expert_type == "ffn":
-        raise ConfigError("gating variant 'removed' needs experts beside a backbone (lora or adapter); "
-                          "ffn experts replace the MLP, so removing them leaves no MLP")
+    if variant == "removed" and (run.config.model.family != "rome" or run.config.model.rome.expert_type == "ffn"):
+        raise ConfigError("gating variant 'removed' needs experts beside a backbone (RoME's lora or adapter "
+                          "experts); ffn experts and the other MoE families have no backbone path without experts")
     set_inference_variant(run.model, variant)
     model_hash = hashlib.sha256(f"{run.model_hash}/gating-variant={variant}".encode()).hexdigest()
     metadata = {**run.metadata, "gating_variant": variant}

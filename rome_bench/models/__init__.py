@@ -1,7 +1,12 @@
-"""Models: a registry of backbones, the RoME expert adapter, and :func:`create_model`."""
+"""Models: a registry of backbones, the model families (RoME and the other MoE defences), and :func:`create_model`.
+
+Importing this package imports every module in it, so a new backbone or family is one file registering itself.
+"""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import TYPE_CHECKING
 
 from rome_bench.config import ModelConfig
@@ -17,9 +22,9 @@ from rome_bench.models.external import (
     load_external_weights,
     parse_model_spec,
 )
-from rome_bench.models.family import FAMILIES, ModelFamily, register_family
+from rome_bench.models.family import FAMILIES, ModelFamily, build_family, register_family
+from rome_bench.models.gates import GateOutput, gates, gating_modules, has_gates
 from rome_bench.models.registry import MODELS
-from rome_bench.models.rome import gate_outputs, gating_modules, has_experts
 
 if TYPE_CHECKING:
     from rome_bench.data import DatasetInfo
@@ -28,14 +33,16 @@ __all__ = [
     "FAMILIES",
     "MODELS",
     "ExternalModelSpec",
+    "GateOutput",
     "ImageClassifier",
     "ModelFamily",
     "build_external_model",
+    "build_family",
     "content_hash",
     "create_model",
-    "gate_outputs",
+    "gates",
     "gating_modules",
-    "has_experts",
+    "has_gates",
     "load_external_model",
     "load_external_weights",
     "parse_model_spec",
@@ -43,6 +50,10 @@ __all__ = [
 ]
 
 
+for _module in pkgutil.iter_modules(__path__):  # every family and backbone file registers itself on import
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+
 def create_model(config: ModelConfig, info: DatasetInfo) -> ImageClassifier:
     """The model ``config.family`` builds for ``info``'s images (backbone, local pretrained weights, experts)."""
-    return FAMILIES.get(config.family)().build(config, info)
+    return build_family(config).build(config, info)

@@ -7,8 +7,6 @@ import hashlib
 import torch
 from torch import nn
 
-from rome_bench.models.rome import GateOutput, gate_outputs, has_experts
-
 
 class ImageClassifier(nn.Module):
     """Normalise [0,1] images with the dataset's mean/std, then run the backbone."""
@@ -22,9 +20,6 @@ class ImageClassifier(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone((images - self.mean) / self.std)
 
-    def gates(self) -> list[GateOutput]:
-        """Gates of the last forward pass, per gated layer in layer order; empty for a model without experts."""
-        return gate_outputs(self) if has_experts(self) else []
 
 
 def content_hash(model: nn.Module) -> str:

@@ -10,14 +10,15 @@ Every wrapped linear layer W computes, for token i of an image,
 with l = 1..L the index of the Transformer block that holds the layer. The experts are computed fused: all
 A_k stacked as one (K·r × d_in) matrix and all B_k as one (d_out × K·r) matrix, so an expert mixture costs
 two matmuls whatever K is. The gates of the last forward pass stay on the gating module (with their graph, so
-losses can use them) and are read through :func:`gate_outputs`.
+losses can use them) and are read through :func:`rome_bench.models.gates.gates`.
 
 Switches (:class:`~rome_bench.config.RomeConfig`):
 
 * ``expert_type``: ``lora`` (above); ``adapter``: Houlsby bottleneck experts on the layer's output,
   o + Σ_k g_k U_k GELU(D_k o + d_k), U_k = 0 at init; ``ffn``: conventional MoE, K copies of the block's MLP
   (upcycled: each starts as the MLP, so the model starts equal to the backbone) mixed per token by the gates.
-  All K FFN experts are computed (dense soft routing, like every gate here), so their FLOPs are K× the MLP's.
+  With ``top_k`` = 0 all K FFN experts are computed (dense soft routing), so their FLOPs are K× the MLP's; with
+  ``top_k`` = k < K each token runs only its k largest-gated experts (the paper's Table 6 MoE (FFN): top-2 of 4).
 * ``targets``: any subset of the attention's ``qkv`` and ``proj`` and the MLP's ``fc1`` and ``fc2``.
 * ``gating``: ``none`` (uniform 1/K, no parameters), ``local`` (β = 0), ``global`` (β = 1), ``dual`` (fixed β(l)),
   ``dual-inverted`` (β(L + 1 − l): the schedule reversed over layers), ``dual-learned`` (a learnable β per gated
@@ -25,9 +26,9 @@ Switches (:class:`~rome_bench.config.RomeConfig`):
   With one branch only, the missing one is recorded as the other's summary (``local`` records the token mean of u
   as the global gate, ``global`` records v at every token as the local gate) so routing losses always find both.
 
-Inference-time variants (Table 5) are not model changes: :func:`inference_variant` switches every gate of a model
-to ``random`` (gates drawn uniformly from the simplex, per token), ``inverse`` ((1 − g)/(K − 1)) or ``removed``
-(all gates 0: the experts contribute nothing, so a LoRA or adapter model computes its backbone).
+Inference-time variants (Table 5) are not model changes: ``models.gates.inference_variant`` switches every gate
+of a model to ``random`` (gates drawn uniformly from the simplex, per token), ``inverse`` ((1 − g)/(K − 1)) or
+``removed`` (all gates 0: the experts contribute nothing, so a LoRA or adapter model computes its backbone).
 
 Swin's window attention sees (B·windows, N, C): a gate built with ``group`` = windows per image averages its
 global branch over all windows of an image (timm partitions windows batch-major), so v stays image-level.
@@ -35,10 +36,8 @@ global branch over all windows of an image (timm partitions windows batch-major)
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -47,8 +46,7 @@ from torch import nn
 
 from rome_bench.config import RomeConfig
 from rome_bench.errors import ConfigError
-
-INFERENCE_VARIANTS: tuple[str, ...] = ("random", "inverse", "removed")
+from rome_bench.models.gates import DualScaleGateOutput, ExpertGate
 
 
 def beta_schedule(layer: int, num_layers: int, s: float = 4.0, b: float = 2.0) -> float:
@@ -65,50 +63,6 @@ def layer_beta(gating: str, layer: int, num_layers: int, s: float, b: float) -> 
     if gating == "dual-inverted":
         return beta_schedule(num_layers + 1 - layer, num_layers, s, b)
     return beta_schedule(layer, num_layers, s, b)
-
-
-@dataclass
-class GateOutput:
-    """Gates of one wrapped layer for the last forward: local (B,T,K), global (B,K), fused (B,T,K)."""
-
-    local: torch.Tensor
-    global_: torch.Tensor
-    fused: torch.Tensor
-    layer: int
-    name: str
-
-
-class ExpertGate(nn.Module):
-    """Base of every gating module: records its last gates and applies the inference-time variant."""
-
-    def __init__(self, num_experts: int, layer: int, name: str) -> None:
-        super().__init__()
-        self.num_experts = num_experts
-        self.layer = layer
-        self.name = name
-        self.variant: str | None = None  # None = the learned gates; else one of INFERENCE_VARIANTS
-        self.last: GateOutput | None = None
-
-    def finish(self, local: torch.Tensor, global_: torch.Tensor, fused: torch.Tensor) -> torch.Tensor:
-        """Apply the inference variant to the fused gates, record all three, return the gates to use."""
-        fused = apply_variant(fused, self.variant)
-        self.last = GateOutput(local, global_, fused, self.layer, self.name)
-        return fused
-
-
-def apply_variant(gates: torch.Tensor, variant: str | None) -> torch.Tensor:
-    """Table 5's inference-time variants of gates (…, K) that sum to 1 over the last axis."""
-    if variant is None:
-        return gates
-    if variant == "random":  # uniform on the simplex: normalised exponentials (Dirichlet(1, …, 1))
-        draws = -torch.rand_like(gates).clamp_min(1e-12).log()
-        return draws / draws.sum(dim=-1, keepdim=True)
-    if variant == "inverse":
-        experts = gates.shape[-1]
-        return (1 - gates) / (experts - 1) if experts > 1 else gates
-    if variant == "removed":
-        return torch.zeros_like(gates)
-    raise ConfigError(f"unknown gating variant '{variant}'; choose one of {', '.join(INFERENCE_VARIANTS)}")
 
 
 class DualScaleGate(ExpertGate):
@@ -188,9 +142,9 @@ class DualScaleGate(ExpertGate):
     def _record(self, local: torch.Tensor, global_: torch.Tensor, fused: torch.Tensor | None) -> torch.Tensor:
         """Finish with gates in image layout (windows of one image joined) and return the per-row fused gates."""
         used = local if fused is None else fused
-        used = apply_variant(used, self.variant)
+        used = self.varied(used)
         image_local, image_used = _image_tokens(local, self.group), _image_tokens(used, self.group)
-        self.last = GateOutput(image_local, global_, image_used, self.layer, self.name)
+        self.record(DualScaleGateOutput(image_used, self.layer, self.name, local=image_local, global_=global_))
         return used
 
     def extra_repr(self) -> str:
@@ -292,12 +246,19 @@ class AdapterExpertMixture(nn.Module):
 class FFNExpertMixture(nn.Module):
     """K FFN experts replacing a block's MLP (conventional MoE), mixed per token: Σ_k g_k FFN_k(h).
 
-    The experts' first layers are one (K·H × d) matmul; the second layers one (d × K·H) matmul over the gate-weighted
-    hidden units, plus Σ_k g_k b_k. Each expert starts as a copy of the MLP it replaces.
+    Dense (``top_k`` = 0): the experts' first layers are one (K·H × d) matmul; the second layers one (d × K·H) matmul
+    over the gate-weighted hidden units, plus Σ_k g_k b_k. Sparse (``top_k`` = k < K, Shazeer et al. 2017 /
+    GShard-style top-k): each token goes to the k experts with the largest gates, weighted by those gates
+    renormalised over the k (w_e = g_e / Σ_{e' ∈ top-k} g_e'); each expert's FFN runs only on the tokens routed to
+    it (index dispatch, scatter-add back), so an expert costs FLOPs in proportion to its tokens. The gate records the
+    soft g as ``fused`` (routing losses and GMA read it) and the top-k assignment as ``dispatch``; the gradient
+    reaches the router through the renormalised weights of the chosen experts. Each expert starts as a copy of the
+    MLP it replaces.
     """
 
-    def __init__(self, mlp: nn.Module, num_experts: int, gate: DualScaleGate) -> None:
+    def __init__(self, mlp: nn.Module, num_experts: int, gate: DualScaleGate, top_k: int = 0) -> None:
         super().__init__()
+        self.top_k = top_k if 0 < top_k < num_experts else 0
         fc1, fc2 = mlp.fc1, mlp.fc2
         if not isinstance(fc1, nn.Linear) or not isinstance(fc2, nn.Linear):
             raise ConfigError(f"ffn experts need an MLP with Linear fc1 and fc2; got {type(mlp).__name__}")
@@ -314,10 +275,34 @@ class FFNExpertMixture(nn.Module):
         tokens_in, shape = _as_tokens(hidden_states)
         batch, tokens, _ = tokens_in.shape
         gates = self.gate(tokens_in)  # (B, T, K)
+        if self.top_k:
+            return self._sparse(tokens_in, gates).reshape(*shape[:-1], -1)
         hidden = self.act(F.linear(tokens_in, self.fc1_weight, self.fc1_bias))
         weighted = (hidden.view(batch, tokens, self.num_experts, self.hidden) * gates.unsqueeze(-1)).flatten(2)
         output = F.linear(weighted, self.fc2_weight) + gates @ self.fc2_bias
         return output.reshape(*shape[:-1], output.shape[-1])
+
+    def _sparse(self, tokens_in: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+        """Top-k dispatch: every expert's FFN on its routed tokens only, outputs scattered back with their weights."""
+        flat, weights = tokens_in.reshape(-1, tokens_in.shape[-1]), gates.reshape(-1, self.num_experts)
+        top_weights, top_experts = weights.topk(self.top_k, dim=-1)
+        top_weights = top_weights / top_weights.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+        dispatch = torch.zeros_like(weights).scatter_(-1, top_experts, 1.0)
+        if self.gate.last is not None:
+            self.gate.last.dispatch = dispatch.view_as(gates)
+        output = flat.new_zeros(len(flat), self.fc2_weight.shape[0])
+        for expert in range(self.num_experts):
+            rows, slot = (top_experts == expert).nonzero(as_tuple=True)
+            if not len(rows):
+                continue
+            output.index_add_(0, rows, self._expert(expert, flat[rows]) * top_weights[rows, slot].unsqueeze(-1))
+        return output
+
+    def _expert(self, expert: int, inputs: torch.Tensor) -> torch.Tensor:
+        """FFN_expert on (N, d) inputs."""
+        hidden_slice = slice(expert * self.hidden, (expert + 1) * self.hidden)
+        hidden = self.act(F.linear(inputs, self.fc1_weight[hidden_slice], self.fc1_bias[hidden_slice]))
+        return F.linear(hidden, self.fc2_weight[:, hidden_slice], self.fc2_bias[expert])
 
 
 def _bias(layer: nn.Linear) -> torch.Tensor:
@@ -398,45 +383,4 @@ def _add_linear_experts(site: ExpertSite, target: str, config: RomeConfig, beta:
 def _add_ffn_experts(site: ExpertSite, config: RomeConfig, beta: float) -> None:
     mlp = site.block.mlp
     gate = _gate(config, mlp.fc1.in_features, beta, site.layer, f"{site.path}.mlp", 1)
-    site.block.mlp = FFNExpertMixture(mlp, config.num_experts, gate)
-
-
-def gating_modules(model: nn.Module) -> list[ExpertGate]:
-    """All gating modules of a model, in forward (layer) order; empty for a model without experts."""
-    return [module for module in model.modules() if isinstance(module, ExpertGate)]
-
-
-def gate_outputs(model: nn.Module) -> list[GateOutput]:
-    """Gates of the model's last forward pass, one entry per wrapped layer, in layer order."""
-    outputs = [gate.last for gate in gating_modules(model)]
-    if any(output is None for output in outputs):
-        raise RuntimeError("gate_outputs() needs a forward pass first")
-    return outputs  # type: ignore[return-value]
-
-
-def has_experts(model: nn.Module) -> bool:
-    return bool(gating_modules(model))
-
-
-def set_inference_variant(model: nn.Module, variant: str | None) -> list[str | None]:
-    """Switch every gate of ``model`` to an inference-time variant (None = learned); returns the previous ones."""
-    if variant is not None and variant not in INFERENCE_VARIANTS:
-        raise ConfigError(f"unknown gating variant '{variant}'; choose one of {', '.join(INFERENCE_VARIANTS)}")
-    gates = gating_modules(model)
-    if variant is not None and not gates:
-        raise ConfigError(f"gating variant '{variant}' needs a model with experts; this one has none")
-    previous = [gate.variant for gate in gates]
-    for gate in gates:
-        gate.variant = variant
-    return previous
-
-
-@contextlib.contextmanager
-def inference_variant(model: nn.Module, variant: str | None) -> Iterator[nn.Module]:
-    """Run ``model`` with every gate switched to an inference-time variant (Table 5); restores it on exit."""
-    previous = set_inference_variant(model, variant)
-    try:
-        yield model
-    finally:
-        for gate, saved in zip(gating_modules(model), previous, strict=True):
-            gate.variant = saved
+    site.block.mlp = FFNExpertMixture(mlp, config.num_experts, gate, config.top_k)

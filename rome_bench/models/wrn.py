@@ -52,8 +52,9 @@ from torch import nn
 
 from rome_bench.config import RomeConfig
 from rome_bench.errors import ConfigError
+from rome_bench.models.gates import ExpertGate
 from rome_bench.models.registry import MODELS
-from rome_bench.models.rome import ExpertGate, layer_beta
+from rome_bench.models.rome import layer_beta
 
 CONV_TARGETS: tuple[str, ...] = ("conv1", "conv2")
 TRANSFORMER_DEFAULT_TARGETS: frozenset[str] = frozenset({"qkv", "proj"})  # read as CONV_TARGETS for a WRN

@@ -8,13 +8,13 @@ with ℓ∞ PGD (ε = 8/255, 20 steps, step 2.5·ε/steps, uniform random start)
 maximises the classification loss, the second pulls every token's gate toward its least likely expert. Here:
 
 * CE(g, k) = −log g_k on the fused gate g (Eq. 5), averaged over tokens, then over the model's gated layers
-  (every expert mixture reports its gate through ``model.gates()``; a layer with several gated projections
-  counts each one);
+  (every gated layer of every family reports its gate through ``rome_bench.models.gates.gates``; a layer
+  with several gated projections counts each one);
 * k_i* is the least likely expert of token i on the **clean** image, fixed for the whole attack (the paper's
   formula leaves open whether it is re-computed per step; a fixed target gives the attack a stable direction);
 * as for every evaluation PGD, each example keeps its first misclassified iterate.
 
-The threat applies to models whose forward pass records gates (``model.gates()`` non-empty); for any other model
+The threat applies to models with gating modules (``has_gates(model)``); for any other model
 the runner stores it as "not applicable".
 
 GMA follows the paper's loss, which can leave examples robust that plain ℓ∞ PGD on the same budget breaks (the
@@ -34,6 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from rome_bench.errors import ConfigError
+from rome_bench.models.gates import gates as read_gates
+from rome_bench.models.gates import has_gates
 from rome_bench.threats.base import Budget, LpBudget, Threat, register_threat
 from rome_bench.threats.pgd import LinfPGD
 
@@ -42,10 +44,7 @@ GATE_FLOOR = 1e-12
 
 def model_gates(model: nn.Module) -> list[torch.Tensor]:
     """The fused gates (B, T, K) of the model's last forward pass, one per gated layer; [] without gates."""
-    gates = getattr(model, "gates", None)
-    if not callable(gates):
-        return []
-    return [output.fused for output in gates()]
+    return [output.fused for output in read_gates(model)]
 
 
 def misrouting_loss(gates: list[torch.Tensor], targets: list[torch.Tensor]) -> torch.Tensor:
@@ -69,20 +68,14 @@ class GatingMisrouting(LinfPGD):
         return {**super().params(), "gate_weight": self.gate_weight}
 
     def applicable(self, model: nn.Module) -> bool:
-        gates = getattr(model, "gates", None)
-        if not callable(gates):
-            return False
-        try:
-            return bool(gates())
-        except RuntimeError:  # a gated model that has not run a forward pass yet
-            return True
+        return has_gates(model)
 
     def prepare(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> None:
         with torch.no_grad():
             model(images)
             gates = model_gates(model)
         if not gates:
-            raise ConfigError("gma needs a model whose forward pass records gates (model.gates() is empty)")
+            raise ConfigError("gma needs a model whose forward pass records gates; this one records none")
         self._targets = [gate.argmin(dim=-1) for gate in gates]
 
     def objective(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor

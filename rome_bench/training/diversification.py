@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rome_bench.errors import ConfigError
-from rome_bench.models.rome import GateOutput
+from rome_bench.models.gates import DualScaleGateOutput, GateOutput, require_output
 
 if TYPE_CHECKING:
     from rome_bench.config import RomeConfig
@@ -119,7 +119,7 @@ def per_threat_means(values: torch.Tensor, threat_ids: torch.Tensor) -> torch.Te
     return torch.stack([values[threat_ids == threat].mean(dim=0) for threat in present])
 
 
-def global_means(gate: GateOutput, threat_ids: torch.Tensor, projection: torch.Tensor | None,
+def global_means(gate: DualScaleGateOutput, threat_ids: torch.Tensor, projection: torch.Tensor | None,
                  distance: str) -> torch.Tensor:
     """v̄^p of Eq. 7 (P, K' or K): per-threat mean global gate, projected, softmaxed for sym-kl/wasserstein1."""
     means = per_threat_means(gate.global_, threat_ids)  # mean of v·P = (mean of v)·P: P is linear
@@ -129,12 +129,10 @@ def global_means(gate: GateOutput, threat_ids: torch.Tensor, projection: torch.T
     return projected.softmax(dim=-1) if distance in PROBABILITY_DISTANCES else projected
 
 
-def diversification_loss(gates: list[GateOutput], threat_ids: torch.Tensor, projection: torch.Tensor | None,
+def diversification_loss(gates: list[DualScaleGateOutput], threat_ids: torch.Tensor, projection: torch.Tensor | None,
                          distance: str = "l2") -> torch.Tensor:
     """L_div of Eq. 8 for the gates of one forward pass over examples labelled with ``threat_ids``."""
-    if not gates:
-        raise ConfigError("the diversification loss needs a model with gated expert layers; "
-                          "set model.rome.routing_loss = none for a model without gates")
+    require_output(gates, DualScaleGateOutput, "the diversification loss")  # type: ignore[arg-type]
     measure = resolve_distance(distance)
     if threat_ids.unique().numel() < 2:
         return gates[0].local.new_zeros(())

@@ -21,8 +21,6 @@ survive a resume (e.g. a running estimate) goes through ``state_dict``/``load_st
 
 from __future__ import annotations
 
-import dataclasses
-import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,8 +29,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from rome_bench.config import ThreatsConfig, _typed_value
+from rome_bench.config import ThreatsConfig
+from rome_bench.config import parse_options as parse_table
 from rome_bench.errors import ConfigError
+from rome_bench.models.gates import gates as read_gates
 from rome_bench.registry import Registry
 from rome_bench.threats import Threat
 
@@ -84,9 +84,7 @@ class StepContext:
         """λ·(routing loss) on the gates of the last forward, each example labelled by its threat; None if none."""
         if self._routing_loss is None:
             return None
-        from rome_bench.models import gate_outputs
-
-        return self._routing_loss(gate_outputs(self.model), threat_ids)
+        return self._routing_loss(read_gates(self.model), threat_ids)
 
     def backward(self, loss: torch.Tensor) -> None:
         """Accumulate d loss / d parameters into ``.grad``: the one seam every update goes through."""
@@ -177,18 +175,7 @@ def register_recipe(name: str, citation: str) -> Callable[[type[Recipe]], type[R
 
 def parse_options(recipe: type[Recipe], values: dict[str, Any]) -> Any:
     """``train.options`` checked against the recipe's Options dataclass: known names, right types, one-line errors."""
-    known = {f.name: f for f in dataclasses.fields(recipe.Options)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        names = ", ".join(known) or "none"
-        raise ConfigError(f"recipe '{recipe.name}' has no option '{unknown[0]}'; its options: {names}")
-    hints = typing.get_type_hints(recipe.Options)
-    typed = {name: _typed_value(f"train.options.{name}", hints[name], value) for name, value in values.items()}
-    options = recipe.Options(**typed)
-    check = getattr(options, "check", None)
-    if callable(check):
-        check()
-    return options
+    return parse_table(f"recipe '{recipe.name}'", recipe.Options, values, "train.options")
 
 
 def build_recipe(name: str, options: dict[str, Any], threats: ThreatsConfig, attack: str) -> Recipe:

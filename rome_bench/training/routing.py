@@ -22,7 +22,9 @@ the ones that weight the experts, treat every token of the batch alike, and are 
   of the global gates on or off. It is 0 when all threats route alike and more negative the further apart the
   threats' mean gates are.
 
-``build_routing_loss`` picks the loss from a :class:`RomeConfig`; routing_loss "none" or a weight of 0 give None.
+``build_routing_loss`` builds the loss a model family asks for (``ModelFamily.routing``: RoME's from
+``model.rome.routing_loss``; other families name their own, e.g. the sparse MoE's balancing loss); none or a
+weight of 0 give None.
 Third-party losses register a class with a ``from_config(rome, num_threats, weight)`` classmethod.
 """
 
@@ -35,7 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from rome_bench.errors import ConfigError
-from rome_bench.models.rome import GateOutput
+from rome_bench.models.family import RoutingChoice
+from rome_bench.models.gates import GateOutput
 from rome_bench.registry import Registry
 from rome_bench.training.diversification import DiversificationLoss
 
@@ -157,9 +160,11 @@ ROUTING_LOSSES.add("diversification", DiversificationLoss, minimum="0 when all t
 
 def build_routing_loss(rome: RomeConfig, num_threats: int) -> nn.Module | None:
     """The routing loss ``rome`` asks for, weighted by its resolved λ; None for "none" or λ = 0."""
-    if rome.routing_loss == "none":
+    return routing_loss_for(RoutingChoice(rome.routing_loss, rome.resolved_routing_weight), rome, num_threats)
+
+
+def routing_loss_for(choice: RoutingChoice | None, rome: RomeConfig, num_threats: int) -> nn.Module | None:
+    """The routing loss a family asks for (``ModelFamily.routing``), weighted by its λ; None for none or λ = 0."""
+    if choice is None or choice.loss == "none" or choice.weight == 0:
         return None
-    weight = rome.resolved_routing_weight
-    if weight == 0:
-        return None
-    return ROUTING_LOSSES.get(rome.routing_loss).from_config(rome, num_threats, weight)
+    return ROUTING_LOSSES.get(choice.loss).from_config(rome, num_threats, choice.weight)

@@ -42,12 +42,12 @@ from rome_bench.checkpoint import (
 from rome_bench.config import RunConfig, TrainConfig, resolve_device, validate
 from rome_bench.data import LoadedDataset, fetch_batch, load_dataset
 from rome_bench.errors import CheckpointError, TrainingError
-from rome_bench.models import FAMILIES, create_model
+from rome_bench.models import build_family, create_model
 from rome_bench.training import recipes as _recipes  # noqa: F401  (registers the built-in recipes)
 from rome_bench.training.curve import TrainingCurve
 from rome_bench.training.finetune import load_initial_weights
 from rome_bench.training.recipe import Batch, Recipe, StepContext, StepResult, build_recipe
-from rome_bench.training.routing import build_routing_loss
+from rome_bench.training.routing import routing_loss_for
 
 
 def learning_rate(config: TrainConfig, epoch_progress: float) -> float:
@@ -223,7 +223,7 @@ class Trainer:
         self.rank = rank
         self.world_size = world_size
         self.progress = progress and rank == 0
-        self.family = FAMILIES.get(config.model.family)
+        self.family = build_family(config.model)  # unknown names and bad model.options fail here
         self.recipe: Recipe = build_recipe(config.train.recipe, config.train.options, config.threats,
                                            config.train.attack)
         self.recipe.threats()  # a recipe that cannot build its threats fails here, before anything is written
@@ -260,10 +260,8 @@ class Trainer:
         return self._save_final(model, data, costs)
 
     def _routing_loss(self, num_threats: int) -> nn.Module | None:
-        """λ·(the configured routing regulariser) for a family with experts; None without experts or with λ = 0."""
-        if not self.family.has_experts:
-            return None
-        loss = build_routing_loss(self.config.model.rome, num_threats)
+        """λ·(the routing regulariser the family asks for); None for a family without one or with λ = 0."""
+        loss = routing_loss_for(self.family.routing(self.config.model), self.config.model.rome, num_threats)
         return None if loss is None else loss.to(self.device)
 
     def _shard(self, num_examples: int, epoch: int) -> torch.Tensor:

@@ -86,6 +86,10 @@ def test_every_family_trains_every_parameter_and_reports_consistent_gates(family
             assert gate.dispatch.shape == gate.fused.shape, gate.name
             assert set(gate.dispatch.unique().tolist()) <= {0.0, 1.0}, gate.name
             assert len(gate.dispatch.sum(-1).unique()) == 1, gate.name
+    if outputs:  # analyze gating reads every family the same way: token-averaged gates (B, L, K)
+        from rome_bench.evaluation.gating_analysis import token_averaged_gates
+
+        assert token_averaged_gates(model.eval(), images).shape == (len(images), len(outputs), outputs[0].num_experts)
 
 
 @pytest.mark.parametrize("family", [name for name in FAMILIES.names() if FAMILIES.get(name).has_experts])

@@ -22,8 +22,8 @@ def load(run: Path):
 
 
 @pytest.mark.parametrize("switches,expected", [
-    (["--experts", "ffn", "--gating", "global", "--routing-loss", "load-balance"],
-     {"expert_type": "ffn", "targets": ["mlp"], "gating": "global", "routing_loss": "load-balance"}),
+    (["--experts", "ffn", "--top-k", "2", "--gating", "global", "--routing-loss", "load-balance"],
+     {"expert_type": "ffn", "targets": ["mlp"], "gating": "global", "routing_loss": "load-balance", "top_k": 2}),
     (["--set", "model.backbone=wrn_micro", "--div-distance", "wasserstein1", "--no-div-projection", "--gating",
       "dual-inverted"],
      {"div_distance": "wasserstein1", "div_projection": False, "gating": "dual-inverted"}),
@@ -36,7 +36,8 @@ def test_every_switch_trains_and_is_saved_with_the_run(cli_main, tmp_path, switc
     assert {key: saved[key] for key in expected} == expected
     model = load(run).model
     if expected.get("expert_type") == "ffn":
-        assert any(isinstance(module, FFNExpertMixture) for module in model.modules())
+        assert any(isinstance(module, FFNExpertMixture) and module.top_k == expected["top_k"]
+                   for module in model.modules())
     if expected.get("expert_type") == "adapter":
         assert any(isinstance(module, AdapterExpertMixture) for module in model.modules())
     assert all(gate.gating == saved["gating"] for gate in gating_modules(model))
@@ -65,11 +66,18 @@ def test_inference_variants_are_their_own_leaderboard_rows(cli_main, tmp_path):
         result = cli_main("eval", "--run", str(run), "--suite", "seen-pgd", "--n-examples", "8", "--store",
                             str(store), "--no-progress", *extra)
         assert result.returncode == 0, result.stderr
+    fixed = cli_main("eval", "--run", str(run), "--suite", "seen-pgd", "--n-examples", "8", "--store", str(store),
+                     "--no-progress", "--route-to-expert", "all")
+    assert fixed.returncode == 0, fixed.stderr
     board = json.loads(cli_main("leaderboard", "--suite", "seen-pgd", "--store", str(store), "--format",
                                   "json").stdout)
     labels = sorted(row["label"] for row in board["rows"])
-    assert labels == ["rome+max (demo)", "rome+max (demo) [experts removed]", "rome+max (demo) [inverse gating]",
+    assert labels == ["rome+max (demo)", *(f"rome+max (demo) [expert {k}]" for k in range(4)),
+                      "rome+max (demo) [experts removed]", "rome+max (demo) [inverse gating]",
                       "rome+max (demo) [random gating]"]
+    out_of_range = cli_main("eval", "--run", str(run), "--suite", "seen-pgd", "--n-examples", "8", "--store",
+                            str(store), "--no-progress", "--route-to-expert", "4")
+    assert_one_line_error(out_of_range, "--route-to-expert takes an expert index 0..3")
     plain = cli_main("train", "--method", "max", *ONE_STEP, "--out", str(tmp_path / "plain"))
     assert plain.returncode == 0, plain.stderr
     refused = cli_main("eval", "--run", str(tmp_path / "plain"), "--suite", "seen-pgd", "--n-examples", "8",

@@ -45,10 +45,12 @@ class ThreatsConfig:
 EXPERT_TYPES: tuple[str, ...] = ("lora", "ffn", "adapter")
 EXPERT_LAYERS: tuple[str, ...] = ("qkv", "proj", "fc1", "fc2", "conv1", "conv2")  # conv*: WideResNet blocks
 GATINGS: tuple[str, ...] = ("none", "local", "global", "dual", "dual-inverted", "dual-learned", "dual-cls")
-ROUTING_LOSSES: tuple[str, ...] = ("none", "load-balance", "importance", "gate-classification", "diversification")
+ROUTING_LOSSES: tuple[str, ...] = ("none", "load-balance", "importance", "gate-classification", "diversification",
+                                   "switch", "entropy")  # switch needs a top-k router (its dispatch)
 DIV_DISTANCES: tuple[str, ...] = ("l2", "cosine", "sym-kl", "wasserstein1")
 DEFAULT_ROUTING_WEIGHTS: dict[str, float] = {
     "none": 0.0, "load-balance": 0.5, "importance": 0.5, "gate-classification": 0.1, "diversification": 0.1,
+    "switch": 0.5, "entropy": 0.5,
 }
 
 
@@ -67,6 +69,7 @@ class RomeConfig:
     beta_s: float = 4.0
     beta_b: float = 2.0
     routing_loss: str = "diversification"  # none | load-balance | importance | gate-classification | diversification
+    # | switch | entropy (training/routing.py)
     routing_weight: float | None = None  # λ of the routing loss; None = that loss's default (0.1 div, 0.5 balance)
     div_distance: str = "l2"  # l2 | cosine | sym-kl | wasserstein1 (Table A5)
     div_projection: bool = True  # project global gates K -> K' for L_div-global (Eq. 7); False = Table 4's w/o
@@ -105,6 +108,8 @@ class DataConfig:
 
 
 TRAIN_ATTACKS: tuple[str, ...] = ("pgd", "apgd")
+OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd-nesterov")  # sgd-nesterov: momentum 0.9, Nesterov, L2 weight decay
+SCHEDULES: tuple[str, ...] = ("warmup-linear", "poly")  # poly: lr·(1 − epoch/epochs)^0.9, stepped per epoch
 
 
 @dataclass
@@ -113,6 +118,8 @@ class TrainConfig:
     options: dict[str, Any] = field(default_factory=dict)  # the recipe's own settings, checked by the recipe
     attack: str = "pgd"  # the ℓp training attack: pgd (the preset's steps) | apgd (best-loss APGD)
     epochs: int = 20
+    optimizer: str = "adamw"  # adamw (the paper's) | sgd-nesterov (momentum 0.9; the sparse-MoE paper's)
+    schedule: str = "warmup-linear"  # warmup-linear (the three phases below) | poly (power 0.9, per epoch)
     warmup_epochs: float = 4.0
     decay_epochs: float = 12.0  # linear decay to decay_floor·lr
     final_epochs: float = 4.0  # then linear decay to final_floor·lr
@@ -436,6 +443,9 @@ def validate(config: RunConfig) -> None:
         (is_device_name(config.train.device), f"train.device must be {DEVICE_NAMES}"),
         (train.attack in TRAIN_ATTACKS, f"train.attack must be one of {', '.join(TRAIN_ATTACKS)} "
                                         f"(got '{train.attack}')"),
+        (train.optimizer in OPTIMIZERS, f"train.optimizer must be one of {', '.join(OPTIMIZERS)} "
+                                        f"(got '{train.optimizer}')"),
+        (train.schedule in SCHEDULES, f"train.schedule must be one of {', '.join(SCHEDULES)} (got '{train.schedule}')"),
         (config.data.eval_examples >= 1, "data.eval_examples must be >= 1"),
         (config.data.train_size is None or config.data.train_size >= 1, "data.train_size must be >= 1"),
         (1 <= config.model.rome.num_experts <= MAX_EXPERTS, f"model.rome.num_experts must be between 1 and "
@@ -472,6 +482,8 @@ def rome_checks(rome: RomeConfig) -> list[tuple[bool, str]]:
          f"model.rome.routing_loss must be one of {', '.join(ROUTING_LOSSES)} (got '{rome.routing_loss}')"),
         (rome.routing_weight is None or (isinstance(rome.routing_weight, int | float) and rome.routing_weight >= 0),
          "model.rome.routing_weight must be a number >= 0 (or none for the routing loss's default)"),
+        (rome.routing_loss != "switch" or rome.top_k > 0,
+         "routing loss switch reads a top-k router's dispatch: add --experts ffn --top-k K, or use load-balance"),
         (rome.routing_loss != "gate-classification" or rome.num_experts == len(NORMS),
          f"gate-classification trains the gates as a threat classifier: it needs num_experts = {len(NORMS)}, "
          f"one per training threat (got {rome.num_experts})"),

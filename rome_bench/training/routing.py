@@ -17,6 +17,16 @@ the ones that weight the experts, treat every token of the batch alike, and are 
   ConfigError): L = −(1/L) Σ_l mean_{examples, tokens} log g_{threat(x)} (the log's argument clamped at 1e-8),
   i.e. cross-entropy of each token's gate against its example's threat. L ≥ 0, and ≈ 0 exactly when every token
   puts all its mass on its threat's expert.
+* ``switch`` (Fedus, Zoph & Shazeer, "Switch Transformers", JMLR 2022, Eq. 4-6; the sparse MoE's balancing loss):
+  like ``load-balance``, but f_k is the fraction of the layer's expert assignments that the router's hard
+  ``dispatch`` actually sent to expert k (after any routing noise or capacity limit; f sums to 1); L = K·Σ_k f_k·P_k
+  with P_k the mean gate. 1 whenever dispatch is balanced (f = 1/K); when the gates agree with the dispatch
+  (P = f) it is K·Σ f_k² ≥ 1, with equality exactly at balanced routing, and K when one expert takes all.
+  Pavlitska et al.'s code subtracts the constant 1 (same gradient). Needs a top-k router (``dispatch``).
+* ``entropy`` (Pavlitska et al.'s code, ``balancing_loss_type=entropy``): L = (1/N) Σ_t H(g_t) − H((1/N) Σ_t g_t),
+  H(p) = −Σ_k p_k log p_k (0·log 0 = 0): confident tokens (low per-token entropy) spread evenly over the experts
+  (high entropy of the mean gate). L ≥ −log K, with equality exactly when every token's gate is one-hot and every
+  expert gets the same share of tokens; uniform soft gates (every g = 1/K) give 0.
 * ``diversification``: λ·L_div of Eq. 6-8 (see :mod:`rome_bench.training.diversification`), on the local and
   global gates, with the configured distance (l2, cosine, sym-kl, wasserstein1) and the fixed K → K' projection
   of the global gates on or off. It is 0 when all threats route alike and more negative the further apart the
@@ -152,6 +162,49 @@ class GateClassificationLoss(RoutingLoss):
 
     def layer_loss(self, gate: GateOutput, threat_ids: torch.Tensor) -> torch.Tensor:
         return gate_cross_entropy(gate, threat_ids)
+
+
+def switch_balance(gate: GateOutput) -> torch.Tensor:
+    """K·Σ_k f_k·P_k for one layer: f_k the share of the hard dispatch on expert k (no gradient), P_k mean gates."""
+    if gate.dispatch is None:
+        raise ConfigError(f"routing loss 'switch' needs a top-k router's dispatch; layer {gate.name} routes softly: "
+                          "use load-balance")
+    tokens = fused_tokens(gate)
+    dispatch = gate.dispatch.detach().float().flatten(0, -2)
+    fractions = dispatch.sum(dim=0) / dispatch.sum().clamp_min(1.0)
+    return tokens.shape[-1] * (fractions * tokens.mean(dim=0)).sum()
+
+
+def entropy_terms(probabilities: torch.Tensor) -> torch.Tensor:
+    """−Σ_k p_k log p_k over the last axis (0·log 0 = 0; the log's argument clamped so gradients stay finite)."""
+    return -(probabilities * probabilities.clamp_min(LOG_CLAMP).log()).sum(dim=-1)
+
+
+def entropy_balance(gate: GateOutput) -> torch.Tensor:
+    """Mean per-token gate entropy minus the entropy of the mean gate, for one layer (minimum −log K)."""
+    tokens = fused_tokens(gate)
+    return entropy_terms(tokens).mean() - entropy_terms(tokens.mean(dim=0))
+
+
+@ROUTING_LOSSES.register("switch", minimum="1 at balanced dispatch", reference="Fedus et al. 2022 (Switch), Eq. 4")
+class SwitchBalanceLoss(RoutingLoss):
+    """λ·K·Σ_k f_k·P_k with f from the router's hard dispatch: 1 at balanced dispatch, K when one expert takes all."""
+
+    name = "switch"
+
+    def layer_loss(self, gate: GateOutput, threat_ids: torch.Tensor) -> torch.Tensor:
+        return switch_balance(gate)
+
+
+@ROUTING_LOSSES.register("entropy", minimum="−log K at one-hot gates spread evenly over the experts",
+                         reference="Pavlitska et al. 2025 (robust-sparse-moes code)")
+class EntropyBalanceLoss(RoutingLoss):
+    """λ·(mean token entropy − entropy of the mean gate): confident routing, evenly used experts."""
+
+    name = "entropy"
+
+    def layer_loss(self, gate: GateOutput, threat_ids: torch.Tensor) -> torch.Tensor:
+        return entropy_balance(gate)
 
 
 ROUTING_LOSSES.add("diversification", DiversificationLoss, minimum="0 when all threats route alike; lower apart",

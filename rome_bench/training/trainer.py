@@ -49,12 +49,17 @@ from rome_bench.training.finetune import load_initial_weights
 from rome_bench.training.recipe import Batch, Recipe, StepContext, StepResult, build_recipe
 from rome_bench.training.routing import routing_loss_for
 
+POLY_POWER = 0.9  # the sparse-MoE paper's poly decay (their PolyLR exponent)
+
 
 def learning_rate(config: TrainConfig, epoch_progress: float) -> float:
     """The paper's schedule: linear warm-up, linear decay to decay_floor·lr, then to final_floor·lr.
 
-    The three phases are scaled to ``config.epochs`` when it differs from their sum.
+    The three phases are scaled to ``config.epochs`` when it differs from their sum. ``train.schedule = poly``
+    (Pavlitska et al.'s PolyLR): lr·(1 − e/epochs)^0.9 with e the epoch index, constant within an epoch.
     """
+    if config.schedule == "poly":
+        return config.lr * (1 - min(math.floor(epoch_progress), config.epochs) / config.epochs) ** POLY_POWER
     phases = config.warmup_epochs + config.decay_epochs + config.final_epochs
     scale = config.epochs / phases if phases > 0 else 1.0
     warmup, decay, final = (config.warmup_epochs * scale, config.decay_epochs * scale, config.final_epochs * scale)
@@ -69,8 +74,15 @@ def learning_rate(config: TrainConfig, epoch_progress: float) -> float:
     return config.lr * config.final_floor
 
 
+SGD_MOMENTUM = 0.9
+
+
 def build_optimizer(parameters: Iterable[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW (the paper's optimiser), with the fused kernel: one launch for all parameters."""
+    """AdamW (the paper's optimiser), with the fused kernel: one launch for all parameters; or ``sgd-nesterov``
+    (SGD, Nesterov momentum 0.9, weight decay as an L2 term: the sparse-MoE paper's)."""
+    if config.optimizer == "sgd-nesterov":
+        return torch.optim.SGD(parameters, lr=config.lr, momentum=SGD_MOMENTUM, nesterov=True,
+                               weight_decay=config.weight_decay)
     return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay, fused=True)
 
 

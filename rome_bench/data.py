@@ -23,6 +23,11 @@
 
     ImageFolder images are decoded to uint8 tensors; a whole decoded split is cached under
     ``cache_dir()/decoded/`` (safetensors), while a ``size`` subset decodes only the images it keeps.
+``cifar100``
+    CIFAR-100 (fine labels, 100 classes), found like ``cifar10``: torchvision's ``cifar-100-python`` folder (files
+    ``train`` and ``test``) or its parent, an ImageFolder with ``train/`` and ``test/`` holding the 100 class folders
+    (CIFAR-100's fine label names, or 0..99), a ``.tar.gz`` of either, else ``cache_dir()/cifar100/`` downloaded by
+    torchvision.
 ``imagenet100`` / ``imagenet1k``
     An ImageFolder with ``train/`` and ``val/`` (or ``test/``) at ``data_dir`` / ``ROME_BENCH_DATA``, read
     lazily; train images get RandomResizedCrop(224) + horizontal flip, test images Resize(256) +
@@ -355,26 +360,29 @@ def _download_cifar10(root: Path) -> None:
     torchvision.datasets.CIFAR10(str(root), train=True, download=True)
 
 
-def _locate_cifar10(path: Path) -> tuple[str, Path]:
-    """("batches", folder of the pickled batches) or ("folder", ImageFolder root) found at ``path``."""
+def _locate_cifar10(path: Path, batch_files: tuple[str, ...] = _CIFAR10_TRAIN_BATCHES + _CIFAR10_TEST_BATCHES,
+                    batch_folder: str = "cifar-10-batches-py", name: str = "CIFAR-10",
+                    help_text: str = _DATA_HELP) -> tuple[str, Path]:
+    """("batches", folder of the pickled batches) or ("folder", ImageFolder root) found at ``path`` (CIFAR-10 by
+    default; CIFAR-100 passes its own files, folder name and help)."""
     if not path.exists():
-        raise DataNotFoundError(f"CIFAR-10 data path {path} does not exist: {_DATA_HELP}")
+        raise DataNotFoundError(f"{name} data path {path} does not exist: {help_text}")
     if path.is_file():
         if not path.name.lower().endswith(ARCHIVE_SUFFIXES):
-            raise DataNotFoundError(f"{path} is a file but not a .tar.gz/.tgz/.tar archive: {_DATA_HELP}")
+            raise DataNotFoundError(f"{path} is a file but not a .tar.gz/.tgz/.tar archive: {help_text}")
         path = _extract_once(path)
     candidates = [path]
     subfolders = [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
     if len(subfolders) == 1:
         candidates.append(subfolders[0])
     for candidate in candidates:
-        for folder in (candidate, candidate / "cifar-10-batches-py"):
-            if all((folder / name).is_file() for name in _CIFAR10_TRAIN_BATCHES + _CIFAR10_TEST_BATCHES):
+        for folder in (candidate, candidate / batch_folder):
+            if all((folder / file).is_file() for file in batch_files):
                 return "batches", folder
         if _is_image_folder(candidate):
             return "folder", candidate
     raise DataNotFoundError(
-        f"{path} holds no CIFAR-10 data (expected cifar-10-batches-py or its parent, an ImageFolder with "
+        f"{path} holds no {name} data (expected {batch_folder} or its parent, an ImageFolder with "
         f"train/ and test/, or a .tar.gz of either)"
     )
 
@@ -484,18 +492,21 @@ def _cifar10_from_batches(folder: Path, split: str) -> LoadedDataset:
     return LoadedDataset(dataset, CIFAR10_INFO, fingerprint, f"{folder} (torchvision format)")
 
 
-def _cifar10_from_folder(root: Path, split: str) -> LoadedDataset:
-    """CIFAR-10 split from the ImageFolder at ``root``, decoded when ``load_dataset`` selects examples."""
+def _cifar10_from_folder(root: Path, split: str, info: DatasetInfo = CIFAR10_INFO) -> LoadedDataset:
+    """CIFAR-10 (or ``info``'s) split from the ImageFolder at ``root``, decoded when ``load_dataset`` selects
+    examples."""
     folder = _split_folder(root, split)
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if sorted(classes) == sorted(CIFAR10_CLASSES):
-        class_labels = [CIFAR10_CLASSES.index(name) for name in classes]
-    elif classes == sorted(str(i) for i in range(10)):
+    names, count = info.class_names, info.num_classes
+    if sorted(classes) == sorted(names):
+        class_labels = [names.index(name) for name in classes]
+    elif classes == sorted(str(i) for i in range(count)):
         class_labels = [int(name) for name in classes]
     else:
+        shown = " ".join(classes[:12]) + (" …" if len(classes) > 12 else "")
         raise ConfigError(
-            f"{folder} has class folders [{' '.join(classes)}]; cifar10 needs the 10 folders "
-            f"{' '.join(CIFAR10_CLASSES)} (or 0..9)"
+            f"{folder} has {len(classes)} class folders [{shown}]; {info.name} needs the {count} folders "
+            f"{' '.join(names) if count <= 10 else 'named by its class names'} (or 0..{count - 1})"
         )
     files: list[Path] = []
     labels: list[int] = []
@@ -513,7 +524,7 @@ def _cifar10_from_folder(root: Path, split: str) -> LoadedDataset:
     cache_key = digest(str(folder.resolve()), split, len(files), listing.hexdigest())[:32]
     dataset = ImageFolderTensors(files, torch.tensor(labels, dtype=torch.long), image_size=32, cache_key=cache_key)
     fingerprint = digest("image-folder", split, len(files), listing.hexdigest())
-    return LoadedDataset(dataset, CIFAR10_INFO, fingerprint, f"{folder} (image folder)")
+    return LoadedDataset(dataset, info, fingerprint, f"{folder} (image folder)")
 
 
 class ImageFolderTensors(Dataset):
@@ -594,6 +605,81 @@ def _decode_images(files: Sequence[Path], image_size: int) -> Tensor:
             )
         out[i] = pixels
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+
+
+# --------------------------------------------------------------------------------------------- cifar100
+
+CIFAR100_CLASSES: tuple[str, ...] = (
+    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
+    "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
+    "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur",
+    "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard",
+    "lamp", "lawn_mower", "leopard", "lion", "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain",
+    "mouse", "mushroom", "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree",
+    "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket",
+    "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider",
+    "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank", "telephone", "television", "tiger",
+    "tractor", "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm",
+)  # fmt: skip
+CIFAR100_INFO = DatasetInfo(
+    name="cifar100",
+    num_classes=100,
+    image_size=32,
+    mean=(0.5071, 0.4865, 0.4409),
+    std=(0.2673, 0.2564, 0.2762),
+    class_names=CIFAR100_CLASSES,
+)
+_CIFAR100_FILES = ("train", "test")
+_CIFAR100_HELP = (
+    "pass --data-dir or set ROME_BENCH_DATA to torchvision's cifar-100-python folder, an ImageFolder with train/ "
+    "and test/ (100 class folders), or a .tar.gz of either; or allow internet access so torchvision can download it"
+)
+
+
+@DATASETS.register("cifar100", num_classes=100, image_size=32, description="CIFAR-100 (local copy or download)")
+def load_cifar100(split: str, data_dir: Path | None = None) -> LoadedDataset:
+    """CIFAR-100 (fine labels) from ``data_dir``, else from the cache, else downloaded by torchvision."""
+    if data_dir is not None:
+        layout, root = _locate_cifar10(data_dir, _CIFAR100_FILES, "cifar-100-python", "CIFAR-100", _CIFAR100_HELP)
+    else:
+        layout, root = "batches", cache_dir() / "cifar100" / "cifar-100-python"
+        if not root.is_dir():
+            try:
+                _download_cifar100(root.parent)
+            except Exception as error:
+                raise DataNotFoundError(
+                    f"CIFAR-100 not found and could not be downloaded ({_one_line(error)}): {_CIFAR100_HELP}"
+                ) from error
+    if layout == "batches":
+        loaded = _cifar100_from_python(root, split)
+    else:
+        loaded = _cifar10_from_folder(root, split, CIFAR100_INFO)
+    if data_dir is not None and data_dir.is_file():
+        loaded = replace(loaded, source=f"{data_dir}, extracted to {loaded.source}")
+    return loaded
+
+
+def _download_cifar100(root: Path) -> None:
+    """Download CIFAR-100 into ``root/cifar-100-python`` with torchvision."""
+    import torchvision
+
+    torchvision.datasets.CIFAR100(str(root), train=True, download=True)
+
+
+def _cifar100_from_python(folder: Path, split: str) -> LoadedDataset:
+    """CIFAR-100 split from torchvision's ``cifar-100-python`` pickle (``data`` N×3072 uint8, ``fine_labels``)."""
+    path = folder / split
+    try:
+        entry = load_cifar10_batch(path)  # the same restricted unpickler: arrays, lists, strings only
+        images = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = [int(label) for label in entry["fine_labels"]]
+        if len(labels) != len(images) or not all(0 <= label < 100 for label in labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} fine labels in 0..99")
+    except (OSError, pickle.UnpicklingError, KeyError, TypeError, ValueError, EOFError) as error:
+        raise DataNotFoundError(f"{path} is not a CIFAR-100 {split} file ({_one_line(error)})") from error
+    dataset = ImageTensorDataset(torch.from_numpy(images.copy()), torch.tensor(labels, dtype=torch.long))
+    fingerprint = digest("cifar100-python", split, path.stat().st_size, len(dataset))
+    return LoadedDataset(dataset, CIFAR100_INFO, fingerprint, f"{folder} (torchvision format)")
 
 
 # --------------------------------------------------------------------------------------------- imagenet

@@ -11,6 +11,7 @@ from rome_bench.threats import (
     CORRUPTIONS,
     Clean,
     GatingMisrouting,
+    LinfAPGD,
     LinfPGD,
     Threat,
     seen_apgd,
@@ -113,5 +114,27 @@ register_suite(Suite(
     titles={"nat": "Nat", "linf": "PGD ℓ∞", "gma": "GMA", "gma-union": "GMA∪PGD"},
     description="clean, ℓ∞ PGD, the gating-misrouting attack and their per-example worst case, all at the run's ℓ∞ ε "
                 "with 20 steps: the adaptive evaluation of a mixture-of-experts model, never weaker than PGD",
+    show_avg=False,
+))
+
+
+# Pavlitska et al. (sparse-MoE ResNets, ICCVW 2025) evaluate ℓ∞ PGD-20 and APGD-20 at ε = 8/255: PGD with step 2/255
+# = ε/4 and a uniform random start (here each example keeps its first misclassified iterate, never weaker than their
+# last iterate); APGD as torchattacks' APGD(eps, steps=20): APGD-CE, one restart, seed 0.
+register_suite(Suite(
+    name="pgd20",
+    build=lambda threats: [Clean(), LinfPGD(threats.eps["linf"], 20, step_size=threats.eps["linf"] / 4)],
+    columns=("nat", "linf"),
+    titles={"nat": "Nat", "linf": "PGD-20 ℓ∞"},
+    description="clean + ℓ∞ PGD-20 at the run's ε, step ε/4 (2/255 at 8/255): the sparse-MoE paper's PGD",
+    show_avg=False,
+))
+
+register_suite(Suite(
+    name="apgd20",
+    build=lambda threats: [Clean(), LinfAPGD(threats.eps["linf"], attacks=("apgd-ce",), n_iter=20)],
+    columns=("nat", "linf"),
+    titles={"nat": "Nat", "linf": "APGD-20 ℓ∞"},
+    description="clean + ℓ∞ APGD-CE with 20 iterations, 1 restart, seed 0, at the run's ε: the sparse-MoE paper's APGD",
     show_avg=False,
 ))

@@ -212,9 +212,9 @@ def evaluate(
              "row; 'all' evaluates each expert in turn (one row per expert).")] = None,
 ) -> None:
     """Evaluate a trained run (or --model-file) on every threat of a suite; results go to the store per example."""
+    from rome_bench.api import evaluate_into, plan
     from rome_bench.config import resolve_device
-    from rome_bench.data import evaluation_indices
-    from rome_bench.evaluation.runner import evaluate_run, with_gating_variant
+    from rome_bench.evaluation.runner import with_gating_variant
     from rome_bench.evaluation.store import ResultStore
     from rome_bench.evaluation.suites import SUITES
 
@@ -233,8 +233,7 @@ def evaluate(
         raise ConfigError("--gating-variant and --route-to-expert exclude each other: give one")
     loaded, data = _load_model_and_data(run, model_file, weights, preset_name, data_dir, torch_device)
     variants = route_variants(loaded.model, route_to_expert) if route_to_expert is not None else [gating_variant]
-    ids = evaluation_indices(len(data.dataset), n_examples or loaded.config.data.eval_examples)
-    threats = select_threats(chosen_suite.build(loaded.config.threats), threat or [], suite)
+    threats, ids = plan(loaded, chosen_suite, data, n_examples, threat or [])
     if corruptions_dir is not None:
         threats = with_corruptions_dir(threats, corruptions_dir)
     with ResultStore(store or default_store()) as results:
@@ -245,8 +244,8 @@ def evaluate(
                 _eps_sweep(varied, chosen_suite.name, threats, scales, data, ids, results, batch_size, torch_device,
                            row_label, progress, plot or _default_plot(run, chosen_suite.name, data.info.name))
                 continue
-            evaluate_run(varied, chosen_suite.name, threats, data, ids, results, batch_size, torch_device, row_label,
-                         progress, complete=not threat, union_only=union_only)
+            evaluate_into(results, varied, chosen_suite.name, threats, data, ids, row_label, batch_size, torch_device,
+                          progress, complete=not threat, union_only=union_only)
             typer.echo(f"evaluated {row_label} on suite '{suite}' ({len(ids)} examples) -> {results.path}")
         if scales is not None:
             return
@@ -352,20 +351,6 @@ def _eps_sweep(loaded: object, suite: str, threats: list[Threat], scales: list[f
         typer.echo("warning: accuracy rose with ε for some threat (flagged above): the attack is unreliable there")
 
 
-def select_threats(threats: list[Threat], names: list[str], suite: str) -> list[Threat]:
-    """The suite's threats restricted to ``names`` (plus clean); unknown or foreign names are errors."""
-    from rome_bench.threats import THREATS
-
-    if not names:
-        return threats
-    in_suite = [threat.name for threat in threats]
-    for name in names:
-        THREATS.get(name)  # an unregistered name fails with "did you mean"
-        if name not in in_suite:
-            raise ConfigError(f"threat '{name}' is not in suite '{suite}'; it has: {', '.join(in_suite)}")
-    return [threat for threat in threats if threat.name == "clean" or threat.name in names]
-
-
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo's runs and results store.")] = Path("runs/demo"),
@@ -448,19 +433,24 @@ def _print_leaderboard(results: ResultStore, suite: str, dataset: str | None, fo
 
 @app.command()
 def export(
-    out: Annotated[Path, typer.Option(help="CSV file to write: one row per (model, example), one column per threat.")],
+    out: Annotated[Path, typer.Option(help="File to write, .csv (or .parquet, with pyarrow): one row per (model, "
+                                           "example), one column per threat.")],
     suite: Annotated[str, typer.Option(help="Threat suite, e.g. seen.")] = "seen",
     dataset: Annotated[str | None, typer.Option(help="Only this dataset (e.g. cifar10, synthetic).")] = None,
     store: Annotated[Path | None, typer.Option(help="SQLite results store (default: in the cache dir).")] = None,
 ) -> None:
     """Export the per-example matrix (examples × threats, plus union) of every completed run, for pandas."""
-    from rome_bench.checkpoint import atomic_write_text
-    from rome_bench.evaluation.export import matrix_csv
+    from rome_bench.checkpoint import atomic_write_bytes, atomic_write_text
+    from rome_bench.evaluation.export import matrix_csv, matrix_parquet
     from rome_bench.evaluation.store import ResultStore
     from rome_bench.evaluation.suites import SUITES
 
     chosen = SUITES.get(suite)
     with ResultStore(_existing_store(store)) as results:
+        if out.suffix == ".parquet":
+            atomic_write_bytes(out, matrix_parquet(results, chosen, dataset))
+            typer.echo(f"per-example matrix -> {out} (pandas.read_parquet)")
+            return
         text = matrix_csv(results, chosen, dataset)
     atomic_write_text(out, text)
     typer.echo(f"{text.count(chr(10)) - 1} example rows -> {out} (pandas.read_csv)")

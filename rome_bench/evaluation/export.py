@@ -1,4 +1,4 @@
-"""Exports of stored results: the per-example matrix (examples × threats) as CSV for pandas.
+"""Exports of stored results: the per-example matrix (examples × threats) as a pandas DataFrame, CSV or Parquet.
 
 One row per (model, example): ``label, model_hash, dataset, example_id`` and then one column per threat of the
 suite (1 robust / 0 not; empty where a union-only cascade skipped an example already broken, or where the threat
@@ -8,12 +8,16 @@ does not apply to the model) and ``union``. Threats sharing a column get the dif
 
 from __future__ import annotations
 
-import csv
 import io
 import json
+from typing import TYPE_CHECKING
 
+from rome_bench.errors import ConfigError
 from rome_bench.evaluation.store import ResultStore, SuiteRun
 from rome_bench.evaluation.suites import Suite
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 MATRIX_KEYS = ("label", "model_hash", "dataset", "example_id")
 
@@ -54,13 +58,29 @@ def per_example_rows(store: ResultStore, run: SuiteRun) -> list[dict[str, object
     return rows
 
 
-def matrix_csv(store: ResultStore, suite: Suite, dataset: str | None = None) -> str:
-    """Every completed run of ``suite`` (optionally on one dataset) as one per-example CSV table."""
+def matrix_frame(store: ResultStore, suite: Suite, dataset: str | None = None) -> pd.DataFrame:
+    """Every completed run of ``suite`` (optionally on one dataset) as one per-example DataFrame: the key columns,
+    one nullable-integer column per threat (1, 0, or missing) and ``union``."""
+    import pandas as pd
+
     runs = store.suite_runs(suite.name, dataset)
     rows = [row for run in runs for row in per_example_rows(store, run)]
     threat_fields = list(dict.fromkeys(name for row in rows for name in row if name not in (*MATRIX_KEYS, "union")))
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=[*MATRIX_KEYS, *threat_fields, "union"])
-    writer.writeheader()
-    writer.writerows(rows)
+    frame = pd.DataFrame.from_records(rows, columns=[*MATRIX_KEYS, *threat_fields, "union"])
+    return frame.astype({name: "Int64" for name in [*threat_fields, "union"]} | {"example_id": "int64"})
+
+
+def matrix_csv(store: ResultStore, suite: Suite, dataset: str | None = None) -> str:
+    """:func:`matrix_frame` as CSV text (``pandas.read_csv`` reads it back)."""
+    return matrix_frame(store, suite, dataset).to_csv(index=False, lineterminator="\n")
+
+
+def matrix_parquet(store: ResultStore, suite: Suite, dataset: str | None = None) -> bytes:
+    """:func:`matrix_frame` as Parquet bytes; needs pyarrow (one-line error without it)."""
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError as error:
+        raise ConfigError("writing .parquet needs pyarrow: pip install pyarrow (or export to .csv)") from error
+    buffer = io.BytesIO()
+    matrix_frame(store, suite, dataset).to_parquet(buffer, index=False)
     return buffer.getvalue()

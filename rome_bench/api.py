@@ -1,0 +1,262 @@
+"""The Python API: rome-bench's protocol from a notebook, results as pandas DataFrames.
+
+    import rome_bench
+
+    model = rome_bench.load_model("runs/rome+max-smoke")          # a run directory, or "file.py:Class"
+    results = rome_bench.benchmark(model, suite="seen-pgd", n_examples=100, store="results.sqlite")
+    results.leaderboard()                                           # the rows `rome-bench leaderboard` prints
+    results.to_pandas()                                             # long: model, threat, column, example_id, correct
+    results.matrix()                                                # wide: one row per (model, example)
+    results.union(["pgd-l1", "pgd-linf"])                          # per-example worst case over any threat subset
+
+``benchmark`` runs exactly what ``rome-bench eval`` runs (the same suites, seeds, per-example store and resume:
+results already in the store are not recomputed), and ``rome-bench eval`` is built on the same functions. A bare
+``nn.Module`` taking [0, 1] images is accepted too; its ε and dataset come from ``preset``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from rome_bench.config import preset as preset_config
+from rome_bench.config import resolve_device
+from rome_bench.errors import ConfigError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from rome_bench.data import LoadedDataset
+    from rome_bench.evaluation.runner import LoadedRun
+    from rome_bench.evaluation.store import ResultStore, SuiteRun
+    from rome_bench.evaluation.suites import Suite
+    from rome_bench.threats import Threat
+
+LONG_COLUMNS = ["model", "model_hash", "dataset", "threat", "threat_key", "column", "example_id", "correct"]
+
+
+def load_model(source: str | Path, weights: str | Path | None = None, preset: str = "cifar10",
+               device: str = "auto") -> LoadedRun:
+    """A model to benchmark: a run directory written by ``rome-bench train``, or ``FILE.py:Class`` / ``module:Class``
+    (an nn.Module taking [0, 1] images, with optional ``weights``, evaluated under ``preset``'s dataset and ε)."""
+    from rome_bench.checkpoint import read_run_config
+    from rome_bench.data import load_dataset
+    from rome_bench.evaluation.runner import load_external_run, load_run
+
+    torch_device = resolve_device(device)
+    path = Path(source)
+    if path.is_dir():
+        config = read_run_config(path)
+        info = load_dataset(config.data.dataset, "test", config.data.data_dir).info
+        return load_run(path, info, torch_device)
+    if ":" not in str(source):
+        raise ConfigError(f"model source '{source}' is neither a run directory nor FILE.py:Class / module:Class")
+    return load_external_run(str(source), Path(weights) if weights else None, preset_config(preset), torch_device)
+
+
+def wrap_module(model: nn.Module, preset: str = "cifar10", label: str | None = None) -> LoadedRun:
+    """A bare nn.Module (images in [0, 1]) as a benchmarkable model under ``preset``'s dataset and ε."""
+    from rome_bench.evaluation.runner import LoadedRun
+    from rome_bench.models import content_hash
+
+    name = label or type(model).__name__
+    metadata = {"external": {"source": f"python object {type(model).__module__}.{type(model).__qualname__}"}}
+    return LoadedRun(model, preset_config(preset), metadata, f"{content_hash(model)}/{name}", name, None)
+
+
+def benchmark(model: LoadedRun | nn.Module | str | Path, suite: str = "seen", n_examples: int | None = None,
+              dataset: str | None = None, data_dir: str | None = None, store: str | Path | None = None,
+              device: str = "auto", batch_size: int = 128, threats: Sequence[str] = (), label: str | None = None,
+              preset: str = "cifar10", progress: bool = True) -> Results:
+    """Evaluate ``model`` on every threat of ``suite`` over a fixed seeded test subset; per-example results go to
+    ``store`` (a SQLite file; None = a temporary one that lives as long as the returned :class:`Results`)."""
+    from rome_bench.evaluation.suites import SUITES
+
+    loaded = model if _is_loaded(model) else (
+        wrap_module(model, preset, label) if isinstance(model, nn.Module) else load_model(model, preset=preset))
+    chosen = SUITES.get(suite)
+    torch_device = resolve_device(device)
+    loaded.model.to(torch_device).eval()
+    data = test_data(loaded, dataset, data_dir)
+    owner = None if store is not None else tempfile.TemporaryDirectory(prefix="rome-bench-")
+    store_path = Path(store) if store is not None else Path(owner.name) / "results.sqlite"  # type: ignore[union-attr]
+    planned, ids = plan(loaded, chosen, data, n_examples, threats)
+    from rome_bench.evaluation.store import ResultStore
+
+    with ResultStore(store_path) as results:
+        evaluate_into(results, loaded, chosen.name, planned, data, ids, label or default_label(loaded), batch_size,
+                      torch_device, progress, complete=not threats)
+    return Results(store_path, chosen.name, data.info.name, [loaded.model_hash], owner)
+
+
+def _is_loaded(model: object) -> bool:
+    from rome_bench.evaluation.runner import LoadedRun
+
+    return isinstance(model, LoadedRun)
+
+
+def default_label(loaded: LoadedRun) -> str:
+    """``method (run name)`` for a run, ``external (FILE:Class)`` for a module."""
+    if loaded.method is not None:
+        return f"{loaded.method} ({Path(str(loaded.source)).name})"
+    location, _, name = str(loaded.source).rpartition(":")
+    return f"external ({Path(location).stem}:{name})" if name and location else f"external ({loaded.source})"
+
+
+def test_data(loaded: LoadedRun, dataset: str | None = None, data_dir: str | None = None) -> LoadedDataset:
+    """The test split the model is evaluated on: its config's dataset unless ``dataset`` names another."""
+    from rome_bench.data import load_dataset
+
+    config = loaded.config
+    return load_dataset(dataset or config.data.dataset, "test", data_dir or config.data.data_dir)
+
+
+def plan(loaded: LoadedRun, suite: Suite, data: LoadedDataset, n_examples: int | None = None,
+         only: Sequence[str] = ()) -> tuple[list[Threat], list[int]]:
+    """The threats (the suite's, or ``only`` some of them, clean always first) and the fixed seeded example ids."""
+    from rome_bench.data import evaluation_indices
+
+    if n_examples is not None and n_examples < 1:
+        raise ConfigError("n_examples must be >= 1")
+    ids = evaluation_indices(len(data.dataset), n_examples or loaded.config.data.eval_examples)
+    return select_threats(suite.build(loaded.config.threats), list(only), suite.name), ids
+
+
+def evaluate_into(store: ResultStore, loaded: LoadedRun, suite: str, threats: list[Threat], data: LoadedDataset,
+                  ids: list[int], label: str, batch_size: int = 128, device: torch.device | None = None,
+                  progress: bool = True, complete: bool = True, union_only: bool = False) -> None:
+    """Evaluate one model on planned threats and examples into an open store (skipping stored results)."""
+    from rome_bench.evaluation.runner import evaluate_run
+
+    if batch_size < 1:
+        raise ConfigError("batch_size must be >= 1")
+    evaluate_run(loaded, suite, threats, data, ids, store, batch_size, device or torch.device("cpu"), label,
+                 progress, complete=complete, union_only=union_only)
+
+
+def select_threats(threats: list[Threat], names: list[str], suite: str) -> list[Threat]:
+    """The suite's threats restricted to ``names`` (plus clean); unknown or foreign names are errors."""
+    from rome_bench.threats import THREATS
+
+    if not names:
+        return threats
+    in_suite = [threat.name for threat in threats]
+    for name in names:
+        THREATS.get(name)  # an unregistered name fails with "did you mean"
+        if name not in in_suite:
+            raise ConfigError(f"threat '{name}' is not in suite '{suite}'; it has: {', '.join(in_suite)}")
+    return [threat for threat in threats if threat.name == "clean" or threat.name in names]
+
+
+def threat_name(threat_key: str) -> str:
+    """The registry name in a threat key (``pgd-linf:1a2b…`` -> ``pgd-linf``)."""
+    return threat_key.rsplit(":", 1)[0]
+
+
+@dataclass
+class Results:
+    """Stored results of one or more models on one suite: a view on the SQLite store, read on demand."""
+
+    store_path: Path
+    suite: str
+    dataset: str  # the dataset's name (e.g. cifar10)
+    model_hashes: list[str]
+    _owner: Any = None  # keeps a temporary store alive
+
+    @classmethod
+    def from_store(cls, store: str | Path, suite: str, dataset: str | None = None) -> Results:
+        """Every model with a completed run of ``suite`` in an existing store (as ``rome-bench leaderboard``)."""
+        from rome_bench.evaluation.store import ResultStore
+
+        with ResultStore(store) as results:
+            runs = results.suite_runs(suite, dataset)
+        if not runs:
+            raise ConfigError(f"no completed '{suite}' run in {store}; run rome-bench eval --suite {suite} first")
+        return cls(Path(store), suite, dataset or runs[0].dataset_name, [run.model_hash for run in runs])
+
+    def _runs(self, results: ResultStore) -> list[SuiteRun]:
+        wanted = set(self.model_hashes)
+        return [run for run in results.suite_runs(self.suite, self.dataset) if run.model_hash in wanted]
+
+    def to_pandas(self) -> pd.DataFrame:
+        """Long format, one row per (model, threat, example): model, model_hash, dataset, threat, threat_key, column,
+        example_id, correct. Threats that do not apply to a model, and examples a union-only cascade skipped, have
+        no rows."""
+        import pandas as pd
+
+        from rome_bench.evaluation.store import ResultStore
+
+        records = []
+        with ResultStore(self.store_path) as results:
+            for run in self._runs(results):
+                for key in run.threat_keys:
+                    if results.not_applicable(run.model_hash, key, run.dataset):
+                        continue
+                    correct = results.correctness(run.model_hash, key, run.dataset)
+                    name, column = threat_name(key), results.threat_column(key)
+                    records.extend((run.label, run.model_hash, run.dataset_name, name, key, column, i, correct[i])
+                                   for i in run.example_ids if i in correct)
+        frame = pd.DataFrame.from_records(records, columns=LONG_COLUMNS)
+        return frame.astype({"correct": bool, "example_id": int})
+
+    def matrix(self) -> pd.DataFrame:
+        """Wide format: one row per (model, example), one column per threat (1 robust, 0 not, missing = not attacked
+        or not applicable), and ``union`` (robust under every stored threat of the suite)."""
+        from rome_bench.evaluation.export import matrix_frame
+        from rome_bench.evaluation.store import ResultStore
+
+        with ResultStore(self.store_path) as results:
+            frame = matrix_frame(results, self._suite(), self.dataset)
+        frame = frame[frame["model_hash"].isin(self.model_hashes)]
+        return frame.rename(columns={"label": "model"}).set_index(["model", "example_id"])
+
+    def leaderboard(self, references: Sequence[str] = ()) -> pd.DataFrame:
+        """The leaderboard rows (accuracy in %, union per example), as ``rome-bench leaderboard`` prints them."""
+        import pandas as pd
+
+        rows = self.rows(references)
+        suite = self._suite()
+        from rome_bench.evaluation.leaderboard import _columns
+
+        columns = [column for column, _ in _columns(suite, rows)]
+        records = [{"model": row.label, "source": row.source, "n": row.n,
+                    **{column: 100 * row.values[column] if column in row.values else None for column in columns}}
+                   for row in rows]
+        return pd.DataFrame.from_records(records, columns=["model", "source", "n", *columns])
+
+    def rows(self, references: Sequence[str] = ()) -> list[Any]:
+        """The leaderboard's :class:`~rome_bench.evaluation.leaderboard.Row` objects (with intervals, flags, costs)."""
+        from rome_bench.evaluation.leaderboard import build_leaderboard
+        from rome_bench.evaluation.reference import load_reference
+        from rome_bench.evaluation.store import ResultStore
+
+        reference_rows = [row for name in references for row in load_reference(name)]
+        with ResultStore(self.store_path) as results:
+            rows = build_leaderboard(results, self._suite(), self.dataset, reference_rows)
+        wanted = set(self.model_hashes)
+        return [row for row in rows if row.model_hash is None or row.model_hash in wanted]
+
+    def union(self, threats: Sequence[str]) -> pd.Series:
+        """Per model, the fraction of examples robust to every threat named (threat names or columns), computed per
+        example; an example a threat did not attack because it was already misclassified clean counts as broken."""
+        long = self.to_pandas()
+        if long.empty:
+            raise ConfigError(f"no stored results for suite '{self.suite}'")
+        chosen = long[long["threat"].isin(threats) | long["column"].isin(threats)]
+        unknown = [name for name in threats if name not in set(long["threat"]) | set(long["column"])]
+        if unknown:
+            known = ", ".join(sorted(set(long["threat"])))
+            raise ConfigError(f"threat '{unknown[0]}' has no results in suite '{self.suite}'; stored: {known}")
+        robust = chosen.groupby(["model", "example_id"])["correct"].all()
+        return robust.groupby(level="model").mean().rename("union")
+
+    def _suite(self) -> Suite:
+        from rome_bench.evaluation.suites import SUITES
+
+        return SUITES.get(self.suite)

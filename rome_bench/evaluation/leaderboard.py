@@ -79,6 +79,7 @@ class Row:
     not_applicable: set[str] = field(default_factory=set)  # columns whose threats cannot attack this model
     gating: GatingScore | None = None  # routing divergence and threat classifier of its gates, if analysed
     train_cost: dict[str, Any] | None = None  # training wall time, device and images (runs trained since recipes)
+    titles: dict[str, str] = field(default_factory=dict)  # reference rows: titled columns of their own protocol
 
 
 def union_cell(per_threat: list[dict[int, bool]], example_ids: list[int]) -> Cell:
@@ -197,16 +198,20 @@ def build_leaderboard(store: ResultStore, suite: Suite, dataset: str | None = No
     for reference in references or []:
         if dataset is None or reference.dataset == dataset:
             rows.append(Row(label=reference.label, method=reference.method, dataset=reference.dataset, n=None,
-                            values=dict(reference.values), source=reference.source))
+                            values=dict(reference.values), source=reference.source, titles=dict(reference.titles)))
     return sorted(rows, key=lambda row: (row.dataset, -row.values.get("union", -1.0)))
 
 
-def _columns(suite: Suite) -> list[tuple[str, str]]:
+def _columns(suite: Suite, rows: list[Row] | None = None) -> list[tuple[str, str]]:
+    """The suite's columns, then the titled columns only reference rows report (a paper's own protocol)."""
     extra = [("avg", "Avg")] if suite.show_avg else []
     extra.append(("union", "Union"))
     if suite.union_with:
         extra.append(("union-all", "Union (all)"))
-    return [(c, suite.titles.get(c, c)) for c in suite.columns] + extra
+    columns = [(c, suite.titles.get(c, c)) for c in suite.columns] + extra
+    known = {c for c, _ in columns}
+    own = {c: t for row in rows or [] for c, t in row.titles.items() if c not in known}
+    return columns + list(own.items())
 
 
 def flags_text(row: Row, suite: Suite) -> str:
@@ -272,10 +277,10 @@ def _cell_text(row: Row, column: str) -> str:
 
 
 def render_markdown(rows: list[Row], suite: Suite, costs: bool = False) -> str:
-    columns = _columns(suite)
     lines: list[str] = []
     for dataset in sorted({row.dataset for row in rows}):
         table = [r for r in rows if r.dataset == dataset]
+        columns = _columns(suite, table)
         gating = has_gating(table)
         titles = [title for _, title in columns] + (list(gating_titles(table)) if gating else [])
         lines += [f"### {suite.name} suite on {dataset} — accuracy % (95% Wilson interval)", ""]
@@ -295,7 +300,7 @@ def render_markdown(rows: list[Row], suite: Suite, costs: bool = False) -> str:
 def render_csv(rows: list[Row], suite: Suite, costs: bool = False) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    columns = [c for c, _ in _columns(suite)]
+    columns = [c for c, _ in _columns(suite, rows)]
     header = ["method", "label", "dataset", "n", "source", "mode", "flags"]
     for column in columns:
         header += [column, f"{column}_low", f"{column}_high"]
@@ -345,7 +350,7 @@ def _gating_json(score: GatingScore | None) -> dict[str, Any] | None:
 
 def render_json(rows: list[Row], suite: Suite, costs: bool = False) -> str:
     gating = has_gating(rows)
-    payload = {"suite": suite.name, "columns": [c for c, _ in _columns(suite)], "rows": [
+    payload = {"suite": suite.name, "columns": [c for c, _ in _columns(suite, rows)], "rows": [
         {"label": row.label, "method": row.method, "dataset": row.dataset, "n": row.n, "source": row.source,
          "mode": row.mode, "accuracy": row.values, "wilson95": {c: list(v) for c, v in row.intervals.items()},
          "flags": row.flags,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rome_bench.errors import RomeBenchError
@@ -18,6 +18,9 @@ class ReferenceRow:
     dataset: str
     values: dict[str, float]  # column -> accuracy in [0, 1]
     source: str
+    # titles of the file's own columns under another protocol than any suite's (e.g. a paper's PGD-20): such a
+    # column is printed after the suite's columns; a column without a title shows only where a suite has it
+    titles: dict[str, str] = field(default_factory=dict)
 
 
 def available_references() -> list[str]:
@@ -33,13 +36,17 @@ def load_reference(name_or_path: str) -> list[ReferenceRow]:
         raise RomeBenchError(f"reference '{name_or_path}' not found; choose one of: "
                              f"{', '.join(available_references()) or '(none)'} or give a JSON path")
     document = read_json(path, "paper reference")
+    titles = document.get("titles") or {}
+    if not isinstance(titles, dict) or not all(isinstance(t, str) for t in titles.values()):
+        raise JSONFileError(f"{path} (paper reference): 'titles' must map column names to titles")
     rows = []
     for entry in document["rows"]:
         attack = entry.get("training_attack")
         label = f"{entry['method']} [{attack}-trained]" if attack else entry["method"]
         values = {column: _percent(entry, column, path) for column in document["columns"] if column in entry}
         rows.append(ReferenceRow(label, entry["method"], entry["dataset"], values,
-                                 f"{document['source']} ({document['name']})"))
+                                 f"{document['source']} ({document['name']})",
+                                 {column: titles[column] for column in values if column in titles}))
     return rows
 
 

@@ -214,6 +214,12 @@ def _typed_value(path: str, hint: Any, value: Any) -> Any:
     if origin in (typing.Union, types.UnionType):
         hint = next(arg for arg in args if arg is not type(None))
         origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is tuple and args[0] is int:  # whole numbers: [6, 10], "6,10" (a --set value) or one number
+        items = value.split(",") if isinstance(value, str) else value if isinstance(value, list | tuple) else [value]
+        try:
+            return tuple(int(item) if isinstance(item, str) else _typed_value(path, int, item) for item in items)
+        except ValueError:
+            raise ConfigError(f"config field '{path}' must be whole numbers, e.g. 6,10; got {value!r}") from None
     if origin is tuple:
         if not isinstance(value, list | tuple) or not all(isinstance(item, str) for item in value):
             raise ConfigError(f"config field '{path}' must be a list of names, got {value!r}")

@@ -42,14 +42,19 @@ LONG_COLUMNS = ["model", "model_hash", "dataset", "threat", "threat_key", "colum
 
 
 def load_model(source: str | Path, weights: str | Path | None = None, preset: str = "cifar10",
-               device: str = "auto") -> LoadedRun:
-    """A model to benchmark: a run directory written by ``rome-bench train``, or ``FILE.py:Class`` / ``module:Class``
-    (an nn.Module taking [0, 1] images, with optional ``weights``, evaluated under ``preset``'s dataset and ε)."""
+               device: str = "auto", model_dir: str | Path | None = None) -> LoadedRun:
+    """A model to benchmark: a run directory written by ``rome-bench train``; ``robustbench:<name>`` or
+    ``robustbench:<threat_model>/<name>`` (RobustBench's zoo, checkpoints in ``model_dir``, RobustBench's layout);
+    or ``FILE.py:Class`` / ``module:Class`` (an nn.Module taking [0, 1] images, with optional ``weights``). Zoo and
+    module models are evaluated under ``preset``'s dataset and ε."""
     from rome_bench.checkpoint import read_run_config
     from rome_bench.data import load_dataset
     from rome_bench.evaluation.runner import load_external_run, load_run
+    from rome_bench.models.robustbench_zoo import is_zoo_source
 
     torch_device = resolve_device(device)
+    if is_zoo_source(source):
+        return load_zoo_run(str(source), preset, torch_device, model_dir)
     path = Path(source)
     if path.is_dir():
         config = read_run_config(path)
@@ -58,6 +63,23 @@ def load_model(source: str | Path, weights: str | Path | None = None, preset: st
     if ":" not in str(source):
         raise ConfigError(f"model source '{source}' is neither a run directory nor FILE.py:Class / module:Class")
     return load_external_run(str(source), Path(weights) if weights else None, preset_config(preset), torch_device)
+
+
+def load_zoo_run(source: str, preset: str, device: torch.device, model_dir: str | Path | None = None) -> LoadedRun:
+    """A RobustBench zoo model (its own normalisation inside) as a benchmarkable model under ``preset``'s ε."""
+    import hashlib
+
+    from rome_bench.evaluation.runner import LoadedRun
+    from rome_bench.models import content_hash
+    from rome_bench.models.robustbench_zoo import load_zoo_model, parse_zoo_source
+
+    config = preset_config(preset)
+    name, threat_model = parse_zoo_source(source)
+    model = load_zoo_model(name, config.data.dataset, threat_model, model_dir).to(device).requires_grad_(False)
+    identity = f"{content_hash(model)}/robustbench/{name}/{threat_model}"
+    metadata = {"external": {"source": f"robustbench:{threat_model}/{name}", "weights": None}}
+    return LoadedRun(model, config, metadata, hashlib.sha256(identity.encode()).hexdigest(),
+                     f"robustbench:{threat_model}/{name}", None)
 
 
 def wrap_module(model: nn.Module, preset: str = "cifar10", label: str | None = None) -> LoadedRun:
@@ -105,6 +127,9 @@ def default_label(loaded: LoadedRun) -> str:
     """``method (run name)`` for a run, ``external (FILE:Class)`` for a module."""
     if loaded.method is not None:
         return f"{loaded.method} ({Path(str(loaded.source)).name})"
+    if str(loaded.source).startswith("robustbench:"):
+        threat_model, _, name = str(loaded.source).removeprefix("robustbench:").rpartition("/")
+        return f"robustbench ({name}, {threat_model})"
     location, _, name = str(loaded.source).rpartition(":")
     return f"external ({Path(location).stem}:{name})" if name and location else f"external ({loaded.source})"
 

@@ -193,9 +193,16 @@ def evaluate(
     plot: Annotated[Path | None, typer.Option(help="Where to write the ε-sweep PNG (default: in the run dir).")] = None,
     model_file: Annotated[str | None, typer.Option(
         help="Evaluate any nn.Module taking [0,1] images: FILE.py:Name or package.module:Name.")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="A model by source: robustbench:<name> or robustbench:<threat_model>/<name> (RobustBench's zoo, "
+             "threat model Linf | L2 | corruptions, default Linf), or FILE.py:Name like --model-file.")] = None,
+    model_dir: Annotated[Path | None, typer.Option(
+        help="RobustBench checkpoints, laid out <dir>/<dataset>/<threat_model>/<name>.pt (default "
+             "$ROME_BENCH_ROBUSTBENCH_DIR or ./models); a missing file is downloaded when the network allows.")
+    ] = None,
     weights: Annotated[Path | None, typer.Option(help="Weights for --model-file (.safetensors or .pt).")] = None,
     preset_name: Annotated[str, typer.Option(
-        "--preset", help="With --model-file: the preset whose dataset and ε to use.")] = "cifar10",
+        "--preset", help="With --model-file / --model: the preset whose dataset and ε to use.")] = "cifar10",
     store: Annotated[Path | None, typer.Option(help="SQLite results store (default: in the cache dir).")] = None,
     batch_size: Annotated[int, typer.Option()] = 128,
     data_dir: Annotated[str | None, typer.Option(help="Where the test data is, if not where training read it.")] = None,
@@ -212,7 +219,7 @@ def evaluate(
              "row; 'all' evaluates each expert in turn (one row per expert).")] = None,
 ) -> None:
     """Evaluate a trained run (or --model-file) on every threat of a suite; results go to the store per example."""
-    from rome_bench.api import evaluate_into, plan
+    from rome_bench.api import default_label, evaluate_into, plan
     from rome_bench.config import resolve_device
     from rome_bench.evaluation.runner import with_gating_variant
     from rome_bench.evaluation.store import ResultStore
@@ -222,8 +229,10 @@ def evaluate(
         raise ConfigError("--batch-size must be >= 1")
     if n_examples is not None and n_examples < 1:
         raise ConfigError("--n-examples must be >= 1")
-    if (run is None) == (model_file is None):
-        raise ConfigError("give exactly one of --run DIR (a rome-bench run) or --model-file FILE.py:Name")
+    if sum(source is not None for source in (run, model_file, model)) != 1:
+        raise ConfigError("give exactly one of --run DIR (a rome-bench run), --model-file FILE.py:Name or "
+                          "--model robustbench:<name>")
+    model_file = model_file or model
     if union_only and eps_scale:
         raise ConfigError("--union-only and --eps-scale exclude each other: a sweep needs every threat's column")
     scales = parse_scales(eps_scale) if eps_scale else None
@@ -231,7 +240,7 @@ def evaluate(
     torch_device = resolve_device(device)
     if gating_variant is not None and route_to_expert is not None:
         raise ConfigError("--gating-variant and --route-to-expert exclude each other: give one")
-    loaded, data = _load_model_and_data(run, model_file, weights, preset_name, data_dir, torch_device)
+    loaded, data = _load_model_and_data(run, model_file, weights, preset_name, data_dir, torch_device, model_dir)
     variants = route_variants(loaded.model, route_to_expert) if route_to_expert is not None else [gating_variant]
     threats, ids = plan(loaded, chosen_suite, data, n_examples, threat or [])
     if corruptions_dir is not None:
@@ -239,7 +248,7 @@ def evaluate(
     with ResultStore(store or default_store()) as results:
         for variant in variants:
             varied = loaded if variant is None else with_gating_variant(loaded, variant)
-            row_label = (label or _default_label(loaded.method, run, model_file)) + _variant_suffix(variant)
+            row_label = (label or default_label(loaded)) + _variant_suffix(variant)
             if scales is not None:
                 _eps_sweep(varied, chosen_suite.name, threats, scales, data, ids, results, batch_size, torch_device,
                            row_label, progress, plot or _default_plot(run, chosen_suite.name, data.info.name))
@@ -297,13 +306,6 @@ def parse_scales(text: str) -> list[float]:
     return sorted(scales)
 
 
-def _default_label(method: str | None, run: Path | None, model_file: str | None) -> str:
-    if run is not None:
-        return f"{method} ({run.name})"
-    location, _, name = str(model_file).rpartition(":")
-    return f"external ({Path(location).stem}:{name})"  # the class too: one file can hold several models
-
-
 def _variant_suffix(variant: str | None) -> str:
     from rome_bench.models.gates import fixed_expert
 
@@ -320,16 +322,21 @@ def _default_plot(run: Path | None, suite: str, dataset: str) -> Path:
 
 
 def _load_model_and_data(run: Path | None, model_file: str | None, weights: Path | None, preset_name: str,
-                         data_dir: str | None, device: object) -> tuple[object, object]:
-    """The model to evaluate (a run, or an external module under a preset's dataset and ε) and its test data."""
+                         data_dir: str | None, device: object, model_dir: Path | None = None) -> tuple[object, object]:
+    """The model to evaluate (a run; a zoo or external module under a preset's dataset and ε) and its test data."""
+    from rome_bench.api import load_zoo_run, test_data
     from rome_bench.checkpoint import read_run_config
     from rome_bench.data import load_dataset
     from rome_bench.evaluation.runner import load_external_run, load_run
+    from rome_bench.models.robustbench_zoo import is_zoo_source
 
     if run is not None:
         config = read_run_config(run)
         data = load_dataset(config.data.dataset, "test", data_dir or config.data.data_dir)
         return load_run(run, data.info, device), data  # type: ignore[arg-type]
+    if is_zoo_source(model_file):
+        loaded = load_zoo_run(str(model_file), preset_name, device, model_dir)  # type: ignore[arg-type]
+        return loaded, test_data(loaded, None, data_dir)
     config = preset(preset_name)
     data = load_dataset(config.data.dataset, "test", data_dir or config.data.data_dir)
     return load_external_run(str(model_file), weights, config, device), data  # type: ignore[arg-type]

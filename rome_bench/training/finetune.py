@@ -11,8 +11,9 @@ model must come from the source, except those the model's family adds to the bac
   up-projection U = 0), so the fine-tuned model computes exactly the source's logits at step 0;
 * FFN experts (``--experts ffn``) replace a block's MLP; each starts as a copy of the source's MLP (the family's own
   upcycling, applied to the source's weights), so these models too start with the source's logits;
-* a file of the backbone alone (keys without the classifier's ``backbone.`` prefix, e.g. a RobustBench state dict)
-  is read as the backbone's; its ``mean``/``std`` normalisation buffers are dropped when they equal the dataset's
+* a file of the backbone alone (keys without the classifier's ``backbone.`` prefix, e.g. a RobustBench state dict,
+  or ``robustbench:[<threat_model>/]<name>``: the zoo model's weights as RobustBench loads them) is read as the
+  backbone's; its ``mean``/``std`` normalisation buffers are dropped when they equal the dataset's
   (the classifier normalises), and refused otherwise.
 
 Anything else (another architecture, patch size, or family without the source's experts) is one error line naming
@@ -58,6 +59,17 @@ def read_initial_weights(source: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"--init {source} is not a state dict (a flat dict of tensors); save the model's "
                               f"state_dict() itself")
     return state
+
+
+def initial_tensors(source: str, info: DatasetInfo) -> dict[str, torch.Tensor]:
+    """``--init``'s tensors: a run directory or weights file, or ``robustbench:[<threat_model>/]<name>`` (the zoo
+    model's trained state dict, loaded by RobustBench from its model folder for the run's dataset)."""
+    from rome_bench.models.robustbench_zoo import is_zoo_source, load_zoo_model, parse_zoo_source
+
+    if not is_zoo_source(source):
+        return read_initial_weights(Path(source))
+    name, threat_model = parse_zoo_source(source)
+    return dict(load_zoo_model(name, info.name, threat_model).state_dict())
 
 
 def backbone_keys(config: ModelConfig, info: DatasetInfo) -> set[str]:
@@ -149,7 +161,7 @@ def match_initial_weights(model: nn.Module, source: dict[str, torch.Tensor], add
 
 def load_initial_weights(model: nn.Module, config: ModelConfig, info: DatasetInfo) -> None:
     """Load ``config.init_from`` into ``model`` (in place); tensors the family adds keep their initial values."""
-    source = as_classifier_weights(model, read_initial_weights(Path(str(config.init_from))))
+    source = as_classifier_weights(model, initial_tensors(str(config.init_from), info))
     plain = backbone_keys(config, info)
     added = {key for key in model.state_dict() if key not in plain and key.replace(WRAPPED, ".", 1) not in plain}
     model.load_state_dict(match_initial_weights(model, source, added))

@@ -82,6 +82,7 @@ def test_each_expert_runs_only_on_the_examples_routed_to_it():
     assert [len(seen[e]) for e in range(3)] == [1, 2, 1]
     reference = torch.stack([layer.experts[int(k)](x[i:i + 1])[0] for i, k in enumerate(choice)])
     assert torch.allclose(out, reference, atol=1e-6)  # forward = E_k(x) exactly (STE weight 1), in batch order
+    assert layer(x[:0]).shape == (0, *out.shape[1:])  # an empty batch (attack cascades may send one)
 
 
 def gates_of(module: nn.Module) -> GateOutput:

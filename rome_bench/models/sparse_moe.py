@@ -236,6 +236,8 @@ class SparseMoELayer(nn.Module):
             out = expert(x.index_select(0, mine))
             outputs.append(out * weights[mine, index].to(out.dtype).view(-1, *[1] * (out.ndim - 1)))
             rows.append(mine)
+        if not rows:  # an empty batch: the output's shape, from expert 0 on no example
+            return self.experts[0](x)
         order = torch.cat(rows)
         return torch.cat(outputs)[torch.argsort(order)]  # back to batch order
 

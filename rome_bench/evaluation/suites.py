@@ -19,6 +19,7 @@ from rome_bench.threats import (
     seen_threats,
     unseen_threats,
 )
+from rome_bench.threats.fgsm import FGSM
 from rome_bench.threats.gma import GatingMisroutingOrPGD
 
 
@@ -115,6 +116,15 @@ register_suite(Suite(
     description="clean, ℓ∞ PGD, the gating-misrouting attack and their per-example worst case, all at the run's ℓ∞ ε "
                 "with 20 steps: the adaptive evaluation of a mixture-of-experts model, never weaker than PGD",
     show_avg=False,
+))
+
+register_suite(Suite(
+    name="dwf",
+    build=lambda threats: [Clean(), FGSM(0.09), LinfPGD(8 / 255, threats.eval_steps["linf"])],
+    columns=("nat", "fgsm", "linf"),
+    titles={"nat": "Nat", "fgsm": "FGSM 0.09", "linf": "PGD ℓ∞ 8/255"},
+    description="DWF's evaluation (arXiv 2512.20821): clean, FGSM ℓ∞ at ε = 0.09 and PGD ℓ∞ at ε = 8/255 with "
+                "threats.eval_steps steps (first success kept); fixed budgets, whatever the run's ε",
 ))
 
 

@@ -2,6 +2,7 @@
 
 from rome_bench.threats import apgd_train as _apgd_train  # noqa: F401  (registers apgd-train-*)
 from rome_bench.threats import autoattack as _autoattack  # noqa: F401  (registers autoattack-*, apgd-*)
+from rome_bench.threats import fgsm as _fgsm  # noqa: F401  (registers fgsm)
 from rome_bench.threats import msd as _msd  # noqa: F401  (registers msd)
 from rome_bench.threats import pgd as _pgd  # noqa: F401  (registers pgd-linf, pgd-l2, pgd-l1)
 from rome_bench.threats.autoattack import (

@@ -12,6 +12,7 @@ that are not complete: a kill at any moment leaves the previous checkpoint intac
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -54,6 +55,33 @@ def load_final_weights(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str
         raise CheckpointError(f"run {run_dir} has no final model yet; finish it with "
                               f"rome-bench train --out {run_dir} --resume")
     return load_tensors_with_sidecar(sidecar)
+
+
+# Families older runs had; their weights' names already tell them apart, so leaving the family out of the hash
+# keeps the model hashes (and stored results) of runs trained before model.family existed.
+FAMILIES_BEFORE_FIELD = ("plain", "rome")
+
+
+def model_identity(config: RunConfig) -> str:
+    """The model config as hashed into the model hash (β schedule, gating, … fix what weights alone do not).
+
+    ``init_from`` (where training started) does not change the model and is left out.
+    """
+    fields = dataclasses.asdict(config.model)
+    fields.pop("init_from")
+    if fields["family"] in FAMILIES_BEFORE_FIELD:
+        fields.pop("family")
+    if not fields["options"]:  # no family options: hashed as before model.options existed
+        fields.pop("options")
+    if not fields["rome"]["top_k"]:  # dense experts: hashed as before model.rome.top_k existed
+        fields["rome"].pop("top_k")
+    return json.dumps(fields, sort_keys=True)
+
+
+def run_model_hash(content: str, config: RunConfig) -> str:
+    """The model hash evaluation stores a run's results under: sha256 of '<weights' content hash>/<model identity>'
+    (the weights and the model config, which weights alone do not fix); expert records (DWF, MORE) reuse it."""
+    return hashlib.sha256(f"{content}/{model_identity(config)}".encode()).hexdigest()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -21,7 +20,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from rome_bench.checkpoint import load_final_weights, read_run_config
+from rome_bench.checkpoint import load_final_weights, read_run_config, run_model_hash
 from rome_bench.config import RunConfig
 from rome_bench.data import DatasetInfo, LoadedDataset, fetch_batch
 from rome_bench.errors import CheckpointError, ConfigError, ModelOutputError, ThreatOutputError
@@ -63,29 +62,8 @@ def load_run(run_dir: Path, info: DatasetInfo, device: torch.device) -> LoadedRu
                               f"restore the run's own config.json and model files, or retrain")
     model.load_state_dict(tensors)
     model.to(device).eval().requires_grad_(False)
-    model_hash = hashlib.sha256(f"{content_hash(model)}/{model_identity(config)}".encode()).hexdigest()
+    model_hash = run_model_hash(content_hash(model), config)
     return LoadedRun(model, config, metadata, model_hash, run_dir, config.method)
-
-
-# Families older runs had; their weights' names already tell them apart, so leaving the family out of the hash
-# keeps the model hashes (and stored results) of runs trained before model.family existed.
-FAMILIES_BEFORE_FIELD = ("plain", "rome")
-
-
-def model_identity(config: RunConfig) -> str:
-    """The model config as hashed into the model hash (β schedule, gating, … fix what weights alone do not).
-
-    ``init_from`` (where training started) does not change the model and is left out.
-    """
-    fields = dataclasses.asdict(config.model)
-    fields.pop("init_from")
-    if fields["family"] in FAMILIES_BEFORE_FIELD:
-        fields.pop("family")
-    if not fields["options"]:  # no family options: hashed as before model.options existed
-        fields.pop("options")
-    if not fields["rome"]["top_k"]:  # dense experts: hashed as before model.rome.top_k existed
-        fields["rome"].pop("top_k")
-    return json.dumps(fields, sort_keys=True)
 
 
 def with_gating_variant(run: LoadedRun, variant: str) -> LoadedRun:

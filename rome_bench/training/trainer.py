@@ -45,6 +45,7 @@ from rome_bench.errors import CheckpointError, TrainingError
 from rome_bench.models import build_family, create_model
 from rome_bench.training import recipes as _recipes  # noqa: F401  (registers the built-in recipes)
 from rome_bench.training.curve import TrainingCurve
+from rome_bench.training.experts import load_expert_runs
 from rome_bench.training.finetune import load_initial_weights
 from rome_bench.training.recipe import Batch, Recipe, StepContext, StepResult, build_recipe
 from rome_bench.training.routing import routing_loss_for
@@ -240,6 +241,7 @@ class Trainer:
                                            config.train.attack)
         self.recipe.threats()  # a recipe that cannot build its threats fails here, before anything is written
         self.device = resolve_device(config.train.device)
+        self.expert_records: list[dict[str, Any]] = []  # the expert runs loaded (DWF, MORE), for the sidecar
 
     @property
     def writes(self) -> bool:
@@ -254,6 +256,7 @@ class Trainer:
                             seed=config.train.seed)
         torch.manual_seed(config.train.seed)
         model = create_model(config.model, data.info)
+        self.expert_records = load_expert_runs(model, self.family, config, data.info)
         if config.model.init_from:
             load_initial_weights(model, config.model, data.info)
         model = model.to(self.device)
@@ -379,7 +382,8 @@ class Trainer:
     def _metadata(self, data: LoadedDataset, **extra: Any) -> dict[str, Any]:
         return {"method": self.config.method, "recipe": self.config.train.recipe,
                 "family": self.config.model.family, "config": self.config.to_dict(), "git_commit": git_commit(),
-                "data_fingerprint": data.fingerprint, "data_source": data.source, **extra}
+                "data_fingerprint": data.fingerprint, "data_source": data.source,
+                **({"experts": self.expert_records} if self.expert_records else {}), **extra}
 
     def _save_final(self, model: nn.Module, data: LoadedDataset, costs: CostMeter) -> Path:
         path = self.run_dir / f"{MODEL_STEM}.json"

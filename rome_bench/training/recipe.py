@@ -112,6 +112,8 @@ class Recipe(ABC):
     name: ClassVar[str] = "unregistered"
     Options: ClassVar[type] = NoOptions
     own_attack: ClassVar[str | None] = None
+    families: ClassVar[tuple[str, ...] | None] = None
+    """The model families the recipe trains (None: any); e.g. MORE's stage 2 needs the ``more`` family's gate."""
     """The recipe's own attack (e.g. "Fast-LPA"); such a recipe refuses ``--train-attack`` other than pgd."""
 
     def __init__(self, options: Any, threats: ThreatsConfig, attack: str) -> None:
@@ -131,6 +133,13 @@ class Recipe(ABC):
         if self._threats is None:
             self._threats = self.build_threats()
         return self._threats
+
+    def check_family(self, family: str) -> None:
+        """One ConfigError line when the recipe needs a model family other than ``family``."""
+        if self.families is not None and family not in self.families:
+            wanted = " or ".join(self.families)
+            raise ConfigError(f"recipe {self.name} trains the {wanted} family, not '{family}': use --family {wanted} "
+                              f"(or --method {self.families[0]}+{self.name})")
 
     def routing_groups(self) -> int:
         """How many threat labels (ids 0..n−1) the routing loss sees: one per training threat by default."""

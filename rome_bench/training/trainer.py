@@ -239,6 +239,7 @@ class Trainer:
         self.family = build_family(config.model)  # unknown names and bad model.options fail here
         self.recipe: Recipe = build_recipe(config.train.recipe, config.train.options, config.threats,
                                            config.train.attack)
+        self.recipe.check_family(config.model.family)
         self.recipe.threats()  # a recipe that cannot build its threats fails here, before anything is written
         self.device = resolve_device(config.train.device)
         self.expert_records: list[dict[str, Any]] = []  # the expert runs loaded (DWF, MORE), for the sidecar

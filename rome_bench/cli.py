@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from rome_bench.config import PRESETS, RunConfig, apply_override, preset, validate
+from rome_bench.config import ROUTING_LOSSES as ROUTING_LOSS_NAMES
 from rome_bench.errors import ConfigError, RomeBenchError, UnknownEntryError
 
 if TYPE_CHECKING:  # the heavy modules are imported by the commands that need them
@@ -116,7 +117,7 @@ def train(
     beta_s: Annotated[float | None, typer.Option(help="s of β(l) = σ(s(1 − l/L) − b).")] = None,
     beta_b: Annotated[float | None, typer.Option(help="b of β(l).")] = None,
     routing_loss: Annotated[str | None, typer.Option(
-        help="none | load-balance | importance | gate-classification | diversification (default).")] = None,
+        help=f"{' | '.join(ROUTING_LOSS_NAMES)} (default diversification).")] = None,
     routing_weight: Annotated[float | None, typer.Option(
         "--routing-weight", "--lambda", help="λ of the routing loss (default: 0.1 diversification, 0.5 balance).")
     ] = None,

@@ -40,6 +40,8 @@ class ThreatsConfig:
     # iterations of the training APGD (--train-attack apgd): 15 in the paper's Sec. 5.1
     apgd_steps: dict[str, int] = field(default_factory=lambda: {"l1": 15, "l2": 15, "linf": 15})
     l1_sparsity: float = 0.01  # fraction of coordinates one sparse ℓ1 (SLIDE) step moves; measured in threats/pgd.py
+    # training PGD step sizes by norm (e.g. {"linf": 2/255}); a norm not listed steps 2.5·ε/steps
+    train_step_size: dict[str, float] = field(default_factory=dict)
 
 
 EXPERT_TYPES: tuple[str, ...] = ("lora", "ffn", "adapter")
@@ -359,7 +361,8 @@ def apply_override(config: RunConfig, assignment: str, check: bool = True) -> Ru
             raise ConfigError(f"unknown config field '{path}'; see the resolved config.json of a run for names")
         node = node[key]
     last = keys[-1]
-    free_table = keys[:-1] in (["train", "options"], ["model", "options"])  # checked by their recipe / family
+    # tables whose keys are checked elsewhere: by their recipe / family, or by validate()
+    free_table = keys[:-1] in (["train", "options"], ["model", "options"], ["threats", "train_step_size"])
     if not isinstance(node, dict) or (last not in node and not _is_norm_table(node) and not free_table):
         raise ConfigError(f"unknown config field '{path}'; see the resolved config.json of a run for names")
     node[last] = _coerce(path, raw, node.get(last))
@@ -461,6 +464,9 @@ def validate(config: RunConfig) -> None:
         *rome_checks(config.model.rome),
         (0 < config.threats.l1_sparsity <= 1, "threats.l1_sparsity must be in (0, 1]"),
     ]
+    step_sizes = config.threats.train_step_size
+    checks.append((set(step_sizes) <= set(NORMS) and all(v > 0 for v in step_sizes.values()),
+                   "threats.train_step_size takes positive step sizes keyed by l1, l2 or linf (or none)"))
     for table in ("eps", "train_steps", "eval_steps", "apgd_steps"):
         values = getattr(config.threats, table)
         checks.append((set(values) == set(NORMS), f"threats.{table} needs exactly the keys l1, l2, linf"))

@@ -355,3 +355,11 @@ def test_fixed_expert_rows_from_the_command_line(cli_main, tmp_path):
     refused = cli_main("eval", "--run", str(run), "--suite", "pgd20", "--n-examples", "4", "--store", str(store),
                        "--no-progress", "--route-to-expert", "4")
     assert_one_line_error(refused, "expert index 0..3")
+
+
+def test_the_paper_preset_trains_with_their_pgd_step_size():
+    from rome_bench.config import preset
+    from rome_bench.training.attacks import training_threats
+
+    linf = training_threats(preset("sparse-moe-cifar100").threats, "pgd")[-1]
+    assert (linf.eps, linf.steps, linf.step_size) == (8 / 255, 7, 2 / 255)

@@ -79,10 +79,10 @@ experts' inputs is ordinary.
 (every MoE layer routes everything to expert k).
 
 Paper preset ``sparse-moe-cifar100``: CIFAR-100, ResNet-18, ``layer4.1``, E = 4, gap router, entropy loss 0.5;
-ℓ∞ PGD-AT ε = 8/255, 7 steps (here the step size is the training PGD's 2.5·ε/steps ≈ 2.86/255: rome-bench has no
-per-run training step size; theirs is 2/255); SGD with Nesterov momentum 0.9, lr 0.1, weight decay 5e-4, poly
-decay (1 − epoch/T)^0.9 per epoch, batch 640, 200 epochs (their launch script; their default config says 100);
-augmentation random crop (pad 4) + flip (theirs adds ColorJitter 0.3, which the trainer does not do).
+ℓ∞ PGD-AT ε = 8/255, α = 2/255 (``threats.train_step_size``), 7 steps; SGD with Nesterov momentum 0.9, lr 0.1,
+weight decay 5e-4, poly decay (1 − epoch/T)^0.9 per epoch, batch 640, 200 epochs (their launch script; their default
+config says 100); augmentation random crop (pad 4) + flip (theirs adds ColorJitter 0.3, which the trainer does not
+do).
 """
 
 from __future__ import annotations
@@ -341,6 +341,7 @@ def sparse_moe_cifar100() -> RunConfig:
     config.data = DataConfig(dataset="cifar100", augment=True)
     config.threats.eps = {**config.threats.eps, "linf": 8 / 255}
     config.threats.train_steps = {**config.threats.train_steps, "linf": 7}
+    config.threats.train_step_size = {"linf": 2 / 255}
     config.threats.eval_steps = {**config.threats.eval_steps, "linf": 20}
     config.train.recipe = "linf-at"
     config.train.optimizer = "sgd-nesterov"

@@ -46,6 +46,7 @@ class MoreFamily(LogitMixtureFamily):
 
     Options = MoreOptions
     paper_recipe = "more"
+    micro = ("model.backbone=resnet_micro", "model.options.num_experts=2")  # tests: 2 of the 4 experts
 
 
 @register_preset("more-cifar10")

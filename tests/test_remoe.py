@@ -129,8 +129,7 @@ def test_region_weights_are_the_saliency_shares_of_the_regions():
 @pytest.mark.parametrize("backbone", ["vit_micro", "deit_micro"])
 def test_model_equals_its_backbone_at_init_and_records_region_gates(backbone):
     model, plain = micro_model("remoe", backbone).eval(), micro_model("plain", backbone).eval()
-    state = {k.replace(".mlp.global_expert.", ".mlp."): v for k, v in model.state_dict().items()}
-    plain.load_state_dict({k: v for k, v in state.items() if k in plain.state_dict()})
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if k in plain.state_dict()})
     images = torch.rand(3, 3, 32, 32)
     assert torch.allclose(model(images), plain(images), atol=1e-6)
     (gate,) = gates(model)  # vit_micro has 2 blocks: ReMoE in block 1 only
@@ -304,3 +303,21 @@ def test_presets_resolve_to_the_paper_settings():
         counts = [sum(p.numel() for p in create_model(config, INFO).parameters())
                   for config in (tiny, dataclasses.replace(tiny, family="plain"))]
     assert round(counts[0] / 1e6, 2) == 5.63 and counts[1] < 5.4e6  # the paper's DeiT-T + ReMoE count, 5.63M
+
+
+def test_init_from_a_plain_vit_starts_with_its_logits(tmp_path):
+    """The global expert keeps the MLP's keys: --init from a plain run loads it; the added experts start at fc2 = 0."""
+    from safetensors.torch import save_file
+
+    from rome_bench.training.finetune import load_initial_weights
+
+    plain = micro_model("plain").eval()
+    for parameter in plain.parameters():
+        parameter.data.add_(0.05 * torch.randn_like(parameter))
+    save_file({k: v.contiguous() for k, v in plain.state_dict().items()}, tmp_path / "plain.safetensors")
+    config = micro_config("remoe", "vit_micro", f"model.init_from={tmp_path / 'plain.safetensors'}")
+    torch.manual_seed(1)
+    model = create_model(config.model, INFO)
+    load_initial_weights(model, config.model, INFO)
+    images = torch.rand(2, 3, 32, 32)
+    assert torch.allclose(model.eval()(images), plain(images), atol=1e-5)

@@ -38,11 +38,16 @@ Choices the summary leaves open, each an option (``--set model.options.NAME=VALU
   for DeiT-T + ReMoE (AEA and uniform gating alike) and "negligible computational overhead": DeiT-T on 32×32
   CIFAR images (patch 4, 10 classes) has 5,362,762 parameters, and 0.09 gives 5,630,332 (≈ 5.63M), whereas full
   copies (1.0) give 8,321,482 (DeiT-S: 21.34M → 22.41M at 0.09, 33.16M at 1.0). 1.0 = experts as wide as the MLP.
-* ``expert_init``: ``upcycle`` (default): the global expert is the replaced MLP; the centre and regional experts
-  are copies of it (its first round(ratio·H) hidden units) whose output layer fc2 starts at zero, so Z = MLP(h) at
-  init and the model equals its backbone (the LoRA B = 0 convention of RoME's experts); fc2 gets a gradient at the
-  first step, fc1 from the second. ``copy``: the same copies with fc2 kept, so at init Z ≠ MLP(h) (with ratio 1:
+* ``expert_init``: ``upcycle`` (default): the centre and regional experts are copies of the replaced MLP (its first
+  round(ratio·H) hidden units) whose output layer fc2 starts at zero, so Z = MLP(h) at init and the model equals
+  its backbone (the LoRA B = 0 convention of RoME's experts); fc2 gets a gradient at the first step, fc1 from the
+  second. ``copy``: the same copies with fc2 kept, so at init Z ≠ MLP(h) (with ratio 1:
   Z = (1 + λ1·1[i∈R_c] + λ2·w_k)·MLP(h)) and the model does not equal its backbone.
+
+The global expert is the replaced MLP itself, kept under the MLP's state-dict keys (``blocks.N.mlp.fc1.weight``), so
+``model.pretrained`` and ``--init`` from a plain ViT/DeiT run load it; with ``--init`` the added experts keep the
+values they were built with (fc2 = 0), so the fine-tuned model starts with the source's logits, but their fc1 is a
+slice of the freshly built MLP, not of the source's.
 
 Gates: each layer's :class:`AEAGate` records a :class:`RegionGateOutput`: ``fused`` (B, 1, K) is W as used (after
 the inference variant: ``--route-to-expert k`` makes W one-hot on region k's expert, ``removed`` drops every
@@ -65,6 +70,7 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+from timm.layers import Mlp
 from timm.models.vision_transformer import Attention, Block, VisionTransformer
 from torch import nn
 
@@ -83,6 +89,7 @@ SALIENCIES: tuple[str, ...] = ("cls", "mean")
 AGGREGATES: tuple[str, ...] = ("sum", "mean")
 EXPERT_INITS: tuple[str, ...] = ("upcycle", "copy")
 MAX_REGIONS = 64
+MLP_PARTS: tuple[str, ...] = ("fc1", "act", "drop1", "norm", "fc2", "drop2")  # timm's Mlp, in forward order
 
 
 @dataclass
@@ -301,7 +308,8 @@ class RegionMoE(nn.Module):
         self.num_patches = height * width
         self.lambda_center = options.lambda_center
         self.lambda_region = options.lambda_region
-        self.global_expert = mlp
+        for part in MLP_PARTS:  # the global expert is the MLP itself, under the MLP's own state-dict keys
+            setattr(self, part, getattr(mlp, part))
         self.center_expert = _expert_copy(mlp, upcycle, options.expert_ratio)
         self.region_experts = nn.ModuleList(_expert_copy(mlp, upcycle, options.expert_ratio) for _ in range(regions))
         self.gate = AEAGate(assignment, regions, options.aggregate, options.top_k, layer, name)
@@ -309,6 +317,10 @@ class RegionMoE(nn.Module):
                              .squeeze(1), persistent=False)
         for k, positions in enumerate(region_indices(assignment, regions)):
             self.register_buffer(f"region_positions_{k}", positions, persistent=False)
+
+    def global_expert(self, hidden: torch.Tensor) -> torch.Tensor:
+        """f_global: the replaced MLP (timm ``Mlp.forward``)."""
+        return self.drop2(self.fc2(self.norm(self.drop1(self.act(self.fc1(hidden))))))
 
     def region_positions(self) -> list[torch.Tensor]:
         return [getattr(self, f"region_positions_{k}") for k in range(len(self.region_experts))]
@@ -355,7 +367,8 @@ class ReMoEBlock(nn.Module):
 
 def add_region_experts(backbone: nn.Module, options: ReMoEOptions, name: str) -> nn.Module:
     """Replace the MLP of ``options.blocks`` (1-based) of a timm ViT/DeiT with ReMoE layers, in place."""
-    if not isinstance(backbone, VisionTransformer) or not all(type(b) is Block for b in backbone.blocks):
+    if not isinstance(backbone, VisionTransformer) or not all(type(b) is Block and type(b.mlp) is Mlp
+                                                              for b in backbone.blocks):
         raise ConfigError(f"family remoe needs a ViT or DeiT backbone (vit_small, deit_small, deit_tiny, vit_micro, "
                           f"deit_micro, …); {name} is not one")
     prefix = backbone.num_prefix_tokens
@@ -387,15 +400,14 @@ class ReMoEFamily(ModelFamily):
 
 @register_preset("remoe-smoke")
 def remoe_smoke() -> RunConfig:
-    """vit_smoke (4 blocks: ReMoE in 2 and 3) on 1000 synthetic images, ReMoE on SAT: a few CPU minutes."""
+    """vit_smoke (4 blocks: ReMoE in 2 and 3) on 2000 synthetic images, ReMoE on SAT: about a CPU minute."""
     config = preset("smoke")
     config.preset = "remoe-smoke"
     config.model.family = "remoe"
     config.model.options = {}
     config.train.recipe = "remoe"
     config.train.options = {}
-    config.data.train_size = 1000  # 3 epochs of 16 steps: ~3 min on 2 CPU cores (ReMoE costs ~1.8x the ViT's step)
-    config.train.epochs = 3
+    config.data.train_size = 2000  # 4 epochs of 32 steps: about a minute on 2 idle CPU cores
     return config
 
 

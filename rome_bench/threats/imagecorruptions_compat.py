@@ -74,13 +74,15 @@ def _import_imagecorruptions() -> types.ModuleType:
     import scipy.ndimage
 
     try:
-        with (
-            _stand_in_module("pkg_resources", resource_filename=resource_filename),
-            _stand_in_module("scipy.ndimage.interpolation", map_coordinates=scipy.ndimage.map_coordinates),
-            warnings.catch_warnings(),
-        ):
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            return importlib.import_module("imagecorruptions")
+            # a real pkg_resources (setuptools < 81) warns that it is deprecated when imported
+            warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+            with (
+                _stand_in_module("pkg_resources", resource_filename=resource_filename),
+                _stand_in_module("scipy.ndimage.interpolation", map_coordinates=scipy.ndimage.map_coordinates),
+            ):
+                return importlib.import_module("imagecorruptions")
     except ImportError as error:
         hint = "pip install imagecorruptions opencv-python-headless scikit-image scipy"
         raise ImportError(f"common corruptions need imagecorruptions, OpenCV, scikit-image and SciPy ({hint}): "

@@ -214,12 +214,13 @@ def make_context(model):
     return StepContext(model, list(model.parameters()), None)
 
 
-def test_recipe_loss_is_the_region_adaptive_loss_plus_alignment_on_the_models_gates():
+@pytest.mark.parametrize("base", ["sat", "trades"])
+def test_recipe_loss_is_the_region_adaptive_loss_plus_alignment_on_the_models_gates(base):
     config = micro_config()
     model = micro_model()
     for parameter in model.parameters():
         parameter.data.add_(0.02 * torch.randn_like(parameter))
-    recipe = build_recipe("remoe", {"align_weight": 0.3}, config.threats, "pgd")
+    recipe = build_recipe("remoe", {"align_weight": 0.3, "base": base}, config.threats, "pgd")
     images, labels = torch.rand(6, 3, 32, 32), torch.arange(6) % 10
     ctx = make_context(model)
     torch.manual_seed(1)
@@ -233,8 +234,13 @@ def test_recipe_loss_is_the_region_adaptive_loss_plus_alignment_on_the_models_ga
     distance = (clean_gate.region - adversarial_gate.region).norm(dim=-1)
     gamma = torch.exp(-distance / (distance.max() + 1e-6))
     beta_tilde = 0.5 * gamma / (0.5 * gamma + 0.5)
+    if base == "sat":
+        adversarial_term = F.cross_entropy(adversarial_logits, labels, reduction="none")
+    else:  # TRADES' β_T·KL(f(x) ‖ f(x')) per example, β_T = 6
+        adversarial_term = 6 * F.kl_div(F.log_softmax(adversarial_logits, 1), F.softmax(clean_logits, 1),
+                                        reduction="none").sum(1)
     robust = (beta_tilde * F.cross_entropy(clean_logits, labels, reduction="none")
-              + (1 - beta_tilde) * F.cross_entropy(adversarial_logits, labels, reduction="none")).mean()
+              + (1 - beta_tilde) * adversarial_term).mean()
     cosine = F.cosine_similarity(clean_gate.region, adversarial_gate.region, dim=-1).clamp(-1, 1)
     align = -torch.log(1 - torch.arccos(cosine) / math.pi + 1e-6).mean()
     assert distance.max() > 0 and gamma.min() < 1
@@ -246,25 +252,19 @@ def test_recipe_loss_is_the_region_adaptive_loss_plus_alignment_on_the_models_ga
     assert attention.grad is not None and attention.grad.abs().sum() > 0
 
 
-def test_trades_base_is_half_of_trades_when_no_region_shifts():
-    """On the plain backbone (no regional activations, γ = 1) with β = 0.5 the loss is ½(CE + β_T·KL)."""
-    config = micro_config("plain")
-    model = micro_model("plain")
-    images, labels = torch.rand(4, 3, 32, 32), torch.arange(4)
+def test_recipe_options_and_family_are_checked_in_one_line():
+    config = micro_config()
     clean, adversarial = torch.randn(4, 10), torch.randn(4, 10)
     assert torch.isclose(per_example_kl(clean, adversarial).mean(), trades_kl(clean, adversarial))
-    remoe = build_recipe("remoe", {"base": "trades"}, config.threats, "pgd")
-    trades = build_recipe("trades", {"steps": 1, "step_size": 2 / 255}, config.threats, "pgd")
-    losses = []
-    for recipe in (remoe, trades):
-        torch.manual_seed(3)
-        losses.append(recipe.loss(make_context(model), Batch(images, labels, 0, 0)).loss)
-    assert torch.isclose(losses[0], 0.5 * losses[1], atol=1e-5)
     with pytest.raises(ConfigError, match="KL-PGD"):
         build_recipe("remoe", {"base": "trades"}, config.threats, "apgd").threats()
     for bad in ({"beta": 1.0}, {"base": "mart"}, {"distance": "kl"}):
         with pytest.raises(ConfigError, match=r"train\.options"):
             build_recipe("remoe", bad, config.threats, "pgd")
+    with pytest.raises(ConfigError, match="--family remoe"):
+        build_recipe("remoe", {}, config.threats, "pgd").check_family("plain")
+    (attack,) = build_recipe("remoe", {}, config.threats, "apgd").threats()  # SAT base: the training APGD
+    assert attack.name.startswith("apgd-train")
 
 
 def test_paper_reference_loads_and_prints_its_own_protocol_columns(tmp_path):

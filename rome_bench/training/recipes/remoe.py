@@ -37,16 +37,15 @@ Choices the summary leaves open, each an option (``--set train.options.NAME=VALU
 * ``steps`` (None = the preset's ℓ∞ training steps, 10 on cifar10) and ``step_size`` α = 2/255.
 
 Attacks run in eval mode; the clean and adversarial forwards of the update run in train mode, each read through
-``gates(model)`` right after it. On a model without ReMoE layers (``plain``, ``rome``: no ``RegionGateOutput``)
-there are no regional activations: γ = 1 (β̃ = β) and L_align = 0, i.e. the base loss with a fixed clean weight;
-the run's logs say so (``region_layers`` = 0). The family's routing loss, if any, reads the adversarial forward's
-gates with every example labelled threat 0.
+``gates(model)`` right after it. The recipe trains the ``remoe`` family only (``families``): without ReMoE layers
+there are no regional activations, and the trainer refuses another family in one line.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -144,6 +143,7 @@ class ReMoERecipe(Recipe):
 
     Options = ReMoETrainOptions
     options: ReMoETrainOptions
+    families: ClassVar[tuple[str, ...] | None] = ("remoe",)
 
     def threats(self) -> list[Threat]:
         if self.options.base == "trades" and self.attack_kind != "pgd":
@@ -173,7 +173,7 @@ class ReMoERecipe(Recipe):
             adversarial_term = self.options.trades_beta * per_example_kl(clean_logits, adversarial_logits)
         else:
             adversarial_term = F.cross_entropy(adversarial_logits, labels, reduction="none")
-        gamma, align = self.region_terms(clean_regions, adversarial_regions, labels)
+        gamma, align = self.region_terms(clean_regions, adversarial_regions)
         beta_tilde = adaptive_beta(self.options.beta, gamma)
         robust = (beta_tilde * clean_term + (1 - beta_tilde) * adversarial_term).mean()
         loss = robust + self.options.align_weight * align
@@ -188,12 +188,12 @@ class ReMoERecipe(Recipe):
             logs["routing"] = float(routing.detach())
         return StepResult(total, logs, correct)
 
-    def region_terms(self, clean: list[torch.Tensor], adversarial: list[torch.Tensor], labels: torch.Tensor
+    def region_terms(self, clean: list[torch.Tensor], adversarial: list[torch.Tensor]
                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """γ (B,) without gradient and the batch-mean L_align, each averaged over the ReMoE layers."""
         if not clean:
-            ones = torch.ones(len(labels), device=labels.device)
-            return ones, ones.new_zeros(())
+            raise ConfigError("recipe remoe needs a model with ReMoE layers (RegionGateOutput gates); this one has "
+                              "none: train with --family remoe")
         with torch.no_grad():
             distance = torch.stack([region_distance(w, w_adv, self.options.distance)
                                     for w, w_adv in zip(clean, adversarial, strict=True)]).mean(dim=0)

@@ -65,10 +65,12 @@ FAMILIES_BEFORE_FIELD = ("plain", "rome")
 def model_identity(config: RunConfig) -> str:
     """The model config as hashed into the model hash (β schedule, gating, … fix what weights alone do not).
 
-    ``init_from`` (where training started) does not change the model and is left out.
+    ``init_from`` and a mixture's ``options.experts`` (the runs training started from) do not change the model and
+    are left out: the same weights hash the same wherever their experts were trained.
     """
     fields = dataclasses.asdict(config.model)
     fields.pop("init_from")
+    fields["options"].pop("experts", None)
     if fields["family"] in FAMILIES_BEFORE_FIELD:
         fields.pop("family")
     if not fields["options"]:  # no family options: hashed as before model.options existed

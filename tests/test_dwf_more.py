@@ -202,3 +202,13 @@ def test_family_options_fail_in_one_line():
         build_family(resolve_config(preset("dwf-smoke"), ["model.options.gate=vit"]).model)
     with pytest.raises(ConfigError, match=r"train\.options\.inputs must list distinct kinds"):
         build_recipe("dwf", {"inputs": ["clean", "cw"]}, preset("smoke").threats, "pgd")
+
+
+def test_the_model_hash_ignores_where_the_experts_were_trained():
+    from rome_bench.checkpoint import model_identity
+    from rome_bench.config import apply_override, preset
+
+    base = apply_override(preset("more-smoke"), 'model.options.experts=["a", "b", "c", "d"]')
+    moved = apply_override(base, 'model.options.experts=["x/a", "x/b", "x/c", "x/d"]')
+    assert model_identity(base) == model_identity(moved)
+    assert model_identity(base) != model_identity(apply_override(base, "model.options.gate=backbone"))

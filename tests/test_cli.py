@@ -38,19 +38,19 @@ def trained_run(tmp_path_factory) -> Path:
     return run
 
 
-def test_train_eval_leaderboard_end_to_end(trained_run, tmp_path):
+def test_train_eval_leaderboard_end_to_end(cli_main, trained_run, tmp_path):
     store = tmp_path / "results.sqlite"
     config = json.loads((trained_run / "config.json").read_text())
     assert (config["train"]["recipe"], config["model"]["family"]) == ("max", "rome")
     assert config["data"]["dataset"] == "synthetic"
-    result = rome_bench("eval", "--run", str(trained_run), "--suite", "seen", "--n-examples", "10", "--store",
+    result = cli_main("eval", "--run", str(trained_run), "--suite", "seen", "--n-examples", "10", "--store",
                         str(store), "--no-progress")
     assert result.returncode == 0, result.stderr
-    board = rome_bench("leaderboard", "--suite", "seen", "--store", str(store))
+    board = cli_main("leaderboard", "--suite", "seen", "--store", str(store))
     assert board.returncode == 0, board.stderr
     row = next(line for line in board.stdout.splitlines() if line.startswith("| rome+max (demo)"))
     assert "| 10 |" in row
-    as_json = json.loads(rome_bench("leaderboard", "--store", str(store), "--format", "json").stdout)
+    as_json = json.loads(cli_main("leaderboard", "--store", str(store), "--format", "json").stdout)
     values = as_json["rows"][0]["accuracy"]
     assert values["union"] <= min(values["l1"], values["l2"], values["linf"])
 
@@ -152,17 +152,17 @@ def test_sigkill_mid_run_then_resume_ends_where_an_unbroken_run_ends(tmp_path):
     assert all(torch.equal(expected[name], actual[name]) for name in expected)
 
 
-def test_check_passes_on_its_own_numbers_and_fails_beyond_the_binomial_tolerance(trained_run, tmp_path):
+def test_check_passes_on_its_own_numbers_and_fails_beyond_the_binomial_tolerance(cli_main, trained_run, tmp_path):
     from rome_bench.evaluation.leaderboard import wilson_interval
 
     reference = tmp_path / "reference.json"
     reference.write_text(json.dumps({"name": "test", "checks": [
         {"name": "tiny", "run": str(trained_run), "suite": "seen-pgd", "dataset": "synthetic", "n_examples": 40}]}))
-    updated = rome_bench("check", "--reference", str(reference), "--update", "--no-progress")
+    updated = cli_main("check", "--reference", str(reference), "--update", "--no-progress")
     assert updated.returncode == 0, updated.stderr
     entry = json.loads(reference.read_text())["checks"][0]
     assert entry["totals"]["union"] == 40 and set(entry["correct"]) >= {"nat", "l1", "l2", "linf", "avg", "union"}
-    passed = rome_bench("check", "--reference", str(reference), "--no-progress")
+    passed = cli_main("check", "--reference", str(reference), "--no-progress")
     assert passed.returncode == 0, passed.stdout + passed.stderr
     assert "all 6 numbers within tolerance" in passed.stdout
     measured = entry["correct"]["nat"]
@@ -171,28 +171,28 @@ def test_check_passes_on_its_own_numbers_and_fails_beyond_the_binomial_tolerance
         edited = json.loads(reference.read_text())
         edited["checks"][0]["correct"]["nat"] = measured + shift
         reference.write_text(json.dumps(edited))
-        result = rome_bench("check", "--reference", str(reference), "--no-progress")
+        result = cli_main("check", "--reference", str(reference), "--no-progress")
         assert result.returncode == expected_code, (shift, result.stdout)
     assert "| tiny | nat |" in result.stdout and "FAIL" in result.stdout
 
 
-def test_model_file_export_and_latex(tmp_path, trained_run):
+def test_model_file_export_and_latex(cli_main, tmp_path, trained_run):
     module = tmp_path / "net.py"
     module.write_text("import torch\n\nclass Net(torch.nn.Module):\n    def __init__(self):\n"
                       "        super().__init__()\n        self.linear = torch.nn.Linear(3 * 32 * 32, 10)\n\n"
                       "    def forward(self, x):\n"
                       "        return self.linear(x.flatten(1))\n")
     store = tmp_path / "s.sqlite"
-    result = rome_bench("eval", "--model-file", f"{module}:Net", "--preset", "smoke", "--suite", "seen-pgd",
+    result = cli_main("eval", "--model-file", f"{module}:Net", "--preset", "smoke", "--suite", "seen-pgd",
                         "--n-examples", "16", "--store", str(store), "--no-progress")
     assert result.returncode == 0, result.stderr
     assert "external (net:Net)" in result.stdout
     matrix = tmp_path / "matrix.csv"
-    assert rome_bench("export", "--suite", "seen-pgd", "--store", str(store), "--out", str(matrix)).returncode == 0
+    assert cli_main("export", "--suite", "seen-pgd", "--store", str(store), "--out", str(matrix)).returncode == 0
     assert len(matrix.read_text().splitlines()) == 17
-    tex = rome_bench("leaderboard", "--suite", "seen-pgd", "--store", str(store), "--format", "tex", "--costs")
+    tex = cli_main("leaderboard", "--suite", "seen-pgd", "--store", str(store), "--format", "tex", "--costs")
     assert tex.returncode == 0 and "\\bottomrule" in tex.stdout
-    both = rome_bench("eval", "--run", str(trained_run), "--model-file", f"{module}:Net")
+    both = cli_main("eval", "--run", str(trained_run), "--model-file", f"{module}:Net")
     assert_one_line_error(both, "exactly one of --run")
 
 
@@ -202,13 +202,13 @@ def test_bad_eps_scale_fails_cleanly(cli_main, trained_run, tmp_path):
     assert not (tmp_path / "s.db").exists()
 
 
-def test_unseen_suite_end_to_end_with_union_over_seen_and_unseen(trained_run, tmp_path):
+def test_unseen_suite_end_to_end_with_union_over_seen_and_unseen(cli_main, trained_run, tmp_path):
     store = tmp_path / "results.sqlite"
     for suite in ("seen-apgd", "unseen"):
-        result = rome_bench("eval", "--run", str(trained_run), "--suite", suite, "--n-examples", "6", "--store",
+        result = cli_main("eval", "--run", str(trained_run), "--suite", suite, "--n-examples", "6", "--store",
                             str(store), "--no-progress", "--batch-size", "6")
         assert result.returncode == 0, result.stderr
-    as_json = json.loads(rome_bench("leaderboard", "--suite", "unseen", "--store", str(store), "--format", "json",
+    as_json = json.loads(cli_main("leaderboard", "--suite", "unseen", "--store", str(store), "--format", "json",
                                     "--reference", "rome-paper-table2").stdout)
     assert as_json["columns"] == ["nat", "corr", "l0", "percep", "ppgd", "lpa", "patch", "stadv", "recoloradv", "gma",
                                   "union", "union-all"]
@@ -219,11 +219,11 @@ def test_unseen_suite_end_to_end_with_union_over_seen_and_unseen(trained_run, tm
     assert values["union-all"] <= values["union"]
     reported = [row for row in as_json["rows"] if row["source"] != "measured"]
     assert len(reported) == 17 and reported[0]["accuracy"]["corr"] > 0.7
-    detail = rome_bench("leaderboard", "--suite", "unseen", "--store", str(store), "--detail")
+    detail = cli_main("leaderboard", "--suite", "unseen", "--store", str(store), "--detail")
     assert detail.returncode == 0, detail.stderr
     header = next(line for line in detail.stdout.splitlines() if line.startswith("| Method"))
     for title in ("gaussian noise", "jpeg compression", "Fog", "JPEG-ℓ∞", "GMA", "Union (all)"):
         assert f"| {title} |" in header, header
     matrix = tmp_path / "matrix.csv"
-    assert rome_bench("export", "--out", str(matrix), "--suite", "unseen", "--store", str(store)).returncode == 0
+    assert cli_main("export", "--out", str(matrix), "--suite", "unseen", "--store", str(store)).returncode == 0
     assert "corr/fog/5" in matrix.read_text().splitlines()[0]

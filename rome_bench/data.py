@@ -337,20 +337,25 @@ CIFAR10_INFO = DatasetInfo(
 def load_cifar10(split: str, data_dir: Path | None = None) -> LoadedDataset:
     """CIFAR-10 from ``data_dir``, else from the cache, else downloaded by torchvision (see module docs)."""
     if data_dir is not None:
-        layout, root = _locate_cifar10(data_dir)
+        layout, root = _locate_cifar(data_dir)
     else:
-        layout, root = "batches", cache_dir() / "cifar10" / "cifar-10-batches-py"
-        if not root.is_dir():
-            try:
-                _download_cifar10(root.parent)
-            except Exception as error:
-                raise DataNotFoundError(
-                    f"CIFAR-10 not found and could not be downloaded ({_one_line(error)}): {_DATA_HELP}"
-                ) from error
+        layout, root = "batches", _cached_or_downloaded(cache_dir() / "cifar10" / "cifar-10-batches-py",
+                                                        _download_cifar10, "CIFAR-10", _DATA_HELP)
     loaded = _cifar10_from_batches(root, split) if layout == "batches" else _cifar10_from_folder(root, split)
     if data_dir is not None and data_dir.is_file():
         loaded = replace(loaded, source=f"{data_dir}, extracted to {loaded.source}")
     return loaded
+
+
+def _cached_or_downloaded(root: Path, download: Callable[[Path], None], name: str, help_text: str) -> Path:
+    """``root`` in the cache, downloaded into its parent first when it is missing (one-line error if that fails)."""
+    if not root.is_dir():
+        try:
+            download(root.parent)
+        except Exception as error:
+            raise DataNotFoundError(
+                f"{name} not found and could not be downloaded ({_one_line(error)}): {help_text}") from error
+    return root
 
 
 def _download_cifar10(root: Path) -> None:
@@ -360,7 +365,7 @@ def _download_cifar10(root: Path) -> None:
     torchvision.datasets.CIFAR10(str(root), train=True, download=True)
 
 
-def _locate_cifar10(path: Path, batch_files: tuple[str, ...] = _CIFAR10_TRAIN_BATCHES + _CIFAR10_TEST_BATCHES,
+def _locate_cifar(path: Path, batch_files: tuple[str, ...] = _CIFAR10_TRAIN_BATCHES + _CIFAR10_TEST_BATCHES,
                     batch_folder: str = "cifar-10-batches-py", name: str = "CIFAR-10",
                     help_text: str = _DATA_HELP) -> tuple[str, Path]:
     """("batches", folder of the pickled batches) or ("folder", ImageFolder root) found at ``path`` (CIFAR-10 by
@@ -640,16 +645,10 @@ _CIFAR100_HELP = (
 def load_cifar100(split: str, data_dir: Path | None = None) -> LoadedDataset:
     """CIFAR-100 (fine labels) from ``data_dir``, else from the cache, else downloaded by torchvision."""
     if data_dir is not None:
-        layout, root = _locate_cifar10(data_dir, _CIFAR100_FILES, "cifar-100-python", "CIFAR-100", _CIFAR100_HELP)
+        layout, root = _locate_cifar(data_dir, _CIFAR100_FILES, "cifar-100-python", "CIFAR-100", _CIFAR100_HELP)
     else:
-        layout, root = "batches", cache_dir() / "cifar100" / "cifar-100-python"
-        if not root.is_dir():
-            try:
-                _download_cifar100(root.parent)
-            except Exception as error:
-                raise DataNotFoundError(
-                    f"CIFAR-100 not found and could not be downloaded ({_one_line(error)}): {_CIFAR100_HELP}"
-                ) from error
+        layout, root = "batches", _cached_or_downloaded(cache_dir() / "cifar100" / "cifar-100-python",
+                                                        _download_cifar100, "CIFAR-100", _CIFAR100_HELP)
     if layout == "batches":
         loaded = _cifar100_from_python(root, split)
     else:

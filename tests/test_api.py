@@ -71,7 +71,7 @@ def test_leaderboard_frame_matches_the_cli(results, cli_main):
     assert results.union(["clean", "l1", "l2", "linf"])["micro"] == pytest.approx(board.loc[0, "union"] / 100)
 
 
-def test_a_second_benchmark_on_the_same_store_recomputes_nothing(results):
+def test_results_reopened_from_the_store_are_the_same(results):
     again = rome_bench.Results.from_store(results.store_path, "seen-pgd")
     assert again.to_pandas().equals(results.to_pandas())
 

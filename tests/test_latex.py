@@ -2,11 +2,11 @@ import math
 import re
 
 from rome_bench.evaluation.latex import latex_escape, render_latex
-from rome_bench.evaluation.leaderboard import Row, _columns
+from rome_bench.evaluation.leaderboard import Row, table_columns
 from rome_bench.evaluation.suites import SUITES
 
 SUITE = SUITES.get("seen")
-COLUMNS = [column for column, _ in _columns(SUITE)]
+COLUMNS = [column for column, _ in table_columns(SUITE)]
 
 
 def measured(label: str, dataset: str, values: dict[str, float], n: int = 100) -> Row:

@@ -1,6 +1,6 @@
 """Leaderboards as paper-ready LaTeX tables: one booktabs ``table`` float per dataset.
 
-* Columns follow ``render_markdown``: Method, the suite's columns, Avg, Union (``leaderboard._columns``).
+* Columns follow ``render_markdown``: Method, the suite's columns, Avg, Union (``leaderboard.table_columns``).
 * Cells are accuracies in percent with one decimal; the best value of each column on a dataset is bold
   (compared as printed, so printed ties are all bold); missing values print as ``--``.
 * A measured cell carries ``±h``, the half-width (high − low) / 2 of its 95% Wilson interval (the interval itself
@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import re
 
-from rome_bench.evaluation.leaderboard import Row, _columns, gating_texts, has_gating
+from rome_bench.evaluation.leaderboard import Row, gating_texts, has_gating, table_columns
 from rome_bench.evaluation.suites import Suite
 
 _ESCAPES = {
@@ -118,7 +118,7 @@ def _gating_cells(row: Row) -> list[str]:
 
 def _table(rows: list[Row], suite: Suite, dataset: str) -> list[str]:
     """The lines of one dataset's table float."""
-    columns = _columns(suite)
+    columns = table_columns(suite)
     gating = has_gating(rows)
     extra_titles = ["Routing div.", r"Gate clf. (\%)"] if gating else []
     best = {column: _best(rows, column) for column, _ in columns}

@@ -80,6 +80,7 @@ class Row:
     gating: GatingScore | None = None  # routing divergence and threat classifier of its gates, if analysed
     train_cost: dict[str, Any] | None = None  # training wall time, device and images (runs trained since recipes)
     titles: dict[str, str] = field(default_factory=dict)  # reference rows: titled columns of their own protocol
+    fingerprint: str | None = None  # the dataset fingerprint of a measured row's examples
 
 
 def union_cell(per_threat: list[dict[int, bool]], example_ids: list[int]) -> Cell:
@@ -184,7 +185,8 @@ def measured_row(store: ResultStore, run: SuiteRun, suite: Suite) -> Row | None:
                intervals={c: cell.interval for c, cell in cells.items()},
                flags={c: f for c, keys in keys_of.items() if (f := _merged_flags(store, run, keys))},
                costs={c: cost for c, keys in keys_of.items() if (cost := _merged_cost(store, run, keys))},
-               mode=run.mode, model_hash=run.model_hash, counts=cells, not_applicable=not_applicable)
+               mode=run.mode, model_hash=run.model_hash, counts=cells, not_applicable=not_applicable,
+               fingerprint=run.dataset)
 
 
 def build_leaderboard(store: ResultStore, suite: Suite, dataset: str | None = None,
@@ -202,7 +204,7 @@ def build_leaderboard(store: ResultStore, suite: Suite, dataset: str | None = No
     return sorted(rows, key=lambda row: (row.dataset, -row.values.get("union", -1.0)))
 
 
-def _columns(suite: Suite, rows: list[Row] | None = None) -> list[tuple[str, str]]:
+def table_columns(suite: Suite, rows: list[Row] | None = None) -> list[tuple[str, str]]:
     """The suite's columns, then the titled columns only reference rows report (a paper's own protocol)."""
     extra = [("avg", "Avg")] if suite.show_avg else []
     extra.append(("union", "Union"))
@@ -264,7 +266,7 @@ def gating_texts(row: Row) -> tuple[str, str]:
     return f"{row.gating.divergence:.4f}", f"{100 * row.gating.classifier_accuracy:.1f}"
 
 
-def _cell_text(row: Row, column: str) -> str:
+def cell_text(row: Row, column: str) -> str:
     if column in row.not_applicable:
         return "n/a"
     value = row.values.get(column)
@@ -280,7 +282,7 @@ def render_markdown(rows: list[Row], suite: Suite, costs: bool = False) -> str:
     lines: list[str] = []
     for dataset in sorted({row.dataset for row in rows}):
         table = [r for r in rows if r.dataset == dataset]
-        columns = _columns(suite, table)
+        columns = table_columns(suite, table)
         gating = has_gating(table)
         titles = [title for _, title in columns] + (list(gating_titles(table)) if gating else [])
         lines += [f"### {suite.name} suite on {dataset} — accuracy % (95% Wilson interval)", ""]
@@ -288,7 +290,7 @@ def render_markdown(rows: list[Row], suite: Suite, costs: bool = False) -> str:
         lines.append("| Method | n | " + " | ".join(titles) + f" | Flags | Source |{extra}")
         lines.append("|---|---:|" + "---:|" * len(titles) + "---|---|" + ("---|---|" if costs else ""))
         for row in table:
-            cells = " | ".join([_cell_text(row, c) for c, _ in columns] + (list(gating_texts(row)) if gating else []))
+            cells = " | ".join([cell_text(row, c) for c, _ in columns] + (list(gating_texts(row)) if gating else []))
             source = row.source + (" (union only)" if row.mode == UNION_ONLY else "")
             cost = f" {train_cost_text(row)} | {costs_text(row, suite)} |" if costs else ""
             lines.append(f"| {row.label} | {row.n if row.n is not None else '–'} | {cells} | "
@@ -300,7 +302,7 @@ def render_markdown(rows: list[Row], suite: Suite, costs: bool = False) -> str:
 def render_csv(rows: list[Row], suite: Suite, costs: bool = False) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    columns = [c for c, _ in _columns(suite, rows)]
+    columns = [c for c, _ in table_columns(suite, rows)]
     header = ["method", "label", "dataset", "n", "source", "mode", "flags"]
     for column in columns:
         header += [column, f"{column}_low", f"{column}_high"]
@@ -350,7 +352,7 @@ def _gating_json(score: GatingScore | None) -> dict[str, Any] | None:
 
 def render_json(rows: list[Row], suite: Suite, costs: bool = False) -> str:
     gating = has_gating(rows)
-    payload = {"suite": suite.name, "columns": [c for c, _ in _columns(suite, rows)], "rows": [
+    payload = {"suite": suite.name, "columns": [c for c, _ in table_columns(suite, rows)], "rows": [
         {"label": row.label, "method": row.method, "dataset": row.dataset, "n": row.n, "source": row.source,
          "mode": row.mode, "accuracy": row.values, "wilson95": {c: list(v) for c, v in row.intervals.items()},
          "flags": row.flags,

@@ -54,47 +54,154 @@ def _save_atomically(figure: Figure, path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def plot_accuracy_vs_eps(series: dict[str, list[SweepPoint]], path: Path, title: str) -> Path:
-    """Write accuracy (%) against ε, one subplot per threat (key = label), to ``path`` (format from its suffix)."""
+def accuracy_vs_eps_figure(series: dict[str, list[SweepPoint]], title: str) -> Figure:
+    """Accuracy (%) against ε, one subplot per threat (key = label), sharing the accuracy axis."""
     if not series or any(not points for points in series.values()):
         raise ValueError("every threat of the sweep needs at least one point")
-    path = Path(path)
-    figure = Figure(figsize=(3.6 * len(series), 3.4), layout="constrained")
-    FigureCanvasAgg(figure)
-    try:
-        grid = figure.subplots(1, len(series), sharey=True, squeeze=False)
-        for axes, (label, points) in zip(grid[0], series.items(), strict=True):
-            _draw_threat(axes, label, points)
-        grid[0][0].set_ylabel("accuracy (%)")
-        figure.suptitle(title)
-        _save_atomically(figure, path)
-    finally:
-        figure.clear()
-    return path
+    figure = _new_figure((3.6 * len(series), 3.4))
+    grid = figure.subplots(1, len(series), sharey=True, squeeze=False)
+    for axes, (label, points) in zip(grid[0], series.items(), strict=True):
+        _draw_threat(axes, label, points)
+    grid[0][0].set_ylabel("accuracy (%)")
+    figure.suptitle(title)
+    return figure
 
 
-def plot_training_curves(curves: dict[str, list[dict]], path: Path, title: str) -> Path:
+def plot_accuracy_vs_eps(series: dict[str, list[SweepPoint]], path: Path, title: str) -> Path:
+    """Write :func:`accuracy_vs_eps_figure` to ``path`` (format from its suffix)."""
+    return _write(accuracy_vs_eps_figure(series, title), Path(path))
+
+
+def training_curves_figure(curves: dict[str, list[dict]], title: str) -> Figure:
     """Union robust accuracy (%) against training wall time (minutes), one line per run (key = label).
 
     ``curves`` holds each run's training-curve records (``rome-bench train --eval-every N``).
     """
     if not curves or any(not records for records in curves.values()):
         raise ValueError("every run needs at least one training-curve record")
-    path = Path(path)
-    figure = Figure(figsize=(5.5, 3.8), layout="constrained")
+    figure = _new_figure((5.5, 3.8))
+    axes = figure.subplots()
+    for label, records in curves.items():
+        minutes = [record["wall_seconds"] / 60 for record in records]
+        axes.plot(minutes, [100 * record["accuracy"]["union"] for record in records], marker="o",
+                  markersize=3, label=f"{label} (n={records[-1]['n']})")
+    axes.set_xlabel("training wall time (min)")
+    axes.set_ylabel("union robust accuracy (%)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    figure.suptitle(title)
+    return figure
+
+
+def plot_training_curves(curves: dict[str, list[dict]], path: Path, title: str) -> Path:
+    """Write :func:`training_curves_figure` to ``path`` (format from its suffix)."""
+    return _write(training_curves_figure(curves, title), Path(path))
+
+
+def _new_figure(size: tuple[float, float]) -> Figure:
+    figure = Figure(figsize=size, layout="constrained")
     FigureCanvasAgg(figure)
+    return figure
+
+
+def _write(figure: Figure, path: Path) -> Path:
     try:
-        axes = figure.subplots()
-        for label, records in curves.items():
-            minutes = [record["wall_seconds"] / 60 for record in records]
-            axes.plot(minutes, [100 * record["accuracy"]["union"] for record in records], marker="o",
-                      markersize=3, label=f"{label} (n={records[-1]['n']})")
-        axes.set_xlabel("training wall time (min)")
-        axes.set_ylabel("union robust accuracy (%)")
-        axes.grid(alpha=0.3)
-        axes.legend(fontsize="small")
-        figure.suptitle(title)
         _save_atomically(figure, path)
     finally:
         figure.clear()
     return path
+
+
+def svg_markup(figure: Figure) -> str:
+    """The figure as an inline ``<svg>`` element (text drawn as paths: no font needed), then cleared."""
+    buffer = io.StringIO()
+    try:
+        figure.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
+    finally:
+        figure.clear()
+    text = buffer.getvalue()
+    return text[text.index("<svg"):]
+
+
+@dataclass(frozen=True)
+class ModelPoint:
+    """One leaderboard row in the clean-vs-union plane (accuracies in [0, 1]); reported rows have no interval."""
+
+    label: str
+    clean: float
+    union: float
+    reported: bool
+    on_front: bool
+    clean_interval: tuple[float, float] | None = None
+    union_interval: tuple[float, float] | None = None
+
+
+def union_vs_clean_figure(points: list[ModelPoint], title: str) -> Figure:
+    """Union robust against clean accuracy, one marker per model (whiskers: Wilson intervals); front ringed, joined."""
+    if not points:
+        raise ValueError("the union-vs-clean figure needs at least one model")
+    figure = _new_figure((5.8, 4.2))
+    axes = figure.subplots()
+    for reported, marker, name in ((False, "o", "measured"), (True, "s", "reported by a paper")):
+        chosen = [p for p in points if p.reported == reported]
+        if chosen:
+            axes.scatter([100 * p.clean for p in chosen], [100 * p.union for p in chosen], marker=marker,
+                         s=36, label=name, facecolors="none" if reported else None, edgecolors="C0", zorder=3)
+    for point in points:
+        if point.clean_interval and point.union_interval:
+            axes.errorbar(100 * point.clean, 100 * point.union, fmt="none", ecolor="C0", alpha=0.35, elinewidth=1,
+                          xerr=[[100 * (point.clean - point.clean_interval[0])],
+                                [100 * (point.clean_interval[1] - point.clean)]],
+                          yerr=[[100 * (point.union - point.union_interval[0])],
+                                [100 * (point.union_interval[1] - point.union)]])
+    front = sorted((p for p in points if p.on_front), key=lambda p: p.clean)
+    axes.plot([100 * p.clean for p in front], [100 * p.union for p in front], color="C3", linewidth=1.2,
+              marker="o", markersize=10, markerfacecolor="none", label="Pareto front", zorder=4)
+    for point in points:
+        axes.annotate(point.label, (100 * point.clean, 100 * point.union), fontsize=7, xytext=(3, 3),
+                      textcoords="offset points")
+    axes.set_xlabel("clean accuracy (%)")
+    axes.set_ylabel("union robust accuracy (%)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    figure.suptitle(title)
+    return figure
+
+
+@dataclass(frozen=True)
+class Bar:
+    """One model's accuracy on one column, with its interval (None for reported rows)."""
+
+    value: float
+    interval: tuple[float, float] | None
+
+
+def per_threat_figure(bars: dict[str, dict[str, Bar]], columns: list[str], title: str) -> Figure:
+    """Horizontal grouped bars: one group per model (key = label), one bar per column with its Wilson interval."""
+    if not bars or not columns:
+        raise ValueError("the per-threat figure needs at least one model and one column")
+    labels = list(bars)
+    height = 0.8 / len(columns)
+    figure = _new_figure((6.4, 0.6 + 0.22 * len(labels) * len(columns) + 0.3 * len(labels)))
+    axes = figure.subplots()
+    for offset, column in enumerate(columns):
+        ys = [i + (offset - (len(columns) - 1) / 2) * height for i in range(len(labels))]
+        values = [bars[label].get(column) for label in labels]
+        shown = [(y, bar) for y, bar in zip(ys, values, strict=True) if bar is not None]
+        if not shown:
+            continue
+        axes.barh([y for y, _ in shown], [100 * bar.value for _, bar in shown], height=height, label=column)
+        with_interval = [(y, bar) for y, bar in shown if bar.interval is not None]
+        if with_interval:
+            axes.errorbar([100 * bar.value for _, bar in with_interval], [y for y, _ in with_interval],
+                          xerr=[[100 * (bar.value - bar.interval[0]) for _, bar in with_interval],
+                                [100 * (bar.interval[1] - bar.value) for _, bar in with_interval]],
+                          fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
+    axes.set_yticks(range(len(labels)), labels, fontsize=7)
+    axes.invert_yaxis()
+    axes.set_xlabel("accuracy (%) with 95% Wilson interval")
+    axes.set_xlim(0, 100)
+    axes.grid(axis="x", alpha=0.3)
+    axes.legend(fontsize="small", loc="lower right")
+    figure.suptitle(title)
+    return figure

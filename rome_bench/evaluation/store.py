@@ -163,6 +163,11 @@ class ResultStore:
         row = self._connection.execute("SELECT metadata FROM models WHERE model_hash=?", (model_hash,)).fetchone()
         return json.loads(row[0]) if row and row[0] else {}
 
+    def model_run_dir(self, model_hash: str) -> str | None:
+        """Where :meth:`record_model` said the model came from (a run directory, or an external source)."""
+        row = self._connection.execute("SELECT run_dir FROM models WHERE model_hash=?", (model_hash,)).fetchone()
+        return row[0] if row else None
+
     def record_threat(self, key: str, name: str, column: str, tag: str, params: dict[str, Any]) -> None:
         with self._connection:
             self._connection.execute("INSERT OR REPLACE INTO threats VALUES (?, ?, ?, ?, ?)",

@@ -247,9 +247,9 @@ class Results:
 
         rows = self.rows(references)
         suite = self._suite()
-        from rome_bench.evaluation.leaderboard import _columns
+        from rome_bench.evaluation.leaderboard import table_columns
 
-        columns = [column for column, _ in _columns(suite, rows)]
+        columns = [column for column, _ in table_columns(suite, rows)]
         records = [{"model": row.label, "source": row.source, "n": row.n,
                     **{column: 100 * row.values[column] if column in row.values else None for column in columns}}
                    for row in rows]

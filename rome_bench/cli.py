@@ -390,14 +390,16 @@ def _minutes(seconds: float) -> str:
 @app.command()
 def leaderboard(
     suite: Annotated[str, typer.Option(help="Threat suite, e.g. seen.")] = "seen",
-    format_: Annotated[str, typer.Option("--format", help="md | csv | json")] = "md",
+    format_: Annotated[str, typer.Option("--format", help="md | csv | json | tex | html (a self-contained page: "
+                                                          "give --out DIR, it writes DIR/index.html)")] = "md",
     dataset: Annotated[str | None, typer.Option(help="Only this dataset (e.g. cifar10, synthetic).")] = None,
     reference: Annotated[list[str] | None, typer.Option(
         help="Add rows reported by a paper, e.g. rome-paper-table1 (a name in leaderboards/ or a path).")] = None,
     store: Annotated[Path | None, typer.Option(help="SQLite results store (default: in the cache dir).")] = None,
     costs: Annotated[bool, typer.Option(
         help="Add each threat's wall time and forward/backward passes (md, csv, json).")] = False,
-    out: Annotated[Path | None, typer.Option(help="Write to this file (atomically) instead of printing.")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Write to this file (atomically) instead of printing; for html a directory (or a .html file).")] = None,
     detail: Annotated[bool, typer.Option(
         help="Expand pooled columns into their threats (e.g. Com. Corr. into 15 corruptions, Percep. ℓp into 5).")
     ] = False,
@@ -423,20 +425,23 @@ def _print_leaderboard(results: ResultStore, suite: str, dataset: str | None, fo
     from rome_bench.checkpoint import atomic_write_text
     from rome_bench.evaluation.leaderboard import build_leaderboard
     from rome_bench.evaluation.reference import load_reference
-    from rome_bench.evaluation.render import RENDERERS
+    from rome_bench.evaluation.render import PAGE_FORMATS, RENDERERS, output_path
     from rome_bench.evaluation.suites import SUITES
 
     if format_ not in RENDERERS:
         raise ConfigError(f"unknown format '{format_}'; choose one of: {', '.join(RENDERERS)}")
+    if format_ in PAGE_FORMATS and out is None:
+        raise ConfigError(f"--format {format_} writes a web page; give --out DIR (it writes DIR/index.html)")
     chosen = SUITES.get(suite).detailed() if detail else SUITES.get(suite)
     reference_rows = [row for name in references for row in load_reference(name)]
     rows = build_leaderboard(results, chosen, dataset, reference_rows)
-    text = RENDERERS[format_](rows, chosen, costs=costs)
+    text = RENDERERS[format_](rows, chosen, costs=costs, store=results)
     if out is None:
         typer.echo(text)
         return
-    atomic_write_text(out, text if text.endswith("\n") else text + "\n")
-    typer.echo(f"leaderboard ({format_}) -> {out}")
+    path = output_path(format_, out)
+    atomic_write_text(path, text if text.endswith("\n") else text + "\n")
+    typer.echo(f"leaderboard ({format_}) -> {path}")
 
 
 @app.command()

@@ -394,7 +394,8 @@ def leaderboard(
                                                           "give --out DIR, it writes DIR/index.html)")] = "md",
     dataset: Annotated[str | None, typer.Option(help="Only this dataset (e.g. cifar10, synthetic).")] = None,
     reference: Annotated[list[str] | None, typer.Option(
-        help="Add rows reported by a paper, e.g. rome-paper-table1 (a name in leaderboards/ or a path).")] = None,
+        help="Add rows reported by a paper, e.g. rome-paper-table1 (a name in leaderboards/ or a path), or "
+             "RobustBench's numbers for a model: robustbench:[<dataset>/][Linf|L2|corruptions/]<name>.")] = None,
     store: Annotated[Path | None, typer.Option(help="SQLite results store (default: in the cache dir).")] = None,
     costs: Annotated[bool, typer.Option(
         help="Add each threat's wall time and forward/backward passes (md, csv, json).")] = False,

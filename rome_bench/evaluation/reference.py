@@ -28,7 +28,12 @@ def available_references() -> list[str]:
 
 
 def load_reference(name_or_path: str) -> list[ReferenceRow]:
-    """Rows of a reference file, given its name in leaderboards/ or a path."""
+    """Rows of a reference file, given its name in leaderboards/ or a path, or RobustBench's numbers for a model
+    (``robustbench:[<dataset>/][<threat_model>/]<name>``, see ``robustbench_info.py``)."""
+    if name_or_path.startswith("robustbench:"):
+        from rome_bench.evaluation.robustbench_info import robustbench_rows
+
+        return robustbench_rows(name_or_path)
     path = Path(name_or_path)
     if not path.suffix:
         path = LEADERBOARDS_DIR / f"{name_or_path}.json"

@@ -77,6 +77,8 @@ def model_identity(config: RunConfig) -> str:
         fields.pop("options")
     if not fields["rome"]["top_k"]:  # dense experts: hashed as before model.rome.top_k existed
         fields["rome"].pop("top_k")
+    if fields["normalisation"] == "dataset":  # hashed as before model.normalisation existed
+        fields.pop("normalisation")
     return json.dumps(fields, sort_keys=True)
 
 

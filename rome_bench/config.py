@@ -98,6 +98,7 @@ class ModelConfig:
     init_from: str | None = None  # robust fine-tuning: a run directory or weights file the whole model starts from
     options: dict[str, Any] = field(default_factory=dict)  # the family's own settings, checked by the family
     rome: RomeConfig = field(default_factory=RomeConfig)
+    normalisation: str = "dataset"  # dataset: the model normalises with the dataset's mean/std | none: identity
 
 
 @dataclass
@@ -109,6 +110,7 @@ class DataConfig:
     augment: bool = True  # random crop (pad 4) + horizontal flip, for 32x32 data
 
 
+NORMALISATIONS: tuple[str, ...] = ("dataset", "none")  # none: for sources that take [0, 1] as is (RobustBench's)
 TRAIN_ATTACKS: tuple[str, ...] = ("pgd", "apgd")
 OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd-nesterov")  # sgd-nesterov: momentum 0.9, Nesterov, L2 weight decay
 SCHEDULES: tuple[str, ...] = ("warmup-linear", "poly")  # poly: lr·(1 − epoch/epochs)^0.9, stepped per epoch
@@ -449,6 +451,8 @@ def validate(config: RunConfig) -> None:
         (train.eval_every >= 0, "train.eval_every must be >= 0 (0: no training curve)"),
         (1 <= train.eval_examples <= MAX_BATCH, f"train.eval_examples must be between 1 and {MAX_BATCH}"),
         (config.model.patch_size >= 1, "model.patch_size must be >= 1"),
+        (config.model.normalisation in NORMALISATIONS,
+         f"model.normalisation must be one of {', '.join(NORMALISATIONS)} (got '{config.model.normalisation}')"),
         (is_device_name(config.train.device), f"train.device must be {DEVICE_NAMES}"),
         (train.attack in TRAIN_ATTACKS, f"train.attack must be one of {', '.join(TRAIN_ATTACKS)} "
                                         f"(got '{train.attack}')"),

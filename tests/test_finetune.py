@@ -206,3 +206,21 @@ def test_finetune_preset_holds_the_papers_schedule():
     assert config.train.lr == 1e-3 and config.data.dataset == "cifar10"
     phases = (config.train.warmup_epochs, config.train.decay_epochs, config.train.final_epochs)
     assert phases == pytest.approx((0.6, 1.8, 0.6))  # Sec. A1's 4 / 12 / 4 of 20 epochs, scaled to 3
+
+
+def test_normalisation_none_feeds_the_backbone_unchanged_images_and_changes_the_model_hash(images):
+    from rome_bench.checkpoint import model_identity
+    from rome_bench.config import validate
+    from rome_bench.errors import ConfigError
+
+    normalised = tiny_config("max")
+    raw = tiny_config("max", "model.normalisation=none")
+    torch.manual_seed(0)
+    model = create_model(raw.model, synthetic_test().info).eval()
+    with torch.no_grad():
+        assert torch.equal(model(images), model.backbone(images))
+        assert not torch.equal(model(images), model.backbone((images - 0.5) / 0.25))
+    assert model_identity(raw) != model_identity(normalised)
+    assert "normalisation" not in model_identity(normalised)  # old runs keep their hashes
+    with pytest.raises(ConfigError, match=r"model\.normalisation must be one of dataset, none"):
+        validate(tiny_config("max", "model.normalisation=imagenet"))

@@ -8,7 +8,7 @@ import importlib.util
 import pytest
 import torch
 
-from rome_bench.errors import ConfigError
+from rome_bench.errors import CheckpointError, ConfigError
 
 if importlib.util.find_spec("robustbench") is None:  # installed by tests/reference-requirements.txt (--no-deps)
     pytest.skip("robustbench is not installed", allow_module_level=True)
@@ -86,8 +86,15 @@ def test_init_from_robustbench_loads_the_zoo_weights_into_the_matching_backbone(
     torch.save(zoo.state_dict(), path)
     monkeypatch.setenv("ROME_BENCH_ROBUSTBENCH_DIR", str(tmp_path))
     info = load_dataset("synthetic", "test").info
-    config = ModelConfig(family="plain", backbone="wrn_28_10", init_from="robustbench:Standard")
+    config = ModelConfig(family="plain", backbone="wrn_28_10", init_from="robustbench:Standard",
+                         normalisation="none")
     model = create_model(config, info)
     load_initial_weights(model, config, info)
     loaded = model.backbone.state_dict()
     assert all(torch.equal(loaded[key], value) for key, value in zoo.state_dict().items())
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():  # Standard normalises nothing: the fine-tuned model starts from its exact function
+        assert torch.allclose(model.eval()(images), zoo.eval()(images), atol=1e-5)
+    dataset_normalised = ModelConfig(family="plain", backbone="wrn_28_10", init_from="robustbench:Standard")
+    with pytest.raises(CheckpointError, match=r"add --set model\.normalisation=none"):
+        load_initial_weights(create_model(dataset_normalised, info), dataset_normalised, info)

@@ -55,5 +55,9 @@ for _module in pkgutil.iter_modules(__path__):  # every family and backbone file
 
 
 def create_model(config: ModelConfig, info: DatasetInfo) -> ImageClassifier:
-    """The model ``config.family`` builds for ``info``'s images (backbone, local pretrained weights, experts)."""
-    return build_family(config).build(config, info)
+    """The model ``config.family`` builds for ``info``'s images (backbone, local pretrained weights, experts);
+    with ``model.normalisation = none`` it feeds the [0, 1] images to the backbone as they are."""
+    model = build_family(config).build(config, info)
+    if config.normalisation == "none":
+        model.without_normalisation()
+    return model

@@ -20,6 +20,10 @@ class ImageClassifier(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone((images - self.mean) / self.std)
 
+    def without_normalisation(self) -> None:
+        """Feed images to the backbone unchanged (mean 0, std 1): for backbones that normalise, or need nothing."""
+        self.mean = torch.zeros_like(self.mean)
+        self.std = torch.ones_like(self.std)
 
 
 def content_hash(model: nn.Module) -> str:

@@ -14,7 +14,9 @@ model must come from the source, except those the model's family adds to the bac
 * a file of the backbone alone (keys without the classifier's ``backbone.`` prefix, e.g. a RobustBench state dict,
   or ``robustbench:[<threat_model>/]<name>``: the zoo model's weights as RobustBench loads them) is read as the
   backbone's; its ``mean``/``std`` normalisation buffers are dropped when they equal the dataset's
-  (the classifier normalises), and refused otherwise.
+  (the classifier normalises), and refused otherwise. A zoo model without such buffers normalises nothing (e.g.
+  RobustBench's ``Standard``): it needs ``model.normalisation = none``, so the fine-tuned model gets its [0, 1]
+  images unchanged and starts from the zoo model's exact function.
 
 Anything else (another architecture, patch size, or family without the source's experts) is one error line naming
 the missing, unexpected and wrong-shaped tensors. The backbone's key list comes from a plain model built on the
@@ -94,8 +96,9 @@ def as_classifier_weights(model: nn.Module, source: dict[str, torch.Tensor]) -> 
         given = weights.pop(key).detach().float().flatten()
         expected = model_value.detach().float().flatten().cpu()
         if given.shape != expected.shape or not torch.allclose(given, expected, atol=1e-4):
-            raise CheckpointError(f"--init weights normalise with {name} {given.tolist()}, this dataset with "
-                                  f"{expected.tolist()}: fine-tune on the dataset the source was trained for")
+            raise CheckpointError(f"--init weights normalise with {name} {given.tolist()}, this model with "
+                                  f"{expected.tolist()}: fine-tune on the dataset the source was trained for, with "
+                                  f"model.normalisation=dataset")
     return weights
 
 
@@ -159,9 +162,21 @@ def match_initial_weights(model: nn.Module, source: dict[str, torch.Tensor], add
     return {**own, **{key: value for key, value in matched.items() if key in own}}
 
 
+def check_zoo_normalisation(source: str, tensors: dict[str, torch.Tensor], config: ModelConfig) -> None:
+    """A zoo model without normalisation buffers takes [0, 1] images as they are: so must the fine-tuned model."""
+    from rome_bench.models.robustbench_zoo import is_zoo_source
+
+    normalises = any(key.rsplit(".", 1)[-1] in NORMALISATION for key in tensors)
+    if is_zoo_source(source) and not normalises and config.normalisation != "none":
+        raise CheckpointError(f"--init {source} feeds [0, 1] images to its network without normalising them; add "
+                              f"--set model.normalisation=none so the fine-tuned model starts from its exact function")
+
+
 def load_initial_weights(model: nn.Module, config: ModelConfig, info: DatasetInfo) -> None:
     """Load ``config.init_from`` into ``model`` (in place); tensors the family adds keep their initial values."""
-    source = as_classifier_weights(model, initial_tensors(str(config.init_from), info))
+    tensors = initial_tensors(str(config.init_from), info)
+    check_zoo_normalisation(str(config.init_from), tensors, config)
+    source = as_classifier_weights(model, tensors)
     plain = backbone_keys(config, info)
     added = {key for key in model.state_dict() if key not in plain and key.replace(WRAPPED, ".", 1) not in plain}
     model.load_state_dict(match_initial_weights(model, source, added))

@@ -89,13 +89,17 @@ def run_model_hash(content: str, config: RunConfig) -> str:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``path`` through a temporary file in its folder and ``os.replace``; an OSError names ``path``."""
+    """Write ``path`` through a temporary file in its folder and ``os.replace``; an OSError names ``path``.
+
+    The file gets the permissions a plain ``open`` would give it (0666 less the umask), not mkstemp's private 0600.
+    """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as error:
         raise _naming(error, path) from error
     try:
+        os.fchmod(handle, 0o666 & ~_umask())
         with os.fdopen(handle, "wb") as file:
             file.write(data)
             file.flush()
@@ -106,6 +110,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if isinstance(error, OSError):
             raise _naming(error, path) from error
         raise
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _naming(error: OSError, path: Path) -> OSError:

@@ -74,3 +74,12 @@ def test_plot_works_with_pyplot_already_imported(tmp_path: Path) -> None:
     path = plot_accuracy_vs_eps(SERIES, tmp_path / "sweep.pdf", "pdf too")
     assert path.read_bytes().startswith(b"%PDF")
     assert plt.get_fignums() == before
+
+
+def test_whiskers_are_never_negative_at_the_edges() -> None:
+    from rome_bench.evaluation.leaderboard import wilson_interval
+    from rome_bench.evaluation.plots import whiskers
+
+    for correct, n in ((0, 100), (100, 100), (0, 7), (3, 7)):
+        below, above = whiskers([correct / n], [wilson_interval(correct, n)])
+        assert below[0] >= 0 and above[0] >= 0

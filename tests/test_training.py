@@ -92,3 +92,19 @@ def test_augmentation_is_deterministic_and_keeps_the_range():
     assert torch.equal(first, second)
     assert not torch.equal(first, augment_batch(images, seed=0, step=4))
     assert first.min() >= 0 and first.max() <= 1 and first.shape == images.shape
+
+
+def test_atomic_writes_get_the_permissions_of_a_plain_open(tmp_path):
+    import os
+
+    from rome_bench.checkpoint import atomic_write_text
+
+    previous = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "page.html", "x")
+        (tmp_path / "plain.html").write_text("x")
+    finally:
+        os.umask(previous)
+    mode = (tmp_path / "page.html").stat().st_mode & 0o777
+    assert mode == (tmp_path / "plain.html").stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["page.html", "plain.html"]

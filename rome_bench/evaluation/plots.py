@@ -123,6 +123,12 @@ def svg_markup(figure: Figure) -> str:
     return text[text.index("<svg"):]
 
 
+def whiskers(values: list[float], intervals: list[tuple[float, float]]) -> list[list[float]]:
+    """Error-bar lengths in percent below and above each value (never negative: an interval at 0 may round past)."""
+    return [[max(0.0, 100 * (value - low)) for value, (low, _) in zip(values, intervals, strict=True)],
+            [max(0.0, 100 * (high - value)) for value, (_, high) in zip(values, intervals, strict=True)]]
+
+
 @dataclass(frozen=True)
 class ModelPoint:
     """One leaderboard row in the clean-vs-union plane (accuracies in [0, 1]); reported rows have no interval."""
@@ -150,10 +156,8 @@ def union_vs_clean_figure(points: list[ModelPoint], title: str) -> Figure:
     for point in points:
         if point.clean_interval and point.union_interval:
             axes.errorbar(100 * point.clean, 100 * point.union, fmt="none", ecolor="C0", alpha=0.35, elinewidth=1,
-                          xerr=[[100 * (point.clean - point.clean_interval[0])],
-                                [100 * (point.clean_interval[1] - point.clean)]],
-                          yerr=[[100 * (point.union - point.union_interval[0])],
-                                [100 * (point.union_interval[1] - point.union)]])
+                          xerr=whiskers([point.clean], [point.clean_interval]),
+                          yerr=whiskers([point.union], [point.union_interval]))
     front = sorted((p for p in points if p.on_front), key=lambda p: p.clean)
     axes.plot([100 * p.clean for p in front], [100 * p.union for p in front], color="C3", linewidth=1.2,
               marker="o", markersize=10, markerfacecolor="none", label="Pareto front", zorder=4)
@@ -194,8 +198,8 @@ def per_threat_figure(bars: dict[str, dict[str, Bar]], columns: list[str], title
         with_interval = [(y, bar) for y, bar in shown if bar.interval is not None]
         if with_interval:
             axes.errorbar([100 * bar.value for _, bar in with_interval], [y for y, _ in with_interval],
-                          xerr=[[100 * (bar.value - bar.interval[0]) for _, bar in with_interval],
-                                [100 * (bar.interval[1] - bar.value) for _, bar in with_interval]],
+                          xerr=whiskers([bar.value for _, bar in with_interval],
+                                        [bar.interval for _, bar in with_interval]),
                           fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
     axes.set_yticks(range(len(labels)), labels, fontsize=7)
     axes.invert_yaxis()

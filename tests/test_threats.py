@@ -12,6 +12,7 @@ from rome_bench.threats import (
     Threat,
     project_l1_box,
     project_l2_box,
+    project_l2_box_sorted,
     register_threat,
 )
 from tests.measures import accuracy
@@ -84,7 +85,7 @@ def _bisection_reference(z, x, eps, p):
     return torch.where(inside, candidate(torch.zeros_like(low)), candidate(high))
 
 
-@pytest.mark.parametrize("p,project", [(1, project_l1_box), (2, project_l2_box)])
+@pytest.mark.parametrize("p,project", [(1, project_l1_box), (2, project_l2_box), (2, project_l2_box_sorted)])
 @pytest.mark.parametrize("eps", [0.3, 5.0, 60.0])
 def test_projection_is_exact(p, project, eps):
     torch.manual_seed(1)
@@ -94,6 +95,24 @@ def test_projection_is_exact(p, project, eps):
     reference = _bisection_reference(z, images, eps if p == 1 else eps / 10, p).view_as(z).float()
     assert torch.allclose(projected, reference, atol=1e-5)
     assert torch.allclose(project(projected, images, eps if p == 1 else eps / 10), projected, atol=1e-6)
+
+
+@pytest.mark.parametrize("rounds", [1, 2, 8])  # 1: every example outside falls back to the sorted solve
+def test_active_set_l2_projection_equals_the_sorted_one(rounds, monkeypatch):
+    from rome_bench.threats import pgd
+
+    monkeypatch.setattr(pgd, "ACTIVE_SET_ROUNDS", rounds)
+    torch.manual_seed(2)
+    images = torch.rand(48, 3, 16, 16)
+    images[:16, :, :3] = 0.0  # coordinates on the box's faces
+    images[16:32, :, -3:] = 1.0
+    z = torch.randn(48, 3, 16, 16) * torch.tensor([0.001, 0.05, 3.0]).repeat_interleave(16).view(-1, 1, 1, 1)
+    z[:, 0, 4] = 0.0  # coordinates that do not move
+    for eps in (0.05, 0.5, 4.0):
+        fast, sorted_ = project_l2_box(z, images, eps), project_l2_box_sorted(z, images, eps)
+        assert torch.allclose(fast, sorted_, rtol=0, atol=1e-6)  # float32 elementwise, float64 sums
+        assert (fast.flatten(1).double().norm(dim=1) <= eps * (1 + 1e-6)).all()  # the runner allows 1e-5
+        assert ((images + fast) >= -1e-6).all() and ((images + fast) <= 1 + 1e-6).all()
 
 
 def test_runner_rejects_a_threat_that_breaks_its_budget(correct_batch):

@@ -28,7 +28,7 @@ from rome_bench.threats.corruptions import CORRUPTIONS, CommonCorruption, cifar1
 from rome_bench.threats.functional import ReColorAdv, StAdv
 from rome_bench.threats.gma import GatingMisrouting
 from rome_bench.threats.perceptual import LagrangePerceptual, PerceptualPGD
-from rome_bench.threats.pgd import L1PGD, L2PGD, PGD, LinfPGD, project_l1_box, project_l2_box
+from rome_bench.threats.pgd import L1PGD, L2PGD, PGD, LinfPGD, project_l1_box, project_l2_box, project_l2_box_sorted
 from rome_bench.threats.sparse import AdversarialPatch, SparseFool
 from rome_bench.threats.uar_geometric import Elastic, JPEGLinf
 from rome_bench.threats.uar_noise import Fog, Gabor, Snow
@@ -69,6 +69,7 @@ __all__ = [
     "cifar10_c_threats",
     "project_l1_box",
     "project_l2_box",
+    "project_l2_box_sorted",
     "register_threat",
     "unseen_threats",
 ]

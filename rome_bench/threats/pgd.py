@@ -102,11 +102,10 @@ class PGD(Threat):
                 if self.keep_adversarial:
                     found, result = keep_first_success(logits, labels, _in_box(images, delta), found, result)
                 delta = self.project(images, delta + self.step_size * self.ascent_direction(grad, images, delta))
-        with torch.no_grad():
+        with torch.no_grad():  # the last iterate needs no forward here: unless an earlier one fooled, it is returned
             final = _in_box(images, delta)
             if not self.keep_adversarial:
                 return final
-            found, result = keep_first_success(model(final), labels, final, found, result)
             return torch.where(per_example(found, result), result, final)
 
     def prepare(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> None:
@@ -231,8 +230,48 @@ def _sparsity_range(bounds: tuple[float, float] | list[float] | None) -> tuple[f
     return values[0], values[1]
 
 
+ACTIVE_SET_ROUNDS = 8  # rounds of the exact active-set solve before an example falls back to the sorted solve
+
+
 def project_l2_box(delta: torch.Tensor, images: torch.Tensor, eps: float) -> torch.Tensor:
-    """Exact projection onto {‖δ‖₂ ≤ ε} ∩ {0 ≤ x+δ ≤ 1}: δ = clip(t·z) with t solved from sorted breakpoints."""
+    """Exact projection onto {‖δ‖₂ ≤ ε} ∩ {0 ≤ x+δ ≤ 1}: δ = clip(t·z, box) with ‖δ‖₂ = ε solved for t exactly.
+
+    ‖clip(t·z)‖² = Σ_{clipped} room² + t²·Σ_{free} z² is increasing in t, and solving it for t with the clipped set
+    of a smaller t never overshoots t*; so, from nothing clipped (t = ε/‖z‖), each round re-solves with the set
+    clipped at the last t, climbing to t* and stopping, exact, once the set repeats (one to three rounds for
+    typical PGD steps; no sort). Elementwise work stays in the input's dtype, the sums are accumulated in float64.
+    An example still changing after ``ACTIVE_SET_ROUNDS`` rounds is solved from the sorted breakpoints instead
+    (:func:`project_l2_box_sorted`), so the result is always the exact projection.
+    """
+    z = delta.flatten(1)
+    x = images.flatten(1).to(z.dtype)
+    room = torch.where(z >= 0, 1 - x, x).clamp_min(0)
+    magnitude = z.abs()
+    inside = torch.minimum(magnitude, room).square().sum(dim=1, dtype=torch.float64) <= eps**2
+    z_sq, room_sq = magnitude.square(), room.square()
+    total = z_sq.sum(dim=1, keepdim=True, dtype=torch.float64)
+    clipped = torch.zeros_like(z, dtype=torch.bool)
+    converged = inside.clone()
+    scale = torch.ones(len(z), 1, dtype=torch.float64, device=z.device)
+    for _ in range(ACTIVE_SET_ROUNDS):
+        clipped_sum = (room_sq * clipped).sum(dim=1, keepdim=True, dtype=torch.float64)
+        free_sum = total - (z_sq * clipped).sum(dim=1, keepdim=True, dtype=torch.float64)
+        solved = ((eps**2 - clipped_sum).clamp_min(0) / free_sum.clamp_min(1e-300)).sqrt().clamp(0, 1)
+        scale = torch.where(converged.unsqueeze(1), scale, solved)
+        now_clipped = scale.to(z.dtype) * magnitude >= room
+        converged |= (now_clipped == clipped).all(dim=1)
+        if bool(converged.all()):
+            break
+        clipped = now_clipped
+    projected = torch.minimum(scale.to(z.dtype) * magnitude, room).copysign(z)
+    if not bool(converged.all()):
+        rest = ~converged
+        projected[rest] = project_l2_box_sorted(delta[rest], images[rest], eps).flatten(1).to(z.dtype)
+    return _shrink_to_budget(projected, eps, 2.0).view_as(delta).to(delta.dtype)
+
+
+def project_l2_box_sorted(delta: torch.Tensor, images: torch.Tensor, eps: float) -> torch.Tensor:
+    """The same projection from the sorted breakpoints at which coordinates reach the box (O(n log n), any input)."""
     z = delta.flatten(1).double()
     x = images.flatten(1).double()
     room = torch.where(z >= 0, 1 - x, x).clamp_min(0)
@@ -278,6 +317,7 @@ def project_l1_box(delta: torch.Tensor, images: torch.Tensor, eps: float) -> tor
 
 
 def _shrink_to_budget(delta: torch.Tensor, eps: float, p: float) -> torch.Tensor:
-    """Guard against rounding: scale any example whose norm exceeds ε back onto the sphere (stays in the box)."""
-    norms = delta.norm(p=p, dim=1, keepdim=True)
-    return delta * torch.where(norms > eps, eps / norms.clamp_min(1e-300), torch.ones_like(norms))
+    """Guard against rounding: scale any example whose norm (in float64) exceeds ε back inside (stays in the box)."""
+    norms = delta.double().norm(p=p, dim=1, keepdim=True)
+    factor = torch.where(norms > eps, eps / norms.clamp_min(1e-300), torch.ones_like(norms))
+    return delta * factor.to(delta.dtype)

@@ -18,7 +18,9 @@ from rome_bench.evaluation.sharding import make_shards
 from rome_bench.evaluation.store import ResultStore
 
 N_EXAMPLES, BATCH = 24, 4  # 6 batches
-NET = '''"""The shared undefended test model; with HANG_AT_CALL=k its k-th forward call hangs (a worker to kill)."""
+NET = '''"""The shared undefended model behind a random-noise defence, whose draws (torch's global RNG, per batch) make
+each example's result depend on its batch-mates: a shard cut inside a batch changes results. With HANG_AT_CALL=k
+its k-th forward call hangs (a worker to kill)."""
 import os
 import time
 from pathlib import Path
@@ -42,7 +44,7 @@ class Net(torch.nn.Module):
         if Net.calls == int(os.environ.get("HANG_AT_CALL", "0")):
             Path(os.environ["HANG_MARK"]).write_text("hanging")
             time.sleep(600)
-        return self.net(x)
+        return self.net(x + 0.1 * torch.randn_like(x))
 '''
 
 

@@ -279,7 +279,7 @@ def evaluate(
     if corruptions_dir is not None:
         threats = with_corruptions_dir(threats, corruptions_dir)
     if sharding is not None:  # a gating variant is set on the shared model when its row's turn comes
-        rows = [(partial(with_gating_variant, loaded, variant) if variant is not None else partial(lambda: loaded),
+        rows = [(partial(with_gating_variant, loaded, variant) if variant is not None else (lambda: loaded),
                  (label or default_label(loaded)) + _variant_suffix(variant)) for variant in variants]
         sharding.evaluate(rows, chosen_suite.name, threats, data, ids, store or default_store(), batch_size,
                           torch_device, progress, complete=not threat)
@@ -377,18 +377,20 @@ class ShardingRequest:
         if self.executor == "slurm" and not self.merge:
             with _open_read_only(store) as main:
                 pending = sorted({i for make, _ in rows for i in plan_of(make(), shards).pending(main)})
-            if pending:
+            if not pending:
+                typer.echo(f"every shard of {shards} is finished: nothing to submit")
+            else:
                 folder = store.with_name(store.name + ".units") / "slurm"
                 arguments = [(os.getcwd(), [*sys.argv[1:], "--executor", "slurm", "--shard-index", str(i)])
                              for i in pending]
                 jobs = submit_array(run_shard_job, arguments, folder, self.cluster,
                                     parse_submitit_parameters(self.slurm))
                 typer.echo(f"submitted {len(jobs)} shard jobs of {shards} (job {jobs[0].job_id}…; logs in {folder})")
-                if self.wait:
-                    wait_for(jobs, pending)
-            if not self.wait:
-                typer.echo("merge them once they are done: the same command with --merge instead of --executor slurm")
-                return
+                if not self.wait:
+                    typer.echo("merge them once they are done: the same command with --merge instead of "
+                               "--executor slurm")
+                    return
+                wait_for(jobs, pending)
         if self.executor == "local" and not self.merge:
             for make, row_label in rows:
                 run = make()

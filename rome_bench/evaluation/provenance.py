@@ -35,7 +35,8 @@ def describe_device(device: torch.device) -> str:
 
 def evaluation_provenance(model: nn.Module, device: torch.device, world_size: int = 1,
                           executor: str = "local") -> dict[str, Any]:
-    """World size and executor, device, the model's dtype, TF32 and autocast settings, library versions, git commit."""
+    """World size (the processes the shards were cut for) and executor, device, the model's dtype, TF32 and autocast
+    settings, library versions, git commit."""
     parameter = next(iter(model.parameters()), None)
     autocast = torch.is_autocast_enabled(device.type)
     return {

@@ -10,7 +10,7 @@ transaction), so merging again adds nothing, then deletes the shard files.
 
 Shards are cut at multiples of the batch size, so each batch of a sharded run holds exactly the examples of the same
 batch of a single-process run, seeded the same way (``runner.batch_seed``: the threat and the batch's first
-example). Attacks draw their randomness per batch (our PGD's random starts, pyautoattack's seeded draws), so a
+example). Attacks draw their randomness per batch (our PGD's random starts, pyautoattack's seeded draws), so an
 example's result depends on its batch-mates; batch-aligned shards make a sharded run store exactly the per-example
 results of a single-process run.
 """

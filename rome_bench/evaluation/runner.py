@@ -24,6 +24,7 @@ from rome_bench.checkpoint import load_final_weights, read_run_config, run_model
 from rome_bench.config import RunConfig
 from rome_bench.data import DatasetInfo, LoadedDataset, fetch_batch
 from rome_bench.errors import CheckpointError, ConfigError, ModelOutputError, ThreatOutputError
+from rome_bench.evaluation.provenance import evaluation_provenance
 from rome_bench.evaluation.store import FULL, UNION_ONLY, BatchCost, ResultStore
 from rome_bench.evaluation.validity import batch_model_flags, refresh_computed_flags
 from rome_bench.models import content_hash, create_model
@@ -119,7 +120,11 @@ def verify_threat_output(threat: Threat, clean: torch.Tensor, perturbed: torch.T
 
 
 def batch_seed(threat_key: str, first_example_id: int) -> int:
-    """A seed that depends only on the threat and the batch's first example, so re-runs are identical."""
+    """A seed that depends only on the threat and the batch's first example, so re-runs are identical.
+
+    An attack's random draws (our PGD's random starts, pyautoattack's per-batch draws) still depend on which examples
+    share the batch: a sharded run equals a single-process one because its shards are cut at batch boundaries.
+    """
     digest = hashlib.sha256(f"{threat_key}/{first_example_id}".encode()).digest()
     return int.from_bytes(digest[:8], "little") % (2**63)
 
@@ -280,6 +285,7 @@ def evaluate_run(run: LoadedRun, suite_name: str, threats: list[Threat], data: L
     """Evaluate a loaded run on a suite; a ``complete`` run (every threat) is recorded for the leaderboard."""
     check_model_output(run.model, data, example_ids, device)
     store.record_model(run.model_hash, label, run.method, str(run.source), run.describe())
+    store.use_provenance(evaluation_provenance(run.model, device))
     evaluate_threats(run.model, run.model_hash, threats, data, example_ids, store, batch_size, device, progress,
                      union_only)
     refresh_computed_flags(store, run.model_hash, data.fingerprint)

@@ -4,10 +4,15 @@ One row per (model content hash, threat key, dataset fingerprint, example id). A
 plus a hash of every parameter (``pgd-linf:1a2b…``), so results of different budgets or steps never mix. Each
 batch is committed in its own transaction: a killed evaluation loses only the batch in flight, and a re-run
 skips every stored example.
+
+Every result refers to the provenance of the process that computed it (``provenance`` table: world size, executor,
+device, dtype, TF32 and autocast settings, library versions, git commit); results of stores written before
+provenance was recorded have none. Sharded evaluation merges units of work (``units`` table, see ``sharding.py``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from collections.abc import Iterable, Sequence
@@ -26,8 +31,15 @@ CREATE TABLE IF NOT EXISTS threats (
 );
 CREATE TABLE IF NOT EXISTS results (
     model_hash TEXT NOT NULL, threat_key TEXT NOT NULL, dataset TEXT NOT NULL, example_id INTEGER NOT NULL,
-    correct INTEGER NOT NULL,
+    correct INTEGER NOT NULL, provenance TEXT,
     PRIMARY KEY (model_hash, threat_key, dataset, example_id)
+);
+CREATE TABLE IF NOT EXISTS provenance (
+    provenance_id TEXT PRIMARY KEY, record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS units (
+    unit_key TEXT PRIMARY KEY, model_hash TEXT NOT NULL, threat_key TEXT NOT NULL, dataset TEXT NOT NULL,
+    first_example INTEGER NOT NULL, n_examples INTEGER NOT NULL, merged_at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS suite_runs (
     model_hash TEXT NOT NULL, suite TEXT NOT NULL, dataset TEXT NOT NULL, dataset_name TEXT NOT NULL,
@@ -123,11 +135,25 @@ class GatingScore:
     created: str
 
 
+RESULT_COLUMNS = "model_hash, threat_key, dataset, example_id, correct, provenance"
+ADD_COSTS = ("ON CONFLICT (model_hash, threat_key, dataset) DO UPDATE SET "
+             "examples = examples + excluded.examples, attacked = attacked + excluded.attacked, "
+             "seconds = seconds + excluded.seconds, forward_images = forward_images + excluded.forward_images, "
+             "backward_images = backward_images + excluded.backward_images")
+ADD_FLAGS = "ON CONFLICT (model_hash, threat_key, dataset, flag) DO UPDATE SET count = count + excluded.count"
+
+
 class ResultStore:
-    def __init__(self, path: str | Path) -> None:
+    """A results store; ``read_only`` opens an existing one without writing to it (not even the schema)."""
+
+    def __init__(self, path: str | Path, read_only: bool = False) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._provenance: str | None = None
         try:
+            if read_only:
+                self._connection = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._connection = sqlite3.connect(self.path)
             self._connection.executescript(SCHEMA)
             self._migrate()
@@ -137,10 +163,28 @@ class ResultStore:
 
     def _migrate(self) -> None:
         """Bring a store written by an older rome-bench up to this schema (columns are only ever added)."""
-        columns = {row[1] for row in self._connection.execute("PRAGMA table_info(suite_runs)")}
-        if "mode" not in columns:
-            with self._connection:
-                self._connection.execute("ALTER TABLE suite_runs ADD COLUMN mode TEXT NOT NULL DEFAULT 'full'")
+        added = {"suite_runs": ("mode", "TEXT NOT NULL DEFAULT 'full'"), "results": ("provenance", "TEXT")}
+        for table, (column, declaration) in added.items():
+            if column not in {row[1] for row in self._connection.execute(f"PRAGMA table_info({table})")}:
+                with self._connection:
+                    self._connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+
+    def use_provenance(self, record: dict[str, Any]) -> str:
+        """Store a provenance record; every result added from now on refers to it. Returns its id."""
+        text = json.dumps(record, sort_keys=True, default=str)
+        key = hashlib.sha256(text.encode()).hexdigest()[:16]
+        with self._connection:
+            self._connection.execute("INSERT OR IGNORE INTO provenance VALUES (?, ?)", (key, text))
+        self._provenance = key
+        return key
+
+    def provenance(self, model_hash: str, threat_key: str, dataset: str) -> list[dict[str, Any]]:
+        """The distinct provenance records of a threat's stored results ({} for results stored without one)."""
+        rows = self._connection.execute(
+            "SELECT DISTINCT p.record FROM results r LEFT JOIN provenance p ON p.provenance_id = r.provenance "
+            "WHERE r.model_hash=? AND r.threat_key=? AND r.dataset=? ORDER BY p.record",
+            (model_hash, threat_key, dataset))
+        return [json.loads(record) if record else {} for (record,) in rows]
 
     def close(self) -> None:
         self._connection.close()
@@ -183,24 +227,57 @@ class ResultStore:
                     correct: Sequence[bool], cost: BatchCost | None = None,
                     flags: dict[str, int] | None = None) -> None:
         """Store one batch atomically: its per-example results, what it cost, and the validity flags it raised."""
-        rows = [(model_hash, threat_key, dataset, int(i), int(bool(c))) for i, c in zip(example_ids, correct,
-                                                                                            strict=True)]
+        rows = [(model_hash, threat_key, dataset, int(i), int(bool(c)), self._provenance)
+                for i, c in zip(example_ids, correct, strict=True)]
         with self._connection:
-            self._connection.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?)", rows)
+            self._connection.executemany(f"INSERT OR REPLACE INTO results ({RESULT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                                         rows)
             if cost is not None:
                 self._connection.execute(
-                    "INSERT INTO costs VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (model_hash, threat_key, dataset) "
-                    "DO UPDATE SET "
-                    "examples = examples + excluded.examples, attacked = attacked + excluded.attacked, "
-                    "seconds = seconds + excluded.seconds, forward_images = forward_images + excluded.forward_images, "
-                    "backward_images = backward_images + excluded.backward_images",
+                    f"INSERT INTO costs VALUES (?, ?, ?, ?, ?, ?, ?, ?) {ADD_COSTS}",
                     (model_hash, threat_key, dataset, cost.examples, cost.attacked, cost.seconds,
                      cost.forward_images, cost.backward_images))
             for flag, count in (flags or {}).items():
                 self._connection.execute(
-                    "INSERT INTO flags VALUES (?, ?, ?, ?, ?) ON CONFLICT (model_hash, threat_key, dataset, flag) "
-                    "DO UPDATE SET count = count + excluded.count",
+                    f"INSERT INTO flags VALUES (?, ?, ?, ?, ?) {ADD_FLAGS}",
                     (model_hash, threat_key, dataset, flag, int(count)))
+
+    def merged_units(self) -> set[str]:
+        """The keys of the units of work a sharded evaluation has merged into this store."""
+        return {row[0] for row in self._connection.execute("SELECT unit_key FROM units")}
+
+    def merge_units(self, path: Path, units: Sequence[tuple[str, str]], model_hash: str, dataset: str,
+                    example_ids: Sequence[int], merged_at: str) -> int:
+        """Copy a unit file's units, (unit key, threat key) pairs not merged yet, in one transaction; how many.
+
+        A result this store holds already is kept (the worker read it instead of computing it); costs and flags add
+        up, which is right because each unit is merged once: its key is recorded in the same transaction.
+        """
+        merged = self.merged_units()
+        todo = [(unit, key) for unit, key in units if unit not in merged]
+        if not todo:
+            return 0
+        where = "WHERE model_hash=? AND threat_key=? AND dataset=?"
+        self._connection.execute("ATTACH DATABASE ? AS unit", (str(path),))
+        try:
+            with self._connection:
+                self._connection.execute("INSERT OR IGNORE INTO provenance SELECT * FROM unit.provenance")
+                for unit, key in todo:
+                    scope = (model_hash, key, dataset)
+                    self._connection.execute(f"INSERT OR IGNORE INTO results ({RESULT_COLUMNS}) "
+                                             f"SELECT {RESULT_COLUMNS} FROM unit.results {where}", scope)
+                    self._connection.execute(f"INSERT INTO costs SELECT * FROM unit.costs {where} {ADD_COSTS}", scope)
+                    self._connection.execute(f"INSERT INTO flags SELECT * FROM unit.flags {where} {ADD_FLAGS}", scope)
+                    self._connection.execute(
+                        f"INSERT OR REPLACE INTO not_applicable SELECT * FROM unit.not_applicable {where}", scope)
+                    self._connection.execute(
+                        "INSERT OR REPLACE INTO threats SELECT * FROM unit.threats WHERE threat_key=?", (key,))
+                    self._connection.execute("INSERT INTO units VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                             (unit, model_hash, key, dataset, int(example_ids[0]), len(example_ids),
+                                              merged_at))
+        finally:
+            self._connection.execute("DETACH DATABASE unit")
+        return len(todo)
 
     def set_flag(self, model_hash: str, threat_key: str, dataset: str, flag: str, count: int) -> None:
         """Set (not add to) a flag computed from stored results; a count of 0 removes it."""

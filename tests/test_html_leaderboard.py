@@ -28,6 +28,8 @@ N = 120
 def _fill(store: ResultStore, model_hash: str, label: str, p: float, rng: random.Random, run_dir: Path | None) -> None:
     ids = list(range(N))
     keys = []
+    store.use_provenance({"device": "cpu", "world_size": 2, "executor": "torchrun", "git_commit": "def5678",
+                          "versions": {"torch": "2.14.1"}})
     for column in SUITE.columns:
         key = f"{column}-key"
         store.record_threat(key, f"t-{column}", column, "seen", {"eps": 1.0})
@@ -81,8 +83,10 @@ def test_page_has_every_row_reported_rows_apart_and_provenance(site: tuple[Path,
     for row in rows:
         assert f'data-label="{row.label}"' in page
     assert page.count('class="reported"') == 4 and page.count('class="measured"') == 3
-    assert "commit: abc1234" in page and "data fingerprint: fp-data" in page and "n: 120" in page
+    assert "train commit: abc1234" in page and "data fingerprint: fp-data" in page and "n: 120" in page
     assert "train device: cpu" in page and "validity flags: –" in page
+    assert "eval commit: def5678" in page and "eval device: cpu" in page and "world size: 2" in page
+    assert "torch: 2.14.1" in page
 
 
 def test_every_measured_cell_draws_its_wilson_interval(site: tuple[Path, list[Row]]) -> None:
@@ -203,7 +207,8 @@ def test_page_in_headless_chromium(site: tuple[Path, list[Row]], browser, tmp_pa
     assert reported.value_of_css_property("background-color") != measured_cell.value_of_css_property(
         "background-color")
     method = browser.find_element(By.CSS_SELECTOR, 'tr[data-label="strong"] td.method')
-    assert "commit: abc1234" in method.get_attribute("title")
+    assert "train commit: abc1234" in method.get_attribute("title")
+    assert "eval device: cpu" in method.get_attribute("title")
     assert browser.execute_script("return performance.getEntriesByType('resource').length") == 0  # nothing fetched
 
     screenshot = tmp_path / "leaderboard.png"

@@ -108,15 +108,34 @@ def _provenance(row: Row, store: ResultStore | None) -> dict[str, str]:
     facts: dict[str, Any] = {"n": row.n, "dataset": row.dataset, "data fingerprint": row.fingerprint,
                              "model hash": row.model_hash, "mode": row.mode}
     metadata = store.model_metadata(row.model_hash) if store is not None and row.model_hash else {}
-    facts["commit"] = metadata.get("git_commit") or "unknown"
+    facts["train commit"] = metadata.get("git_commit")
     facts["preset"] = metadata.get("preset")
     if external := metadata.get("external"):
         facts["source"] = external.get("source")
     train_cost = row.train_cost or metadata.get("train_cost") or {}
     facts["train device"] = train_cost.get("device_name") or train_cost.get("device")
-    for key, value in (metadata.get("provenance") or {}).items():
-        facts[key.replace("_", " ")] = value
+    if store is not None and row.model_hash and row.fingerprint:
+        facts.update(_evaluation_provenance(store, row.model_hash, row.fingerprint))
     return {key: str(value) for key, value in facts.items() if value not in (None, "")}
+
+
+def _evaluation_provenance(store: ResultStore, model_hash: str, fingerprint: str) -> dict[str, str]:
+    """What computed the row's stored results (each distinct value once, joined by ' | '), per provenance field."""
+    records = [record for key, *_ in store.threats_of_model(model_hash, fingerprint)
+               for record in store.provenance(model_hash, key, fingerprint) if record]
+    fields = {"eval commit": lambda r: r.get("git_commit"), "eval device": lambda r: r.get("device"),
+              "eval dtype": lambda r: r.get("dtype"), "autocast": lambda r: r.get("amp"),
+              "world size": lambda r: r.get("world_size"), "executor": lambda r: r.get("executor"),
+              "torch": lambda r: (r.get("versions") or {}).get("torch"),
+              "pyautoattack": lambda r: (r.get("versions") or {}).get("pyautoattack")}
+    summary = {}
+    for name, read in fields.items():
+        values = sorted({str(value) for record in records if (value := read(record)) is not None})
+        if values:
+            summary[name] = " | ".join(values)
+    if not records:
+        summary["eval provenance"] = "not recorded (stored before rome-bench recorded it)"
+    return summary
 
 
 def _tooltip(row: Row, suite: Suite, store: ResultStore | None) -> str:

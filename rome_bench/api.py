@@ -95,9 +95,10 @@ def wrap_module(model: nn.Module, preset: str = "cifar10", label: str | None = N
 def benchmark(model: LoadedRun | nn.Module | str | Path, suite: str = "seen", n_examples: int | None = None,
               dataset: str | None = None, data_dir: str | None = None, store: str | Path | None = None,
               device: str = "auto", batch_size: int = 128, threats: Sequence[str] = (), label: str | None = None,
-              preset: str = "cifar10", progress: bool = True) -> Results:
+              preset: str = "cifar10", progress: bool = True, precision: str = "fp32") -> Results:
     """Evaluate ``model`` on every threat of ``suite`` over a fixed seeded test subset; per-example results go to
-    ``store`` (a SQLite file; None = a temporary one that lives as long as the returned :class:`Results`)."""
+    ``store`` (a SQLite file; None = a temporary one that lives as long as the returned :class:`Results`).
+    ``precision="bf16"`` runs the attacks under bf16 autocast (classification stays fp32)."""
     from rome_bench.evaluation.suites import SUITES
 
     loaded = model if _is_loaded(model) else (
@@ -109,9 +110,10 @@ def benchmark(model: LoadedRun | nn.Module | str | Path, suite: str = "seen", n_
     owner = None if store is not None else tempfile.TemporaryDirectory(prefix="rome-bench-")
     store_path = Path(store) if store is not None else Path(owner.name) / "results.sqlite"  # type: ignore[union-attr]
     planned, ids = plan(loaded, chosen, data, n_examples, threats)
+    from rome_bench.evaluation.runner import attack_precision
     from rome_bench.evaluation.store import ResultStore
 
-    with ResultStore(store_path) as results:
+    with ResultStore(store_path) as results, attack_precision(precision, torch_device):
         evaluate_into(results, loaded, chosen.name, planned, data, ids, label or default_label(loaded), batch_size,
                       torch_device, progress, complete=not threats)
     return Results(store_path, chosen.name, data.info.name, [loaded.model_hash], owner)

@@ -246,11 +246,14 @@ def evaluate(
     cluster: Annotated[str, typer.Option(
         help="submitit's cluster for --executor slurm: slurm, or local (the jobs run as processes on this machine, "
              "for testing).")] = "slurm",
+    precision: Annotated[str, typer.Option(
+        help="Attack arithmetic: fp32 | bf16 (autocast around the attacks' forward and backward passes; clean and "
+             "adversarial images are still classified in fp32). Recorded in each result's provenance.")] = "fp32",
 ) -> None:
     """Evaluate a trained run (or --model-file) on every threat of a suite; results go to the store per example."""
     from rome_bench.api import default_label, evaluate_into, plan
     from rome_bench.config import resolve_device
-    from rome_bench.evaluation.runner import with_gating_variant
+    from rome_bench.evaluation.runner import attack_precision, with_gating_variant
     from rome_bench.evaluation.store import ResultStore
     from rome_bench.evaluation.suites import SUITES
 
@@ -271,6 +274,7 @@ def evaluate(
         raise ConfigError("--union-only and --eps-scale run unsharded: drop --shards, --executor, --shard-index and "
                           "--merge")
     torch_device = resolve_device(device) if sharding is None else sharding.device(resolve_device(device))
+    arithmetic = attack_precision(precision, torch_device)  # an unknown precision fails before the model loads
     if gating_variant is not None and route_to_expert is not None:
         raise ConfigError("--gating-variant and --route-to-expert exclude each other: give one")
     loaded, data = _load_model_and_data(run, model_file, weights, preset_name, data_dir, torch_device, model_dir)
@@ -278,29 +282,30 @@ def evaluate(
     threats, ids = plan(loaded, chosen_suite, data, n_examples, threat or [])
     if corruptions_dir is not None:
         threats = with_corruptions_dir(threats, corruptions_dir)
-    if sharding is not None:  # a gating variant is set on the shared model when its row's turn comes
-        rows = [(partial(with_gating_variant, loaded, variant) if variant is not None else (lambda: loaded),
-                 (label or default_label(loaded)) + _variant_suffix(variant)) for variant in variants]
-        sharding.evaluate(rows, chosen_suite.name, threats, data, ids, store or default_store(), batch_size,
-                          torch_device, progress, complete=not threat)
-        return
-    with ResultStore(store or default_store()) as results:
-        for variant in variants:
-            varied = loaded if variant is None else with_gating_variant(loaded, variant)
-            row_label = (label or default_label(loaded)) + _variant_suffix(variant)
+    with arithmetic:
+        if sharding is not None:  # a gating variant is set on the shared model when its row's turn comes
+            rows = [(partial(with_gating_variant, loaded, variant) if variant is not None else (lambda: loaded),
+                     (label or default_label(loaded)) + _variant_suffix(variant)) for variant in variants]
+            sharding.evaluate(rows, chosen_suite.name, threats, data, ids, store or default_store(), batch_size,
+                              torch_device, progress, complete=not threat)
+            return
+        with ResultStore(store or default_store()) as results:
+            for variant in variants:
+                varied = loaded if variant is None else with_gating_variant(loaded, variant)
+                row_label = (label or default_label(loaded)) + _variant_suffix(variant)
+                if scales is not None:
+                    _eps_sweep(varied, chosen_suite.name, threats, scales, data, ids, results, batch_size, torch_device,
+                               row_label, progress, plot or _default_plot(run, chosen_suite.name, data.info.name))
+                    continue
+                evaluate_into(results, varied, chosen_suite.name, threats, data, ids, row_label, batch_size,
+                              torch_device, progress, complete=not threat, union_only=union_only)
+                typer.echo(f"evaluated {row_label} on suite '{suite}' ({len(ids)} examples) -> {results.path}")
             if scales is not None:
-                _eps_sweep(varied, chosen_suite.name, threats, scales, data, ids, results, batch_size, torch_device,
-                           row_label, progress, plot or _default_plot(run, chosen_suite.name, data.info.name))
-                continue
-            evaluate_into(results, varied, chosen_suite.name, threats, data, ids, row_label, batch_size, torch_device,
-                          progress, complete=not threat, union_only=union_only)
-            typer.echo(f"evaluated {row_label} on suite '{suite}' ({len(ids)} examples) -> {results.path}")
-        if scales is not None:
-            return
-        if threat:
-            typer.echo("only some threats were run: the suite's leaderboard row appears once all have been")
-            return
-        _print_leaderboard(results, chosen_suite.name, data.info.name, "md", [])
+                return
+            if threat:
+                typer.echo("only some threats were run: the suite's leaderboard row appears once all have been")
+                return
+            _print_leaderboard(results, chosen_suite.name, data.info.name, "md", [])
 
 
 Row = tuple[Callable[[], "LoadedRun"], str]  # a leaderboard row: its model (made when its turn comes), label

@@ -110,6 +110,7 @@ class DataConfig:
     augment: bool = True  # random crop (pad 4) + horizontal flip, for 32x32 data
 
 
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")  # bf16: autocast around attacks; classification stays fp32
 NORMALISATIONS: tuple[str, ...] = ("dataset", "none")  # none: for sources that take [0, 1] as is (RobustBench's)
 TRAIN_ATTACKS: tuple[str, ...] = ("pgd", "apgd")
 OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd-nesterov")  # sgd-nesterov: momentum 0.9, Nesterov, L2 weight decay

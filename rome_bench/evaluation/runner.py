@@ -8,6 +8,7 @@ the threat's declared budget; a violation is a ThreatOutputError naming the thre
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import time
@@ -21,7 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from rome_bench.checkpoint import load_final_weights, read_run_config, run_model_hash
-from rome_bench.config import RunConfig
+from rome_bench.config import PRECISIONS, RunConfig
 from rome_bench.data import DatasetInfo, LoadedDataset, fetch_batch
 from rome_bench.errors import CheckpointError, ConfigError, ModelOutputError, ThreatOutputError
 from rome_bench.evaluation.provenance import evaluation_provenance
@@ -119,6 +120,28 @@ def verify_threat_output(threat: Threat, clean: torch.Tensor, perturbed: torch.T
             f"{check.description} = {float(check.measured[worst]):.6g} > {check.limit:.6g}")
 
 
+def attack_precision(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The context an evaluation runs in: bf16 autocast for the attacks' forward and backward passes, or nothing.
+
+    Under it the runner still classifies clean and adversarial images in fp32 (:func:`full_precision`); the attacks'
+    projections, clipping and budget checks operate on fp32 tensors, which autocast leaves alone.
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision takes {' | '.join(PRECISIONS)} (got '{precision}')")
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def full_precision(images: torch.Tensor, gradients: bool = False) -> contextlib.AbstractContextManager:
+    """Autocast off (and no gradients unless asked): what is stored — decisions, flags — is computed in fp32."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.autocast(images.device.type, enabled=False))
+    if not gradients:
+        stack.enter_context(torch.no_grad())
+    return stack
+
+
 def batch_seed(threat_key: str, first_example_id: int) -> int:
     """A seed that depends only on the threat and the batch's first example, so re-runs are identical.
 
@@ -188,7 +211,7 @@ def check_model_output(model: nn.Module, data: LoadedDataset, example_ids: list[
     images, _ = _dataset_batch(data, example_ids[:probe], device)
     expected = (len(images), data.info.num_classes)
     try:
-        with torch.no_grad():
+        with full_precision(images):
             logits = model(images)
     except RuntimeError as error:
         raise ModelOutputError(f"the model fails on {tuple(images.shape)} images in [0, 1] of {data.info.name}: "
@@ -247,7 +270,7 @@ def _evaluate_batch(model: nn.Module, threat: Threat, images: torch.Tensor, labe
     started = time.perf_counter()
     with CostMeter(model) as meter:
         if isinstance(threat, Clean):
-            with torch.no_grad():
+            with full_precision(images):
                 logits = model(images)
             correct = (logits.argmax(1) == labels).cpu()
             attacked = len(ids)
@@ -256,7 +279,8 @@ def _evaluate_batch(model: nn.Module, threat: Threat, images: torch.Tensor, labe
     _synchronise(device)
     cost = BatchCost(len(ids), attacked, time.perf_counter() - started, meter.forward_images, meter.backward_images)
     if isinstance(threat, Clean):
-        flags = batch_model_flags(model, images, labels, logits, correct)
+        with full_precision(images, gradients=True):
+            flags = batch_model_flags(model, images, labels, logits, correct)
     else:
         flags = threat.call_flags() if attacked else {}
     return correct, cost, flags
@@ -273,9 +297,9 @@ def _correct_under_threat(model: nn.Module, threat: Threat, images: torch.Tensor
         chosen_ids = [ids[i] for i in chosen.tolist()]
         extra = {"example_ids": chosen_ids} if threat.uses_example_ids else {}
         perturbed = threat(model, clean, chosen_labels, **extra)
-        verify_threat_output(threat, clean, perturbed.detach(), chosen_ids)
-        with torch.no_grad():
-            correct[chosen] = (model(perturbed).argmax(1) == chosen_labels).cpu()
+        verify_threat_output(threat, clean, perturbed.detach().float(), chosen_ids)
+        with full_precision(clean):
+            correct[chosen] = (model(perturbed.float()).argmax(1) == chosen_labels).cpu()
     return correct, int(attacked.sum())
 
 

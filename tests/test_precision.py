@@ -1,0 +1,77 @@
+"""bf16 autocast for attacks (``eval --precision bf16``): the attack runs in bf16, every stored decision in fp32,
+and the attack is as strong as in fp32 up to binomial noise."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rome_bench.evaluation.runner import attack_precision, evaluate_threats
+from rome_bench.evaluation.store import ResultStore
+from rome_bench.threats import L2PGD, Clean, LinfPGD
+
+CPU = torch.device("cpu")
+
+
+class OutputDtypes:
+    """Records the dtype of every Linear output of a model while active."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.dtypes: list[torch.dtype] = []
+        self.handles = [m.register_forward_hook(lambda _m, _i, out: self.dtypes.append(out.dtype))
+                        for m in model.modules() if isinstance(m, torch.nn.Linear)]
+
+    def __enter__(self) -> OutputDtypes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def robust_accuracy(model, threat, images, labels, precision: str) -> tuple[float, set[torch.dtype]]:
+    torch.manual_seed(0)
+    with OutputDtypes(model) as seen, attack_precision(precision, CPU):
+        adversarial = threat(model, images, labels)
+    assert adversarial.dtype == torch.float32
+    assert (adversarial - images).flatten(1).norm(p=2 if threat.norm == "l2" else math.inf, dim=1).max() \
+        <= threat.eps * (1 + 1e-5)
+    with torch.no_grad():
+        return float((model(adversarial).argmax(1) == labels).float().mean()), set(seen.dtypes)
+
+
+@pytest.mark.parametrize("threat", [LinfPGD(1 / 255, steps=10), L2PGD(0.1, steps=10)], ids=["linf", "l2"])
+def test_bf16_attack_runs_in_bf16_and_is_as_strong_as_fp32(undefended_model, correct_batch, threat) -> None:
+    images, labels = correct_batch
+    full, full_dtypes = robust_accuracy(undefended_model, threat, images, labels, "fp32")
+    half, half_dtypes = robust_accuracy(undefended_model, threat, images, labels, "bf16")
+    assert full_dtypes == {torch.float32} and half_dtypes == {torch.bfloat16}
+    assert 0.05 < full < 0.95, f"pick ε so that the attack neither always nor never succeeds (got {full})"
+    noise = 3 * math.sqrt(2 * full * (1 - full) / len(labels))  # 3 standard errors of a difference of two rates
+    assert abs(half - full) <= noise + 1 / len(labels), (full, half)
+
+
+def test_stored_decisions_are_fp32_under_bf16_and_provenance_says_bf16(tmp_path, undefended_model,
+                                                                         synthetic_test) -> None:
+    from rome_bench.evaluation.provenance import evaluation_provenance
+
+    ids = list(range(32))
+    stores = {}
+    for precision in ("fp32", "bf16"):
+        with ResultStore(tmp_path / f"{precision}.sqlite") as store, OutputDtypes(undefended_model) as seen, \
+                attack_precision(precision, CPU):
+            store.use_provenance(evaluation_provenance(undefended_model, CPU))
+            evaluate_threats(undefended_model, "m", [Clean()], synthetic_test, ids, store, 16, CPU, progress=False)
+            stores[precision] = store.correctness("m", Clean().key, synthetic_test.fingerprint)
+            record = store.provenance("m", Clean().key, synthetic_test.fingerprint)[0]
+        assert set(seen.dtypes) == {torch.float32}  # clean classification (and the probe) in fp32 under autocast
+        assert record["amp"] == ("bfloat16" if precision == "bf16" else "off")
+    assert stores["fp32"] == stores["bf16"]
+
+
+def test_unknown_precision_is_one_clear_error(cli_main) -> None:
+    result = cli_main("eval", "--run", "nowhere", "--precision", "fp16")
+    assert result.returncode != 0
+    assert "--precision takes fp32 | bf16 (got 'fp16')" in result.stderr or "does not exist" in result.stderr

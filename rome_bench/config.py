@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import json
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -421,10 +422,28 @@ def resolve_device(name: str) -> torch.device:
     if not is_device_name(name):
         raise ConfigError(f"unknown device '{name}'; use {DEVICE_NAMES}")
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device '{name}' asked for, but CUDA is not available here; use --device cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        enable_tf32(device)
+    return device
+
+
+TF32_VARIABLE = "ROME_BENCH_TF32"  # 0 keeps float32 matmuls in full precision on Ampere and later GPUs
+
+
+def enable_tf32(device: torch.device) -> bool:
+    """TF32 matmuls and convolutions on GPUs from Ampere on (compute capability ≥ 8), unless $ROME_BENCH_TF32=0;
+    whether they are on is recorded in every result's provenance. Returns whether it switched them on."""
+    import torch
+
+    if os.environ.get(TF32_VARIABLE, "1") == "0" or torch.cuda.get_device_capability(device)[0] < 8:
+        return False
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    return True
 
 
 def non_finite_fields(node: Any, prefix: str = "") -> list[str]:

@@ -102,3 +102,28 @@ def test_smoke_rome_adds_at_most_5_percent_parameters():
     rome = add_rome_experts(MODELS.get("vit_smoke")(num_classes=10, image_size=32, patch_size=4), config.model.rome)
     ratio = sum(p.numel() for p in rome.parameters()) / sum(p.numel() for p in plain.parameters())
     assert 1.0 < ratio <= 1.05
+
+
+def test_frozen_inference_reuses_the_joined_weight_until_a_weight_changes():
+    model = rome_vit()
+    mixtures = [m for m in model.modules() if isinstance(m, LoRAExpertMixture)]
+    for module in mixtures:
+        torch.nn.init.normal_(module.lora_B, std=0.1)
+    images = torch.rand(4, 3, 32, 32)
+    trained = model(images)  # gradients can reach W and B: concatenated afresh, nothing cached
+    assert all(getattr(m, "_joined_cache", None) is None for m in mixtures)
+    with torch.no_grad():
+        first = model(images)
+        kept = [m._joined_cache[1] for m in mixtures]
+        assert torch.equal(model(images), first)
+        assert all(m._joined_cache[1] is k for m, k in zip(mixtures, kept, strict=True))
+        mixtures[0].lora_B.mul_(3)  # an optimizer step: in place
+        mixtures[1].base.weight = torch.nn.Parameter(mixtures[1].base.weight * 0.5)  # replaced
+        changed = model(images)
+    assert torch.allclose(trained, first, atol=1e-6)
+    model.requires_grad_(True)
+    assert torch.allclose(model(images), changed, atol=1e-6) and not torch.allclose(changed, first)
+    model.requires_grad_(False)  # an attack on a frozen model: the cache serves, and the input still gets a gradient
+    inputs = images.clone().requires_grad_(True)
+    model(inputs).sum().backward()
+    assert inputs.grad is not None and inputs.grad.abs().sum() > 0

@@ -204,9 +204,22 @@ class LoRAExpertMixture(nn.Module):
         gates = self.gate.from_first_layer(gate_first)  # (B, T, K)
         mixed = (down.view(batch, tokens, self.num_experts, self.rank) * gates.unsqueeze(-1)).flatten(2)
         # W h + B·mixed as one matmul over [h, mixed]: avoids two thin matmuls when K·r is small
-        weight = torch.cat([self.base.weight, self.lora_B], dim=1)
-        output = F.linear(torch.cat([tokens_in, mixed], dim=-1), weight, self.base.bias)
+        output = F.linear(torch.cat([tokens_in, mixed], dim=-1), self._joined_weight(), self.base.bias)
         return output.reshape(*shape[:-1], output.shape[-1])
+
+    def _joined_weight(self) -> torch.Tensor:
+        """[W, B]; while no gradient can reach W or B (inference, attacks on a frozen model) the concatenation is
+        kept and reused until either tensor changes (in place or replaced), instead of being copied every call."""
+        tensors = (self.base.weight, self.lora_B)
+        if torch.is_grad_enabled() and any(tensor.requires_grad for tensor in tensors):
+            return torch.cat(tensors, dim=1)
+        key = tuple((tensor.data_ptr(), tensor._version, tensor.dtype, tensor.device) for tensor in tensors)
+        cached = getattr(self, "_joined_cache", None)
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = (key, torch.cat(tensors, dim=1))
+            self._joined_cache = cached
+        return cached[1]
 
     def _down(self, tokens_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """All experts' A h and the gates' first layers, from one matmul."""

@@ -52,6 +52,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from kornia.color import linear_rgb_to_rgb, rgb_to_linear_rgb
 from torch import nn
 
 from rome_bench.errors import ConfigError
@@ -275,7 +276,12 @@ def _mix(matrix: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
 
 
 class CIELUV(ColourSpace):
-    """CIE 1976 L*u*v* of sRGB (D65 white of the sRGB matrix), scaled as (L/100, (u+100)/200, (v+100)/200)."""
+    """CIE 1976 L*u*v* of sRGB (D65 white of the sRGB matrix), scaled as (L/100, (u+100)/200, (v+100)/200).
+
+    The sRGB transfer curves are kornia's (bit-identical to the hand-written ones they replaced); the XYZ matrix,
+    white point and L*u*v* formulas stay hand-written: kornia's ``rgb_to_luv`` uses other constants (README,
+    "What is kornia, what stays hand-written").
+    """
 
     EPS = 1e-10
 
@@ -285,7 +291,7 @@ class CIELUV(ColourSpace):
         self.white_u, self.white_v = 4 * white_x / denominator, 9 * white_y / denominator
 
     def from_rgb(self, rgb: torch.Tensor) -> torch.Tensor:
-        linear = torch.where(rgb <= 0.04045, rgb / 12.92, ((rgb.clamp_min(0.04045) + 0.055) / 1.055) ** 2.4)
+        linear = rgb_to_linear_rgb(rgb)
         x, y, z = _mix(_RGB_TO_XYZ, linear).unbind(1)
         denominator = x + 15 * y + 3 * z + self.EPS
         u_prime, v_prime = 4 * x / denominator, 9 * y / denominator
@@ -304,9 +310,7 @@ class CIELUV(ColourSpace):
         x = y * 9 * u_prime / denominator
         z = y * (12 - 3 * u_prime - 20 * v_prime) / denominator
         linear = _mix(_XYZ_TO_RGB, torch.stack([x, y, z], dim=1).clamp(0, 1.1))
-        srgb = torch.where(linear <= 0.0031308, 12.92 * linear,
-                           1.055 * linear.clamp_min(0.0031308) ** (1 / 2.4) - 0.055)
-        return srgb.clamp(0, 1)
+        return linear_rgb_to_rgb(linear).clamp(0, 1)
 
 
 COLOUR_SPACES: dict[str, type[ColourSpace]] = {"cieluv": CIELUV, "yuv": YPbPr, "rgb": ColourSpace}

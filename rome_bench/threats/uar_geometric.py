@@ -11,7 +11,8 @@ batched and device-agnostic in plain torch.
 *pixels*, exactly advex-uar's ``eps_max`` unit: advex-uar optimises the flow in grid_sample's [-1, 1] coordinates
 bounded by ε·2/resolution, and a sign step is invariant to that constant factor, so optimising in pixels and
 converting with 2/W (x) and 2/H (y) is the same attack. The flow is reflect-padded and smoothed by a normalised
-Gaussian kernel (CIFAR settings of advex-uar: size 5, σ = 3/224·32 ≈ 0.43 px; ImageNet: 25 and 3), added to the
+Gaussian kernel (CIFAR settings of advex-uar: size 5, σ = 3/224·32 ≈ 0.43 px; ImageNet: 25 and 3; kornia's
+``filter2d``, bit-identical to the pad + depthwise convolution it replaced), added to the
 identity grid and applied with bilinear ``grid_sample``, zero padding, ``align_corners=True``. advex-uar builds
 its identity grid with ``linspace(-1, 1, resol)``, which is the identity only under ``align_corners=True`` (the
 only behaviour of the torch it was written for; torch ≥ 1.3 defaults to False). Hence one "pixel" of flow moves
@@ -59,6 +60,7 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from kornia.filters import filter2d
 from torch import nn
 
 from rome_bench.errors import ConfigError
@@ -188,7 +190,7 @@ def identity_grid(height: int, width: int, dtype: torch.dtype, device: torch.dev
 class _ElasticState:
     images: torch.Tensor
     grid: torch.Tensor
-    kernel: torch.Tensor
+    kernel: torch.Tensor  # (size, size)
     to_grid: torch.Tensor  # (1, 2, 1, 1): pixels → grid units for x and y
 
 
@@ -221,13 +223,12 @@ class Elastic(ParametricAttack):
         height, width = images.shape[-2:]
         kernel = gaussian_kernel(self.kernel_size, self.kernel_std, images.dtype, images.device)
         to_grid = torch.tensor([2.0 / width, 2.0 / height], dtype=images.dtype, device=images.device)
-        return _ElasticState(images, identity_grid(height, width, images.dtype, images.device),
-                             kernel.expand(2, 1, -1, -1), to_grid.view(1, 2, 1, 1))
+        return _ElasticState(images, identity_grid(height, width, images.dtype, images.device), kernel,
+                             to_grid.view(1, 2, 1, 1))
 
     def smooth(self, flow: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-        """Reflect-pad and convolve each flow channel with the Gaussian kernel (same size out)."""
-        pad = (self.kernel_size - 1) // 2
-        return F.conv2d(F.pad(flow, (pad,) * 4, mode="reflect"), kernel, groups=2)
+        """Reflect-pad and convolve each flow channel with the (size, size) Gaussian kernel (same size out)."""
+        return filter2d(flow, kernel[None], border_type="reflect")
 
     def render(self, state: _ElasticState, theta: torch.Tensor) -> torch.Tensor:
         offset = (self.smooth(theta, state.kernel) * state.to_grid).permute(0, 2, 3, 1)

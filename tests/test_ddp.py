@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from rome_bench.cli import resolve_config, torchrun_command
 from rome_bench.config import preset
 from rome_bench.errors import ConfigError
-from rome_bench.training.distributed import Distributed, check_batches, local_slice
+from rome_bench.training.distributed import Distributed, check_batches, local_slice, rank_seed
 from rome_bench.training.trainer import Trainer, _device_index, augment_batch
 
 # RoME+MAX on top-1 FFN experts (an expert a step leaves unused on one rank, or on all) with the diversification
@@ -179,3 +179,14 @@ def test_gradients_are_share_weighted_sums_and_gathered_rows_send_back_only_thei
         assert reduced == [[1.5, 2.5], [0.25, 0.25, 0.25], None]
         assert gathered == [[1.0, 1.0], [2.0, 2.0], [2.0, 2.0]]
     assert found[0][2] == [[0.0, 1.0]] and found[1][2] == [[2.0, 3.0], [4.0, 5.0]]
+
+
+def test_a_rank_resumes_its_own_rng_stream_on_the_same_world_size_and_a_fresh_one_on_another():
+    config = config_of(FLAGS)
+    trainer = Trainer(config, Path("unused"), progress=False, distributed=Distributed(1, 2))
+    saved = torch.Generator().manual_seed(99).get_state()
+    with torch.random.fork_rng(devices=[]):  # the global RNG of this test process is left as it was
+        trainer._restore_rng({"rng.cpu": torch.get_rng_state(), "rng.rank1.cpu": saved}, 2, step=4)
+        assert torch.equal(torch.get_rng_state(), saved)
+        trainer._restore_rng({"rng.cpu": torch.get_rng_state(), "rng.rank1.cpu": saved}, 4, step=4)
+        assert torch.equal(torch.get_rng_state(), torch.Generator().manual_seed(rank_seed(0, 1, 4)).get_state())

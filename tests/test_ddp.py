@@ -18,16 +18,28 @@ from rome_bench.errors import ConfigError
 from rome_bench.training.distributed import Distributed, check_batches, local_slice, rank_seed
 from rome_bench.training.trainer import Trainer, _device_index, augment_batch
 
-# RoME+MAX on top-1 FFN experts (an expert a step leaves unused on one rank, or on all) with the diversification
-# loss over the global batch's threat groups and augmentation; training PGD from the clean image, so the attacks
-# draw nothing from the per-rank RNG streams. 40 examples in global batches of 16: the last one (8) splits 4 + 4;
-# checkpoints at steps 2 and 3 (the epoch's end).
-FLAGS = ["--method", "rome+max", "--preset", "smoke", "--set", "model.backbone=vit_micro", "--set",
-         "model.rome.expert_type=ffn", "--set", "model.rome.targets=mlp", "--set", "model.rome.top_k=1",
-         "--train-size", "40", "--batch-size", "16", "--epochs", "1", "--checkpoint-every", "2", "--set",
-         "threats.train_random_start=false", "--set", "threats.train_steps.l1=1", "--set", "threats.train_steps.l2=1",
-         "--set", "threats.train_steps.linf=1", "--set", "data.augment=true", "--no-progress"]
+# RoME with the diversification loss over the global batch's threat groups, and augmentation; training PGD from the
+# clean image, so the attacks draw nothing from the per-rank RNG streams. 40 examples in global batches of 16: the
+# last one (8) splits 4 + 4; checkpoints at steps 2 and 3 (the epoch's end).
+FLAGS = ["--method", "rome+max", "--preset", "smoke", "--set", "model.backbone=vit_micro", "--train-size", "40",
+         "--batch-size", "16", "--epochs", "1", "--checkpoint-every", "2", "--set", "threats.train_random_start=false",
+         "--set", "threats.train_steps.l1=1", "--set", "threats.train_steps.l2=1", "--set",
+         "threats.train_steps.linf=1", "--set", "data.augment=true", "--no-progress"]
+RECIPES = {
+    # ctx.backward, on top-1 FFN experts (an expert a step leaves unused on one rank, or on all)
+    "rome+max": ["--set", "model.rome.expert_type=ffn", "--set", "model.rome.targets=mlp", "--set",
+                 "model.rome.top_k=1"],
+    # ctx.grads / set_grads: the gradient projection of the global gradients; the pair and S of the global batch.
+    # On LoRA experts: top-1 gates get no gradient but the routing loss's, and projecting that onto a natural
+    # gradient of pure float noise makes AdamW's first (sign-like) steps differ at the 1e-3 level between any two
+    # summation orders.
+    "rome+ramp": ["--set", "train.options.pairing_weight=1.0"],
+}
 WEIGHT_TOLERANCE = 2e-5  # float rounding of the summed gradients, through AdamW (measured: ~2e-6)
+
+
+def flags_of(method: str) -> list[str]:
+    return [*FLAGS[:1], method, *FLAGS[2:], *RECIPES[method]]
 
 
 def config_of(flags: list[str]):
@@ -66,16 +78,17 @@ def files_under(root: Path) -> list[str]:
     return sorted(str(path.relative_to(root)) for path in root.rglob("*"))
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
-    """The RoME+MAX run in one process (in this one) and under torchrun with 2 processes (cwd: an empty folder)."""
+@pytest.fixture(scope="module", params=list(RECIPES))
+def runs(tmp_path_factory, request) -> dict[str, Path]:
+    """A run in one process (in this one) and under torchrun with 2 processes (cwd: an empty folder)."""
     root = tmp_path_factory.mktemp("ddp")
-    Trainer(config_of(FLAGS), root / "one", progress=False).fit()
+    flags = flags_of(request.param)
+    Trainer(config_of(flags), root / "one", progress=False).fit()
     (root / "cwd").mkdir()
-    result = torchrun("train", *FLAGS, "--out", str(root / "two"), cwd=root / "cwd")
+    result = torchrun("train", *flags, "--out", str(root / "two"), cwd=root / "cwd")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("trained rome+max") == 1, result.stdout  # rank 0 reports
-    return {"one": root / "one", "two": root / "two", "cwd": root / "cwd"}
+    assert result.stdout.count(f"trained {request.param}") == 1, result.stdout  # rank 0 reports
+    return {"one": root / "one", "two": root / "two", "cwd": root / "cwd", "flags": flags}
 
 
 def test_two_processes_train_the_weights_of_one_process_on_the_same_global_batches(runs):
@@ -97,8 +110,8 @@ def test_only_rank_0_writes_the_files_of_a_one_process_run(runs):
     assert one["provenance"]["world_size"] == 1 and one["provenance"]["dtype"] == "float32"
     # the images of both ranks are counted, the metrics are the global batch's
     assert two["train_cost"]["forward_images"] == one["train_cost"]["forward_images"]
-    checkpoint = [json.loads((runs[name] / "checkpoints" / "step-00000003.json").read_text()) for name in runs
-                  if name != "cwd"]
+    checkpoint = [json.loads((runs[name] / "checkpoints" / "step-00000003.json").read_text())
+                  for name in ("one", "two")]
     assert checkpoint[0]["metrics"].keys() == checkpoint[1]["metrics"].keys()
     for name, value in checkpoint[0]["metrics"].items():
         assert checkpoint[1]["metrics"][name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
@@ -109,7 +122,7 @@ def test_a_two_process_checkpoint_resumes_in_one_process(runs, tmp_path):
     shutil.copytree(runs["two"], run)
     for path in [run / "model.json", run / "model.safetensors", *(run / "checkpoints").glob("step-00000003.*")]:
         path.unlink()  # as if killed after the checkpoint at step 2
-    Trainer(config_of(FLAGS), run, progress=False).fit(resume=True)
+    Trainer(config_of(runs["flags"]), run, progress=False).fit(resume=True)
     assert max_difference(runs["one"] / "model.safetensors", run / "model.safetensors") < WEIGHT_TOLERANCE
     assert json.loads((run / "model.json").read_text())["world_size"] == 1
 

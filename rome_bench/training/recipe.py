@@ -7,7 +7,9 @@ atomic checkpoints with the RNG state, metrics); a recipe owns the step itself t
 * ``ctx.forward(images)`` is the model in train mode (the update's forward);
 * ``ctx.routing_loss(threat_ids)`` is λ·(the family's routing loss) on the gates of the last forward, or None;
 * ``ctx.backward(loss)`` is the one seam through which every gradient reaches the parameters (DDP and AMP hook
-  here); ``ctx.grads(loss)`` / ``ctx.set_grads(grads)`` serve recipes that combine gradients (RAMP).
+  here); ``ctx.grads(loss)`` / ``ctx.set_grads(grads)`` serve recipes that combine gradients (RAMP);
+* ``ctx.global_sum(values)`` / ``ctx.rank0_value(value)`` make a recipe's batch-level decisions those of the
+  global batch when several processes train (``training/distributed.py``); ``ctx.share`` is this rank's share.
 
 Adding a recipe is one decorated class in one file under ``training/recipes/``::
 
@@ -95,6 +97,15 @@ class StepContext:
         value = self._routing_loss([group.gather_gate(gate) for gate in read_gates(self.model)],
                                    group.gather_rows(threat_ids))
         return value.detach() + (value - value.detach()) / self.share
+
+    def global_sum(self, values: list[float]) -> list[float]:
+        """Each value summed over the training processes (the values themselves in one process): batch statistics
+        of the global batch, e.g. RAMP's per-threat adversarial accuracies."""
+        return self.distributed.sum_floats([float(value) for value in values])
+
+    def rank0_value(self, value: float) -> float:
+        """Rank 0's ``value`` on every rank (a draw from rank 0's RNG stream, which is the one-process stream)."""
+        return self.global_sum([value if self.distributed.is_main else 0.0])[0]
 
     def backward(self, loss: torch.Tensor) -> None:
         """Accumulate d loss / d parameters into ``.grad``: the one seam every update goes through (with several

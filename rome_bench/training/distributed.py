@@ -14,8 +14,11 @@ A run of W processes trains one model on the same global batches as one process 
   computes the same loss; the gather's backward keeps only this rank's rows, scaled by 1/share so the weighted sum
   of the ranks' gradients is the single-process gradient of the loss.
 
-Not global (per rank, documented in the README): BatchNorm batch statistics, RAMP's choice of the threat pair and
-the set S of its pairing loss, E-AT's running error counts and norm draw, capacity-limited routing.
+* A recipe's batch-level decisions use ``StepContext.global_sum`` / ``rank0_value`` (RAMP's threat pair and
+  pairing set, E-AT's norm draw and running counts).
+
+Not global (per rank, documented in the README): BatchNorm batch statistics, the sparse MoE's per-batch capacity
+and routing-noise scale.
 """
 
 from __future__ import annotations

@@ -203,3 +203,16 @@ def test_a_rank_resumes_its_own_rng_stream_on_the_same_world_size_and_a_fresh_on
         assert torch.equal(torch.get_rng_state(), saved)
         trainer._restore_rng({"rng.cpu": torch.get_rng_state(), "rng.rank1.cpu": saved}, 4, step=4)
         assert torch.equal(torch.get_rng_state(), torch.Generator().manual_seed(rank_seed(0, 1, 4)).get_state())
+
+
+@pytest.mark.parametrize(("flags", "needle"), [
+    (["--nproc", "0"], "--nproc must be >= 1"),
+    (["--nproc", "2"], "already holds a run"),  # refused once, before torchrun starts any process
+])
+def test_nproc_mistakes_are_one_line_errors_before_any_process_starts(tmp_path, cli_main, flags, needle):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    result = cli_main("train", *FLAGS, *flags, "--out", str(run))
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and needle in lines[0], result.stderr

@@ -147,11 +147,14 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
     force: Annotated[bool, typer.Option(help="Overwrite an existing run in --out.")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    nproc: Annotated[int | None, typer.Option(
+        help="Train data-parallel over N processes on this machine (one per GPU, or CPU processes with gloo): "
+             "runs torchrun --standalone --nproc-per-node N; --batch-size stays the global batch.")] = None,
 ) -> None:
     """Train a model with a multi-perturbation adversarial training recipe."""
     from rome_bench.checkpoint import read_run_config
     from rome_bench.models import build_family
-    from rome_bench.training.trainer import Trainer
+    from rome_bench.training.trainer import Trainer, check_run_dir
 
     expert_switches = {"experts": experts, "num_experts": num_experts, "rank": rank,
                        "expert_layers": expert_layers or ("mlp" if experts == "ffn" else None), "gating": gating,
@@ -184,8 +187,37 @@ def train(
                           f"them: use --method rome+{config.train.recipe}, or set the family's own options with "
                           f"--set model.options.NAME=VALUE")
     run_dir = out or Path("runs") / f"{config.method}-{config.preset}"
-    final = Trainer(config, run_dir, progress=progress).fit(resume=resume, force=force)
-    typer.echo(f"trained {config.method} ({config.preset}) -> {final.parent}")
+    if nproc is not None and nproc < 1:
+        raise ConfigError(f"--nproc must be >= 1, got {nproc}")
+    if nproc is not None and nproc > 1 and "WORLD_SIZE" not in os.environ:
+        check_run_dir(run_dir, config, resume, force)  # the common mistakes fail here, once, before the launch
+        raise typer.Exit(launch_processes(nproc, sys.argv[1:]))
+    trainer = Trainer(config, run_dir, progress=progress)
+    final = trainer.fit(resume=resume, force=force)
+    if trainer.rank == 0:
+        typer.echo(f"trained {config.method} ({config.preset}) -> {final.parent}")
+
+
+def launch_processes(nproc: int, argv: list[str]) -> int:
+    """Run this command line again under torchrun with ``nproc`` local processes; returns its exit code."""
+    import subprocess
+
+    return subprocess.run(torchrun_command(nproc, argv), check=False).returncode
+
+
+def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
+    """``python -m torch.distributed.run --standalone --nproc-per-node=N -m rome_bench ARGV`` without --nproc."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            kept.append(arg)
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m",
+            "rome_bench", *kept]
 
 
 @app.command("eval")
@@ -880,7 +912,8 @@ def main() -> None:
         sys.exit(error.exit_code)  # type: ignore[attr-defined]
     except RomeBenchError as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        print(f"error: {message}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank raises it; rank 0 says it
+            print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
     except sqlite3.Error as error:  # the results store: not a database, read-only, locked, disk full
         print(f"error: results store: {str(error).splitlines()[0]}; give --store a writable SQLite file with free "

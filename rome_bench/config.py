@@ -43,6 +43,9 @@ class ThreatsConfig:
     l1_sparsity: float = 0.01  # fraction of coordinates one sparse ℓ1 (SLIDE) step moves; measured in threats/pgd.py
     # training PGD step sizes by norm (e.g. {"linf": 2/255}); a norm not listed steps 2.5·ε/steps
     train_step_size: dict[str, float] = field(default_factory=dict)
+    # training PGD (--train-attack pgd) from a random point of the ball; false: from the clean image (deterministic
+    # attacks, so a torchrun run matches a one-process run bit for bit up to float rounding)
+    train_random_start: bool = True
 
 
 EXPERT_TYPES: tuple[str, ...] = ("lora", "ffn", "adapter")

@@ -7,7 +7,9 @@ atomic checkpoints with the RNG state, metrics); a recipe owns the step itself t
 * ``ctx.forward(images)`` is the model in train mode (the update's forward);
 * ``ctx.routing_loss(threat_ids)`` is λ·(the family's routing loss) on the gates of the last forward, or None;
 * ``ctx.backward(loss)`` is the one seam through which every gradient reaches the parameters (DDP and AMP hook
-  here); ``ctx.grads(loss)`` / ``ctx.set_grads(grads)`` serve recipes that combine gradients (RAMP).
+  here); ``ctx.grads(loss)`` / ``ctx.set_grads(grads)`` serve recipes that combine gradients (RAMP);
+* ``ctx.global_sum(values)`` / ``ctx.rank0_value(value)`` make a recipe's batch-level decisions those of the
+  global batch when several processes train (``training/distributed.py``); ``ctx.share`` is this rank's share.
 
 Adding a recipe is one decorated class in one file under ``training/recipes/``::
 
@@ -35,6 +37,7 @@ from rome_bench.errors import ConfigError
 from rome_bench.models.gates import gates as read_gates
 from rome_bench.registry import Registry
 from rome_bench.threats import Threat
+from rome_bench.training.distributed import Distributed
 
 
 @dataclass(frozen=True)
@@ -55,10 +58,13 @@ class StepResult:
 class StepContext:
     """What a recipe may do to the model during one step (built once per run by the trainer)."""
 
-    def __init__(self, model: nn.Module, parameters: list[nn.Parameter], routing_loss: nn.Module | None) -> None:
+    def __init__(self, model: nn.Module, parameters: list[nn.Parameter], routing_loss: nn.Module | None,
+                 distributed: Distributed | None = None) -> None:
         self.model = model
         self.parameters = parameters
         self._routing_loss = routing_loss
+        self.distributed = distributed or Distributed()
+        self.share = 1.0  # this rank's fraction n_r/N of the global batch (set by the trainer every step)
 
     def attack(self, threat: Threat, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Adversarial examples of ``threat`` with the model in eval mode (detached)."""
@@ -84,16 +90,44 @@ class StepContext:
         """λ·(routing loss) on the gates of the last forward, each example labelled by its threat; None if none."""
         if self._routing_loss is None:
             return None
-        return self._routing_loss(read_gates(self.model), threat_ids)
+        group = self.distributed
+        if not group.active:
+            return self._routing_loss(read_gates(self.model), threat_ids)
+        # the global batch's gates on every rank; the gradient scaled by 1/share, which the weighted all-reduce undoes
+        value = self._routing_loss([group.gather_gate(gate) for gate in read_gates(self.model)],
+                                   group.gather_rows(threat_ids))
+        return value.detach() + (value - value.detach()) / self.share
+
+    def global_sum(self, values: list[float]) -> list[float]:
+        """Each value summed over the training processes (the values themselves in one process): batch statistics
+        of the global batch, e.g. RAMP's per-threat adversarial accuracies."""
+        return self.distributed.sum_floats([float(value) for value in values])
+
+    def rank0_value(self, value: float) -> float:
+        """Rank 0's ``value`` on every rank (a draw from rank 0's RNG stream, which is the one-process stream)."""
+        return self.global_sum([value if self.distributed.is_main else 0.0])[0]
 
     def backward(self, loss: torch.Tensor) -> None:
-        """Accumulate d loss / d parameters into ``.grad``: the one seam every update goes through."""
-        loss.backward()
+        """Accumulate d loss / d parameters into ``.grad``: the one seam every update goes through (with several
+        processes: the global batch's gradient, see ``training/distributed.py``)."""
+        if not self.distributed.active:
+            loss.backward()
+            return
+        for parameter, grad in zip(self.parameters, self._reduced_grads(loss, False), strict=True):
+            if grad is not None:
+                parameter.grad = grad if parameter.grad is None else parameter.grad + grad
 
     def grads(self, loss: torch.Tensor, retain_graph: bool = False) -> list[torch.Tensor]:
-        """d loss / d parameter for every trained parameter (zeros where the loss does not reach it)."""
-        grads = torch.autograd.grad(loss, self.parameters, retain_graph=retain_graph, allow_unused=True)
+        """d loss / d parameter for every trained parameter (zeros where the loss does not reach it); with several
+        processes, of the global batch."""
+        grads = self._reduced_grads(loss, retain_graph)
         return [torch.zeros_like(p) if g is None else g for p, g in zip(self.parameters, grads, strict=True)]
+
+    def _reduced_grads(self, loss: torch.Tensor, retain_graph: bool) -> list[torch.Tensor | None]:
+        trained = [p for p in self.parameters if p.requires_grad]
+        found = iter(torch.autograd.grad(loss, trained, retain_graph=retain_graph, allow_unused=True))
+        grads = [next(found) if p.requires_grad else None for p in self.parameters]
+        return self.distributed.reduce_gradients(self.parameters, grads, self.share)
 
     def set_grads(self, grads: list[torch.Tensor]) -> None:
         """Make ``grads`` the gradients the optimizer steps with."""

@@ -5,8 +5,15 @@ the augmentation — or from the global torch RNG, whose state is saved in every
 PGD random starts and RANDOM's threat draws. A run resumed from a checkpoint therefore continues bit for bit.
 
 What happens inside a step is the recipe's (``training/recipe.py``); the model is built by its family
-(``model.family``). ``rank``/``world_size`` shard the epoch's permutation and only rank 0 writes, but gradients are
-not yet averaged across processes: multi-process training is not supported yet.
+(``model.family``).
+
+Under ``torchrun`` (``training/distributed.py``) the same loop trains one model over W processes: ``train.batch_size``
+is the global batch, each rank takes its contiguous chunk of it, gradients are all-reduced through the step
+context, and only rank 0 writes (config, checkpoints, curve, final model) while the others wait. Step counts are
+global batches, so a checkpoint resumes on any world size. Rank 0 draws from the same global RNG stream as one
+process would; rank r > 0 from its own seed, so attacks with random starts differ in their draws (not in
+distribution) from a one-process run; everything else — data order, augmentation, model initialisation — is the
+same.
 """
 
 from __future__ import annotations
@@ -43,8 +50,10 @@ from rome_bench.config import RunConfig, TrainConfig, resolve_device, validate
 from rome_bench.data import LoadedDataset, fetch_batch, load_dataset
 from rome_bench.errors import CheckpointError, TrainingError
 from rome_bench.models import build_family, create_model
+from rome_bench.provenance import training_provenance
 from rome_bench.training import recipes as _recipes  # noqa: F401  (registers the built-in recipes)
 from rome_bench.training.curve import TrainingCurve
+from rome_bench.training.distributed import Distributed, check_batches, local_slice, rank_seed
 from rome_bench.training.experts import load_expert_runs
 from rome_bench.training.finetune import load_initial_weights
 from rome_bench.training.recipe import Batch, Recipe, StepContext, StepResult, build_recipe
@@ -92,12 +101,18 @@ def epoch_permutation(num_examples: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(num_examples, generator=generator)
 
 
-def augment_batch(images: torch.Tensor, seed: int, step: int, padding: int = 4) -> torch.Tensor:
-    """Random crop (zero padding) and horizontal flip, drawn from a generator seeded by (seed, step)."""
+def augment_batch(images: torch.Tensor, seed: int, step: int, padding: int = 4, start: int = 0,
+                  global_size: int | None = None) -> torch.Tensor:
+    """Random crop (zero padding) and horizontal flip, drawn from a generator seeded by (seed, step).
+
+    The draws are made for the whole global batch (``global_size`` rows) and rows ``start …`` taken, so a rank's
+    chunk is augmented exactly as in a one-process run.
+    """
     generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
     batch, _, height, width = images.shape
-    flips = torch.rand(batch, generator=generator) < 0.5
-    shifts = torch.randint(0, 2 * padding + 1, (batch, 2), generator=generator)
+    drawn = global_size or batch
+    flips = (torch.rand(drawn, generator=generator) < 0.5)[start:start + batch]
+    shifts = torch.randint(0, 2 * padding + 1, (drawn, 2), generator=generator)[start:start + batch]
     padded = F.pad(images, (padding, padding, padding, padding))
     rows = (shifts[:, 0].view(-1, 1) + torch.arange(height)).to(images.device)
     cols = (shifts[:, 1].view(-1, 1) + torch.arange(width)).to(images.device)
@@ -108,12 +123,32 @@ def augment_batch(images: torch.Tensor, seed: int, step: int, padding: int = 4) 
 
 
 def train_step(recipe: Recipe, ctx: StepContext, optimizer: torch.optim.Optimizer, batch: Batch) -> StepResult:
-    """One optimizer step: the recipe fills the gradients; a non-finite loss leaves the weights untouched."""
+    """One optimizer step: the recipe fills the gradients; a non-finite loss leaves the weights untouched.
+
+    With several processes the result is the global batch's (losses and logs weighted by share, counts summed),
+    so every rank takes the same decision.
+    """
     optimizer.zero_grad(set_to_none=True)
-    result = recipe.update(ctx, batch)
+    result = global_result(ctx, recipe.update(ctx, batch))
     if torch.isfinite(result.loss.detach()).all():
         optimizer.step()
     return result
+
+
+def global_result(ctx: StepContext, result: StepResult) -> StepResult:
+    """The step's result over all ranks: loss and logs as share-weighted sums, correct counts summed."""
+    group = ctx.distributed
+    if not group.active:
+        return result
+    names, columns = list(result.logs), list(result.correct)  # the same recipe code: the same order on every rank
+    values = [float(result.loss.detach()) * ctx.share, *(result.logs[name] * ctx.share for name in names)]
+    for column in columns:
+        values.extend(float(count) for count in result.correct[column])
+    summed = group.sum_floats(values)
+    logs = dict(zip(names, summed[1:1 + len(names)], strict=True))
+    counts = summed[1 + len(names):]
+    correct = {column: (round(counts[2 * i]), round(counts[2 * i + 1])) for i, column in enumerate(columns)}
+    return StepResult(torch.tensor(summed[0]), logs, correct)
 
 
 class RunningMetrics:
@@ -228,14 +263,15 @@ def clear_run_dir(run_dir: Path) -> None:
 class Trainer:
     """Trains one run described by a RunConfig into ``run_dir``."""
 
-    def __init__(self, config: RunConfig, run_dir: Path, rank: int = 0, world_size: int = 1,
-                 progress: bool = True) -> None:
+    def __init__(self, config: RunConfig, run_dir: Path, progress: bool = True,
+                 distributed: Distributed | None = None) -> None:
         validate(config)
         self.config = config
         self.run_dir = run_dir
-        self.rank = rank
-        self.world_size = world_size
-        self.progress = progress and rank == 0
+        self.distributed = distributed or Distributed.from_env()  # torchrun's RANK/WORLD_SIZE, else one process
+        self.rank = self.distributed.rank
+        self.world_size = self.distributed.world_size
+        self.progress = progress and self.rank == 0
         self.family = build_family(config.model)  # unknown names and bad model.options fail here
         self.recipe: Recipe = build_recipe(config.train.recipe, config.train.options, config.threats,
                                            config.train.attack)
@@ -250,41 +286,56 @@ class Trainer:
 
     def fit(self, resume: bool = False, force: bool = False,
             on_step: Callable[[int], None] | None = None) -> Path:
-        """Train to the end; returns the final model's sidecar path. ``on_step(global_step)`` runs after each step."""
-        config = self.config
-        must_clear = check_run_dir(self.run_dir, config, resume, force) if self.writes else False
-        data = load_dataset(config.data.dataset, "train", config.data.data_dir, size=config.data.train_size,
-                            seed=config.train.seed)
+        """Train to the end; returns the final model's sidecar path. ``on_step(global_step)`` runs after each step.
+
+        Under torchrun every rank calls this; it joins the process group first and leaves it at the end.
+        """
+        self.device = self.distributed.start(self.device)
+        try:
+            return self._fit(resume, force, on_step)
+        finally:
+            self.distributed.stop()
+
+    def _fit(self, resume: bool, force: bool, on_step: Callable[[int], None] | None) -> Path:
+        config, group = self.config, self.distributed
+        must_clear = bool(group.on_main(lambda: check_run_dir(self.run_dir, config, resume, force)))
+        data = group.main_first(lambda: load_dataset(config.data.dataset, "train", config.data.data_dir,
+                                                     size=config.data.train_size, seed=config.train.seed))
+        check_batches(len(data.dataset), config.train.batch_size, self.world_size)
         torch.manual_seed(config.train.seed)
         model = create_model(config.model, data.info)
         self.expert_records = load_expert_runs(model, self.family, config, data.info)
         if config.model.init_from:
             load_initial_weights(model, config.model, data.info)
         model = model.to(self.device)
+        group.broadcast_model(model)
+        if self.rank > 0:  # rank 0 keeps the one-process stream; the others draw their own
+            torch.manual_seed(rank_seed(config.train.seed, self.rank, 0))
         parameters = self.recipe.parameters(model)
         optimizer = build_optimizer(parameters, config.train)
-        ctx = StepContext(model, parameters, self._routing_loss(self.recipe.routing_groups()))
+        ctx = StepContext(model, parameters, self._routing_loss(self.recipe.routing_groups()), group)
         costs = CostMeter(model, self.device)
         curve = TrainingCurve(config, self.run_dir, self.device) if config.train.eval_every and self.writes else None
-        if self.writes and not resume:
-            if must_clear:
-                clear_run_dir(self.run_dir)
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.run_dir / CONFIG_FILE, config.to_json())
+        if not resume:
+            group.on_main(lambda: self._start_run_dir(must_clear))
         global_step = self._restore(model, optimizer, costs) if resume else 0
         self._loop(ctx, optimizer, data, global_step, costs, curve, on_step)
         return self._save_final(model, data, costs)
+
+    def _start_run_dir(self, must_clear: bool) -> None:
+        if must_clear:
+            clear_run_dir(self.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.run_dir / CONFIG_FILE, self.config.to_json())
 
     def _routing_loss(self, num_threats: int) -> nn.Module | None:
         """λ·(the routing regulariser the family asks for); None for a family without one or with λ = 0."""
         loss = routing_loss_for(self.family.routing(self.config.model), self.config.model.rome, num_threats)
         return None if loss is None else loss.to(self.device)
 
-    def _shard(self, num_examples: int, epoch: int) -> torch.Tensor:
-        return epoch_permutation(num_examples, self.config.train.seed, epoch)[self.rank::self.world_size]
-
     def steps_per_epoch(self, num_examples: int) -> int:
-        return math.ceil(len(range(self.rank, num_examples, self.world_size)) / self.config.train.batch_size)
+        """Optimizer steps (global batches) per epoch: the same for every world size."""
+        return math.ceil(num_examples / self.config.train.batch_size)
 
     def _loop(self, ctx: StepContext, optimizer: torch.optim.Optimizer, data: LoadedDataset, global_step: int,
               costs: CostMeter, curve: TrainingCurve | None, on_step: Callable[[int], None] | None) -> None:
@@ -294,13 +345,15 @@ class Trainer:
         start_epoch, start_batch = divmod(global_step, per_epoch)
         for epoch in range(start_epoch, train.epochs):
             metrics.reset()
-            order = self._shard(len(data.dataset), epoch)
+            order = epoch_permutation(len(data.dataset), train.seed, epoch)
             batches = range(start_batch if epoch == start_epoch else 0, per_epoch)
             bar = tqdm(batches, desc=f"epoch {epoch + 1}/{train.epochs}", disable=not self.progress, leave=False,
                        file=sys.stderr)
             for batch in bar:
-                indices = order[batch * train.batch_size:(batch + 1) * train.batch_size]
-                images, labels = self._batch(data, indices, global_step)
+                batch_indices = order[batch * train.batch_size:(batch + 1) * train.batch_size]
+                indices, start = local_slice(batch_indices, self.rank, self.world_size)
+                ctx.share = len(indices) / len(batch_indices)
+                images, labels = self._batch(data, indices, global_step, start, len(batch_indices))
                 lr = learning_rate(train, global_step / per_epoch)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -312,7 +365,7 @@ class Trainer:
                 if curve is not None and global_step % train.eval_every == 0:
                     with costs.paused():
                         curve.record(ctx.model, global_step, costs.wall_seconds())
-                if self.writes and (global_step % train.checkpoint_every == 0 or batch == per_epoch - 1):
+                if global_step % train.checkpoint_every == 0 or batch == per_epoch - 1:
                     self._checkpoint(ctx.model, optimizer, global_step, epoch, metrics.summary(), data, costs)
                 if on_step is not None:
                     on_step(global_step)
@@ -331,13 +384,16 @@ class Trainer:
         raise TrainingError(f"training loss became {loss} at step {step} (lr {lr:.3g}); "
                             f"stopped, {kept}: lower train.lr (--lr) and train again with --force")
 
-    def _batch(self, data: LoadedDataset, indices: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _batch(self, data: LoadedDataset, indices: torch.Tensor, step: int, start: int = 0,
+               global_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = fetch_batch(data.dataset, indices)
         if self.config.data.augment:
-            images = augment_batch(images, self.config.train.seed, step)
+            images = augment_batch(images, self.config.train.seed, step, start=start, global_size=global_size)
         return images.to(self.device), labels.to(self.device)
 
     def _state_tensors(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+        """The training state; with several processes also every rank's RNG states (``rng.rank<r>.*``)."""
+        rng_states = self.distributed.gather_objects(_rng_states(self.device if self.world_size > 1 else None))
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
         for index, state in optimizer.state_dict()["state"].items():
             for key, value in state.items():
@@ -347,14 +403,30 @@ class Trainer:
         if torch.cuda.is_available():
             for index, state in enumerate(torch.cuda.get_rng_state_all()):
                 tensors[f"rng.cuda.{index}"] = state
+        for rank, states in enumerate(rng_states[1:], start=1):
+            tensors.update({f"rng.rank{rank}.{name}": state for name, state in states.items()})
         return tensors
 
     def _checkpoint(self, model: nn.Module, optimizer: torch.optim.Optimizer, global_step: int, epoch: int,
                     metrics: dict[str, float], data: LoadedDataset, costs: CostMeter) -> None:
-        metadata = self._metadata(data, epoch=epoch, metrics=metrics, train_cost=costs.summary())
-        metadata["param_groups"] = [{k: v for k, v in g.items() if k != "params"}
-                                    for g in optimizer.state_dict()["param_groups"]]
-        save_training_checkpoint(self.run_dir, global_step, self._state_tensors(model, optimizer), metadata)
+        """Every rank contributes (RNG states, image counts); rank 0 writes while the others wait."""
+        tensors = self._state_tensors(model, optimizer)
+        train_cost = self._train_cost(costs)
+
+        def write() -> None:
+            metadata = self._metadata(data, epoch=epoch, metrics=metrics, train_cost=train_cost)
+            metadata["param_groups"] = [{k: v for k, v in g.items() if k != "params"}
+                                        for g in optimizer.state_dict()["param_groups"]]
+            save_training_checkpoint(self.run_dir, global_step, tensors, metadata)
+
+        self.distributed.on_main(write)
+
+    def _train_cost(self, costs: CostMeter) -> dict[str, Any]:
+        """The cost summary with the images of all ranks (rank 0 carries the counts of earlier sessions)."""
+        summary = costs.summary()
+        forward, backward = self.distributed.sum_floats([costs.forward_images, costs.backward_images])
+        summary.update(forward_images=round(forward), backward_images=round(backward))
+        return summary
 
     def _restore(self, model: nn.Module, optimizer: torch.optim.Optimizer, costs: CostMeter) -> int:
         sidecar = latest_training_checkpoint(self.run_dir)
@@ -373,26 +445,58 @@ class Trainer:
         optimizer.load_state_dict({"state": state, "param_groups": groups})
         self.recipe.load_state_dict({k.removeprefix("recipe."): v for k, v in tensors.items()
                                      if k.startswith("recipe.")})
-        costs.restore(metadata.get("train_cost") or {})
-        torch.set_rng_state(tensors["rng.cpu"])
-        cuda_states = [tensors[k] for k in sorted(tensors, key=_device_index) if k.startswith("rng.cuda.")]
-        if cuda_states and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(cuda_states)
-        return int(metadata["step"])
+        step = int(metadata["step"])
+        saved_cost = metadata.get("train_cost") or {}
+        if self.rank > 0:  # the counts so far are rank 0's to carry (they are summed over the ranks when saved)
+            saved_cost = {"wall_seconds": saved_cost.get("wall_seconds", 0.0)}
+        costs.restore(saved_cost)
+        self._restore_rng(tensors, int(metadata.get("world_size", 1)), step)
+        return step
+
+    def _restore_rng(self, tensors: dict[str, torch.Tensor], saved_world_size: int, step: int) -> None:
+        """Rank 0 continues the saved stream; rank r > 0 its own when the world size is unchanged, else a fresh
+        seed (resuming on another world size continues the run, not bit for bit)."""
+        if self.rank == 0:
+            torch.set_rng_state(tensors["rng.cpu"])
+            cuda_states = [tensors[k] for k in sorted(tensors, key=_device_index) if k.startswith("rng.cuda.")]
+            if cuda_states and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(cuda_states)
+            return
+        prefix = f"rng.rank{self.rank}."
+        if saved_world_size != self.world_size or f"{prefix}cpu" not in tensors:
+            torch.manual_seed(rank_seed(self.config.train.seed, self.rank, step))
+            return
+        torch.set_rng_state(tensors[f"{prefix}cpu"])
+        if f"{prefix}cuda" in tensors and self.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors[f"{prefix}cuda"], self.device)
 
     def _metadata(self, data: LoadedDataset, **extra: Any) -> dict[str, Any]:
         return {"method": self.config.method, "recipe": self.config.train.recipe,
                 "family": self.config.model.family, "config": self.config.to_dict(), "git_commit": git_commit(),
-                "data_fingerprint": data.fingerprint, "data_source": data.source,
+                "data_fingerprint": data.fingerprint, "data_source": data.source, "world_size": self.world_size,
+                "provenance": training_provenance(self.device, self.world_size, self.distributed.backend),
                 **({"experts": self.expert_records} if self.expert_records else {}), **extra}
 
     def _save_final(self, model: nn.Module, data: LoadedDataset, costs: CostMeter) -> Path:
-        path = self.run_dir / f"{MODEL_STEM}.json"
-        if self.writes:
+        train_cost = self._train_cost(costs)
+
+        def write() -> None:
             metadata = self._metadata(data, epoch=self.config.train.epochs, dataset=data.info.name,
-                                      num_classes=data.info.num_classes, train_cost=costs.summary())
-            path = save_tensors_with_sidecar(self.run_dir, MODEL_STEM, model.state_dict(), metadata)
-        return path
+                                      num_classes=data.info.num_classes, train_cost=train_cost)
+            save_tensors_with_sidecar(self.run_dir, MODEL_STEM, model.state_dict(), metadata)
+
+        self.distributed.on_main(write)
+        return self.run_dir / f"{MODEL_STEM}.json"
+
+
+def _rng_states(device: torch.device | None) -> dict[str, torch.Tensor]:
+    """This process's CPU RNG state and, on a GPU rank, its device's (``device`` None: not needed)."""
+    if device is None:
+        return {}
+    states = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
 
 
 def _device_index(key: str) -> int:

@@ -85,24 +85,29 @@ class ExtremeNormAT(Recipe):
     def build_threats(self) -> list[Threat]:
         return training_threats(self.threat_config, self.attack_kind, norms=E_AT_NORMS)
 
-    def choose_threat(self, step: int) -> int:
-        """The threat id of this batch: alternate by step, or one draw from the global torch RNG."""
+    def choose_threat(self, step: int, ctx: StepContext | None = None) -> int:
+        """The threat id of this batch: alternate by step, or one draw from the global torch RNG (with several
+        processes rank 0's draw, the one-process stream's, so that every rank attacks its chunk with one norm)."""
         if self.options.schedule == "alternate":
             return L1 if step % 2 == 0 else LINF
-        return L1 if float(torch.rand(())) < l1_probability(self.robust_correct, self.robust_seen) else LINF
+        draw = float(torch.rand(()))
+        if ctx is not None:
+            draw = ctx.rank0_value(draw)
+        return L1 if draw < l1_probability(self.robust_correct, self.robust_seen) else LINF
 
     def loss(self, ctx: StepContext, batch: Batch) -> StepResult:
         images, labels = batch.images, batch.labels
         clean_correct = int((ctx.eval_logits(images).argmax(1) == labels).sum())
-        threat_id = self.choose_threat(batch.step)
+        threat_id = self.choose_threat(batch.step, ctx)
         threat = self.threats()[threat_id]
         logits = ctx.forward(ctx.attack(threat, images, labels))
         loss = F.cross_entropy(logits, labels)
         routing = ctx.routing_loss(torch.full_like(labels, threat_id))
         total = loss + routing if routing is not None else loss
         robust = int((logits.argmax(1) == labels).sum())
-        self.robust_correct[threat_id] += robust
-        self.robust_seen[threat_id] += len(labels)
+        robust_total, seen_total = ctx.global_sum([robust, len(labels)])  # the running counts of the global batches
+        self.robust_correct[threat_id] += robust_total
+        self.robust_seen[threat_id] += seen_total
         logs = {"adv_loss": float(loss.detach()), "l1_batches": float(threat_id == L1)}
         if routing is not None:
             logs["routing"] = float(routing.detach())

@@ -85,13 +85,18 @@ def most_vulnerable_pair(correct: list[int]) -> tuple[int, int]:
     return order[1], order[0]
 
 
-def logit_pairing_loss(logits_q: torch.Tensor, logits_r: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean over S = {argmax logits_q = y} of KL(softmax logits_q ‖ softmax logits_r); 0 when S is empty."""
+def logit_pairing_loss(logits_q: torch.Tensor, logits_r: torch.Tensor, labels: torch.Tensor,
+                       denominator: float | None = None) -> torch.Tensor:
+    """Mean over S = {argmax logits_q = y} of KL(softmax logits_q ‖ softmax logits_r); 0 when S is empty.
+
+    ``denominator`` replaces |S| (with several processes: |S| of the global batch times this rank's share, so the
+    trainer's share-weighted sum of the ranks' terms is the global batch's mean).
+    """
     kept = (logits_q.argmax(dim=1) == labels).detach()
     log_q = F.log_softmax(logits_q[kept], dim=1)
     log_r = F.log_softmax(logits_r[kept], dim=1)
     per_example = (log_q.exp() * (log_q - log_r)).sum(dim=1)
-    return per_example.sum() / kept.sum().clamp_min(1)
+    return per_example.sum() / (kept.sum().clamp_min(1) if denominator is None else denominator)
 
 
 def project_positive(adversarial: torch.Tensor, natural: torch.Tensor, rule: str) -> torch.Tensor:
@@ -150,6 +155,15 @@ class RAMPRecipe(Recipe):
         correct = int((logits.argmax(1) == batch.labels).sum())
         return StepResult(loss, {"nat_loss": float(loss.detach())}, {"nat": (correct, len(batch.labels))})
 
+    @staticmethod
+    def pairing(ctx: StepContext, logits_q: torch.Tensor, logits_r: torch.Tensor, labels: torch.Tensor
+                ) -> torch.Tensor:
+        """The logit-pairing loss, S taken over the global batch (one process: this batch)."""
+        if not ctx.distributed.active:
+            return logit_pairing_loss(logits_q, logits_r, labels)
+        kept = float((logits_q.argmax(dim=1) == labels).sum())
+        return logit_pairing_loss(logits_q, logits_r, labels, max(ctx.global_sum([kept])[0], 1.0) * ctx.share)
+
     def adversarial_step(self, ctx: StepContext, batch: Batch, with_natural: bool = False
                          ) -> tuple[StepResult, torch.Tensor | None]:
         """Attacks, the pair (q, r), L_adv (+ routing loss); with ``with_natural`` first the clean forward's CE."""
@@ -159,12 +173,12 @@ class RAMPRecipe(Recipe):
         clean_correct = int((ctx.eval_logits(images).argmax(1) == labels).sum())
         adversarial = [ctx.attack(threat, images, labels) for threat in threats]
         correct = [int((ctx.eval_logits(x).argmax(1) == labels).sum()) for x in adversarial]
-        q, r = most_vulnerable_pair(correct)
+        q, r = most_vulnerable_pair([round(count) for count in ctx.global_sum(correct)])  # the global batch's pair
         natural_loss = F.cross_entropy(ctx.forward(images), labels) if with_natural else None
         logits_q, logits_r = ctx.forward(torch.cat([adversarial[q], adversarial[r]])).split(size)
         worst = torch.maximum(F.cross_entropy(logits_q, labels, reduction="none"),
                               F.cross_entropy(logits_r, labels, reduction="none")).mean()
-        pairing = logit_pairing_loss(logits_q, logits_r, labels)
+        pairing = self.pairing(ctx, logits_q, logits_r, labels)
         total = worst + self.options.pairing_weight * pairing
         threat_ids = torch.cat([torch.full_like(labels, q), torch.full_like(labels, r)])
         routing = ctx.routing_loss(threat_ids)

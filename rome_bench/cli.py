@@ -483,7 +483,7 @@ class ShardingRequest:
                 typer.echo("only some threats were run: the suite's leaderboard row appears once all have been")
 
     def _provenance(self, run: LoadedRun, device: torch.device, world_size: int) -> dict[str, object]:
-        from rome_bench.evaluation.provenance import evaluation_provenance
+        from rome_bench.provenance import evaluation_provenance
 
         return {**evaluation_provenance(run.model, device, world_size, self.executor), "shards": self.shards}
 

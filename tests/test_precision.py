@@ -55,7 +55,7 @@ def test_bf16_attack_runs_in_bf16_and_is_as_strong_as_fp32(undefended_model, cor
 
 def test_stored_decisions_are_fp32_under_bf16_and_provenance_says_bf16(tmp_path, undefended_model,
                                                                          synthetic_test) -> None:
-    from rome_bench.evaluation.provenance import evaluation_provenance
+    from rome_bench.provenance import evaluation_provenance
 
     ids = list(range(32))
     stores = {}

@@ -128,8 +128,9 @@ def test_local_shards_equal_one_process_and_merging_again_adds_nothing(cli_main,
     assert again.returncode == 0 and "merged 0 units" in again.stdout
     assert set(examples_counted(store).values()) == {N_EXAMPLES}
     (record,) = provenance_records(store)
-    assert (record["world_size"], record["executor"], record["shards"], record["device"]) == (1, "local", 3, "cpu")
-    assert record["dtype"] == "float32" and record["amp"] == "off" and "matmul" in record["tf32"]
+    assert (record["world_size"], record["executor"], record["shards"]) == (1, "local", 3)
+    assert record["device"].startswith("cpu")
+    assert record["dtype"] == "float32" and record["amp"] == "off" and "tf32_matmul" in record
     assert record["versions"]["torch"] and "git_commit" in record
 
 

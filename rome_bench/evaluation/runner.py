@@ -25,12 +25,12 @@ from rome_bench.checkpoint import load_final_weights, read_run_config, run_model
 from rome_bench.config import PRECISIONS, RunConfig
 from rome_bench.data import DatasetInfo, LoadedDataset, fetch_batch
 from rome_bench.errors import CheckpointError, ConfigError, ModelOutputError, ThreatOutputError
-from rome_bench.evaluation.provenance import evaluation_provenance
 from rome_bench.evaluation.store import FULL, UNION_ONLY, BatchCost, ResultStore
 from rome_bench.evaluation.validity import batch_model_flags, refresh_computed_flags
 from rome_bench.models import content_hash, create_model
 from rome_bench.models.external import state_dict_mismatch
 from rome_bench.models.gates import set_inference_variant
+from rome_bench.provenance import evaluation_provenance
 from rome_bench.threats import Clean, Threat
 
 

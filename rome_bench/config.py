@@ -142,6 +142,7 @@ class TrainConfig:
     eval_every: int = 0  # every N steps: union robustness of a fixed test subset under the ℓp PGD (0 = never)
     eval_examples: int = 64  # size of that subset (the first of the seeded test permutation)
     device: str = "auto"
+    precision: str = "fp32"  # bf16: autocast around the model's forward passes and the training attacks
 
 
 @dataclass
@@ -474,6 +475,8 @@ def validate(config: RunConfig) -> None:
         (train.eval_every >= 0, "train.eval_every must be >= 0 (0: no training curve)"),
         (1 <= train.eval_examples <= MAX_BATCH, f"train.eval_examples must be between 1 and {MAX_BATCH}"),
         (config.model.patch_size >= 1, "model.patch_size must be >= 1"),
+        (train.precision in PRECISIONS, f"train.precision must be one of {', '.join(PRECISIONS)} "
+                                        f"(got '{train.precision}')"),
         (config.model.normalisation in NORMALISATIONS,
          f"model.normalisation must be one of {', '.join(NORMALISATIONS)} (got '{config.model.normalisation}')"),
         (is_device_name(config.train.device), f"train.device must be {DEVICE_NAMES}"),

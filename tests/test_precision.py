@@ -75,3 +75,45 @@ def test_unknown_precision_is_one_clear_error(cli_main) -> None:
     result = cli_main("eval", "--run", "nowhere", "--precision", "fp16")
     assert result.returncode != 0
     assert "--precision takes fp32 | bf16 (got 'fp16')" in result.stderr or "does not exist" in result.stderr
+
+
+def bf16_config():
+    from tests.test_training import tiny_config
+
+    config = tiny_config("rome+max")
+    config.train.precision = "bf16"
+    return config
+
+
+def test_bf16_training_autocasts_forwards_keeps_fp32_weights_resumes_exactly_and_records_it(tmp_path,
+                                                                                             monkeypatch) -> None:
+    import json
+
+    from safetensors.torch import load_file
+
+    from rome_bench.training import trainer as trainer_module
+    from tests.test_training import Killed, kill_at
+
+    seen: list[torch.dtype] = []
+    original = trainer_module.train_step
+
+    def watched_step(recipe, ctx, optimizer, batch):
+        with OutputDtypes(ctx.model) as dtypes:
+            result = original(recipe, ctx, optimizer, batch)
+        seen.extend(dtypes.dtypes)
+        assert all(p.dtype == torch.float32 for p in ctx.model.parameters())
+        assert all(p.grad is None or p.grad.dtype == torch.float32 for p in ctx.model.parameters())
+        return result
+
+    with monkeypatch.context() as patch:
+        patch.setattr(trainer_module, "train_step", watched_step)
+        unbroken = trainer_module.Trainer(bf16_config(), tmp_path / "unbroken", progress=False).fit()
+    assert set(seen) == {torch.bfloat16}  # every Linear of every forward (attacks and update) ran in bf16
+    with pytest.raises(Killed):
+        trainer_module.Trainer(bf16_config(), tmp_path / "broken", progress=False).fit(on_step=kill_at(9))
+    resumed = trainer_module.Trainer(bf16_config(), tmp_path / "broken", progress=False).fit(resume=True)
+    expected, actual = load_file(unbroken.with_suffix(".safetensors")), load_file(resumed.with_suffix(".safetensors"))
+    assert all(torch.equal(expected[name], actual[name]) and actual[name].dtype == torch.float32 for name in expected)
+    assert all(torch.isfinite(tensor).all() for tensor in actual.values())
+    sidecar = json.loads(resumed.read_text())
+    assert sidecar["provenance"]["amp"] == "bfloat16" and sidecar["config"]["train"]["precision"] == "bf16"

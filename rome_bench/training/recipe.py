@@ -23,6 +23,7 @@ survive a resume (e.g. a running estimate) goes through ``state_dict``/``load_st
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,28 +60,39 @@ class StepContext:
     """What a recipe may do to the model during one step (built once per run by the trainer)."""
 
     def __init__(self, model: nn.Module, parameters: list[nn.Parameter], routing_loss: nn.Module | None,
-                 distributed: Distributed | None = None) -> None:
+                 distributed: Distributed | None = None, precision: str = "fp32") -> None:
         self.model = model
         self.parameters = parameters
         self._routing_loss = routing_loss
         self.distributed = distributed or Distributed()
         self.share = 1.0  # this rank's fraction n_r/N of the global batch (set by the trainer every step)
+        self.precision = precision
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast around the model's forward passes (``train.precision = bf16``); backward runs outside it,
+        and the weights, optimizer state and gradients stay fp32."""
+        if self.precision == "bf16":
+            device = next(iter(self.model.parameters())).device
+            return torch.autocast(device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def attack(self, threat: Threat, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Adversarial examples of ``threat`` with the model in eval mode (detached)."""
+        """Adversarial examples of ``threat`` with the model in eval mode (detached, fp32)."""
         self.model.eval()
-        return threat(self.model, images, labels).detach()
+        with self._autocast():
+            return threat(self.model, images, labels).detach().float()
 
     def eval_logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits in eval mode without a graph (clean accuracy, vulnerability estimates)."""
+        """Logits in eval mode without a graph (clean accuracy, vulnerability estimates), as fp32."""
         self.model.eval()
-        with torch.no_grad():
-            return self.model(images)
+        with torch.no_grad(), self._autocast():
+            return self.model(images).float()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits in train mode, with a graph: the forward of the update."""
+        """Logits in train mode, with a graph: the forward of the update (fp32 logits: the loss is taken in fp32)."""
         self.model.train()
-        return self.model(images)
+        with self._autocast():
+            return self.model(images).float()
 
     @property
     def has_routing_loss(self) -> bool:

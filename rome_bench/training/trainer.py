@@ -313,7 +313,8 @@ class Trainer:
             torch.manual_seed(rank_seed(config.train.seed, self.rank, 0))
         parameters = self.recipe.parameters(model)
         optimizer = build_optimizer(parameters, config.train)
-        ctx = StepContext(model, parameters, self._routing_loss(self.recipe.routing_groups()), group)
+        ctx = StepContext(model, parameters, self._routing_loss(self.recipe.routing_groups()), group,
+                          config.train.precision)
         costs = CostMeter(model, self.device)
         curve = TrainingCurve(config, self.run_dir, self.device) if config.train.eval_every and self.writes else None
         if not resume:
@@ -474,7 +475,8 @@ class Trainer:
         return {"method": self.config.method, "recipe": self.config.train.recipe,
                 "family": self.config.model.family, "config": self.config.to_dict(), "git_commit": git_commit(),
                 "data_fingerprint": data.fingerprint, "data_source": data.source, "world_size": self.world_size,
-                "provenance": training_provenance(self.device, self.world_size, self.distributed.backend),
+                "provenance": training_provenance(self.device, self.world_size, self.distributed.backend,
+                                                  "bfloat16" if self.config.train.precision == "bf16" else "off"),
                 **({"experts": self.expert_records} if self.expert_records else {}), **extra}
 
     def _save_final(self, model: nn.Module, data: LoadedDataset, costs: CostMeter) -> Path:

@@ -297,9 +297,10 @@ def _correct_under_threat(model: nn.Module, threat: Threat, images: torch.Tensor
         chosen_ids = [ids[i] for i in chosen.tolist()]
         extra = {"example_ids": chosen_ids} if threat.uses_example_ids else {}
         perturbed = threat(model, clean, chosen_labels, **extra)
-        verify_threat_output(threat, clean, perturbed.detach().float(), chosen_ids)
+        perturbed = perturbed.detach().to(clean.dtype)
+        verify_threat_output(threat, clean, perturbed, chosen_ids)
         with full_precision(clean):
-            correct[chosen] = (model(perturbed.float()).argmax(1) == chosen_labels).cpu()
+            correct[chosen] = (model(perturbed).argmax(1) == chosen_labels).cpu()
     return correct, int(attacked.sum())
 
 

@@ -76,23 +76,27 @@ class StepContext:
             return torch.autocast(device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def _full(self, logits: torch.Tensor) -> torch.Tensor:
+        """bf16 logits back in fp32 (losses are taken in fp32); any other dtype as it is."""
+        return logits.float() if logits.dtype == torch.bfloat16 else logits
+
     def attack(self, threat: Threat, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Adversarial examples of ``threat`` with the model in eval mode (detached, fp32)."""
+        """Adversarial examples of ``threat`` with the model in eval mode (detached, in the images' dtype)."""
         self.model.eval()
         with self._autocast():
-            return threat(self.model, images, labels).detach().float()
+            return threat(self.model, images, labels).detach().to(images.dtype)
 
     def eval_logits(self, images: torch.Tensor) -> torch.Tensor:
         """Logits in eval mode without a graph (clean accuracy, vulnerability estimates), as fp32."""
         self.model.eval()
         with torch.no_grad(), self._autocast():
-            return self.model(images).float()
+            return self._full(self.model(images))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits in train mode, with a graph: the forward of the update (fp32 logits: the loss is taken in fp32)."""
         self.model.train()
         with self._autocast():
-            return self.model(images).float()
+            return self._full(self.model(images))
 
     @property
     def has_routing_loss(self) -> bool:

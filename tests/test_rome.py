@@ -110,17 +110,19 @@ def test_frozen_inference_reuses_the_joined_weight_until_a_weight_changes():
     for module in mixtures:
         torch.nn.init.normal_(module.lora_B, std=0.1)
     images = torch.rand(4, 3, 32, 32)
-    trained = model(images)  # gradients can reach W and B: concatenated afresh, nothing cached
+    with torch.no_grad():
+        trainable = model(images)  # trainable weights: concatenated afresh every call, nothing cached
     assert all(getattr(m, "_joined_cache", None) is None for m in mixtures)
+    model.requires_grad_(False)  # frozen, as evaluation loads it
     with torch.no_grad():
         first = model(images)
         kept = [m._joined_cache[1] for m in mixtures]
         assert torch.equal(model(images), first)
         assert all(m._joined_cache[1] is k for m, k in zip(mixtures, kept, strict=True))
-        mixtures[0].lora_B.mul_(3)  # an optimizer step: in place
-        mixtures[1].base.weight = torch.nn.Parameter(mixtures[1].base.weight * 0.5)  # replaced
+        mixtures[0].lora_B.mul_(3)  # changed in place
+        mixtures[1].base.weight = torch.nn.Parameter(mixtures[1].base.weight * 0.5, requires_grad=False)  # replaced
         changed = model(images)
-    assert torch.allclose(trained, first, atol=1e-6)
+    assert torch.allclose(trainable, first, atol=1e-6)
     model.requires_grad_(True)
     assert torch.allclose(model(images), changed, atol=1e-6) and not torch.allclose(changed, first)
     model.requires_grad_(False)  # an attack on a frozen model: the cache serves, and the input still gets a gradient

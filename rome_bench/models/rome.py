@@ -208,10 +208,11 @@ class LoRAExpertMixture(nn.Module):
         return output.reshape(*shape[:-1], output.shape[-1])
 
     def _joined_weight(self) -> torch.Tensor:
-        """[W, B]; while no gradient can reach W or B (inference, attacks on a frozen model) the concatenation is
-        kept and reused until either tensor changes (in place or replaced), instead of being copied every call."""
+        """[W, B]; for a frozen model (no ``requires_grad``: evaluation, attacks on it) the concatenation is kept and
+        reused until either tensor is replaced or changed in place, instead of being copied every call. A trainable
+        model concatenates every call: fused optimizers update weights in place without bumping their version."""
         tensors = (self.base.weight, self.lora_B)
-        if torch.is_grad_enabled() and any(tensor.requires_grad for tensor in tensors):
+        if any(tensor.requires_grad for tensor in tensors):
             return torch.cat(tensors, dim=1)
         key = tuple((tensor.data_ptr(), tensor._version, tensor.dtype, tensor.device) for tensor in tensors)
         cached = getattr(self, "_joined_cache", None)

@@ -33,7 +33,8 @@ Columns:
 * ``step ms``: one training step on a batch: forward, cross-entropy on the *clean* images, backward, AdamW step
   (``build_optimizer``: fused AdamW). An adversarial step adds ``steps`` forward+backward passes for the attack,
   which cost about the same ratio to plain as this step does; the paper's "train time / iter" is that whole step.
-* ``ms/img batched``: inference latency per image at ``--batch-size`` (no grad, eval mode).
+* ``ms/img batched``: inference latency per image at ``--batch-size`` (no grad, eval mode, parameters frozen as
+  evaluation loads a model: RoME then reuses its joined [W, B] weights).
 * ``ms batch-1``: inference latency of one image (the mean of ``--single-iters`` calls per repeat).
 
 Timings alternate between the variants in every repeat (plain, rome, moe-ffn, adapter, plain, …) so that drift in
@@ -194,9 +195,16 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch
 
 
 def inference(model: nn.Module, images: torch.Tensor) -> Callable[[], None]:
+    """One no-grad forward of the model frozen, as evaluation loads it (frozen-model shortcuts apply)."""
     def run() -> None:
-        with torch.no_grad():
-            model(images)
+        trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+        model.requires_grad_(False)
+        try:
+            with torch.no_grad():
+                model(images)
+        finally:
+            for parameter in trainable:
+                parameter.requires_grad_(True)
 
     return run
 

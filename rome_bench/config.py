@@ -435,6 +435,22 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def check_bf16(device: torch.device) -> None:
+    """Raise one ConfigError line when this device's kernels cannot run a bf16 attention forward and backward
+    (PyTorch's CPU attention kernel needs AVX512 for bf16; GPUs from Ampere on have bf16)."""
+    import torch
+    import torch.nn.functional as F
+
+    try:
+        query = torch.rand(1, 1, 65, 16, device=device, requires_grad=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            F.scaled_dot_product_attention(query, query, query).sum().backward()
+    except RuntimeError as error:
+        reason = str(error).splitlines()[0]
+        raise ConfigError(f"bf16 does not run on this {device.type} ({reason}); use precision fp32 here, or a GPU "
+                          f"with bf16 (Ampere or later)") from error
+
+
 TF32_VARIABLE = "ROME_BENCH_TF32"  # 0 keeps float32 matmuls in full precision on Ampere and later GPUs
 
 

@@ -15,6 +15,21 @@ from rome_bench.threats import L2PGD, Clean, LinfPGD
 CPU = torch.device("cpu")
 
 
+def bf16_unsupported() -> str | None:
+    """Why this CPU cannot run bf16 (PyTorch's CPU attention needs AVX512 for it), or None."""
+    from rome_bench.config import check_bf16
+    from rome_bench.errors import ConfigError
+
+    try:
+        check_bf16(CPU)
+    except ConfigError as error:
+        return str(error)
+    return None
+
+
+needs_bf16 = pytest.mark.skipif(bf16_unsupported() is not None, reason=f"{bf16_unsupported()}")
+
+
 class OutputDtypes:
     """Records the dtype of every Linear output of a model while active."""
 
@@ -42,6 +57,7 @@ def robust_accuracy(model, threat, images, labels, precision: str) -> tuple[floa
         return float((model(adversarial).argmax(1) == labels).float().mean()), set(seen.dtypes)
 
 
+@needs_bf16
 @pytest.mark.parametrize("threat", [LinfPGD(1 / 255, steps=10), L2PGD(0.1, steps=10)], ids=["linf", "l2"])
 def test_bf16_attack_runs_in_bf16_and_is_as_strong_as_fp32(undefended_model, correct_batch, threat) -> None:
     images, labels = correct_batch
@@ -53,6 +69,7 @@ def test_bf16_attack_runs_in_bf16_and_is_as_strong_as_fp32(undefended_model, cor
     assert abs(half - full) <= noise + 1 / len(labels), (full, half)
 
 
+@needs_bf16
 def test_stored_decisions_are_fp32_under_bf16_and_provenance_says_bf16(tmp_path, undefended_model,
                                                                          synthetic_test) -> None:
     from rome_bench.provenance import evaluation_provenance
@@ -71,6 +88,25 @@ def test_stored_decisions_are_fp32_under_bf16_and_provenance_says_bf16(tmp_path,
     assert stores["fp32"] == stores["bf16"]
 
 
+def test_bf16_where_the_kernels_lack_it_is_one_clear_error(tmp_path) -> None:
+    """Where bf16 attention cannot run (a CPU without AVX512 kernels), eval --precision bf16 fails in one line."""
+    import os
+    import subprocess
+    import sys
+
+    environment = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}  # read at start-up: a fresh interpreter
+    probe = subprocess.run([sys.executable, "-c", "import torch; from rome_bench.config import check_bf16; "
+                            "check_bf16(torch.device('cpu'))"], capture_output=True, env=environment)
+    if probe.returncode == 0:
+        pytest.skip("this CPU runs bf16 attention even with ATEN_CPU_CAPABILITY=default")
+    result = subprocess.run([sys.executable, "-m", "rome_bench", "eval", "--run", str(tmp_path / "nowhere"),
+                             "--precision", "bf16", "--device", "cpu"], capture_output=True, text=True,
+                            env=environment)
+    assert "bf16 does not run on this cpu" in result.stderr
+    assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "use precision fp32 here" in result.stderr
+
+
 def test_unknown_precision_is_one_clear_error(cli_main) -> None:
     result = cli_main("eval", "--run", "nowhere", "--precision", "fp16")
     assert result.returncode != 0
@@ -85,6 +121,7 @@ def bf16_config():
     return config
 
 
+@needs_bf16
 def test_bf16_training_autocasts_forwards_keeps_fp32_weights_resumes_exactly_and_records_it(tmp_path,
                                                                                              monkeypatch) -> None:
     import json

@@ -22,7 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from rome_bench.checkpoint import load_final_weights, read_run_config, run_model_hash
-from rome_bench.config import PRECISIONS, RunConfig
+from rome_bench.config import PRECISIONS, RunConfig, check_bf16
 from rome_bench.data import DatasetInfo, LoadedDataset, fetch_batch
 from rome_bench.errors import CheckpointError, ConfigError, ModelOutputError, ThreatOutputError
 from rome_bench.evaluation.store import FULL, UNION_ONLY, BatchCost, ResultStore
@@ -129,6 +129,7 @@ def attack_precision(precision: str, device: torch.device) -> contextlib.Abstrac
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision takes {' | '.join(PRECISIONS)} (got '{precision}')")
     if precision == "bf16":
+        check_bf16(device)
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

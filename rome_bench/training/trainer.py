@@ -46,7 +46,7 @@ from rome_bench.checkpoint import (
     save_tensors_with_sidecar,
     save_training_checkpoint,
 )
-from rome_bench.config import RunConfig, TrainConfig, resolve_device, validate
+from rome_bench.config import RunConfig, TrainConfig, check_bf16, resolve_device, validate
 from rome_bench.data import LoadedDataset, fetch_batch, load_dataset
 from rome_bench.errors import CheckpointError, TrainingError
 from rome_bench.models import build_family, create_model
@@ -278,6 +278,8 @@ class Trainer:
         self.recipe.check_family(config.model.family)
         self.recipe.threats()  # a recipe that cannot build its threats fails here, before anything is written
         self.device = resolve_device(config.train.device)
+        if config.train.precision == "bf16":
+            check_bf16(self.device)  # before anything is written
         self.expert_records: list[dict[str, Any]] = []  # the expert runs loaded (DWF, MORE), for the sidecar
 
     @property

@@ -95,10 +95,12 @@ def wrap_module(model: nn.Module, preset: str = "cifar10", label: str | None = N
 def benchmark(model: LoadedRun | nn.Module | str | Path, suite: str = "seen", n_examples: int | None = None,
               dataset: str | None = None, data_dir: str | None = None, store: str | Path | None = None,
               device: str = "auto", batch_size: int = 128, threats: Sequence[str] = (), label: str | None = None,
-              preset: str = "cifar10", progress: bool = True, precision: str = "fp32") -> Results:
+              preset: str = "cifar10", progress: bool = True, precision: str = "fp32",
+              compile_backend: str | None = None) -> Results:
     """Evaluate ``model`` on every threat of ``suite`` over a fixed seeded test subset; per-example results go to
     ``store`` (a SQLite file; None = a temporary one that lives as long as the returned :class:`Results`).
-    ``precision="bf16"`` runs the attacks under bf16 autocast (classification stays fp32)."""
+    ``precision="bf16"`` runs the attacks under bf16 autocast (classification stays fp32); ``compile_backend``
+    (e.g. ``"inductor"``) evaluates a ``torch.compile``d model at ``batch_size`` rows (``models/compiled.py``)."""
     from rome_bench.evaluation.suites import SUITES
 
     loaded = model if _is_loaded(model) else (
@@ -106,6 +108,10 @@ def benchmark(model: LoadedRun | nn.Module | str | Path, suite: str = "seen", n_
     chosen = SUITES.get(suite)
     torch_device = resolve_device(device)
     loaded.model.to(torch_device).eval()
+    if compile_backend is not None:
+        from rome_bench.evaluation.runner import compiled_run
+
+        loaded = compiled_run(loaded, compile_backend, batch_size)
     data = test_data(loaded, dataset, data_dir)
     owner = None if store is not None else tempfile.TemporaryDirectory(prefix="rome-bench-")
     store_path = Path(store) if store is not None else Path(owner.name) / "results.sqlite"  # type: ignore[union-attr]

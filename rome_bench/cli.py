@@ -281,11 +281,15 @@ def evaluate(
     precision: Annotated[str, typer.Option(
         help="Attack arithmetic: fp32 | bf16 (autocast around the attacks' forward and backward passes; clean and "
              "adversarial images are still classified in fp32). Recorded in each result's provenance.")] = "fp32",
+    compile_backend: Annotated[str | None, typer.Option(
+        "--compile", help="torch.compile the model with this backend (inductor on a GPU) for --batch-size rows; "
+                          "smaller attack batches are zero-padded, so it never recompiles. Recorded in provenance."
+    )] = None,
 ) -> None:
     """Evaluate a trained run (or --model-file) on every threat of a suite; results go to the store per example."""
     from rome_bench.api import default_label, evaluate_into, plan
     from rome_bench.config import resolve_device
-    from rome_bench.evaluation.runner import attack_precision, with_gating_variant
+    from rome_bench.evaluation.runner import attack_precision, compiled_run, with_gating_variant
     from rome_bench.evaluation.store import ResultStore
     from rome_bench.evaluation.suites import SUITES
 
@@ -310,6 +314,8 @@ def evaluate(
     if gating_variant is not None and route_to_expert is not None:
         raise ConfigError("--gating-variant and --route-to-expert exclude each other: give one")
     loaded, data = _load_model_and_data(run, model_file, weights, preset_name, data_dir, torch_device, model_dir)
+    if compile_backend is not None:
+        loaded = compiled_run(loaded, compile_backend, batch_size)
     variants = route_variants(loaded.model, route_to_expert) if route_to_expert is not None else [gating_variant]
     threats, ids = plan(loaded, chosen_suite, data, n_examples, threat or [])
     if corruptions_dir is not None:

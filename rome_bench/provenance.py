@@ -72,4 +72,7 @@ def evaluation_provenance(model: nn.Module, device: torch.device, world_size: in
     record = {"world_size": world_size, "executor": executor, "device": device_description(device),
               **precision(device), "versions": library_versions(), "git_commit": git_commit()}
     record["dtype"] = str(parameter.dtype).removeprefix("torch.") if parameter is not None else None
+    from rome_bench.models.compiled import FixedBatchCompiled
+
+    record["compile"] = model.backend if isinstance(model, FixedBatchCompiled) else "off"
     return record

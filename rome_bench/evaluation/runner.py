@@ -68,6 +68,19 @@ def load_run(run_dir: Path, info: DatasetInfo, device: torch.device) -> LoadedRu
     return LoadedRun(model, config, metadata, model_hash, run_dir, config.method)
 
 
+def compiled_run(run: LoadedRun, backend: str, batch_size: int) -> LoadedRun:
+    """The run with its model compiled by ``torch.compile(backend=...)`` for ``batch_size`` rows (same hash: the
+    compiled model computes the same function; see ``models/compiled.py``)."""
+    import torch._dynamo
+
+    from rome_bench.models.compiled import FixedBatchCompiled
+
+    backends = torch._dynamo.list_backends(exclude_tags=())  # with the debugging ones (eager, aot_eager)
+    if backend not in backends:
+        raise ConfigError(f"--compile takes a torch.compile backend: {' | '.join(backends)} (got '{backend}')")
+    return dataclasses.replace(run, model=FixedBatchCompiled(run.model, batch_size, backend))
+
+
 def with_gating_variant(run: LoadedRun, variant: str) -> LoadedRun:
     """The run's model under an inference-time gating variant (Table 5: random, inverse, removed), as its own model.
 

@@ -212,8 +212,8 @@ class LoRAExpertMixture(nn.Module):
         reused until either tensor is replaced or changed in place, instead of being copied every call. A trainable
         model concatenates every call: fused optimizers update weights in place without bumping their version."""
         tensors = (self.base.weight, self.lora_B)
-        if any(tensor.requires_grad for tensor in tensors):
-            return torch.cat(tensors, dim=1)
+        if any(tensor.requires_grad for tensor in tensors) or torch.compiler.is_compiling():
+            return torch.cat(tensors, dim=1)  # a compiled graph folds the concatenation of frozen weights itself
         key = tuple((tensor.data_ptr(), tensor._version, tensor.dtype, tensor.device) for tensor in tensors)
         cached = getattr(self, "_joined_cache", None)
         if cached is None or cached[0] != key:

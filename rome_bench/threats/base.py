@@ -63,6 +63,8 @@ def keep_first_success(logits: torch.Tensor, labels: torch.Tensor, candidate: to
     ``logits`` are the model's outputs on ``candidate``; returns the updated (found mask, kept candidates).
     """
     newly = (logits.argmax(dim=1) != labels) & ~found
+    if logits.device.type == "cpu" and not bool(newly.any()):  # most steps copy nothing (on a GPU the check syncs)
+        return found, kept
     kept = torch.where(per_example(newly, kept), candidate.detach(), kept)
     return found | newly, kept
 

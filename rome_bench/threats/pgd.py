@@ -5,8 +5,9 @@ direction is steepest ascent under the norm, and how to project onto the feasibl
 {δ : ‖δ‖_p ≤ ε, 0 ≤ x + δ ≤ 1}. The projections are exact Euclidean projections onto that intersection:
 
 * ℓ∞: clip to [-ε, ε] and to the box (the set is a box, so clipping is exact);
-* ℓ2: δ = clip(t·z, -x, 1-x) with the scale t ∈ (0, 1] solved exactly from the sorted breakpoints at which
-  coordinates reach the box, so that ‖δ‖₂ = ε (KKT conditions of the projection);
+* ℓ2: δ = clip(t·z, -x, 1-x) with the scale t ∈ (0, 1] solved exactly so that ‖δ‖₂ = ε (KKT conditions of the
+  projection): an active-set solve over the few coordinates that leave the box, with the sorted breakpoints at
+  which coordinates reach the box as fallback and test reference;
 * ℓ1: δ_i = sign(z_i)·min(max(|z_i| − λ, 0), c_i) with c_i the box bound on the side of z_i and λ ≥ 0 found
   exactly from the sorted breakpoints of the piecewise-linear ‖δ(λ)‖₁ (Mind-the-box, Croce & Hein 2021).
 
@@ -95,13 +96,14 @@ class PGD(Threat):
         found = torch.zeros(len(images), dtype=torch.bool, device=images.device)
         self.prepare(model, images, labels)
         for _ in range(self.steps):
-            delta.requires_grad_(True)
-            logits, loss = self.objective(model, _in_box(images, delta), labels)
-            (grad,) = torch.autograd.grad(loss, delta)
+            inputs = _in_box(images, delta).requires_grad_(True)  # the gradient at the point itself: the clamp
+            logits, loss = self.objective(model, inputs, labels)  # only guards rounding, and its backward is costly
+            (grad,) = torch.autograd.grad(loss, inputs)
             with torch.no_grad():
                 if self.keep_adversarial:
-                    found, result = keep_first_success(logits, labels, _in_box(images, delta), found, result)
-                delta = self.project(images, delta + self.step_size * self.ascent_direction(grad, images, delta))
+                    found, result = keep_first_success(logits, labels, inputs.detach(), found, result)
+                stepped = torch.add(delta, self.ascent_direction(grad, images, delta), alpha=self.step_size)
+                delta = self.project(images, stepped)
         with torch.no_grad():  # the last iterate needs no forward here: unless an earlier one fooled, it is returned
             final = _in_box(images, delta)
             if not self.keep_adversarial:
@@ -236,37 +238,52 @@ ACTIVE_SET_ROUNDS = 8  # rounds of the exact active-set solve before an example 
 def project_l2_box(delta: torch.Tensor, images: torch.Tensor, eps: float) -> torch.Tensor:
     """Exact projection onto {‖δ‖₂ ≤ ε} ∩ {0 ≤ x+δ ≤ 1}: δ = clip(t·z, box) with ‖δ‖₂ = ε solved for t exactly.
 
-    ‖clip(t·z)‖² = Σ_{clipped} room² + t²·Σ_{free} z² is increasing in t, and solving it for t with the clipped set
-    of a smaller t never overshoots t*; so, from nothing clipped (t = ε/‖z‖), each round re-solves with the set
-    clipped at the last t, climbing to t* and stopping, exact, once the set repeats (one to three rounds for
-    typical PGD steps; no sort). Elementwise work stays in the input's dtype, the sums are accumulated in float64.
-    An example still changing after ``ACTIVE_SET_ROUNDS`` rounds is solved from the sorted breakpoints instead
-    (:func:`project_l2_box_sorted`), so the result is always the exact projection.
+    Since t ≤ 1, only coordinates with x+z outside [0, 1] can ever be clipped: a PGD step leaves the box in a few
+    of them (0.3% on CIFAR-10 at ℓ2 ε = 0.5), so they are gathered once and the solve runs on them alone; the other
+    coordinates only contribute to ‖z‖². ‖clip(t·z)‖² = Σ_{clipped} room² + t²·Σ_{free} z² is increasing in t,
+    and solving it for t with the clipped set of a smaller t never overshoots t*; so, from nothing clipped
+    (t = ε/‖z‖), each round re-solves with the set clipped at the last t, climbing to t* and stopping, exact, once
+    the set repeats (one to three rounds for typical PGD steps; no sort). Elementwise work stays in the input's
+    dtype, the sums over the gathered coordinates are accumulated in float64 (PyTorch's float32 norms keep a
+    relative error near 1e-7 over the rest). An example still changing after ``ACTIVE_SET_ROUNDS`` rounds is
+    solved from the sorted breakpoints instead (:func:`project_l2_box_sorted`), so the result is always exact.
     """
     z = delta.flatten(1)
     x = images.flatten(1).to(z.dtype)
-    room = torch.where(z >= 0, 1 - x, x).clamp_min(0)
-    magnitude = z.abs()
-    inside = torch.minimum(magnitude, room).square().sum(dim=1, dtype=torch.float64) <= eps**2
-    z_sq, room_sq = magnitude.square(), room.square()
-    total = z_sq.sum(dim=1, keepdim=True, dtype=torch.float64)
-    clipped = torch.zeros_like(z, dtype=torch.bool)
-    converged = inside.clone()
-    scale = torch.ones(len(z), 1, dtype=torch.float64, device=z.device)
+    moved = x + z
+    rows, cols = (moved.clamp(0, 1) != moved).nonzero(as_tuple=True)
+    z_out, x_out = z[rows, cols], x[rows, cols]
+    room = torch.where(z_out >= 0, 1 - x_out, x_out).clamp_min(0)
+    magnitude = z_out.abs()
+    squares = torch.stack([room.double().square(), magnitude.double().square()], dim=1)  # (room², z²) per coordinate
+    breaks = room.double() / magnitude.double()  # the scale t at which each coordinate reaches the box
+
+    def per_example(values: torch.Tensor) -> torch.Tensor:
+        """Sums of the gathered coordinates' ``values`` per example."""
+        return values.new_zeros((len(z), *values.shape[1:])).index_add_(0, rows, values)
+
+    gathered = per_example(squares)
+    staying = torch.linalg.vector_norm(z, dim=1).double().square() - gathered[:, 1]  # Σ z² of the never-clipped
+    if bool((gathered[:, 1] > staying).any()):  # most of ‖z‖ leaves the box: sum the rest itself, not a difference
+        staying = torch.linalg.vector_norm(z.index_put((rows, cols), z.new_zeros(())), dim=1).double().square()
+    inside = staying + gathered[:, 0] <= eps**2  # clip(z) is the answer
+    total = staying + gathered[:, 1]
+    clipped = torch.zeros_like(breaks, dtype=torch.bool)
     for _ in range(ACTIVE_SET_ROUNDS):
-        clipped_sum = (room_sq * clipped).sum(dim=1, keepdim=True, dtype=torch.float64)
-        free_sum = total - (z_sq * clipped).sum(dim=1, keepdim=True, dtype=torch.float64)
-        solved = ((eps**2 - clipped_sum).clamp_min(0) / free_sum.clamp_min(1e-300)).sqrt().clamp(0, 1)
-        scale = torch.where(converged.unsqueeze(1), scale, solved)
-        now_clipped = scale.to(z.dtype) * magnitude >= room
-        converged |= (now_clipped == clipped).all(dim=1)
-        if bool(converged.all()):
+        clipped_sums = per_example(squares * clipped.unsqueeze(1))
+        solved = ((eps**2 - clipped_sums[:, 0]).clamp_min(0)
+                  / (total - clipped_sums[:, 1]).clamp_min(1e-300)).sqrt().clamp(0, 1)
+        scale = torch.where(inside, 1.0, solved)
+        now_clipped = breaks <= scale[rows]
+        if torch.equal(now_clipped, clipped):  # every example's set repeats: each scale is exact
+            unsolved = None
             break
-        clipped = now_clipped
-    projected = torch.minimum(scale.to(z.dtype) * magnitude, room).copysign(z)
-    if not bool(converged.all()):
-        rest = ~converged
-        projected[rest] = project_l2_box_sorted(delta[rest], images[rest], eps).flatten(1).to(z.dtype)
+        unsolved, clipped = per_example((now_clipped != clipped).double()) > 0, now_clipped
+    step = scale.to(z.dtype)
+    projected = z * step.unsqueeze(1)
+    projected[rows, cols] = torch.minimum(step[rows] * magnitude, room).copysign(z_out)
+    if unsolved is not None:
+        projected[unsolved] = project_l2_box_sorted(delta[unsolved], images[unsolved], eps).flatten(1).to(z.dtype)
     return _shrink_to_budget(projected, eps, 2.0).view_as(delta).to(delta.dtype)
 
 
@@ -317,7 +334,14 @@ def project_l1_box(delta: torch.Tensor, images: torch.Tensor, eps: float) -> tor
 
 
 def _shrink_to_budget(delta: torch.Tensor, eps: float, p: float) -> torch.Tensor:
-    """Guard against rounding: scale any example whose norm (in float64) exceeds ε back inside (stays in the box)."""
-    norms = delta.double().norm(p=p, dim=1, keepdim=True)
-    factor = torch.where(norms > eps, eps / norms.clamp_min(1e-300), torch.ones_like(norms))
+    """Guard against rounding: scale any example whose norm exceeds ε back inside (stays in the box).
+
+    The norm is taken in the input's dtype (relative error near 1e-7 in float32), far inside the 1e-5 relative
+    tolerance of the runner's budget check; a float64 copy of every perturbation would cost more than the projection.
+    """
+    norms = torch.linalg.vector_norm(delta, ord=p, dim=1, keepdim=True).double()
+    over = norms > eps
+    if not bool(over.any()):
+        return delta
+    factor = torch.where(over, eps / norms.clamp_min(1e-300), torch.ones_like(norms))
     return delta * factor.to(delta.dtype)

@@ -4,7 +4,7 @@ A multi-threat recipe (MAX, AVG) attacks every example with the ℓ1, ℓ2 and �
 is Σ_p n_p forward/backward passes over B images. Here the P perturbations are one stacked batch δ = [δ_1; …; δ_P]
 (slice p: threat p's examples) and iteration t is
 
-    g = ∇_δ Σ_p Σ_{i ∈ slice p} CE(f(clip(x_i + δ_i)), y_i)          (one forward/backward over the active slices)
+    g = ∇_x Σ_p Σ_{i ∈ slice p} CE(f(x), y_i) at x = clip(x_i + δ_i)  (one forward/backward over the active slices)
     δ_p ← Π_p(δ_p + α_p · d_p(g_p))                                   (each slice: its own step, direction, projection)
 
 for every threat p with t < n_p; a threat whose n_p steps are done is frozen and leaves the stacked batch, so the
@@ -96,14 +96,13 @@ class BatchedPGD(Threat):
         deltas = [random_start(s.threat, x) for s, x in zip(self.slices, parts, strict=True)]
         for step in range(max(s.threat.steps for s in self.slices)):
             active = [i for i, s in enumerate(self.slices) if step < s.threat.steps]
-            for i in active:
-                deltas[i].requires_grad_(True)
-            inputs = torch.cat([_in_box(parts[i], deltas[i]) for i in active])
+            inputs = torch.cat([_in_box(parts[i], deltas[i]) for i in active]).requires_grad_(True)
             loss = F.cross_entropy(model(inputs), torch.cat([targets[i] for i in active]), reduction="sum")
-            grads = torch.autograd.grad(loss, [deltas[i] for i in active])
+            (grad,) = torch.autograd.grad(loss, inputs)
+            grads = grad.split([len(parts[i]) for i in active])
             with torch.no_grad():
-                for i, grad in zip(active, grads, strict=True):
-                    deltas[i] = ascent_step(self.slices[i].threat, parts[i], deltas[i].detach(), grad)
+                for i, part_grad in zip(active, grads, strict=True):
+                    deltas[i] = ascent_step(self.slices[i].threat, parts[i], deltas[i], part_grad)
         with torch.no_grad():
             return torch.cat([_in_box(x, d) for x, d in zip(parts, deltas, strict=True)])
 
@@ -116,7 +115,8 @@ def random_start(threat: PGD, images: torch.Tensor) -> torch.Tensor:
 
 def ascent_step(threat: PGD, images: torch.Tensor, delta: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     """One PGD iteration of ``threat`` from ``delta`` given the loss gradient: step, then exact projection."""
-    return threat.project(images, delta + threat.step_size * threat.ascent_direction(grad, images, delta))
+    direction = threat.ascent_direction(grad, images, delta)
+    return threat.project(images, torch.add(delta, direction, alpha=threat.step_size))
 
 
 def batched_attack_inputs(ctx: StepContext, threats: list[Threat], images: torch.Tensor, labels: torch.Tensor,

@@ -7,6 +7,11 @@ returns the last one, so own is at least as strong at equal steps).
 rome-bench's ℓ2 projection is the exact one onto ball ∩ box; torchattacks scales onto the ball, then clips.
 
     python bench/pgd_vs_torchattacks.py --run leaderboards/reference/models/cifar10-smoke-rome-max --threads 1
+    python bench/pgd_vs_torchattacks.py --linear --repeats 30  # each library's own per-step cost: a linear model
+
+``--linear`` swaps the run's model for a seeded flatten + linear classifier, whose forward and backward cost next to
+nothing, so the per-step times are each library's own work (steps, projections, bookkeeping). The last line times
+the ℓ2 projections alone on the steps of one attack: the exact one against torchattacks' scale-then-clip.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import torch
 from rome_bench.checkpoint import read_run_config
 from rome_bench.data import evaluation_indices, fetch_batch, load_dataset
 from rome_bench.evaluation.runner import load_run
-from rome_bench.threats import L2PGD, LinfPGD
+from rome_bench.threats import L2PGD, LinfPGD, project_l2_box
 
 REFERENCE_RUN = Path("leaderboards/reference/models/cifar10-smoke-rome-max")
 
@@ -32,6 +37,38 @@ def timed(attack: Callable[[], torch.Tensor]) -> tuple[float, torch.Tensor]:
     start = time.perf_counter()
     adversarial = attack()
     return time.perf_counter() - start, adversarial
+
+
+def linear_model(image_shape: torch.Size, num_classes: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(image_shape.numel(), num_classes)
+    return torch.nn.Sequential(torch.nn.Flatten(), layer).eval().requires_grad_(False)
+
+
+def scale_then_clip(delta: torch.Tensor, images: torch.Tensor, eps: float) -> torch.Tensor:
+    """torchattacks' PGDL2 projection: onto the ball by scaling, then into the box by clipping (not exact)."""
+    factor = (eps / delta.flatten(1).norm(dim=1).clamp_min(1e-12)).clamp(max=1).view(-1, 1, 1, 1)
+    return (images + delta * factor).clamp(0, 1) - images
+
+
+def projection_times(attack: L2PGD, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                     repeats: int) -> tuple[float, float]:
+    """Median ms per projection of the exact and of torchattacks' ℓ2 projection, on the steps of one attack."""
+    stepped: list[torch.Tensor] = []
+    original = attack.project
+    attack.project = lambda images_, delta: stepped.append(delta) or original(images_, delta)  # type: ignore
+    try:
+        attack(model, images, labels)
+    finally:
+        del attack.project
+    times: dict[str, list[float]] = {"exact": [], "scale-then-clip": []}
+    for _ in range(repeats):
+        for name, project in (("exact", project_l2_box), ("scale-then-clip", scale_then_clip)):
+            start = time.perf_counter()
+            for delta in stepped:
+                project(delta, images, attack.eps)
+            times[name].append((time.perf_counter() - start) / len(stepped) * 1e3)
+    return statistics.median(times["exact"]), statistics.median(times["scale-then-clip"])
 
 
 def robust(model: torch.nn.Module, adversarial: torch.Tensor, labels: torch.Tensor) -> int:
@@ -47,6 +84,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--linear", action="store_true", help="a linear model: time each library's own work")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     import torchattacks
@@ -55,10 +93,14 @@ def main() -> None:
     data = load_dataset(args.dataset or config.data.dataset, "test", config.data.data_dir)
     model = load_run(args.run, data.info, torch.device("cpu")).model.eval()
     images, labels = fetch_batch(data.dataset, evaluation_indices(len(data.dataset), args.n_examples))
+    if args.linear:
+        model = linear_model(images.shape[1:], data.info.num_classes)
     clean = robust(model, images, labels)
-    print(f"{args.run.name}: {len(images)} examples, clean {clean}; {args.steps} steps; median of {args.repeats}; "
+    name = "linear model" if args.linear else args.run.name
+    print(f"{name}: {len(images)} examples, clean {clean}; {args.steps} steps; median of {args.repeats}; "
           f"{args.threads} thread(s)")
-    print(f"{'threat':<14}{'own s':>9}{'torchattacks s':>16}{'ratio [IQR]':>20}{'own robust':>12}{'ta robust':>11}")
+    print(f"{'threat':<14}{'own s':>9}{'torchattacks s':>16}{'ratio [IQR]':>20}{'own robust':>12}{'ta robust':>11}"
+          f"{'own ms/step':>13}{'ta ms/step':>12}")
     for own in (LinfPGD(8 / 255, steps=args.steps), L2PGD(0.5, steps=args.steps)):
         kind = torchattacks.PGD if own.norm == "linf" else torchattacks.PGDL2
         reference = kind(model, eps=own.eps, alpha=own.step_size, steps=args.steps, random_start=True)
@@ -77,7 +119,11 @@ def main() -> None:
         low, _, high = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else (ratios[0],) * 3
         print(f"{own.norm + ' ε=' + format(own.eps, '.4g'):<14}{own_s:>9.2f}{ta_s:>16.2f}"
               f"{statistics.median(ratios):>7.2f}× [{low:.2f}–{high:.2f}]"
-              f"{statistics.median(counts['own']):>12}{statistics.median(counts['ta']):>11}")
+              f"{statistics.median_low(counts['own']):>12}{statistics.median_low(counts['ta']):>11}"
+              f"{own_s / args.steps * 1e3:>13.2f}{ta_s / args.steps * 1e3:>12.2f}")
+    exact, scaled = projection_times(L2PGD(0.5, steps=args.steps), model, images, labels, args.repeats)
+    print(f"ℓ2 projection alone, {len(images)} images: exact {exact:.2f} ms, torchattacks' scale-then-clip "
+          f"{scaled:.2f} ms")
 
 
 if __name__ == "__main__":

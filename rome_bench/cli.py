@@ -279,8 +279,9 @@ def evaluate(
         help="submitit's cluster for --executor slurm: slurm, or local (the jobs run as processes on this machine, "
              "for testing).")] = "slurm",
     precision: Annotated[str, typer.Option(
-        help="Attack arithmetic: fp32 | bf16 (autocast around the attacks' forward and backward passes; clean and "
-             "adversarial images are still classified in fp32). Recorded in each result's provenance.")] = "fp32",
+        help="Attack arithmetic: fp32 | bf16 (the model's forward and backward passes inside attacks under bf16 "
+             "autocast; the attacks' own steps, projections and renderers, the budget checks and the classification "
+             "of clean and adversarial images stay fp32). Recorded in each result's provenance.")] = "fp32",
     compile_backend: Annotated[str | None, typer.Option(
         "--compile", help="torch.compile the model with this backend (inductor on a GPU) for --batch-size rows; "
                           "smaller attack batches are zero-padded, so it never recompiles. Recorded in provenance."

@@ -114,7 +114,7 @@ class DataConfig:
     augment: bool = True  # random crop (pad 4) + horizontal flip, for 32x32 data
 
 
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16")  # bf16: autocast around attacks; classification stays fp32
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")  # bf16: the model under autocast in attacks; decisions stay fp32
 NORMALISATIONS: tuple[str, ...] = ("dataset", "none")  # none: for sources that take [0, 1] as is (RobustBench's)
 TRAIN_ATTACKS: tuple[str, ...] = ("pgd", "apgd")
 OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd-nesterov")  # sgd-nesterov: momentum 0.9, Nesterov, L2 weight decay
@@ -142,7 +142,7 @@ class TrainConfig:
     eval_every: int = 0  # every N steps: union robustness of a fixed test subset under the ℓp PGD (0 = never)
     eval_examples: int = 64  # size of that subset (the first of the seeded test permutation)
     device: str = "auto"
-    precision: str = "fp32"  # bf16: autocast around the model's forward passes and the training attacks
+    precision: str = "fp32"  # bf16: autocast around the model's forward passes (in the training attacks too)
 
 
 @dataclass

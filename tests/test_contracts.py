@@ -116,7 +116,38 @@ def test_gma_attacks_every_gated_family_within_budget(family):
     torch.manual_seed(0)
     adversarial = threat(model, images, labels)
     assert (adversarial - images).abs().max() <= 8 / 255 + 1e-6
+    from rome_bench.evaluation.runner import attack_precision
+    from rome_bench.models.autocast import attack_model
+    from tests.test_precision import bf16_unsupported
+
+    if bf16_unsupported() is None:  # eval --precision bf16: the gates come from a bf16 forward
+        with attack_precision("bf16", torch.device("cpu")):
+            adversarial = threat(attack_model(model), images, labels)
+        assert adversarial.dtype == torch.float32 and (adversarial - images).abs().max() <= 8 / 255 + 1e-6
     assert adversarial.min() >= 0 and adversarial.max() <= 1
+
+
+@pytest.mark.parametrize("family", FAMILIES.names())
+def test_every_family_runs_forward_and_backward_under_bf16_autocast(family):
+    """train.precision=bf16 and eval --precision bf16 run each family's passes under autocast: no mixed-dtype
+    failure, finite logits, finite fp32 gradients (the weights stay fp32)."""
+    from tests.test_precision import bf16_unsupported
+
+    if reason := bf16_unsupported():
+        pytest.skip(reason)
+    model = micro_model(family)
+    for parameter in model.parameters():
+        parameter.data.add_(0.01 * torch.randn_like(parameter))
+    images = torch.rand(6, 3, 32, 32, requires_grad=True)
+    for mode in (model.train, model.eval):
+        mode()
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(images)
+        logits.float().logsumexp(1).sum().backward()
+        assert torch.isfinite(logits).all() and torch.isfinite(images.grad).all(), family
+        grads = [p.grad for p in model.parameters() if p.grad is not None]  # top-k experts may get no token
+        assert grads and all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads), family
 
 
 def all_threat_instances() -> list[Threat]:
@@ -159,3 +190,23 @@ def test_every_threat_rebuilds_stays_in_budget_and_is_deterministic(threat, unde
         outputs.append(rebuilt(undefended_model, images, labels, **kwargs))
     verify_threat_output(rebuilt, images, outputs[0], [0, 1, 2])
     assert torch.equal(outputs[0], outputs[1]), f"{threat.name} is not deterministic under a seed"
+
+
+@pytest.mark.parametrize("threat", [t for t in INSTANCES if t.name not in SLOW], ids=lambda t: t.name)
+def test_every_threat_runs_under_bf16_autocast(threat, undefended_model, synthetic_test):
+    """``eval --precision bf16`` runs the model under bf16 autocast inside every attack: no threat may break there
+    (bf16 logits, mixed-dtype buffers) or leave its budget (its own arithmetic must stay fp32)."""
+    from rome_bench.evaluation.runner import attack_precision
+    from rome_bench.models.autocast import attack_model
+    from tests.test_precision import bf16_unsupported
+
+    if reason := bf16_unsupported():
+        pytest.skip(reason)
+    if not threat.applicable(undefended_model):
+        pytest.skip(f"{threat.name} does not apply to a model without gates")
+    images, labels = synthetic_test.dataset.batch([0, 1, 2])
+    kwargs = {"example_ids": [0, 1, 2]} if threat.uses_example_ids else {}
+    torch.manual_seed(0)
+    with attack_precision("bf16", torch.device("cpu")):
+        output = threat(attack_model(undefended_model), images, labels, **kwargs)
+    verify_threat_output(threat, images, output.detach().to(images.dtype), [0, 1, 2])

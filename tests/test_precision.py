@@ -10,6 +10,7 @@ import torch
 
 from rome_bench.evaluation.runner import attack_precision, evaluate_threats
 from rome_bench.evaluation.store import ResultStore
+from rome_bench.models.autocast import attack_model
 from rome_bench.threats import L2PGD, Clean, LinfPGD
 
 CPU = torch.device("cpu")
@@ -49,7 +50,7 @@ class OutputDtypes:
 def robust_accuracy(model, threat, images, labels, precision: str) -> tuple[float, set[torch.dtype]]:
     torch.manual_seed(0)
     with OutputDtypes(model) as seen, attack_precision(precision, CPU):
-        adversarial = threat(model, images, labels)
+        adversarial = threat(attack_model(model), images, labels)
     assert adversarial.dtype == torch.float32
     assert (adversarial - images).flatten(1).norm(p=2 if threat.norm == "l2" else math.inf, dim=1).max() \
         <= threat.eps * (1 + 1e-5)
@@ -154,3 +155,17 @@ def test_bf16_training_autocasts_forwards_keeps_fp32_weights_resumes_exactly_and
     assert all(torch.isfinite(tensor).all() for tensor in actual.values())
     sidecar = json.loads(resumed.read_text())
     assert sidecar["provenance"]["amp"] == "bfloat16" and sidecar["config"]["train"]["precision"] == "bf16"
+
+
+@needs_bf16
+def test_autoattack_standard_runs_its_whole_cascade_under_bf16(undefended_model, correct_batch) -> None:
+    """APGD-CE, APGD-T, FAB-T and Square all run under bf16 autocast (Square once mixed bf16 and fp32 buffers)."""
+    from rome_bench.threats import LinfAutoAttack
+
+    images, labels = correct_batch
+    threat = LinfAutoAttack(0.2 / 255, n_iter=2, n_queries=3)  # too weak to fool everyone: every attack runs
+    with attack_precision("bf16", CPU):
+        adversarial = threat(attack_model(undefended_model), images[:8], labels[:8])
+    assert set(threat.successes) == {"apgd-ce", "apgd-t", "fab-t", "square"}, threat.successes
+    assert adversarial.dtype == torch.float32
+    assert (adversarial - images[:8]).abs().max() <= threat.eps * (1 + 1e-5)

@@ -28,6 +28,7 @@ from rome_bench.errors import CheckpointError, ConfigError, ModelOutputError, Th
 from rome_bench.evaluation.store import FULL, UNION_ONLY, BatchCost, ResultStore
 from rome_bench.evaluation.validity import batch_model_flags, refresh_computed_flags
 from rome_bench.models import content_hash, create_model
+from rome_bench.models.autocast import attack_model, autocast_attacks
 from rome_bench.models.external import state_dict_mismatch
 from rome_bench.models.gates import set_inference_variant
 from rome_bench.provenance import evaluation_provenance
@@ -134,16 +135,17 @@ def verify_threat_output(threat: Threat, clean: torch.Tensor, perturbed: torch.T
 
 
 def attack_precision(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """The context an evaluation runs in: bf16 autocast for the attacks' forward and backward passes, or nothing.
+    """The context an evaluation runs in: with bf16, attacks call the model under bf16 autocast (its forward and
+    backward passes; ``models/autocast.py``), or nothing changes.
 
-    Under it the runner still classifies clean and adversarial images in fp32 (:func:`full_precision`); the attacks'
-    projections, clipping and budget checks operate on fp32 tensors, which autocast leaves alone.
+    The attacks' own arithmetic — steps, projections, clipping, losses, the threats' renderers — and the budget
+    checks stay fp32, and the runner classifies clean and adversarial images with the model itself in fp32.
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision takes {' | '.join(PRECISIONS)} (got '{precision}')")
     if precision == "bf16":
         check_bf16(device)
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+        return autocast_attacks(torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -310,7 +312,7 @@ def _correct_under_threat(model: nn.Module, threat: Threat, images: torch.Tensor
         clean, chosen_labels = images[chosen.to(images.device)], labels[chosen.to(labels.device)]
         chosen_ids = [ids[i] for i in chosen.tolist()]
         extra = {"example_ids": chosen_ids} if threat.uses_example_ids else {}
-        perturbed = threat(model, clean, chosen_labels, **extra)
+        perturbed = threat(attack_model(model), clean, chosen_labels, **extra)
         perturbed = perturbed.detach().to(clean.dtype)
         verify_threat_output(threat, clean, perturbed, chosen_ids)
         with full_precision(clean):

@@ -309,7 +309,8 @@ class FFNExpertMixture(nn.Module):
             rows, slot = (top_experts == expert).nonzero(as_tuple=True)
             if not len(rows):
                 continue
-            output.index_add_(0, rows, self._expert(expert, flat[rows]) * top_weights[rows, slot].unsqueeze(-1))
+            routed = self._expert(expert, flat[rows]) * top_weights[rows, slot].unsqueeze(-1)
+            output.index_add_(0, rows, routed.to(output.dtype))  # under bf16 autocast the experts compute in bf16
         return output
 
     def _expert(self, expert: int, inputs: torch.Tensor) -> torch.Tensor:

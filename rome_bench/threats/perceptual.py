@@ -69,6 +69,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rome_bench.errors import ConfigError
+from rome_bench.models.autocast import plain_model
 from rome_bench.threats.base import Budget, BudgetCheck, Threat, per_example, register_threat
 
 ALEXNET_CHECKPOINT = "alexnet-owt-7be5be79.pth"
@@ -101,8 +102,9 @@ def resolve_lpips_backbone(backbone: str) -> str:
 
 
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:
-    """The Transformer blocks ``model.backbone.blocks`` whose outputs are the self-LPIPS features."""
-    blocks = getattr(getattr(model, "backbone", None), "blocks", None)
+    """The Transformer blocks ``model.backbone.blocks`` whose outputs are the self-LPIPS features (looking through
+    evaluation wrappers that keep the model as ``.model``: ``--compile``, bf16 attacks)."""
+    blocks = getattr(getattr(plain_model(model), "backbone", None), "blocks", None)
     children = list(blocks.children()) if isinstance(blocks, nn.Module) else []
     if not children:
         raise ConfigError(f"LPIPS 'self' reads the outputs of model.backbone.blocks, which a "
@@ -299,6 +301,12 @@ class PerceptualAttack(Threat):
     def budget(self) -> Budget:
         return LPIPSBudget(self.bound, self._distance)
 
+    def _attacked(self, model: nn.Module) -> nn.Module:
+        """The model this attack runs: with the model's own LPIPS the distance *is* the model, read by hooks on its
+        blocks, so it runs the plain model — fp32 under ``--precision bf16`` (the LPIPS budget is met and checked in
+        fp32), eager under ``--compile`` (a compiled graph does not fire hooks added after compiling)."""
+        return plain_model(model) if self.lpips == "self" else model
+
     def call_flags(self) -> dict[str, int]:
         return {"projection-failed": self._failed} if self._failed else {}
 
@@ -411,7 +419,7 @@ class PerceptualPGD(PerceptualAttack):
         return {**super().params(), "cg_iterations": self.cg_iterations, "h": self.h}
 
     def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        images = images.detach()
+        images, model = images.detach(), self._attacked(model)
         distance, clean_embedding, current = self._start(model, images)
         tracker = _FirstSuccess(images, self.bound)
         failed = torch.zeros(len(images), dtype=torch.bool, device=images.device)
@@ -505,7 +513,7 @@ class LagrangePerceptual(PerceptualAttack):
                 "initial_penalty": self.initial_penalty, "penalty_factor": self.penalty_factor}
 
     def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        images = images.detach()
+        images, model = images.detach(), self._attacked(model)
         distance, clean_embedding, current = self._start(model, images)
         tracker = _FirstSuccess(images, self.bound)
         penalty = torch.full((len(images),), self.initial_penalty, dtype=images.dtype, device=images.device)

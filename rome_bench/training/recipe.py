@@ -35,6 +35,7 @@ from torch import nn
 from rome_bench.config import ThreatsConfig
 from rome_bench.config import parse_options as parse_table
 from rome_bench.errors import ConfigError
+from rome_bench.models.autocast import AutocastModel
 from rome_bench.models.gates import gates as read_gates
 from rome_bench.registry import Registry
 from rome_bench.threats import Threat
@@ -83,8 +84,8 @@ class StepContext:
     def attack(self, threat: Threat, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Adversarial examples of ``threat`` with the model in eval mode (detached, in the images' dtype)."""
         self.model.eval()
-        with self._autocast():
-            return threat(self.model, images, labels).detach().to(images.dtype)
+        model = AutocastModel(self.model) if self.precision == "bf16" else self.model  # the model's passes only
+        return threat(model, images, labels).detach().to(images.dtype)
 
     def eval_logits(self, images: torch.Tensor) -> torch.Tensor:
         """Logits in eval mode without a graph (clean accuracy, vulnerability estimates), as fp32."""

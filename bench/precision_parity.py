@@ -113,7 +113,7 @@ def main() -> None:
                and (not wanted or threat.name in wanted)]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     print(f"{args.run.name} on {name}: {len(ids)} images of {data.info.name}, batch {args.batch_size}, "
-          f"suite {args.suite}; bf16 = attack passes under bf16 autocast, decisions in fp32")
+          f"suite {args.suite}; bf16 = the model's passes inside attacks under bf16 autocast, decisions in fp32")
     warm_up(loaded.model, images[:args.batch_size], device)
     print("| threat | fp32 robust % | bf16 robust % | Δ pp | SE pp | within 2 SE | fp32 s / 1000 images | "
           "bf16 s / 1000 images | bf16 / fp32 time |")

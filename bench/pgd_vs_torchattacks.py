@@ -51,23 +51,29 @@ def scale_then_clip(delta: torch.Tensor, images: torch.Tensor, eps: float) -> to
     return (images + delta * factor).clamp(0, 1) - images
 
 
-def projection_times(attack: L2PGD, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+class RecordingL2PGD(L2PGD):
+    """ℓ2 PGD that keeps every perturbation it projects (to time the projections alone on real steps)."""
+
+    def __init__(self, eps: float, steps: int) -> None:
+        super().__init__(eps, steps=steps)
+        self.projected: list[torch.Tensor] = []
+
+    def project(self, images: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        self.projected.append(delta)
+        return super().project(images, delta)
+
+
+def projection_times(attack: RecordingL2PGD, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
                      repeats: int) -> tuple[float, float]:
     """Median ms per projection of the exact and of torchattacks' ℓ2 projection, on the steps of one attack."""
-    stepped: list[torch.Tensor] = []
-    original = attack.project
-    attack.project = lambda images_, delta: stepped.append(delta) or original(images_, delta)  # type: ignore
-    try:
-        attack(model, images, labels)
-    finally:
-        del attack.project
+    attack(model, images, labels)
     times: dict[str, list[float]] = {"exact": [], "scale-then-clip": []}
     for _ in range(repeats):
         for name, project in (("exact", project_l2_box), ("scale-then-clip", scale_then_clip)):
             start = time.perf_counter()
-            for delta in stepped:
+            for delta in attack.projected:
                 project(delta, images, attack.eps)
-            times[name].append((time.perf_counter() - start) / len(stepped) * 1e3)
+            times[name].append((time.perf_counter() - start) / len(attack.projected) * 1e3)
     return statistics.median(times["exact"]), statistics.median(times["scale-then-clip"])
 
 
@@ -121,7 +127,7 @@ def main() -> None:
               f"{statistics.median(ratios):>7.2f}× [{low:.2f}–{high:.2f}]"
               f"{statistics.median_low(counts['own']):>12}{statistics.median_low(counts['ta']):>11}"
               f"{own_s / args.steps * 1e3:>13.2f}{ta_s / args.steps * 1e3:>12.2f}")
-    exact, scaled = projection_times(L2PGD(0.5, steps=args.steps), model, images, labels, args.repeats)
+    exact, scaled = projection_times(RecordingL2PGD(0.5, args.steps), model, images, labels, args.repeats)
     print(f"ℓ2 projection alone, {len(images)} images: exact {exact:.2f} ms, torchattacks' scale-then-clip "
           f"{scaled:.2f} ms")
 

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
-from rome_bench.checkpoint import read_run_config
+from rome_bench.api import load_model, plan, test_data
 from rome_bench.config import resolve_device
-from rome_bench.data import evaluation_indices, fetch_batch, load_dataset
-from rome_bench.evaluation.runner import attack_precision, batch_seed, full_precision, load_run, verify_threat_output
+from rome_bench.data import fetch_batch
+from rome_bench.evaluation.runner import attack_precision, batch_seed, full_precision, verify_threat_output
 from rome_bench.evaluation.suites import SUITES
 from rome_bench.models.autocast import attack_model
 from rome_bench.threats import Clean, Threat
@@ -102,15 +102,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    config = read_run_config(args.run)
-    data = load_dataset(config.data.dataset, "test", config.data.data_dir)
-    loaded = load_run(args.run, data.info, device)
-    ids = evaluation_indices(len(data.dataset), args.n_examples)
+    loaded = load_model(args.run, device=str(device))
+    data = test_data(loaded)
+    planned, ids = plan(loaded, SUITES.get(args.suite), data, args.n_examples, [n for n in args.only.split(",") if n])
     images, labels = (tensor.to(device) for tensor in fetch_batch(data.dataset, ids))
-    wanted = {name for name in args.only.split(",") if name}
-    threats = [threat for threat in SUITES.get(args.suite).build(loaded.config.threats)
-               if not isinstance(threat, Clean) and threat.applicable(loaded.model)
-               and (not wanted or threat.name in wanted)]
+    threats = [threat for threat in planned if not isinstance(threat, Clean) and threat.applicable(loaded.model)]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     print(f"{args.run.name} on {name}: {len(ids)} images of {data.info.name}, batch {args.batch_size}, "
           f"suite {args.suite}; bf16 = the model's passes inside attacks under bf16 autocast, decisions in fp32")

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from rome_bench.checkpoint import git_commit
+from rome_bench.models.autocast import attack_dtype
 
 LIBRARIES = ("rome-bench", "torch", "numpy", "timm", "safetensors", "pyautoattack")
 
@@ -35,8 +36,6 @@ def library_versions() -> dict[str, str | None]:
 def autocast_state(device: torch.device) -> str:
     """``off``, or the dtype autocast computes in on ``device`` right now (e.g. ``bfloat16``): the attacks' (as
     ``eval --precision`` sets it, ``models/autocast.py``) or an enclosing ``torch.autocast``."""
-    from rome_bench.models.autocast import attack_dtype
-
     if (dtype := attack_dtype()) is not None:
         return str(dtype).removeprefix("torch.")
     if not torch.is_autocast_enabled(device.type):

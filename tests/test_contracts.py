@@ -17,14 +17,16 @@ from safetensors.torch import load_file
 from rome_bench.cli import resolve_config
 from rome_bench.config import preset
 from rome_bench.data import load_dataset
-from rome_bench.evaluation.runner import verify_threat_output
+from rome_bench.evaluation.runner import attack_precision, verify_threat_output
 from rome_bench.evaluation.suites import SUITES
 from rome_bench.models import FAMILIES, create_model, gates
+from rome_bench.models.autocast import attack_model
 from rome_bench.threats import THREATS, Threat
 from rome_bench.training import recipes as _recipes  # noqa: F401  (registers every recipe)
 from rome_bench.training.attacks import training_threats
 from rome_bench.training.recipe import RECIPES
 from rome_bench.training.trainer import Trainer
+from tests.test_precision import bf16_unsupported
 from tests.test_training import Killed, kill_at
 
 FAST = ["data.train_size=24", "train.batch_size=8", "train.epochs=2",
@@ -116,10 +118,6 @@ def test_gma_attacks_every_gated_family_within_budget(family):
     torch.manual_seed(0)
     adversarial = threat(model, images, labels)
     assert (adversarial - images).abs().max() <= 8 / 255 + 1e-6
-    from rome_bench.evaluation.runner import attack_precision
-    from rome_bench.models.autocast import attack_model
-    from tests.test_precision import bf16_unsupported
-
     if bf16_unsupported() is None:  # eval --precision bf16: the gates come from a bf16 forward
         with attack_precision("bf16", torch.device("cpu")):
             adversarial = threat(attack_model(model), images, labels)
@@ -131,8 +129,6 @@ def test_gma_attacks_every_gated_family_within_budget(family):
 def test_every_family_runs_forward_and_backward_under_bf16_autocast(family):
     """train.precision=bf16 and eval --precision bf16 run each family's passes under autocast: no mixed-dtype
     failure, finite logits, finite fp32 gradients (the weights stay fp32)."""
-    from tests.test_precision import bf16_unsupported
-
     if reason := bf16_unsupported():
         pytest.skip(reason)
     model = micro_model(family)
@@ -196,9 +192,6 @@ def test_every_threat_rebuilds_stays_in_budget_and_is_deterministic(threat, unde
 def test_every_threat_runs_under_bf16_autocast(threat, undefended_model, synthetic_test):
     """``eval --precision bf16`` runs the model under bf16 autocast inside every attack: no threat may break there
     (bf16 logits, mixed-dtype buffers) or leave its budget (its own arithmetic must stay fp32)."""
-    from rome_bench.evaluation.runner import attack_precision
-    from rome_bench.models.autocast import attack_model
-    from tests.test_precision import bf16_unsupported
 
     if reason := bf16_unsupported():
         pytest.skip(reason)

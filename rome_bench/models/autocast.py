@@ -17,6 +17,8 @@ from contextvars import ContextVar
 import torch
 from torch import nn
 
+from rome_bench.models.compiled import FixedBatchCompiled
+
 _ATTACK_DTYPE: ContextVar[torch.dtype | None] = ContextVar("rome_bench_attack_dtype", default=None)
 
 
@@ -55,8 +57,6 @@ def attack_dtype() -> torch.dtype | None:
 def plain_model(model: nn.Module) -> nn.Module:
     """The model itself — eager, in its own precision — under the evaluation's wrappers (bf16 attacks,
     ``--compile``): for an attack that reads the model's internals (PPGD/LPA's own-feature LPIPS hooks its blocks)."""
-    from rome_bench.models.compiled import FixedBatchCompiled
-
     while isinstance(model, AutocastModel | FixedBatchCompiled):
         model = model.model
     return model

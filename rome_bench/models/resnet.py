@@ -27,7 +27,8 @@ checkpoints use softplus activations; that variant is not provided. Init: as the
 **RoME** on either network puts gated conv-LoRA experts on both 3×3 convs of every residual block (the WideResNet's
 experts, models/wrn.py; l = 1..8 counts the blocks, never the stem or the 1×1 shortcuts).
 
-``resnet_micro`` and ``preact_resnet_micro`` (one block per stage, widths 8..64) are for tests.
+``resnet_micro`` and ``preact_resnet_micro`` (one block per stage, widths 8..64) are for tests; ``preact_resnet_cpu``
+(one block per stage, widths 16..128, NHWC activations) is the ``cifar10-cpu`` preset's network (config.py).
 """
 
 from __future__ import annotations
@@ -153,10 +154,12 @@ class PreActResNet(_ResidualNetwork):
 
     architecture = "PreActResNet"
 
-    def __init__(self, num_classes: int = 10, blocks: tuple[int, ...] = (2, 2, 2, 2), base_width: int = 64) -> None:
+    def __init__(self, num_classes: int = 10, blocks: tuple[int, ...] = (2, 2, 2, 2), base_width: int = 64,
+                 channels_last: bool = False) -> None:
         super().__init__()
         _check_shape(blocks, base_width)
         widths = [base_width * 2**s for s in range(4)]
+        self.channels_last = channels_last
         self.conv1 = _conv3x3(3, base_width, 1)
         ins = [base_width, *widths[:-1]]
         self.layer1, self.layer2, self.layer3, self.layer4 = (
@@ -166,6 +169,8 @@ class PreActResNet(_ResidualNetwork):
         _init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:  # NHWC activations: oneDNN's faster CPU convs (1.2-1.4x per training step, measured)
+            x = x.contiguous(memory_format=torch.channels_last)
         out = self.layer4(self.layer3(self.layer2(self.layer1(self.conv1(x)))))
         out = F.relu(self.bn(out))
         return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
@@ -176,6 +181,8 @@ RESNET_SIZES: dict[str, tuple[type[_ResidualNetwork], dict[str, object]]] = {
     "resnet18": (CifarResNet, {"blocks": (2, 2, 2, 2), "base_width": 64}),
     "preact_resnet_micro": (PreActResNet, {"blocks": (1, 1, 1, 1), "base_width": 8}),  # for tests
     "preact_resnet18": (PreActResNet, {"blocks": (2, 2, 2, 2), "base_width": 64}),
+    # the cifar10-cpu preset's network (config.py): one block per stage, widths 16..128, 0.31M parameters
+    "preact_resnet_cpu": (PreActResNet, {"blocks": (1, 1, 1, 1), "base_width": 16, "channels_last": True}),
 }
 RESNET_OVERRIDES: frozenset[str] = frozenset({"blocks", "base_width"})
 

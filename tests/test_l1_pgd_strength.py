@@ -95,3 +95,18 @@ def test_slide_random_percentile_draws_per_example_and_stays_in_budget(committed
     assert len(set(counts.tolist())) > 1, "the sparsity is drawn per example"
     rebuilt = L1PGD(**threat.params())
     assert rebuilt.key == threat.key and "random_sparsity" not in L1PGD(eps).params()
+
+
+def test_evaluation_strength_does_not_depend_on_the_training_sparsity():
+    """A run that trained with sparsity 0.05 (the committed micro run) is evaluated with the suite's ℓ1 PGD: the same
+    threats, keys included, as a run that trained with the default; ε and steps (the protocol) stay the run's."""
+    from rome_bench.evaluation.suites import SUITES
+
+    trained_weak, trained_default = ThreatsConfig(l1_sparsity=0.05), ThreatsConfig()
+    suite = SUITES.get("seen-pgd")
+    weak, default = suite.build(trained_weak), suite.build(trained_default)
+    l1 = next(threat for threat in weak if isinstance(threat, L1PGD))
+    assert l1.sparsity == DEFAULT_L1_SPARSITY
+    assert [threat.key for threat in weak] == [threat.key for threat in default]
+    more_steps = ThreatsConfig(eval_steps={"l1": 7, "l2": 50, "linf": 50})
+    assert next(t for t in suite.build(more_steps) if isinstance(t, L1PGD)).key != l1.key  # steps: in the key

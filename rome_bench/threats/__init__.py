@@ -28,7 +28,16 @@ from rome_bench.threats.corruptions import CORRUPTIONS, CommonCorruption, cifar1
 from rome_bench.threats.functional import ReColorAdv, StAdv
 from rome_bench.threats.gma import GatingMisrouting
 from rome_bench.threats.perceptual import LagrangePerceptual, PerceptualPGD
-from rome_bench.threats.pgd import L1PGD, L2PGD, PGD, LinfPGD, project_l1_box, project_l2_box, project_l2_box_sorted
+from rome_bench.threats.pgd import (
+    DEFAULT_L1_SPARSITY,
+    L1PGD,
+    L2PGD,
+    PGD,
+    LinfPGD,
+    project_l1_box,
+    project_l2_box,
+    project_l2_box_sorted,
+)
 from rome_bench.threats.sparse import AdversarialPatch, SparseFool
 from rome_bench.threats.uar_geometric import Elastic, JPEGLinf
 from rome_bench.threats.uar_noise import Fog, Gabor, Snow
@@ -75,9 +84,13 @@ __all__ = [
 ]
 
 
-def seen_threats(eps: dict[str, float], steps: dict[str, int], l1_sparsity: float,
+def seen_threats(eps: dict[str, float], steps: dict[str, int], l1_sparsity: float = DEFAULT_L1_SPARSITY,
                  keep_adversarial: bool = True) -> list[Threat]:
-    """The three seen ℓp PGD threats (ℓ1, ℓ2, ℓ∞) at the given budgets and steps, in that order."""
+    """The three seen ℓp PGD threats (ℓ1, ℓ2, ℓ∞) at the given budgets and steps, in that order.
+
+    ε and steps are the protocol (the dataset's preset; they are in each threat's key); the ℓ1 sparsity is an attack
+    internal, the measured evaluation default unless a caller (a training attack) names its own.
+    """
     return [
         L1PGD(eps["l1"], steps["l1"], keep_adversarial=keep_adversarial, sparsity=l1_sparsity),
         L2PGD(eps["l2"], steps["l2"], keep_adversarial=keep_adversarial),

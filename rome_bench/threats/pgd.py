@@ -38,7 +38,9 @@ does not separate the choices; at 3ε = 36 it does: 20 steps, APGD-CE ×1/×5 8/
 0.01 → 8, 0.005 → 8–9, 0.002 → 9–10; 5 steps, APGD-CE 13/9, PGD 0.01 → 8. So 0.01 is the sparsity at which PGD
 is no weaker than APGD-CE at equal ε and steps on both committed models (``tests/test_l1_pgd_strength.py``).
 Measured on 32×32 inputs only: at other resolutions the fraction that matches ε differs, re-measure there.
-Runs keep the sparsity stored in their config (``threats.l1_sparsity``), so older runs evaluate as before.
+``threats.l1_sparsity`` sets the *training* attack's sparsity only: evaluation suites build their ℓ1 PGD with this
+default whatever a run stored (evaluation strength must not depend on how a model was trained), so an old run
+that stored 0.05 is evaluated at today's strength.
 
 With ``keep_adversarial`` (the evaluation default) each example returns the first iterate that the model
 misclassifies, else the last iterate; so, for a fixed step size, more steps never make the attack weaker.

@@ -34,8 +34,7 @@ class TrainingCurve:
         ids = evaluation_indices(len(test.dataset), min(config.train.eval_examples, len(test.dataset)))
         images, labels = fetch_batch(test.dataset, ids)
         self.images, self.labels = images.to(device), labels.to(device)
-        self.threats: list[Threat] = seen_threats(config.threats.eps, config.threats.train_steps,
-                                                  config.threats.l1_sparsity)
+        self.threats: list[Threat] = seen_threats(config.threats.eps, config.threats.train_steps)
         self.run_dir = run_dir
         self.batch_size = config.train.batch_size
         self.seconds_spent = 0.0  # evaluation time, left out of the training wall time

@@ -711,6 +711,47 @@ def _print_leaderboard(results: ResultStore, suite: str, dataset: str | None, fo
 
 
 @app.command()
+def compare(
+    a: Annotated[list[Path], typer.Option(help="Run directory of side a (repeat for its seeds).")],
+    b: Annotated[list[Path], typer.Option(help="Run directory of side b (repeat for its seeds, same order).")],
+    suite: Annotated[str, typer.Option(help="Suite both sides were evaluated with, e.g. seen.")] = "seen",
+    column: Annotated[str, typer.Option(help="union (per example, every threat) or one of the suite's columns.")
+                      ] = "union",
+    store: Annotated[Path | None, typer.Option(help="SQLite results store (default: in the cache dir).")] = None,
+    data_dir: Annotated[str | None, typer.Option(help="Where the runs' test data is.")] = None,
+) -> None:
+    """Paired difference a − b on the same examples: paired bootstrap 95% interval and McNemar per seed pair."""
+    import torch
+
+    from rome_bench.checkpoint import read_run_config
+    from rome_bench.data import load_dataset
+    from rome_bench.evaluation.paired import common_vectors, paired_difference, render_difference, robust_by_example
+    from rome_bench.evaluation.runner import load_run
+    from rome_bench.evaluation.store import ResultStore
+    from rome_bench.evaluation.suites import SUITES
+
+    chosen = SUITES.get(suite)
+    runs = [*a, *b]
+    configs = [read_run_config(run) for run in runs]
+    datasets = {config.data.dataset for config in configs}
+    if len(datasets) != 1:
+        raise ConfigError(f"--a and --b runs must share one dataset; got {', '.join(sorted(datasets))}")
+    data = load_dataset(datasets.pop(), "test", data_dir)
+    cpu = torch.device("cpu")
+    with ResultStore(_existing_store(store)) as results:
+        per_model = [robust_by_example(results, chosen, load_run(run, data.info, cpu).model_hash, data.fingerprint,
+                                       column) for run in runs]
+    examples, vectors = common_vectors(per_model)
+    if not examples:
+        raise RomeBenchError("the runs have no evaluated examples in common; evaluate them on the same examples")
+    outcome = paired_difference(vectors[:len(a)], vectors[len(a):])
+    name_a, name_b = configs[0].method, configs[len(a)].method
+    if name_a == name_b:
+        name_a, name_b = "a", "b"
+    typer.echo(render_difference(name_a, name_b, column, outcome))
+
+
+@app.command()
 def export(
     out: Annotated[Path, typer.Option(help="File to write, .csv (or .parquet, with pyarrow): one row per (model, "
                                            "example), one column per threat.")],
@@ -745,7 +786,8 @@ def check(
     update: Annotated[bool, typer.Option(help="Write the re-measured counts into the reference file.")] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
-    """Re-evaluate the referenced models and fail (exit 1) when a number leaves its binomial tolerance."""
+    """Re-evaluate the referenced models and fail (exit 1) when a count moves beyond re-measurement noise
+    (±max(2 examples, 0.5%))."""
     import tempfile
 
     from rome_bench.config import resolve_device

@@ -83,7 +83,7 @@ register_seen_suite(
     "seen-apgd", lambda t: seen_apgd(t.eps),
     "clean + APGD-CE then APGD-T (AutoAttack-standard settings) ℓ1/ℓ2/ℓ∞ at the run's ε, seed 0")
 register_seen_suite(
-    "seen-pgd", lambda t: seen_threats(t.eps, t.eval_steps, t.l1_sparsity, keep_adversarial=True),
+    "seen-pgd", lambda t: seen_threats(t.eps, t.eval_steps, keep_adversarial=True),
     "clean + PGD ℓ1/ℓ2/ℓ∞ at the run's ε with threats.eval_steps steps (first success kept); the ℓ1 sparsity is "
     "the suite's (threats/pgd.py's measured default), never the run's training setting")
 

@@ -663,7 +663,7 @@ def leaderboard(
              "RobustBench's numbers for a model: robustbench:[<dataset>/][Linf|L2|corruptions/]<name>.")] = None,
     store: Annotated[Path | None, typer.Option(help="SQLite results store (default: in the cache dir).")] = None,
     costs: Annotated[bool, typer.Option(
-        help="Add each threat's wall time and forward/backward passes (md, csv, json).")] = False,
+        help="Add each threat's wall time and forward/backward passes (md, csv, json, html).")] = False,
     out: Annotated[Path | None, typer.Option(
         help="Write to this file (atomically) instead of printing; for html a directory (or a .html file).")] = None,
     detail: Annotated[bool, typer.Option(
@@ -691,11 +691,14 @@ def _print_leaderboard(results: ResultStore, suite: str, dataset: str | None, fo
     from rome_bench.checkpoint import atomic_write_text
     from rome_bench.evaluation.leaderboard import build_leaderboard
     from rome_bench.evaluation.reference import load_reference
-    from rome_bench.evaluation.render import PAGE_FORMATS, RENDERERS, output_path
+    from rome_bench.evaluation.render import COST_FORMATS, PAGE_FORMATS, RENDERERS, output_path
     from rome_bench.evaluation.suites import SUITES
 
     if format_ not in RENDERERS:
         raise ConfigError(f"unknown format '{format_}'; choose one of: {', '.join(RENDERERS)}")
+    if costs and format_ not in COST_FORMATS:
+        raise ConfigError(f"--format {format_} has no cost columns (it follows the paper's tables); drop --costs, "
+                          f"or use --format {' | '.join(COST_FORMATS)} for them")
     if format_ in PAGE_FORMATS and out is None:
         raise ConfigError(f"--format {format_} writes a web page; give --out DIR (it writes DIR/index.html)")
     chosen = SUITES.get(suite).detailed() if detail else SUITES.get(suite)

@@ -1,4 +1,5 @@
-"""Shared fixtures: an isolated cache, and a tiny undefended ViT trained once per session on synthetic data."""
+"""Shared fixtures: an isolated cache, and a tiny undefended ViT trained once per session on synthetic data; the
+skip guard (``tests/skip_guard.py``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+
+# pytester tests the skip guard; the skip guard fails a CI run in which a test skips that its allowlist does not name.
+pytest_plugins = ["pytester", "tests.skip_guard"]
 
 # One intra-op thread unless told otherwise, inherited by the CLI tests' subprocesses: the tiny models gain nothing
 # from threading on a 2-core machine (CI-like clone runs: 317-393 s at 1 thread, 369 s at 2; runs are noisy).

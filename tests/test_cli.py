@@ -188,10 +188,24 @@ def test_model_file_export_and_latex(cli_main, tmp_path, trained_run):
     matrix = tmp_path / "matrix.csv"
     assert cli_main("export", "--suite", "seen-pgd", "--store", str(store), "--out", str(matrix)).returncode == 0
     assert len(matrix.read_text().splitlines()) == 17
-    tex = cli_main("leaderboard", "--suite", "seen-pgd", "--store", str(store), "--format", "tex", "--costs")
+    tex = cli_main("leaderboard", "--suite", "seen-pgd", "--store", str(store), "--format", "tex")
     assert tex.returncode == 0 and "\\bottomrule" in tex.stdout
     both = cli_main("eval", "--run", str(trained_run), "--model-file", f"{module}:Net")
     assert_one_line_error(both, "exactly one of --run")
+
+
+def test_costs_in_a_format_without_cost_columns_is_one_clear_error(cli_main, tmp_path):
+    """tex follows the paper's tables, which have no cost columns: --costs with it is refused, not ignored."""
+    from rome_bench.evaluation.store import ResultStore
+
+    store = tmp_path / "s.sqlite"
+    ResultStore(store).close()
+    rows = ["--store", str(store), "--reference", "rome-paper-table1"]  # the paper's rows: a table to render
+    tex = cli_main("leaderboard", *rows, "--format", "tex", "--costs")
+    assert_one_line_error(tex, "--format tex has no cost columns", "drop --costs")
+    assert tex.returncode == 2 and tex.stdout == ""
+    markdown = cli_main("leaderboard", *rows, "--format", "md", "--costs")
+    assert markdown.returncode == 0 and "Eval cost" in markdown.stdout, markdown.stderr
 
 
 def test_bad_eps_scale_fails_cleanly(cli_main, trained_run, tmp_path):

@@ -1,5 +1,7 @@
-"""The gating-misrouting attack: within budget, moves gates toward the least likely expert, at least as strong as
-plain ℓ∞ PGD with the same budget, and stored as "not applicable" on models without gates."""
+"""The gating-misrouting attack: within budget, moves gates toward the least likely expert, is plain ℓ∞ PGD without
+its misrouting term, and stored as "not applicable" on models without gates. GMA itself can leave robust examples
+that PGD breaks (its misrouting term pulls away from the classification loss; ``rome_bench/threats/gma.py``), so
+GMA∪PGD is the evaluation at least as strong as plain ℓ∞ PGD with the same budget: per example."""
 
 import copy
 
@@ -11,8 +13,8 @@ from rome_bench.evaluation.runner import evaluate_threats
 from rome_bench.evaluation.store import ResultStore
 from rome_bench.models.rome import LoRAExpertMixture, add_rome_experts
 from rome_bench.threats import Clean, LinfPGD
-from rome_bench.threats.gma import GatingMisrouting, misrouting_loss, model_gates
-from tests.measures import accuracy
+from rome_bench.threats.gma import GatingMisrouting, GatingMisroutingOrPGD, misrouting_loss, model_gates
+from tests.measures import fooled
 
 
 @pytest.fixture(scope="module")
@@ -63,17 +65,28 @@ def test_gma_moves_gates_toward_the_least_likely_expert(gated_model, correct_bat
     assert mean_misrouting(gated_model, attacked, targets) < mean_misrouting(gated_model, plain, targets)
 
 
-def test_gma_is_at_least_as_strong_as_plain_pgd_with_the_same_budget(gated_model, correct_batch):
+def test_gma_without_its_misrouting_term_is_plain_pgd(gated_model, correct_batch):
+    """gate_weight = 0 leaves the paper's loss CE(f): the same iterates as ℓ∞ PGD from the same random start."""
+    images, labels = correct_batch[0][:16], correct_batch[1][:16]
+    torch.manual_seed(0)
+    gma = GatingMisrouting(eps=1.5 / 255, steps=10, gate_weight=0.0)(gated_model, images, labels)
+    torch.manual_seed(0)
+    pgd = LinfPGD(1.5 / 255, steps=10)(gated_model, images, labels)
+    assert torch.equal(gma, pgd)
+
+
+def test_gma_union_is_at_least_as_strong_as_plain_pgd_with_the_same_budget(gated_model, correct_batch):
+    """Per example, GMA∪PGD breaks every example that plain ℓ∞ PGD breaks with the same ε, steps and step size
+    (deterministic starts), on a budget where GMA alone leaves some of them robust (measured: 1, 3 and 6 of 64 under
+    ROME_BENCH_TEST_SEED 0, 1 and 2)."""
     images, labels = correct_batch
-    eps, steps = 1.5 / 255, 10
-    torch.manual_seed(0)
-    gma = accuracy(gated_model, GatingMisrouting(eps=eps, steps=steps)(gated_model, images, labels), labels)
-    torch.manual_seed(0)
-    pgd = accuracy(gated_model, LinfPGD(eps, steps=steps)(gated_model, images, labels), labels)
-    assert 0.0 < pgd < 1.0, "the budget should leave the comparison informative"
-    # GMA trades some of the classification loss for misrouting, so it is not stronger on every model: it must not
-    # be weaker beyond two binomial standard errors at p = 1/2 (it was 4 of 64 with ROME_BENCH_TEST_SEED=1).
-    assert gma <= pgd + 2 * (0.25 / len(labels)) ** 0.5, (gma, pgd)
+    union = GatingMisroutingOrPGD(eps=1.5 / 255, steps=10, random_start=False)
+    pgd = LinfPGD(1.5 / 255, 10, union.gma.step_size, random_start=False)
+    union_fooled = fooled(gated_model, union(gated_model, images, labels), labels)
+    pgd_fooled = fooled(gated_model, pgd(gated_model, images, labels), labels)
+    assert 0 < pgd_fooled.sum() < len(labels), "the budget should leave the comparison informative"
+    missed = (pgd_fooled & ~union_fooled).nonzero().flatten().tolist()
+    assert not missed, f"GMA∪PGD leaves robust examples {missed} that PGD breaks"
 
 
 def test_gma_is_not_applicable_without_gates_and_stored_as_such(tmp_path, undefended_model, gated_model,
@@ -95,8 +108,6 @@ def test_gma_is_not_applicable_without_gates_and_stored_as_such(tmp_path, undefe
 @pytest.mark.parametrize("eps", [1 / 255, 2 / 255])
 def test_gma_union_breaks_exactly_what_gma_or_pgd_breaks(gated_model, correct_batch, eps):
     """Per example, GMA∪PGD is the worst case of GMA and of PGD on the same budget (deterministic starts)."""
-    from rome_bench.threats.gma import GatingMisroutingOrPGD
-
     images, labels = correct_batch[0][:32], correct_batch[1][:32]
     union = GatingMisroutingOrPGD(eps=eps, steps=5, random_start=False)
     gma = GatingMisrouting(eps=eps, steps=5, random_start=False)
@@ -104,8 +115,8 @@ def test_gma_union_breaks_exactly_what_gma_or_pgd_breaks(gated_model, correct_ba
     adversarial = {name: threat(gated_model, images, labels)
                    for name, threat in (("union", union), ("gma", gma), ("pgd", pgd))}
     with torch.no_grad():
-        fooled = {name: gated_model(x).argmax(1) != labels for name, x in adversarial.items()}
-    assert torch.equal(fooled["union"], fooled["gma"] | fooled["pgd"])
-    assert fooled["union"].sum() >= max(fooled["gma"].sum(), fooled["pgd"].sum())
+        broken = {name: gated_model(x).argmax(1) != labels for name, x in adversarial.items()}
+    assert torch.equal(broken["union"], broken["gma"] | broken["pgd"])
+    assert broken["union"].sum() >= max(broken["gma"].sum(), broken["pgd"].sum())
     check = union.budget().check(images, adversarial["union"])
     assert bool((check.measured <= check.limit).all())

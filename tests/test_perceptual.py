@@ -224,7 +224,7 @@ def test_alexnet_lpips_only_from_local_weights(tmp_path, monkeypatch, undefended
 def test_at_least_as_strong_as_perceptual_advex(name, undefended_model, correct_batch):
     """Same model (as their FeatureModel, lpips_model='self'), examples, bound and iterations: our accuracy is at
     most theirs + 2 of 32. Their output counts as adversarial only inside the bound (their projection may return
-    points outside it)."""
+    points outside it), so the comparison needs their attack inside the bound on most examples and fooling some."""
     reference = reference_libs.perceptual_advex()
     attacks = reference.perceptual_attacks
     images, labels = correct_batch[0][:32], correct_batch[1][:32]
@@ -239,10 +239,14 @@ def test_at_least_as_strong_as_perceptual_advex(name, undefended_model, correct_
     distance = LPIPS("self", undefended_model)
     with torch.no_grad():
         their_inside = distance(images, their_output) <= bound * (1 + 1e-4)
+    their_fooled = fooled(undefended_model, their_output, labels) & their_inside
+    # Measured (ROME_BENCH_TEST_SEED 0, 1, 2): theirs inside the bound on 31-32 of 32, fooling 7-12 inside it. Below
+    # 28 inside or 4 fooled, their accuracy is mostly "not attacked" and the comparison below could hardly fail.
+    assert their_inside.sum() >= 28, f"perceptual-advex stayed inside the bound on {int(their_inside.sum())} of 32"
+    assert their_fooled.sum() >= 4, f"perceptual-advex fooled {int(their_fooled.sum())} of 32 inside the bound"
     our_accuracy = (~fooled(undefended_model, our_output, labels)).sum().item()
-    their_accuracy = (~(fooled(undefended_model, their_output, labels) & their_inside)).sum().item()
+    their_accuracy = (~their_fooled).sum().item()
     assert our_accuracy <= their_accuracy + 2, (our_accuracy, their_accuracy)
-    assert our_accuracy < len(labels), "the comparison is meaningless if neither attack succeeds"
 
 
 def _feature_model(reference, model: nn.Module) -> nn.Module:

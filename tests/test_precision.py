@@ -1,5 +1,5 @@
 """bf16 autocast for attacks (``eval --precision bf16``): the attack runs in bf16, every stored decision in fp32,
-and the attack is as strong as in fp32 up to binomial noise."""
+and the attack is as strong as in fp32: on the same examples, the two precisions disagree on only a few."""
 
 from __future__ import annotations
 
@@ -47,7 +47,22 @@ class OutputDtypes:
             handle.remove()
 
 
-def robust_accuracy(model, threat, images, labels, precision: str) -> tuple[float, set[torch.dtype]]:
+# Paired bound on fp32 vs bf16 outcomes. Both attacks start from the same point (same seed) and take the same steps;
+# they differ only by bf16's rounding of the forward pass and gradient, which flips an outcome only where the attack
+# ends next to the decision boundary. Measured on the 64 examples: 0-2 disagreements for either threat, under
+# ROME_BENCH_TEST_SEED 0, 1 and 2 (AVX2 kernels); 4 allows twice the most measured.
+MAX_DISAGREEMENTS = 4
+
+
+def disagreements(full: torch.Tensor, half: torch.Tensor) -> tuple[int, int]:
+    """The discordant pairs of two per-example robustness masks of the same examples: (robust only under fp32,
+    robust only under bf16)."""
+    return int((full & ~half).sum()), int((~full & half).sum())
+
+
+def robust_examples(model, threat, images, labels, precision: str) -> tuple[torch.Tensor, set[torch.dtype]]:
+    """Which examples stay correctly classified after the attack run at this precision, and the Linear output
+    dtypes seen while it ran."""
     torch.manual_seed(0)
     with OutputDtypes(model) as seen, attack_precision(precision, CPU):
         adversarial = threat(attack_model(model), images, labels)
@@ -55,22 +70,34 @@ def robust_accuracy(model, threat, images, labels, precision: str) -> tuple[floa
     assert (adversarial - images).flatten(1).norm(p=2 if threat.norm == "l2" else math.inf, dim=1).max() \
         <= threat.eps * (1 + 1e-5)
     with torch.no_grad():
-        return float((model(adversarial).argmax(1) == labels).float().mean()), set(seen.dtypes)
+        return model(adversarial).argmax(1) == labels, set(seen.dtypes)
+
+
+def test_disagreements_are_counted_per_example_not_from_two_rates() -> None:
+    """Two runs with the same robust accuracy can disagree on every example: the paired count sees it."""
+    full = torch.arange(64) < 32
+    assert disagreements(full, full) == (0, 0)
+    assert disagreements(full, full.roll(1)) == (1, 1)
+    assert disagreements(full, torch.zeros(64, dtype=torch.bool)) == (32, 0)
+    swapped = ~full  # robust accuracy 1/2 as well, on the other 32 examples
+    assert sum(disagreements(full, swapped)) == 64 > MAX_DISAGREEMENTS
 
 
 @needs_bf16
 @pytest.mark.parametrize("threat", [LinfPGD(1 / 255, steps=10), L2PGD(0.1, steps=10)], ids=["linf", "l2"])
 def test_bf16_attack_runs_in_bf16_and_is_as_strong_as_fp32(undefended_model, correct_batch, threat) -> None:
     images, labels = correct_batch
-    full, full_dtypes = robust_accuracy(undefended_model, threat, images, labels, "fp32")
-    half, half_dtypes = robust_accuracy(undefended_model, threat, images, labels, "bf16")
+    full, full_dtypes = robust_examples(undefended_model, threat, images, labels, "fp32")
+    half, half_dtypes = robust_examples(undefended_model, threat, images, labels, "bf16")
     assert full_dtypes == {torch.float32} and half_dtypes == {torch.bfloat16}
-    assert 0.05 < full < 0.95, f"pick ε so that the attack neither always nor never succeeds (got {full})"
-    noise = 3 * math.sqrt(2 * full * (1 - full) / len(labels))  # 3 standard errors of a difference of two rates
-    assert abs(half - full) <= noise + 1 / len(labels), (full, half)
+    rate = full.float().mean().item()
+    assert 0.05 < rate < 0.95, f"pick ε so that the attack neither always nor never succeeds (got {rate})"
+    only_full, only_half = disagreements(full, half)
+    assert only_full + only_half <= MAX_DISAGREEMENTS, (
+        f"fp32 and bf16 disagree on {only_full + only_half} of {len(labels)} examples ({only_full} robust only "
+        f"under fp32, {only_half} only under bf16); at most {MAX_DISAGREEMENTS} expected")
 
 
-@needs_bf16
 def test_stored_decisions_are_fp32_under_bf16_and_provenance_says_bf16(tmp_path, undefended_model,
                                                                          synthetic_test) -> None:
     from rome_bench.provenance import evaluation_provenance

@@ -142,9 +142,13 @@ def test_deepfool_matches_torchattacks_deepfool(undefended_model, few):
     assert (reached_class[ours_fooled] != target[ours_fooled]).sum() <= 1, "the class DeepFool says it crossed into"
     both = ours_fooled & theirs_fooled
     assert both.sum() >= len(labels) // 2
+    # Both take the same linearised steps; torchattacks overshoots each step by 2% and ours the total once (plus the
+    # authors' 10⁻⁴ per step), so on an example both fool ours is within the 2% overshoot of theirs (measured: at most
+    # 1.6% larger, 23 examples under ROME_BENCH_TEST_SEED 0, 1 and 2).
     ours_l2 = (ours - images).flatten(1).norm(dim=1)[both]
     theirs_l2 = (theirs - images).flatten(1).norm(dim=1)[both]
-    assert ours_l2.median() <= 1.5 * theirs_l2.median(), "our perturbations are no larger than the reference's"
+    ratio = ours_l2 / theirs_l2
+    assert (ratio <= 1.02).all(), f"ours is larger than the reference's beyond the 2% overshoot (ours/theirs {ratio})"
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -27,7 +27,9 @@ def load(run: Path):
     (["--set", "model.backbone=wrn_micro", "--div-distance", "wasserstein1", "--no-div-projection", "--gating",
       "dual-inverted"],
      {"div_distance": "wasserstein1", "div_projection": False, "gating": "dual-inverted"}),
-])
+    (["--experts", "adapter", "--rank", "3", "--expert-layers", "qkv,fc2", "--gating", "local"],
+     {"expert_type": "adapter", "rank": 3, "targets": ["qkv", "fc2"], "gating": "local"}),
+], ids=["ffn", "wrn", "adapter"])
 def test_every_switch_trains_and_is_saved_with_the_run(cli_main, tmp_path, switches, expected):
     run = tmp_path / "run"
     result = cli_main("train", "--method", "rome+max", *ONE_STEP, *switches, "--out", str(run))
@@ -39,7 +41,9 @@ def test_every_switch_trains_and_is_saved_with_the_run(cli_main, tmp_path, switc
         assert any(isinstance(module, FFNExpertMixture) and module.top_k == expected["top_k"]
                    for module in model.modules())
     if expected.get("expert_type") == "adapter":
-        assert any(isinstance(module, AdapterExpertMixture) for module in model.modules())
+        adapters = [module for module in model.modules() if isinstance(module, AdapterExpertMixture)]
+        assert len(adapters) == 2 * len(model.backbone.blocks)  # qkv and fc2 in every block
+        assert all(adapter.rank == expected["rank"] for adapter in adapters)
     assert all(gate.gating == saved["gating"] for gate in gating_modules(model))
     if "wrn_micro" in switches:
         assert type(model.backbone).__name__ == "WideResNet"

@@ -25,7 +25,7 @@ def _text(render: Callable[..., str]) -> Callable[..., str]:
 
 
 def _render_tex(rows: list[Row], suite: Suite, costs: bool = False) -> str:
-    """LaTeX (paper style); costs are not part of the paper's tables."""
+    """LaTeX (paper style); costs are not part of the paper's tables (the CLI refuses --costs with tex)."""
     return render_latex(rows, suite)
 
 
@@ -40,6 +40,7 @@ RENDERERS: dict[str, Callable[..., str]] = {"md": _text(render_markdown), "csv":
                                             "json": _text(render_json), "tex": _text(_render_tex),
                                             "html": _render_html}
 PAGE_FORMATS = frozenset({"html"})  # written as <out>/index.html (or <out> when it ends in .html); never printed
+COST_FORMATS = ("md", "csv", "json", "html")  # the formats that render --costs (tex follows the paper's tables)
 
 
 def output_path(format_: str, out: Path) -> Path:

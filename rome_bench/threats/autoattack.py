@@ -9,7 +9,10 @@ per-attack success counts, which feed a validity flag: a black-box attack (Squar
 white-box attack failed is a sign of gradient masking.
 
 With the same seed and the same batch, the result equals a direct ``AutoAttack.run_standard_evaluation`` call
-(tested). ``n_iter`` and ``n_queries`` exist for quick tests and ablations; the suites use the library defaults.
+(tested), except that each attack's output is clamped to [0,1]: ℓ1 Square adds its box projection to the image
+without clipping, and float rounding left a coordinate at 1 + 1.2e-7 (``tests/test_closed_form_attacks.py``),
+which the runner rejects; clamping moves a coordinate towards the clean image, so no ℓp norm grows. ``n_iter``
+and ``n_queries`` exist for quick tests and ablations; the suites use the library defaults.
 """
 
 from __future__ import annotations
@@ -106,6 +109,7 @@ class AutoAttackThreat(Threat):
                 if len(remaining) == 0:
                     break
                 perturbed = _run_attack(adversary, attack, images[remaining].clone(), labels[remaining].clone())
+                perturbed = perturbed.clamp(0, 1)  # see the module docstring (ℓ1 Square's rounding)
                 fooled = model(perturbed).argmax(1) != labels[remaining]
                 result[remaining[fooled]] = perturbed[fooled].detach()
                 robust[remaining[fooled]] = False

@@ -432,7 +432,7 @@ def test_attack_stays_in_its_budget_and_the_box_and_never_beats_the_optimum(name
     for n in EPS if norm == "union" else [norm]:
         floor = optima(n)[run.rows].gather(1, reached.unsqueeze(1)).squeeze(1)
         below = fooled & (norms_of(delta, n) < floor * (1 - NOT_BELOW_OPTIMUM))
-        assert not below.any(), f"{name} flipped {int(below.sum())} examples below the closed-form ℓ{n} optimum"
+        assert not below.any(), f"{name} flipped {int(below.sum())} examples below the closed-form {n} optimum"
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -447,7 +447,7 @@ def test_fab_comes_within_a_quarter_of_the_optimum(name):
     Per example the bound is against the optimum of the class the output reached: FAB picks the hyperplane to
     project on by its box-free distance |f_j|/‖∇f_j‖_q (FAB-T: the target it is given), and on a linear model its
     projection onto that hyperplane ∩ box is exact; so the box can make it cross to a class that is not the
-    closest one under the box (untargeted ℓ1 FAB: one example at 1.22× the overall optimum, measured). Against
+    closest one under the box (untargeted ℓ1 FAB on all 64 examples: one at 1.22× the overall optimum). Against
     the overall optimum the bound holds on the median.
     """
     model = linear_case()[0]

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from rome_bench.data import load_dataset
 from rome_bench.evaluation.regression import REFERENCE_DIR, read_reference
@@ -47,7 +48,7 @@ def _suite_threats(path: Path) -> list[tuple[str, type[Threat]]]:
     seen: dict[str, type[Threat]] = {}
     for check in document["checks"]:
         data = load_dataset(check["dataset"], check.get("split", "test"), None)
-        loaded = load_run(path.parent / check["run"], data.info, __import__("torch").device("cpu"))
+        loaded = load_run(path.parent / check["run"], data.info, torch.device("cpu"))
         for threat in SUITES.get(check["suite"]).build(loaded.config.threats):
             if not isinstance(threat, Clean):
                 seen.setdefault(threat.column, type(threat))

@@ -34,11 +34,17 @@ def guarded(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytes
     return pytester
 
 
-def test_a_skip_not_on_the_allowlist_fails_the_run_and_is_named(guarded: pytest.Pytester) -> None:
-    (guarded.path / "allowlist.txt").write_text("# no AVX512 on this machine kind\n"
-                                               "test_machine.py::test_needs_avx512  # AVX2 only\n")
+def run_with_allowlist(guarded: pytest.Pytester, allowlist: str) -> pytest.RunResult:
+    """Run the guarded session with this allowlist text: one test passes, three skip."""
+    (guarded.path / "allowlist.txt").write_text(allowlist)
     result = guarded.runpytest()
     result.assert_outcomes(passed=1, skipped=3)
+    return result
+
+
+def test_a_skip_not_on_the_allowlist_fails_the_run_and_is_named(guarded: pytest.Pytester) -> None:
+    result = run_with_allowlist(guarded, "# no AVX512 on this machine kind\n"
+                                         "test_machine.py::test_needs_avx512  # AVX2 only\n")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["*unexpected skips*", "test_machine.py::test_needs_a_browser[[]a[]]: chromium is not "
                                  "installed", "test_machine.py::test_needs_a_browser[[]b[]]: chromium is not installed",
@@ -47,10 +53,8 @@ def test_a_skip_not_on_the_allowlist_fails_the_run_and_is_named(guarded: pytest.
 
 
 def test_skips_on_the_allowlist_pass(guarded: pytest.Pytester) -> None:
-    (guarded.path / "allowlist.txt").write_text("test_machine.py::test_needs_avx512\n"
-                                               "test_machine.py::test_needs_a_browser[*]  # no chromium here\n")
-    result = guarded.runpytest()
-    result.assert_outcomes(passed=1, skipped=3)
+    result = run_with_allowlist(guarded, "test_machine.py::test_needs_avx512\n"
+                                         "test_machine.py::test_needs_a_browser[*]  # no chromium here\n")
     assert result.ret == pytest.ExitCode.OK
     result.stdout.no_fnmatch_line("*unexpected skips*")
 

@@ -102,12 +102,17 @@ def test_more_steps_never_weaker(name, step, undefended_model, batch):
     images, labels = batch
     eps = WEAK[name]
     step_size = SMALL_STEP[name] if step == "small" else eps / math.sqrt(10)
-    results = [fooled(undefended_model, attack(name, undefended_model, images, labels, eps=eps, steps=steps,
-                                               step_size=step_size), labels) for steps in (1, 3, 10)]
+    adversarials = [attack(name, undefended_model, images, labels, eps=eps, steps=steps, step_size=step_size)
+                    for steps in (1, 3, 10)]
+    results = [fooled(undefended_model, adversarial, labels) for adversarial in adversarials]
     assert (results[0] <= results[1]).all() and (results[1] <= results[2]).all()
     if step == "small":
-        assert results[2].sum() > results[0].sum(), f"optimising should help at ε={eps}: " \
-                                                    f"{[int(r.sum()) for r in results]}"
+        # The loss, not the fooled count: how many of 16 examples cross the boundary at this ε depends on the float
+        # kernels the shared model was trained with (8, 8, 8 under ATEN_CPU_CAPABILITY=default), its loss does not.
+        with torch.no_grad():
+            losses = [float(torch.nn.functional.cross_entropy(undefended_model(adversarial), labels))
+                      for adversarial in adversarials]
+        assert losses[0] < losses[1] < losses[2], f"optimising should raise the loss at ε={eps}: {losses}"
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -30,6 +30,9 @@ from rome_bench.threats.autoattack import AutoAttackThreat
 from rome_bench.threats.pgd import PGD
 
 REFERENCES = sorted(REFERENCE_DIR.glob("*.json"))
+# One pytest-xdist worker runs the whole module, so its shared stores are filled once (`pytest -n auto --dist
+# loadgroup`, as .ci/run and tox run it), not once per worker.
+pytestmark = pytest.mark.xdist_group("check-mutations")
 
 
 def _needs_data(path: Path) -> bool:

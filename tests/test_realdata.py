@@ -21,10 +21,11 @@ def test_smoke_on_a_cifar10_subset_end_to_end(tmp_path):
     assert train.returncode == 0, train.stderr
     sidecar = json.loads((run / "model.json").read_text())
     assert sidecar["dataset"] == "cifar10" and sidecar["num_classes"] == 10
-    evaluation = rome_bench("eval", "--run", str(run), "--n-examples", "32", "--store", str(store), "--no-progress")
+    evaluation = rome_bench("eval", "--run", str(run), "--suite", "seen-pgd", "--n-examples", "32", "--store",
+                            str(store), "--no-progress")
     assert evaluation.returncode == 0, evaluation.stderr
-    board = rome_bench("leaderboard", "--store", str(store), "--dataset", "cifar10", "--reference",
-                       "rome-paper-table1")
+    board = rome_bench("leaderboard", "--store", str(store), "--dataset", "cifar10", "--suite", "seen-pgd",
+                       "--reference", "rome-paper-table1")
     assert board.returncode == 0, board.stderr
     assert any(line.startswith("| rome+max (cifar-demo) | 32 |") for line in board.stdout.splitlines())
     assert "reported by the paper" in board.stdout
@@ -39,7 +40,7 @@ def test_pyautoattacks_shipped_resnet18_is_accurate_and_at_zero_under_autoattack
     store = tmp_path / "results.sqlite"
     evaluation = rome_bench("eval", "--model-file", f"{examples / 'resnet.py'}:ResNet18", "--weights",
                             str(examples / "model_test.pt"), "--preset", "cifar10", "--suite", "seen",
-                            "--n-examples", "10", "--batch-size", "10", "--store", str(store), "--no-progress")
+                            "--n-examples", "4", "--batch-size", "4", "--store", str(store), "--no-progress")
     assert evaluation.returncode == 0, evaluation.stderr
     board = json.loads(rome_bench("leaderboard", "--store", str(store), "--format", "json").stdout)
     accuracy = board["rows"][0]["accuracy"]

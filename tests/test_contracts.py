@@ -21,6 +21,7 @@ from rome_bench.evaluation.runner import attack_precision, verify_threat_output
 from rome_bench.evaluation.suites import SUITES
 from rome_bench.models import FAMILIES, create_model, gates
 from rome_bench.models.autocast import attack_model
+from rome_bench.models.family import build_family
 from rome_bench.threats import THREATS, Threat
 from rome_bench.training import recipes as _recipes  # noqa: F401  (registers every recipe)
 from rome_bench.training.attacks import training_threats
@@ -56,10 +57,35 @@ def test_every_family_specific_recipe_is_some_familys_paper_recipe():
     assert specific <= {FAMILIES.get(family).paper_recipe for family in FAMILIES.names()}
 
 
+def record_logged_terms(trainer: Trainer) -> set[str]:
+    """The names of the logs of every step the trainer's recipe takes (filled as it trains)."""
+    logged: set[str] = set()
+    update = trainer.recipe.update
+
+    def recording_update(ctx, batch):
+        result = update(ctx, batch)
+        logged.update(result.logs)
+        return result
+
+    trainer.recipe.update = recording_update  # type: ignore[method-assign]
+    return logged
+
+
 @pytest.mark.parametrize(("recipe", "family"), RECIPE_FAMILY_PAIRS)
 def test_every_recipe_trains_and_resumes_bit_exact(tmp_path, recipe, family):
-    """6 steps unbroken vs killed at step 5 (after the checkpoint at step 4) and resumed: identical weights."""
-    unbroken = Trainer(fast_config(recipe, family), tmp_path / "unbroken", progress=False).fit()
+    """6 steps unbroken vs killed at step 5 (after the checkpoint at step 4) and resumed: identical weights.
+
+    On a family with a routing loss, the unbroken run's steps log a ``routing`` term: every recipe labels the
+    forward whose gates the loss reads (``ctx.forward(..., routing_ids=...)``), and ``Recipe.update`` adds it.
+    """
+    config = fast_config(recipe, family)
+    trainer = Trainer(config, tmp_path / "unbroken", progress=False)
+    logged = record_logged_terms(trainer)
+    unbroken = trainer.fit()
+    if build_family(config.model).routing(config.model) is not None:
+        assert "routing" in logged, f"{recipe} on {family}: no step added the family's routing loss ({logged})"
+    else:
+        assert "routing" not in logged
     with pytest.raises(Killed):
         Trainer(fast_config(recipe, family), tmp_path / "broken", progress=False).fit(on_step=kill_at(5))
     resumed = Trainer(fast_config(recipe, family), tmp_path / "broken", progress=False).fit(resume=True)

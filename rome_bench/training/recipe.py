@@ -4,8 +4,12 @@ The trainer owns everything around the step (seeded data order and augmentation,
 atomic checkpoints with the RNG state, metrics); a recipe owns the step itself through a :class:`StepContext`:
 
 * ``ctx.attack(threat, images, labels)`` runs a training attack with the model in eval mode;
-* ``ctx.forward(images)`` is the model in train mode (the update's forward);
-* ``ctx.routing_loss(threat_ids)`` is λ·(the family's routing loss) on the gates of the last forward, or None;
+* ``ctx.forward(images, routing_ids=ids)`` is the model in train mode (the update's forward); ``routing_ids``
+  labels each input row (by its threat, or its group) for the family's routing loss: the step's one labelled
+  forward is the one whose gates the routing loss reads;
+* :meth:`Recipe.update` adds λ·(the family's routing loss) of that forward to the recipe's loss and logs it as
+  ``routing`` (``ctx.add_routing``); a recipe never computes it. On a family with a routing loss, a step whose
+  objective labels no forward is an error;
 * ``ctx.backward(loss)`` is the one seam through which every gradient reaches the parameters (DDP and AMP hook
   here); ``ctx.grads(loss)`` / ``ctx.set_grads(grads)`` serve recipes that combine gradients (RAMP);
 * ``ctx.global_sum(values)`` / ``ctx.rank0_value(value)`` make a recipe's batch-level decisions those of the
@@ -36,6 +40,7 @@ from rome_bench.config import ThreatsConfig
 from rome_bench.config import parse_options as parse_table
 from rome_bench.errors import ConfigError
 from rome_bench.models.autocast import AutocastModel
+from rome_bench.models.gates import GateOutput
 from rome_bench.models.gates import gates as read_gates
 from rome_bench.registry import Registry
 from rome_bench.threats import Threat
@@ -52,7 +57,7 @@ class Batch:
 
 @dataclass
 class StepResult:
-    loss: torch.Tensor  # the scalar that was back-propagated (recipe loss + routing loss)
+    loss: torch.Tensor  # the recipe's loss; after Recipe.update, what was back-propagated (+ the routing loss)
     logs: dict[str, float] = field(default_factory=dict)  # averaged per epoch into the progress bar and metadata
     correct: dict[str, tuple[int, int]] = field(default_factory=dict)  # column -> (correct, total) this step
 
@@ -65,6 +70,7 @@ class StepContext:
         self.model = model
         self.parameters = parameters
         self._routing_loss = routing_loss
+        self._labelled: tuple[list[GateOutput], torch.Tensor] | None = None  # gates and ids of the labelled forward
         self.distributed = distributed or Distributed()
         self.share = 1.0  # this rank's fraction n_r/N of the global batch (set by the trainer every step)
         self.precision = precision
@@ -93,27 +99,49 @@ class StepContext:
         with torch.no_grad(), self._autocast():
             return self._full(self.model(images))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits in train mode, with a graph: the forward of the update (fp32 logits: the loss is taken in fp32)."""
+    def forward(self, images: torch.Tensor, routing_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits in train mode, with a graph: the forward of the update (fp32 logits: the loss is taken in fp32).
+
+        ``routing_ids`` (one id per row of ``images``) makes this the step's labelled forward: its gates are kept
+        for the routing loss that :meth:`add_routing` adds (nothing is kept when the family has no routing loss).
+        """
         self.model.train()
         with self._autocast():
-            return self._full(self.model(images))
+            logits = self._full(self.model(images))
+        if routing_ids is not None and self._routing_loss is not None:
+            if self._labelled is not None:
+                raise RuntimeError("two forwards of one step are labelled with routing_ids; the routing loss reads "
+                                   "one forward's gates: label only the forward it should see")
+            self._labelled = (read_gates(self.model), routing_ids)
+        return logits
 
     @property
     def has_routing_loss(self) -> bool:
         return self._routing_loss is not None
 
-    def routing_loss(self, threat_ids: torch.Tensor) -> torch.Tensor | None:
-        """λ·(routing loss) on the gates of the last forward, each example labelled by its threat; None if none."""
+    def add_routing(self, result: StepResult, recipe: str) -> StepResult:
+        """``result`` with λ·(routing loss) of the labelled forward added to its loss and logged as ``routing``.
+
+        Computed here, after the recipe's loss, on the gates the labelled forward recorded (with several processes,
+        the global batch's gates; the gradient scaled by 1/share, which the weighted all-reduce undoes). Without a
+        routing loss the result is returned as it is.
+        """
+        labelled, self._labelled = self._labelled, None
         if self._routing_loss is None:
-            return None
+            return result
+        if labelled is None:
+            raise RuntimeError(f"recipe {recipe} labelled no forward with routing_ids, so the model family's routing "
+                               "loss has no gates to read: pass routing_ids to the forward of the update")
+        gates, ids = labelled
         group = self.distributed
         if not group.active:
-            return self._routing_loss(read_gates(self.model), threat_ids)
-        # the global batch's gates on every rank; the gradient scaled by 1/share, which the weighted all-reduce undoes
-        value = self._routing_loss([group.gather_gate(gate) for gate in read_gates(self.model)],
-                                   group.gather_rows(threat_ids))
-        return value.detach() + (value - value.detach()) / self.share
+            routing = self._routing_loss(gates, ids)
+        else:
+            value = self._routing_loss([group.gather_gate(gate) for gate in gates], group.gather_rows(ids))
+            routing = value.detach() + (value - value.detach()) / self.share
+        result.loss = result.loss + routing
+        result.logs["routing"] = float(routing.detach())
+        return result
 
     def global_sum(self, values: list[float]) -> list[float]:
         """Each value summed over the training processes (the values themselves in one process): batch statistics
@@ -202,11 +230,16 @@ class Recipe(ABC):
 
     @abstractmethod
     def loss(self, ctx: StepContext, batch: Batch) -> StepResult:
-        """The step's objective (including the routing loss where the model has one), not yet back-propagated."""
+        """The step's objective without the routing loss, not yet back-propagated; the forward whose gates the
+        routing loss should read is called with ``routing_ids``."""
+
+    def objective(self, ctx: StepContext, batch: Batch) -> StepResult:
+        """:meth:`loss` plus the routing loss of its labelled forward: what an update back-propagates."""
+        return ctx.add_routing(self.loss(ctx, batch), self.name)
 
     def update(self, ctx: StepContext, batch: Batch) -> StepResult:
-        """Fill the parameters' gradients for one optimizer step: by default back-propagate :meth:`loss`."""
-        result = self.loss(ctx, batch)
+        """Fill the parameters' gradients for one optimizer step: by default back-propagate :meth:`objective`."""
+        result = self.objective(ctx, batch)
         ctx.backward(result.loss)
         return result
 

@@ -126,17 +126,13 @@ class RandomizedInputsRecipe(Recipe):
         inputs = torch.cat(list(versions.values()))
         targets = labels.repeat(len(versions))
         group_ids = torch.arange(len(versions), device=labels.device).repeat_interleave(len(labels))
-        logits = ctx.forward(inputs)
+        logits = ctx.forward(inputs, routing_ids=group_ids)
         loss = F.cross_entropy(logits, targets)
-        routing = ctx.routing_loss(group_ids)
-        total = loss + routing if routing is not None else loss
         hits = logits.argmax(1) == targets
         correct = {COLUMNS[kind]: (int(hits[group_ids == index].sum()), len(labels))
                    for index, kind in enumerate(versions)}
         logs = {"ce": float(loss.detach())}
-        if routing is not None:
-            logs["routing"] = float(routing.detach())
-        return StepResult(total, logs, correct)
+        return StepResult(loss, logs, correct)
 
 
 @register_recipe("dwf-fgsm", citation=DWF_CITATION)

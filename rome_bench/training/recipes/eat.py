@@ -100,18 +100,14 @@ class ExtremeNormAT(Recipe):
         clean_correct = int((ctx.eval_logits(images).argmax(1) == labels).sum())
         threat_id = self.choose_threat(batch.step, ctx)
         threat = self.threats()[threat_id]
-        logits = ctx.forward(ctx.attack(threat, images, labels))
+        logits = ctx.forward(ctx.attack(threat, images, labels), routing_ids=torch.full_like(labels, threat_id))
         loss = F.cross_entropy(logits, labels)
-        routing = ctx.routing_loss(torch.full_like(labels, threat_id))
-        total = loss + routing if routing is not None else loss
         robust = int((logits.argmax(1) == labels).sum())
         robust_total, seen_total = ctx.global_sum([robust, len(labels)])  # the running counts of the global batches
         self.robust_correct[threat_id] += robust_total
         self.robust_seen[threat_id] += seen_total
         logs = {"adv_loss": float(loss.detach()), "l1_batches": float(threat_id == L1)}
-        if routing is not None:
-            logs["routing"] = float(routing.detach())
-        return StepResult(total, logs, {"nat": (clean_correct, len(labels)), threat.column: (robust, len(labels))})
+        return StepResult(loss, logs, {"nat": (clean_correct, len(labels)), threat.column: (robust, len(labels))})
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"robust_correct": self.robust_correct.clone(), "robust_seen": self.robust_seen.clone()}

@@ -94,19 +94,15 @@ class MultiThreatRecipe(Recipe):
         generate = batched_attack_inputs if self.options.batched_attacks else adversarial_inputs
         adversarial = generate(ctx, threats, images, labels, (example_index, threat_ids))
         targets = labels[example_index]
-        logits = ctx.forward(adversarial)
+        logits = ctx.forward(adversarial, routing_ids=threat_ids)
         loss = self.aggregate(F.cross_entropy(logits, targets, reduction="none"), len(images))
-        routing = ctx.routing_loss(threat_ids)
-        total = loss + routing if routing is not None else loss
         hits = logits.argmax(1) == targets
         correct = {"nat": (clean_correct, len(images))}
         for threat_id, threat in enumerate(threats):
             mine = threat_ids == threat_id
             correct[threat.column] = (int(hits[mine].sum()), int(mine.sum()))
         logs = {"adv_loss": float(loss.detach())}
-        if routing is not None:
-            logs["routing"] = float(routing.detach())
-        return StepResult(total, logs, correct)
+        return StepResult(loss, logs, correct)
 
 
 @register_recipe("max", citation="Tramèr & Boneh, NeurIPS 2019")

@@ -115,13 +115,9 @@ class MoreStage2(Recipe):
         columns = (["nat"] if self.options.clean else []) + [threat.column for threat in threats]
         targets = labels.repeat(len(parts))
         group_ids = torch.arange(len(parts), device=labels.device).repeat_interleave(len(labels))
-        logits = ctx.forward(torch.cat(parts))
+        logits = ctx.forward(torch.cat(parts), routing_ids=group_ids)
         loss = F.cross_entropy(logits, targets)
-        routing = ctx.routing_loss(group_ids)
-        total = loss + routing if routing is not None else loss
         hits = logits.argmax(1) == targets
         correct = {column: (int(hits[group_ids == index].sum()), len(labels)) for index, column in enumerate(columns)}
         logs = {"ce": float(loss.detach())}
-        if routing is not None:
-            logs["routing"] = float(routing.detach())
-        return StepResult(total, logs, correct)
+        return StepResult(loss, logs, correct)

@@ -86,15 +86,11 @@ class MSDRecipe(Recipe):
         adversarial = ctx.attack(attack, images, labels)
         norm_ids = attack.kept_norm_ids
         assert norm_ids is not None
-        logits = ctx.forward(adversarial)
+        logits = ctx.forward(adversarial, routing_ids=norm_ids)
         loss = F.cross_entropy(logits, labels)
-        routing = ctx.routing_loss(norm_ids)
-        total = loss + routing if routing is not None else loss
         correct = {"nat": (clean_correct, len(labels)),
                    attack.column: (int((logits.argmax(1) == labels).sum()), len(labels))}
         logs = {"adv_loss": float(loss.detach())}
         shares = torch.bincount(norm_ids, minlength=len(MSD_NORMS)).float() / len(labels)
         logs.update({f"kept_{norm}": float(share) for norm, share in zip(MSD_NORMS, shares, strict=True)})
-        if routing is not None:
-            logs["routing"] = float(routing.detach())
-        return StepResult(total, logs, correct)
+        return StepResult(loss, logs, correct)

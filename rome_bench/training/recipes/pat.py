@@ -337,18 +337,14 @@ class PATRecipe(Recipe):
 
     def adversarial_result(self, ctx: StepContext, batch: Batch, adversarial: torch.Tensor,
                            clean_correct: int) -> StepResult:
-        """CE on the training inputs (train mode) plus the routing loss of that forward, threat id 0 for all."""
+        """CE on the training inputs (train mode); that forward is the routing loss's, threat id 0 for all."""
         labels = batch.labels
-        logits = ctx.forward(adversarial)
+        logits = ctx.forward(adversarial, routing_ids=torch.zeros_like(labels))
         loss = F.cross_entropy(logits, labels)
-        routing = ctx.routing_loss(torch.zeros_like(labels))
-        total = loss + routing if routing is not None else loss
         correct = {"nat": (clean_correct, len(labels)),
                    self.fast_lpa.column: (int((logits.argmax(1) == labels).sum()), len(labels))}
         logs = {"adv_loss": float(loss.detach())}
-        if routing is not None:
-            logs["routing"] = float(routing.detach())
-        return StepResult(total, logs, correct)
+        return StepResult(loss, logs, correct)
 
     def loss(self, ctx: StepContext, batch: Batch) -> StepResult:
         _, adversarial, clean_correct = self.perceptual_examples(ctx, batch)

@@ -138,6 +138,7 @@ class RAMPRecipe(Recipe):
         if not self.options.gradient_projection:
             return super().update(ctx, batch)
         result, natural_loss = self.adversarial_step(ctx, batch, with_natural=True)
+        result = ctx.add_routing(result, self.name)  # what Recipe.objective adds, before the gradients are taken
         assert natural_loss is not None
         natural = ctx.grads(natural_loss)
         adversarial = ctx.grads(result.loss)
@@ -166,7 +167,8 @@ class RAMPRecipe(Recipe):
 
     def adversarial_step(self, ctx: StepContext, batch: Batch, with_natural: bool = False
                          ) -> tuple[StepResult, torch.Tensor | None]:
-        """Attacks, the pair (q, r), L_adv (+ routing loss); with ``with_natural`` first the clean forward's CE."""
+        """Attacks, the pair (q, r), L_adv (its forward labelled for the routing loss); with ``with_natural`` first
+        the clean forward's CE."""
         images, labels = batch.images, batch.labels
         size = len(labels)
         threats = self.threats()
@@ -175,19 +177,15 @@ class RAMPRecipe(Recipe):
         correct = [int((ctx.eval_logits(x).argmax(1) == labels).sum()) for x in adversarial]
         q, r = most_vulnerable_pair([round(count) for count in ctx.global_sum(correct)])  # the global batch's pair
         natural_loss = F.cross_entropy(ctx.forward(images), labels) if with_natural else None
-        logits_q, logits_r = ctx.forward(torch.cat([adversarial[q], adversarial[r]])).split(size)
+        threat_ids = torch.cat([torch.full_like(labels, q), torch.full_like(labels, r)])
+        pair = torch.cat([adversarial[q], adversarial[r]])
+        logits_q, logits_r = ctx.forward(pair, routing_ids=threat_ids).split(size)
         worst = torch.maximum(F.cross_entropy(logits_q, labels, reduction="none"),
                               F.cross_entropy(logits_r, labels, reduction="none")).mean()
         pairing = self.pairing(ctx, logits_q, logits_r, labels)
         total = worst + self.options.pairing_weight * pairing
-        threat_ids = torch.cat([torch.full_like(labels, q), torch.full_like(labels, r)])
-        routing = ctx.routing_loss(threat_ids)
-        if routing is not None:
-            total = total + routing
         logs = {"adv_loss": float(worst.detach()), "pairing": float(pairing.detach())}
         logs.update({f"pair_{threat.column}": float(index in (q, r)) for index, threat in enumerate(threats)})
-        if routing is not None:
-            logs["routing"] = float(routing.detach())
         counts = {"nat": (clean_correct, size)}
         counts.update({threat.column: (correct[index], size) for index, threat in enumerate(threats)})
         return StepResult(total, logs, counts), natural_loss

@@ -166,7 +166,7 @@ class ReMoERecipe(Recipe):
         adversarial = ctx.attack(attack, images, labels)
         clean_logits = ctx.forward(images)
         clean_regions = regional_activations(read_gates(ctx.model))
-        adversarial_logits = ctx.forward(adversarial)
+        adversarial_logits = ctx.forward(adversarial, routing_ids=torch.zeros_like(labels))
         adversarial_regions = regional_activations(read_gates(ctx.model))
         clean_term = F.cross_entropy(clean_logits, labels, reduction="none")
         if self.options.base == "trades":
@@ -177,16 +177,12 @@ class ReMoERecipe(Recipe):
         beta_tilde = adaptive_beta(self.options.beta, gamma)
         robust = (beta_tilde * clean_term + (1 - beta_tilde) * adversarial_term).mean()
         loss = robust + self.options.align_weight * align
-        routing = ctx.routing_loss(torch.zeros_like(labels))
-        total = loss + routing if routing is not None else loss
         correct = {"nat": (int((clean_logits.argmax(1) == labels).sum()), len(labels)),
                    attack.column: (int((adversarial_logits.argmax(1) == labels).sum()), len(labels))}
         logs = {"rob_loss": float(robust.detach()), "align": float(align.detach()),
                 "gamma": float(gamma.mean()), "beta_tilde": float(beta_tilde.mean()),
                 "region_layers": float(len(clean_regions))}
-        if routing is not None:
-            logs["routing"] = float(routing.detach())
-        return StepResult(total, logs, correct)
+        return StepResult(loss, logs, correct)
 
     def region_terms(self, clean: list[torch.Tensor], adversarial: list[torch.Tensor]
                      ) -> tuple[torch.Tensor, torch.Tensor]:

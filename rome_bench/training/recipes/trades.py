@@ -110,15 +110,11 @@ class TradesRecipe(Recipe):
         (attack,) = self.threats()
         adversarial = ctx.attack(attack, images, labels)
         clean_logits = ctx.forward(images)
-        adversarial_logits = ctx.forward(adversarial)
+        adversarial_logits = ctx.forward(adversarial, routing_ids=torch.zeros_like(labels))
         natural = F.cross_entropy(clean_logits, labels)
         kl = trades_kl(clean_logits, adversarial_logits)
         loss = natural + self.options.beta * kl
-        routing = ctx.routing_loss(torch.zeros_like(labels))
-        total = loss + routing if routing is not None else loss
         correct = {"nat": (int((clean_logits.argmax(1) == labels).sum()), len(labels)),
                    attack.column: (int((adversarial_logits.argmax(1) == labels).sum()), len(labels))}
         logs = {"nat_loss": float(natural.detach()), "kl": float(kl.detach())}
-        if routing is not None:
-            logs["routing"] = float(routing.detach())
-        return StepResult(total, logs, correct)
+        return StepResult(loss, logs, correct)

@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 from rome_bench.cli import resolve_config, torchrun_command
-from rome_bench.config import preset
 from rome_bench.errors import ConfigError
+from rome_bench.presets import preset
 from rome_bench.training.distributed import Distributed, check_batches, local_slice, rank_seed
 from rome_bench.training.trainer import Trainer, _device_index, augment_batch
 

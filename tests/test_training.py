@@ -5,8 +5,9 @@ import torch
 from safetensors.torch import load_file
 
 from rome_bench.cli import resolve_config
-from rome_bench.config import apply_override, preset
+from rome_bench.config import apply_override
 from rome_bench.errors import CheckpointError
+from rome_bench.presets import preset
 from rome_bench.training.trainer import Trainer, augment_batch, learning_rate
 
 

@@ -22,8 +22,9 @@ from torch import nn
 from tqdm import tqdm
 
 from rome_bench.checkpoint import load_final_weights, read_run_config, run_model_hash
-from rome_bench.config import PRECISIONS, RunConfig, check_bf16
+from rome_bench.config import PRECISIONS, RunConfig
 from rome_bench.data import DatasetInfo, LoadedDataset, fetch_batch
+from rome_bench.device import check_bf16
 from rome_bench.errors import CheckpointError, ConfigError, ModelOutputError, ThreatOutputError
 from rome_bench.evaluation.store import FULL, UNION_ONLY, BatchCost, ResultStore
 from rome_bench.evaluation.validity import batch_model_flags, refresh_computed_flags

@@ -46,8 +46,9 @@ from rome_bench.checkpoint import (
     save_tensors_with_sidecar,
     save_training_checkpoint,
 )
-from rome_bench.config import RunConfig, TrainConfig, check_bf16, resolve_device, validate
+from rome_bench.config import RunConfig, TrainConfig, validate
 from rome_bench.data import LoadedDataset, fetch_batch, load_dataset
+from rome_bench.device import check_bf16, resolve_device
 from rome_bench.errors import CheckpointError, TrainingError
 from rome_bench.models import build_family, create_model
 from rome_bench.provenance import training_provenance

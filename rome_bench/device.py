@@ -67,3 +67,14 @@ def enable_tf32(device: torch.device) -> bool:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     return True
+
+
+def device_name(device: torch.device) -> str:
+    """The hardware behind ``device``: the GPU's name, else the CPU's (as the platform reports it)."""
+    import platform
+
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine() or "cpu"

@@ -18,13 +18,10 @@ same.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import platform
 import shutil
 import sys
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +44,7 @@ from rome_bench.checkpoint import (
     save_training_checkpoint,
 )
 from rome_bench.config import RunConfig, TrainConfig, validate
+from rome_bench.costs import CostMeter
 from rome_bench.data import LoadedDataset, fetch_batch, load_dataset
 from rome_bench.device import check_bf16, resolve_device
 from rome_bench.errors import CheckpointError, TrainingError
@@ -178,61 +176,6 @@ class RunningMetrics:
         return result
 
 
-class CostMeter:
-    """Training cost for the leaderboard: wall time and images through the model's forward (and backward).
-
-    A forward with autograd on counts as a forward and a backward (every such forward in training is followed by
-    one backward, of the attack's or of the update's loss). Counts accumulate across resumes.
-    """
-
-    def __init__(self, model: nn.Module, device: torch.device) -> None:
-        self.device = device
-        self.forward_images = self.backward_images = 0
-        self.seconds = 0.0
-        self._started = time.perf_counter()
-        self._counting = True
-        model.register_forward_pre_hook(self._count)
-
-    def _count(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-        if not self._counting:
-            return
-        images = len(inputs[0]) if inputs and isinstance(inputs[0], torch.Tensor) else 0
-        self.forward_images += images
-        if torch.is_grad_enabled():
-            self.backward_images += images
-
-    def wall_seconds(self) -> float:
-        """Training wall time so far (all sessions of a resumed run; time spent while paused left out)."""
-        return self.seconds + time.perf_counter() - self._started
-
-    @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
-        """Neither the time nor the images of what runs inside (training-curve evaluations) count as training."""
-        started, self._counting = time.perf_counter(), False
-        try:
-            yield
-        finally:
-            self._counting = True
-            self._started += time.perf_counter() - started
-
-    def restore(self, saved: dict[str, Any]) -> None:
-        self.forward_images = int(saved.get("forward_images", 0))
-        self.backward_images = int(saved.get("backward_images", 0))
-        self.seconds = float(saved.get("wall_seconds", 0.0))
-        self._started = time.perf_counter()
-
-    def summary(self) -> dict[str, Any]:
-        return {"wall_seconds": round(self.wall_seconds(), 3),
-                "device": str(self.device), "device_name": device_name(self.device),
-                "forward_images": self.forward_images, "backward_images": self.backward_images}
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine() or "cpu"
-
-
 def check_run_dir(run_dir: Path, config: RunConfig, resume: bool, force: bool) -> bool:
     """Refuse to overwrite a run unless --resume or --force; on resume the saved config must match.
 
@@ -318,7 +261,7 @@ class Trainer:
         optimizer = build_optimizer(parameters, config.train)
         ctx = StepContext(model, parameters, self._routing_loss(self.recipe.routing_groups()), group,
                           config.train.precision)
-        costs = CostMeter(model, self.device)
+        costs = CostMeter(model, self.device, backward="grad-enabled").start()
         curve = TrainingCurve(config, self.run_dir, self.device) if config.train.eval_every and self.writes else None
         if not resume:
             group.on_main(lambda: self._start_run_dir(must_clear))

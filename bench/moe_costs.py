@@ -73,7 +73,7 @@ from rome_bench.data import DATASETS, DatasetInfo
 from rome_bench.models import create_model
 from rome_bench.models.rome import ExpertGate, LoRAExpertMixture
 from rome_bench.presets import preset
-from rome_bench.training.trainer import build_optimizer
+from rome_bench.training.optim import build_optimizer
 
 EXPERT_VARIANTS: dict[str, dict[str, object]] = {
     "rome": {"expert_type": "lora", "targets": ("qkv", "proj")},

@@ -35,8 +35,9 @@ from rome_bench.evaluation.store import ResultStore
 from rome_bench.evaluation.suites import SUITES
 from rome_bench.models import create_model
 from rome_bench.presets import preset
+from rome_bench.training.optim import build_optimizer
 from rome_bench.training.recipe import Batch, StepContext, build_recipe
-from rome_bench.training.trainer import Trainer, build_optimizer, train_step
+from rome_bench.training.trainer import Trainer, train_step
 
 DEMO_METHODS: dict[str, tuple[str, str]] = {"max": ("max", "plain"), "rome+max": ("max", "rome")}  # recipe, family
 DEMO_PRESET = "smoke"

@@ -31,8 +31,8 @@ from rome_bench.models.sparse_moe import (
 )
 from rome_bench.presets import preset
 from rome_bench.threats import LinfAPGD, LinfPGD
+from rome_bench.training.optim import build_optimizer, learning_rate
 from rome_bench.training.routing import entropy_balance, routing_loss_for, switch_balance
-from rome_bench.training.trainer import build_optimizer, learning_rate
 from tests.test_cli import assert_one_line_error
 
 INFO = load_dataset("synthetic", "test").info

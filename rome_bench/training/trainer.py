@@ -5,7 +5,8 @@ the augmentation — or from the global torch RNG, whose state is saved in every
 PGD random starts and RANDOM's threat draws. A run resumed from a checkpoint therefore continues bit for bit.
 
 What happens inside a step is the recipe's (``training/recipe.py``); the model is built by its family
-(``model.family``).
+(``model.family``). The optimiser and schedule live in ``training/optim.py``, what a step reports in
+``training/metrics.py``, the cost count in ``costs.py`` and the checkpoint's key layout in ``checkpoint.py``.
 
 Under ``torchrun`` (``training/distributed.py``) the same loop trains one model over W processes: ``train.batch_size``
 is the global batch, each rank takes its contiguous chunk of it, gradients are all-reduced through the step
@@ -21,7 +22,7 @@ from __future__ import annotations
 import math
 import shutil
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ from rome_bench.checkpoint import (
     save_tensors_with_sidecar,
     save_training_checkpoint,
 )
-from rome_bench.config import RunConfig, TrainConfig, validate
+from rome_bench.config import RunConfig, validate
 from rome_bench.costs import CostMeter
 from rome_bench.data import LoadedDataset, fetch_batch, load_dataset
 from rome_bench.device import check_bf16, resolve_device
@@ -55,47 +56,14 @@ from rome_bench.training.curve import TrainingCurve
 from rome_bench.training.distributed import Distributed, check_batches, local_slice, rank_seed
 from rome_bench.training.experts import load_expert_runs
 from rome_bench.training.finetune import load_initial_weights
+from rome_bench.training.metrics import RunningMetrics, global_result
+from rome_bench.training.optim import build_optimizer, learning_rate, set_learning_rate
 from rome_bench.training.recipe import Batch, Recipe, StepContext, StepResult, build_recipe
 from rome_bench.training.routing import routing_loss_for
 
-POLY_POWER = 0.9  # the sparse-MoE paper's poly decay (their PolyLR exponent)
-
-
-def learning_rate(config: TrainConfig, epoch_progress: float) -> float:
-    """The paper's schedule: linear warm-up, linear decay to decay_floor·lr, then to final_floor·lr.
-
-    The three phases are scaled to ``config.epochs`` when it differs from their sum. ``train.schedule = poly``
-    (Pavlitska et al.'s PolyLR): lr·(1 − e/epochs)^0.9 with e the epoch index, constant within an epoch.
-    """
-    if config.schedule == "poly":
-        return config.lr * (1 - min(math.floor(epoch_progress), config.epochs) / config.epochs) ** POLY_POWER
-    phases = config.warmup_epochs + config.decay_epochs + config.final_epochs
-    scale = config.epochs / phases if phases > 0 else 1.0
-    warmup, decay, final = (config.warmup_epochs * scale, config.decay_epochs * scale, config.final_epochs * scale)
-    e = epoch_progress
-    if e < warmup:
-        return config.lr * e / warmup
-    if e < warmup + decay:
-        return config.lr * (1 - (1 - config.decay_floor) * (e - warmup) / decay)
-    if e < warmup + decay + final:
-        fraction = (e - warmup - decay) / final
-        return config.lr * (config.decay_floor - (config.decay_floor - config.final_floor) * fraction)
-    return config.lr * config.final_floor
-
-
-SGD_MOMENTUM = 0.9
-
-
-def build_optimizer(parameters: Iterable[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW (the paper's optimiser), with the fused kernel: one launch for all parameters; or ``sgd-nesterov``
-    (SGD, Nesterov momentum 0.9, weight decay as an L2 term: the sparse-MoE paper's)."""
-    if config.optimizer == "sgd-nesterov":
-        return torch.optim.SGD(parameters, lr=config.lr, momentum=SGD_MOMENTUM, nesterov=True,
-                               weight_decay=config.weight_decay)
-    return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay, fused=True)
-
 
 def epoch_permutation(num_examples: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order of the examples in ``epoch``, drawn from a generator seeded by (seed, epoch)."""
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     return torch.randperm(num_examples, generator=generator)
 
@@ -132,48 +100,6 @@ def train_step(recipe: Recipe, ctx: StepContext, optimizer: torch.optim.Optimize
     if torch.isfinite(result.loss.detach()).all():
         optimizer.step()
     return result
-
-
-def global_result(ctx: StepContext, result: StepResult) -> StepResult:
-    """The step's result over all ranks: loss and logs as share-weighted sums, correct counts summed."""
-    group = ctx.distributed
-    if not group.active:
-        return result
-    names, columns = list(result.logs), list(result.correct)  # the same recipe code: the same order on every rank
-    values = [float(result.loss.detach()) * ctx.share, *(result.logs[name] * ctx.share for name in names)]
-    for column in columns:
-        values.extend(float(count) for count in result.correct[column])
-    summed = group.sum_floats(values)
-    logs = dict(zip(names, summed[1:1 + len(names)], strict=True))
-    counts = summed[1 + len(names):]
-    correct = {column: (round(counts[2 * i]), round(counts[2 * i + 1])) for i, column in enumerate(columns)}
-    return StepResult(torch.tensor(summed[0]), logs, correct)
-
-
-class RunningMetrics:
-    """Epoch averages shown on the progress bar and stored in checkpoints: losses, logs, per-column accuracy."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.steps = 0
-        self.sums: dict[str, float] = {}
-        self.counts: dict[str, list[int]] = {}
-
-    def add(self, result: StepResult) -> None:
-        self.steps += 1
-        for name, value in {"loss": float(result.loss.detach()), **result.logs}.items():
-            self.sums[name] = self.sums.get(name, 0.0) + value
-        for column, (correct, total) in result.correct.items():
-            counts = self.counts.setdefault(column, [0, 0])
-            counts[0] += correct
-            counts[1] += total
-
-    def summary(self) -> dict[str, float]:
-        result = {name: total / max(self.steps, 1) for name, total in self.sums.items()}
-        result.update({f"{column}_acc": correct / max(total, 1) for column, (correct, total) in self.counts.items()})
-        return result
 
 
 def check_run_dir(run_dir: Path, config: RunConfig, resume: bool, force: bool) -> bool:
@@ -302,8 +228,7 @@ class Trainer:
                 ctx.share = len(indices) / len(batch_indices)
                 images, labels = self._batch(data, indices, global_step, start, len(batch_indices))
                 lr = learning_rate(train, global_step / per_epoch)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
+                set_learning_rate(optimizer, lr)
                 result = train_step(self.recipe, ctx, optimizer, Batch(images, labels, global_step, epoch))
                 self._stop_if_diverged(result, global_step + 1, lr)
                 metrics.add(result)

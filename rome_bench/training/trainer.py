@@ -36,6 +36,7 @@ from rome_bench.checkpoint import (
     CONFIG_FILE,
     MODEL_STEM,
     RUN_FILES,
+    TrainingState,
     atomic_write_text,
     git_commit,
     latest_training_checkpoint,
@@ -266,18 +267,13 @@ class Trainer:
     def _state_tensors(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
         """The training state; with several processes also every rank's RNG states (``rng.rank<r>.*``)."""
         rng_states = self.distributed.gather_objects(_rng_states(self.device if self.world_size > 1 else None))
-        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-        for index, state in optimizer.state_dict()["state"].items():
-            for key, value in state.items():
-                tensors[f"optim.{index}.{key}"] = torch.as_tensor(value)
-        tensors.update({f"recipe.{k}": v for k, v in self.recipe.state_dict().items()})
-        tensors["rng.cpu"] = torch.get_rng_state()
-        if torch.cuda.is_available():
-            for index, state in enumerate(torch.cuda.get_rng_state_all()):
-                tensors[f"rng.cuda.{index}"] = state
-        for rank, states in enumerate(rng_states[1:], start=1):
-            tensors.update({f"rng.rank{rank}.{name}": state for name, state in states.items()})
-        return tensors
+        optimizer_state = {index: {name: torch.as_tensor(value) for name, value in state.items()}
+                           for index, state in optimizer.state_dict()["state"].items()}
+        state = TrainingState(model=model.state_dict(), optimizer=optimizer_state, recipe=self.recipe.state_dict(),
+                              cpu_rng=torch.get_rng_state(),
+                              cuda_rngs=list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
+                              rank_rngs=dict(enumerate(rng_states[1:], start=1)))
+        return state.to_tensors()
 
     def _checkpoint(self, model: nn.Module, optimizer: torch.optim.Optimizer, global_step: int, epoch: int,
                     metrics: dict[str, float], data: LoadedDataset, costs: CostMeter) -> None:
@@ -305,42 +301,36 @@ class Trainer:
         if sidecar is None:
             return 0  # killed before the first checkpoint: start over, which is the same run
         tensors, metadata = load_tensors_with_sidecar(sidecar)
-        model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for key, value in tensors.items():
-            if key.startswith("optim."):
-                _, index, name = key.split(".", 2)
-                state.setdefault(int(index), {})[name] = value
+        state = TrainingState.from_tensors(tensors)
+        model.load_state_dict(state.model)
         groups = optimizer.state_dict()["param_groups"]
         for group, saved in zip(groups, metadata["param_groups"], strict=True):
             group.update(saved)
-        optimizer.load_state_dict({"state": state, "param_groups": groups})
-        self.recipe.load_state_dict({k.removeprefix("recipe."): v for k, v in tensors.items()
-                                     if k.startswith("recipe.")})
+        optimizer.load_state_dict({"state": state.optimizer, "param_groups": groups})
+        self.recipe.load_state_dict(state.recipe)
         step = int(metadata["step"])
         saved_cost = metadata.get("train_cost") or {}
         if self.rank > 0:  # the counts so far are rank 0's to carry (they are summed over the ranks when saved)
             saved_cost = {"wall_seconds": saved_cost.get("wall_seconds", 0.0)}
         costs.restore(saved_cost)
-        self._restore_rng(tensors, int(metadata.get("world_size", 1)), step)
+        self._restore_rng(state, int(metadata.get("world_size", 1)), step)
         return step
 
-    def _restore_rng(self, tensors: dict[str, torch.Tensor], saved_world_size: int, step: int) -> None:
+    def _restore_rng(self, state: TrainingState, saved_world_size: int, step: int) -> None:
         """Rank 0 continues the saved stream; rank r > 0 its own when the world size is unchanged, else a fresh
         seed (resuming on another world size continues the run, not bit for bit)."""
         if self.rank == 0:
-            torch.set_rng_state(tensors["rng.cpu"])
-            cuda_states = [tensors[k] for k in sorted(tensors, key=_device_index) if k.startswith("rng.cuda.")]
-            if cuda_states and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(cuda_states)
+            torch.set_rng_state(state.cpu_rng)
+            if state.cuda_rngs and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state.cuda_rngs)
             return
-        prefix = f"rng.rank{self.rank}."
-        if saved_world_size != self.world_size or f"{prefix}cpu" not in tensors:
+        saved = state.rank_rngs.get(self.rank, {})
+        if saved_world_size != self.world_size or "cpu" not in saved:
             torch.manual_seed(rank_seed(self.config.train.seed, self.rank, step))
             return
-        torch.set_rng_state(tensors[f"{prefix}cpu"])
-        if f"{prefix}cuda" in tensors and self.device.type == "cuda":
-            torch.cuda.set_rng_state(tensors[f"{prefix}cuda"], self.device)
+        torch.set_rng_state(saved["cpu"])
+        if "cuda" in saved and self.device.type == "cuda":
+            torch.cuda.set_rng_state(saved["cuda"], self.device)
 
     def _metadata(self, data: LoadedDataset, **extra: Any) -> dict[str, Any]:
         return {"method": self.config.method, "recipe": self.config.train.recipe,
@@ -370,9 +360,3 @@ def _rng_states(device: torch.device | None) -> dict[str, torch.Tensor]:
     if device.type == "cuda":
         states["cuda"] = torch.cuda.get_rng_state(device)
     return states
-
-
-def _device_index(key: str) -> int:
-    """``rng.cuda.10`` sorts after ``rng.cuda.2``."""
-    tail = key.rsplit(".", 1)[-1]
-    return int(tail) if tail.isdigit() else -1

@@ -21,9 +21,10 @@ import time
 
 import torch
 
-from rome_bench.config import preset, resolve_device
 from rome_bench.data import load_dataset
+from rome_bench.device import resolve_device
 from rome_bench.models import create_model
+from rome_bench.presets import preset
 from rome_bench.training import recipes as _recipes  # noqa: F401  (registers every recipe)
 from rome_bench.training.recipe import Batch, StepContext, build_recipe
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from rome_bench.checkpoint import read_run_config
-from rome_bench.config import resolve_device
 from rome_bench.data import evaluation_indices, fetch_batch, load_dataset
+from rome_bench.device import resolve_device
 from rome_bench.evaluation.runner import load_run
 from rome_bench.models.compiled import FixedBatchCompiled
 from rome_bench.threats import LinfPGD

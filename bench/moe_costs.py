@@ -68,11 +68,12 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils.flop_counter import FlopCounterMode
 
-from rome_bench.config import RunConfig, preset
+from rome_bench.config import RunConfig
 from rome_bench.data import DATASETS, DatasetInfo
 from rome_bench.models import create_model
 from rome_bench.models.rome import ExpertGate, LoRAExpertMixture
-from rome_bench.training.trainer import build_optimizer
+from rome_bench.presets import preset
+from rome_bench.training.optim import build_optimizer
 
 EXPERT_VARIANTS: dict[str, dict[str, object]] = {
     "rome": {"expert_type": "lora", "targets": ("qkv", "proj")},

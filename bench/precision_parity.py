@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from rome_bench.api import load_model, plan, test_data
-from rome_bench.config import resolve_device
 from rome_bench.data import fetch_batch
+from rome_bench.device import resolve_device
 from rome_bench.evaluation.runner import attack_precision, batch_seed, full_precision, verify_threat_output
 from rome_bench.evaluation.suites import SUITES
 from rome_bench.models.autocast import attack_model

@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 
 from rome_bench.checkpoint import read_run_config
-from rome_bench.config import resolve_device
+from rome_bench.costs import CostMeter
 from rome_bench.data import evaluation_indices, fetch_batch, load_dataset
-from rome_bench.evaluation.runner import CostMeter, batch_seed, load_run, verify_threat_output
+from rome_bench.device import resolve_device
+from rome_bench.evaluation.runner import batch_seed, load_run, verify_threat_output
 from rome_bench.evaluation.suites import SUITES
 from rome_bench.threats import Clean
 

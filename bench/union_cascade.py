@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from rome_bench.checkpoint import read_run_config
-from rome_bench.config import resolve_device
 from rome_bench.data import evaluation_indices, load_dataset
+from rome_bench.device import resolve_device
 from rome_bench.evaluation.leaderboard import measured_row
 from rome_bench.evaluation.runner import evaluate_run, load_run
 from rome_bench.evaluation.store import ResultStore

@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from rome_bench.config import preset as preset_config
-from rome_bench.config import resolve_device
+from rome_bench.device import resolve_device
 from rome_bench.errors import ConfigError
+from rome_bench.presets import preset as preset_config
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -7,7 +7,8 @@ Training writes run directories through this module and evaluation reads them th
 A checkpoint is two files, ``<stem>.safetensors`` (tensors) and ``<stem>.json`` (everything else, including the
 sha256 of the tensor file). Each is written to a temporary file in the same directory and moved into place with
 ``os.replace``, tensors first, so a reader never sees a half-written file, and a sidecar never points to tensors
-that are not complete: a kill at any moment leaves the previous checkpoint intact.
+that are not complete: a kill at any moment leaves the previous checkpoint intact. The names of a training
+checkpoint's tensors are laid out here (:class:`TrainingState`), so that the trainer never spells a key.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import json
 import os
 import subprocess
 import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +177,73 @@ def save_training_checkpoint(run_dir: Path, step: int, tensors: dict[str, torch.
 def latest_training_checkpoint(run_dir: Path) -> Path | None:
     sidecars = sorted((run_dir / CHECKPOINT_DIR).glob("step-*.json"))
     return sidecars[-1] if sidecars else None
+
+
+# The tensors of a training checkpoint by key. The names are the format: a checkpoint an older version wrote resumes.
+#   model.<name>               the model's state dict
+#   optim.<index>.<name>       the optimiser's state of parameter <index> (its param groups go in the sidecar)
+#   recipe.<name>              the recipe's own state
+#   rng.cpu, rng.cuda.<i>      rank 0's RNG states: the CPU's and every visible GPU's
+#   rng.rank<r>.<cpu|cuda>     the RNG states of rank r > 0 (runs over several processes)
+MODEL_PREFIX = "model."
+OPTIMIZER_PREFIX = "optim."
+RECIPE_PREFIX = "recipe."
+CPU_RNG_KEY = "rng.cpu"
+CUDA_RNG_PREFIX = "rng.cuda."
+RANK_RNG_PREFIX = "rng.rank"
+
+
+@dataclass
+class TrainingState:
+    """A training checkpoint's tensors by owner, and their keys (:meth:`to_tensors`, :meth:`from_tensors`)."""
+
+    model: dict[str, torch.Tensor]
+    optimizer: dict[int, dict[str, torch.Tensor]]  # parameter index -> its state
+    recipe: dict[str, torch.Tensor]
+    cpu_rng: torch.Tensor  # rank 0's
+    cuda_rngs: list[torch.Tensor] = field(default_factory=list)  # rank 0's, by device index
+    rank_rngs: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)  # rank r > 0 -> {"cpu", "cuda"}
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        """The flat tensor table a checkpoint stores."""
+        tensors = {f"{MODEL_PREFIX}{name}": value for name, value in self.model.items()}
+        for index, state in self.optimizer.items():
+            for name, value in state.items():
+                tensors[f"{OPTIMIZER_PREFIX}{index}.{name}"] = value
+        tensors.update({f"{RECIPE_PREFIX}{name}": value for name, value in self.recipe.items()})
+        tensors[CPU_RNG_KEY] = self.cpu_rng
+        tensors.update({f"{CUDA_RNG_PREFIX}{index}": state for index, state in enumerate(self.cuda_rngs)})
+        for rank, states in sorted(self.rank_rngs.items()):
+            tensors.update({f"{RANK_RNG_PREFIX}{rank}.{name}": state for name, state in states.items()})
+        return tensors
+
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[str, torch.Tensor]) -> TrainingState:
+        """The state a checkpoint's tensor table holds."""
+        optimizer: dict[int, dict[str, torch.Tensor]] = {}
+        rank_rngs: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith(OPTIMIZER_PREFIX):
+                _, index, name = key.split(".", 2)
+                optimizer.setdefault(int(index), {})[name] = value
+            elif key.startswith(RANK_RNG_PREFIX):
+                rank, name = key.removeprefix(RANK_RNG_PREFIX).split(".", 1)
+                rank_rngs.setdefault(int(rank), {})[name] = value
+        cuda_keys = sorted((key for key in tensors if key.startswith(CUDA_RNG_PREFIX)), key=_device_index)
+        return cls(model=_with_prefix(tensors, MODEL_PREFIX), optimizer=optimizer,
+                   recipe=_with_prefix(tensors, RECIPE_PREFIX), cpu_rng=tensors[CPU_RNG_KEY],
+                   cuda_rngs=[tensors[key] for key in cuda_keys], rank_rngs=rank_rngs)
+
+
+def _with_prefix(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors whose keys start with ``prefix``, keyed by the rest."""
+    return {key.removeprefix(prefix): value for key, value in tensors.items() if key.startswith(prefix)}
+
+
+def _device_index(key: str) -> int:
+    """``rng.cuda.10`` sorts after ``rng.cuda.2``."""
+    tail = key.rsplit(".", 1)[-1]
+    return int(tail) if tail.isdigit() else -1
 
 
 def git_commit() -> str | None:

@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from rome_bench.config import PRESETS, RunConfig, apply_override, preset, validate
 from rome_bench.config import ROUTING_LOSSES as ROUTING_LOSS_NAMES
+from rome_bench.config import RunConfig, apply_override, validate
 from rome_bench.errors import ConfigError, RomeBenchError, UnknownEntryError
+from rome_bench.presets import PRESETS, preset
 
 if TYPE_CHECKING:  # the heavy modules are imported by the commands that need them
     import torch
@@ -289,7 +290,7 @@ def evaluate(
 ) -> None:
     """Evaluate a trained run (or --model-file) on every threat of a suite; results go to the store per example."""
     from rome_bench.api import default_label, evaluate_into, plan
-    from rome_bench.config import resolve_device
+    from rome_bench.device import resolve_device
     from rome_bench.evaluation.runner import attack_precision, compiled_run, with_gating_variant
     from rome_bench.evaluation.store import ResultStore
     from rome_bench.evaluation.suites import SUITES
@@ -793,7 +794,7 @@ def check(
     (±max(2 examples, 0.5%))."""
     import tempfile
 
-    from rome_bench.config import resolve_device
+    from rome_bench.device import resolve_device
     from rome_bench.evaluation.regression import (
         check_fingerprint,
         compare,
@@ -838,10 +839,10 @@ def list_entries(
         help="threats | models | methods (= recipes) | families | datasets | suites | presets")],
 ) -> None:
     """List registered entries with their metadata."""
-    from rome_bench.config import PRESETS
     from rome_bench.data import DATASETS
     from rome_bench.evaluation.suites import SUITES
     from rome_bench.models import FAMILIES, MODELS
+    from rome_bench.presets import PRESETS
     from rome_bench.threats import THREATS
     from rome_bench.training import recipes as _recipes  # noqa: F401  (registers the built-in recipes)
     from rome_bench.training.recipe import RECIPES
@@ -911,8 +912,8 @@ def analyze_gating(
 ) -> None:
     """Routing divergence and held-out threat classifier of a run's gates, stored for the leaderboard, plus the
     KDE (paper Fig. 3) and per-patch activation (Fig. 7) figures."""
-    from rome_bench.config import resolve_device
     from rome_bench.data import evaluation_indices
+    from rome_bench.device import resolve_device
     from rome_bench.evaluation.gating_analysis import analyse_run, render_report
     from rome_bench.evaluation.store import ResultStore
     from rome_bench.evaluation.suites import SUITES

@@ -26,15 +26,18 @@ from rome_bench.checkpoint import (
     load_tensors_with_sidecar,
     read_run_config,
 )
-from rome_bench.config import RunConfig, apply_override, preset, resolve_device, validate
+from rome_bench.config import RunConfig, apply_override, validate
 from rome_bench.data import evaluation_indices, fetch_batch, load_dataset
+from rome_bench.device import resolve_device
 from rome_bench.errors import CheckpointError, ConfigError
 from rome_bench.evaluation.runner import evaluate_run, load_run
 from rome_bench.evaluation.store import ResultStore
 from rome_bench.evaluation.suites import SUITES
 from rome_bench.models import create_model
+from rome_bench.presets import preset
+from rome_bench.training.optim import build_optimizer
 from rome_bench.training.recipe import Batch, StepContext, build_recipe
-from rome_bench.training.trainer import Trainer, build_optimizer, train_step
+from rome_bench.training.trainer import Trainer, train_step
 
 DEMO_METHODS: dict[str, tuple[str, str]] = {"max": ("max", "plain"), "rome+max": ("max", "rome")}  # recipe, family
 DEMO_PRESET = "smoke"

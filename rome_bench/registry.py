@@ -10,10 +10,13 @@ Entries are added with a decorator::
 Third-party packages add entries through the entry-point group ``rome_bench.<kind>`` (for example
 ``rome_bench.threats``); each entry point names a module or object, which is imported the first time
 the registry is read, so that its decorators run.
+
+Tests that register a throwaway entry do it inside ``with REGISTRY.scoped():``, which leaves the registry as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -83,6 +86,22 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self.names())
+
+    @contextlib.contextmanager
+    def scoped(self, reload_plugins: bool = False) -> Iterator[Registry[T]]:
+        """A block whose registrations are undone when it ends, however it ends (for tests).
+
+        The entry points are read first, so that they stay loaded afterwards. With ``reload_plugins`` they are read
+        again at the block's first lookup, which finds a plugin the block has just installed.
+        """
+        self._load_plugins()
+        saved = dict(self._entries)
+        self._plugins_loaded = not reload_plugins
+        try:
+            yield self
+        finally:
+            self._entries = saved
+            self._plugins_loaded = True
 
     def _unknown_message(self, name: str) -> str:
         known = sorted(self._entries)

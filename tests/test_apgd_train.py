@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rome_bench.config import preset
 from rome_bench.errors import ConfigError
 from rome_bench.evaluation.runner import verify_threat_output
+from rome_bench.presets import preset
 from rome_bench.threats import THREATS
 from rome_bench.threats.apgd_train import (
     CheckpointHalving,

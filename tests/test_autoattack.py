@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from rome_bench.config import preset
 from rome_bench.evaluation.suites import SUITES
 from rome_bench.evaluation.validity import batch_model_flags
+from rome_bench.presets import preset
 from rome_bench.threats import L1AutoAttack, LinfAPGD, LinfAutoAttack, LinfPGD
 from tests.measures import fooled
 

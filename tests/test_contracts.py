@@ -15,13 +15,13 @@ import torch
 from safetensors.torch import load_file
 
 from rome_bench.cli import resolve_config
-from rome_bench.config import preset
 from rome_bench.data import load_dataset
 from rome_bench.evaluation.runner import attack_precision, verify_threat_output
 from rome_bench.evaluation.suites import SUITES
 from rome_bench.models import FAMILIES, create_model, gates
 from rome_bench.models.autocast import attack_model
 from rome_bench.models.family import build_family
+from rome_bench.presets import preset
 from rome_bench.threats import THREATS, Threat
 from rome_bench.training import recipes as _recipes  # noqa: F401  (registers every recipe)
 from rome_bench.training.attacks import training_threats

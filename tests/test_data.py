@@ -1,4 +1,4 @@
-"""Tests of rome_bench.data: synthetic data, subsets, CIFAR-10 layouts, caches and errors."""
+"""Tests of the rome_bench.data package: synthetic data, subsets, CIFAR-10 layouts, caches and errors."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ from rome_bench.data import (
     ImageTensorDataset,
     LoadedDataset,
     cache_dir,
+    cifar10,
     evaluation_indices,
+    folders,
     load_dataset,
 )
 from rome_bench.errors import ConfigError, DataNotFoundError, RomeBenchError, UnknownEntryError
@@ -180,16 +182,17 @@ def test_evaluation_indices_are_fixed_distinct_and_in_range() -> None:
         evaluation_indices(50, 51)
 
 
-def test_third_party_dataset_registers_with_one_function(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(DATASETS, "_entries", dict(DATASETS._entries))
+def test_third_party_dataset_registers_with_one_function() -> None:
     info = data.DatasetInfo("tiny", 2, 4, (0.5,) * 3, (0.25,) * 3, ("a", "b"))
     items = [(torch.full((3, 4, 4), i / 10), i % 2) for i in range(10)]
+    with DATASETS.scoped():
 
-    @DATASETS.register("tiny-plugin")
-    def load_tiny(split: str, data_dir: Path | None) -> LoadedDataset:
-        return LoadedDataset(items, info, data.digest("tiny", split), "a list")
+        @DATASETS.register("tiny-plugin")
+        def load_tiny(split: str, data_dir: Path | None) -> LoadedDataset:
+            return LoadedDataset(items, info, data.digest("tiny", split), "a list")
 
-    loaded = load_dataset("tiny-plugin", "test", size=3, seed=2)
+        loaded = load_dataset("tiny-plugin", "test", size=3, seed=2)
+    assert "tiny-plugin" not in DATASETS
     assert len(loaded.dataset) == 3 and loaded.info is info
     expected = evaluation_indices(10, 3, seed=2)
     assert [float(loaded.dataset[i][0][0, 0, 0]) for i in range(3)] == pytest.approx([i / 10 for i in expected])
@@ -235,8 +238,8 @@ def test_cifar10_archive_is_extracted_once(tmp_path: Path, monkeypatch: pytest.M
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(root, arcname="cifar10-jpeg")
     calls = []
-    original = data._extract_archive
-    monkeypatch.setattr(data, "_extract_archive", lambda *args: (calls.append(args), original(*args)))
+    original = folders._extract_archive
+    monkeypatch.setattr(folders, "_extract_archive", lambda *args: (calls.append(args), original(*args)))
     first = load_dataset("cifar10", "train", archive)
     second = load_dataset("cifar10", "train", archive, size=5)
     _check_folder_dataset(first, "train", 2)
@@ -250,13 +253,13 @@ def test_cifar10_archive_is_extracted_once(tmp_path: Path, monkeypatch: pytest.M
 def test_cifar10_decoded_split_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = _write_image_folder(tmp_path / "cifar", {"train": 3, "test": 1})
     decoded: list[int] = []
-    original = data._decode_images
+    original = folders._decode_images
 
     def counting_decode(files: list[Path], image_size: int) -> torch.Tensor:
         decoded.append(len(files))
         return original(files, image_size)
 
-    monkeypatch.setattr(data, "_decode_images", counting_decode)
+    monkeypatch.setattr(folders, "_decode_images", counting_decode)
     subset = load_dataset("cifar10", "train", root, size=4, seed=3)
     assert decoded == [4] and not (cache_dir() / "decoded").exists()  # subsets decode only what they keep
     full = load_dataset("cifar10", "train", root)
@@ -352,7 +355,7 @@ def test_a_malformed_cifar10_batch_is_one_clear_error(tmp_path: Path, entry: obj
 
 def test_cifar10_from_cache_without_data_dir(monkeypatch: pytest.MonkeyPatch) -> None:
     _write_batches(cache_dir() / "cifar10" / "cifar-10-batches-py")
-    monkeypatch.setattr(data, "_download_cifar10", lambda root: pytest.fail("must not download"))
+    monkeypatch.setattr(cifar10, "_download_cifar10", lambda root: pytest.fail("must not download"))
     assert len(load_dataset("cifar10", "test").dataset) == 3
 
 
@@ -360,7 +363,7 @@ def test_cifar10_offline_lists_the_options(monkeypatch: pytest.MonkeyPatch) -> N
     def offline(root: Path) -> None:
         raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
 
-    monkeypatch.setattr(data, "_download_cifar10", offline)
+    monkeypatch.setattr(cifar10, "_download_cifar10", offline)
     with pytest.raises(DataNotFoundError) as raised:
         load_dataset("cifar10", "test")
     message = str(raised.value)

@@ -12,11 +12,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from rome_bench.checkpoint import TrainingState
 from rome_bench.cli import resolve_config, torchrun_command
-from rome_bench.config import preset
 from rome_bench.errors import ConfigError
+from rome_bench.presets import preset
 from rome_bench.training.distributed import Distributed, check_batches, local_slice, rank_seed
-from rome_bench.training.trainer import Trainer, _device_index, augment_batch
+from rome_bench.training.trainer import Trainer, augment_batch
 
 # RoME with the diversification loss over the global batch's threat groups, and augmentation; training PGD from the
 # clean image, so the attacks draw nothing from the per-rank RNG streams. 40 examples in global batches of 16: the
@@ -156,9 +157,22 @@ def test_a_batch_a_rank_would_get_nothing_of_is_refused_in_one_line():
 
 
 def test_per_gpu_rng_keys_sort_by_device_index():
-    keys = [f"rng.cuda.{index}" for index in (10, 2, 0, 11, 1)]
-    assert sorted(keys, key=_device_index) == ["rng.cuda.0", "rng.cuda.1", "rng.cuda.2", "rng.cuda.10",
-                                               "rng.cuda.11"]
+    tensors = {f"rng.cuda.{index}": torch.tensor([index]) for index in (10, 2, 0, 11, 1)}
+    state = TrainingState.from_tensors({"rng.cpu": torch.zeros(1), **tensors})
+    assert [int(rng) for rng in state.cuda_rngs] == [0, 1, 2, 10, 11]
+
+
+def test_training_checkpoint_keys_keep_their_names():
+    """The key layout is the checkpoint format: checkpoints written before resume only under these names."""
+    one = torch.ones(1)
+    state = TrainingState(model={"head.weight": one}, optimizer={0: {"step": one, "exp_avg": one}},
+                          recipe={"weights": one}, cpu_rng=one, cuda_rngs=[one, one],
+                          rank_rngs={1: {"cpu": one, "cuda": one}})
+    tensors = state.to_tensors()
+    assert list(tensors) == ["model.head.weight", "optim.0.step", "optim.0.exp_avg", "recipe.weights", "rng.cpu",
+                             "rng.cuda.0", "rng.cuda.1", "rng.rank1.cpu", "rng.rank1.cuda"]
+    again = TrainingState.from_tensors(tensors)
+    assert again.to_tensors().keys() == tensors.keys() and again.optimizer == state.optimizer
 
 
 def _collectives(rank: int, store: str, results) -> None:

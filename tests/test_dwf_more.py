@@ -13,7 +13,6 @@ import torch
 from safetensors.torch import load_file
 
 from rome_bench.cli import resolve_config
-from rome_bench.config import preset
 from rome_bench.data import load_dataset
 from rome_bench.errors import CheckpointError, ConfigError
 from rome_bench.evaluation.reference import load_reference
@@ -21,6 +20,7 @@ from rome_bench.evaluation.suites import SUITES
 from rome_bench.models import build_family, create_model, gates
 from rome_bench.models.gates import inference_variant
 from rome_bench.models.mixture import expert_heads, find_mixture
+from rome_bench.presets import preset
 from rome_bench.threats import LinfPGD
 from rome_bench.threats.fgsm import FGSM
 from rome_bench.training.recipe import Batch, StepContext, build_recipe
@@ -206,7 +206,8 @@ def test_family_options_fail_in_one_line():
 
 def test_the_model_hash_ignores_where_the_experts_were_trained():
     from rome_bench.checkpoint import model_identity
-    from rome_bench.config import apply_override, preset
+    from rome_bench.config import apply_override
+    from rome_bench.presets import preset
 
     base = apply_override(preset("more-smoke"), 'model.options.experts=["a", "b", "c", "d"]')
     moved = apply_override(base, 'model.options.experts=["x/a", "x/b", "x/c", "x/d"]')

@@ -14,11 +14,11 @@ from safetensors.torch import load_file, save_file
 
 from rome_bench.checkpoint import load_final_weights, read_run_config
 from rome_bench.cli import resolve_config
-from rome_bench.config import preset
 from rome_bench.data import load_dataset
 from rome_bench.errors import CheckpointError
 from rome_bench.models import create_model
 from rome_bench.models.rome import LoRAExpertMixture
+from rome_bench.presets import preset
 from rome_bench.training import trainer as trainer_module
 from rome_bench.training.finetune import backbone_keys
 from rome_bench.training.trainer import Trainer

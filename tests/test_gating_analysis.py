@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from rome_bench.checkpoint import MODEL_STEM, save_tensors_with_sidecar
 from rome_bench.cli import app, main
-from rome_bench.config import RomeConfig, preset
+from rome_bench.config import RomeConfig
 from rome_bench.data import load_dataset
 from rome_bench.errors import ConfigError
 from rome_bench.evaluation.gating_analysis import (
@@ -40,6 +40,7 @@ from rome_bench.evaluation.store import GatingScore, ResultStore
 from rome_bench.evaluation.suites import SUITES
 from rome_bench.models import MODELS, ImageClassifier, create_model
 from rome_bench.models.rome import LoRAExpertMixture, add_rome_experts
+from rome_bench.presets import preset
 from rome_bench.threats import L2PGD, Clean, LinfPGD
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from rome_bench.config import ThreatsConfig, preset
+from rome_bench.config import ThreatsConfig
 from rome_bench.data import evaluation_indices, fetch_batch, load_dataset
 from rome_bench.evaluation.runner import load_run
+from rome_bench.presets import preset
 from rome_bench.threats import L1APGD, L1PGD
 from rome_bench.threats.pgd import DEFAULT_L1_SPARSITY
 

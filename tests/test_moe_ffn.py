@@ -6,11 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rome_bench.config import ModelConfig, RomeConfig, apply_override, preset
+from rome_bench.config import ModelConfig, RomeConfig, apply_override
 from rome_bench.data import load_dataset
 from rome_bench.errors import ConfigError
 from rome_bench.models import MODELS, build_family, create_model, gates
 from rome_bench.models.rome import FFNExpertMixture, add_rome_experts
+from rome_bench.presets import preset
 
 
 def ffn_model(top_k: int, experts: int = 4):

@@ -18,7 +18,7 @@ CPU = torch.device("cpu")
 
 def bf16_unsupported() -> str | None:
     """Why this CPU cannot run bf16 (PyTorch's CPU attention needs AVX512 for it), or None."""
-    from rome_bench.config import check_bf16
+    from rome_bench.device import check_bf16
     from rome_bench.errors import ConfigError
 
     try:
@@ -123,7 +123,7 @@ def test_bf16_where_the_kernels_lack_it_is_one_clear_error(tmp_path) -> None:
     import sys
 
     environment = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}  # read at start-up: a fresh interpreter
-    probe = subprocess.run([sys.executable, "-c", "import torch; from rome_bench.config import check_bf16; "
+    probe = subprocess.run([sys.executable, "-c", "import torch; from rome_bench.device import check_bf16; "
                             "check_bf16(torch.device('cpu'))"], capture_output=True, env=environment)
     if probe.returncode == 0:
         pytest.skip("this CPU runs bf16 attention even with ATEN_CPU_CAPABILITY=default")

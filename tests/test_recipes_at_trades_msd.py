@@ -9,10 +9,11 @@ from safetensors.torch import load_file
 from torch import nn
 
 from rome_bench.cli import resolve_config
-from rome_bench.config import ThreatsConfig, preset
+from rome_bench.config import ThreatsConfig
 from rome_bench.data import load_dataset
 from rome_bench.errors import ConfigError
 from rome_bench.models import create_model
+from rome_bench.presets import preset
 from rome_bench.threats import THREATS, LinfPGD, project_l2_box
 from rome_bench.threats.msd import MSD, UnionBudget
 from rome_bench.training import recipes as _recipes  # noqa: F401  (registers the recipes)

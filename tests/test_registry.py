@@ -20,6 +20,19 @@ def test_register_get_and_metadata():
     assert "round-widget" in registry
 
 
+def test_scoped_undoes_its_registrations_even_on_error():
+    registry: Registry[int] = Registry("widgets")
+    registry.add("kept", 1)
+    with registry.scoped():
+        registry.add("temporary", 2)
+        assert registry.names() == ["kept", "temporary"]
+    assert registry.names() == ["kept"]
+    with pytest.raises(RuntimeError), registry.scoped():
+        registry.add("temporary", 3)  # another object under the same name: not "registered twice"
+        raise RuntimeError("the test failed")
+    assert registry.names() == ["kept"]
+
+
 def test_unknown_name_suggests_the_closest():
     registry: Registry[int] = Registry("widgets")
     registry.add("pgd-linf", 1)
@@ -53,12 +66,12 @@ def test_entry_points_add_entries(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     from rome_bench.threats import THREATS
 
-    monkeypatch.setattr(THREATS, "_plugins_loaded", False)
     try:
-        assert "plugin-noise" in THREATS.names()
-        assert THREATS.entry("plugin-noise").metadata["tag"] == "unseen"
+        with THREATS.scoped(reload_plugins=True):
+            assert "plugin-noise" in THREATS.names()
+            assert THREATS.entry("plugin-noise").metadata["tag"] == "unseen"
+        assert "plugin-noise" not in THREATS.names()
     finally:
-        THREATS._entries.pop("plugin-noise", None)
         sys.modules.pop("my_threats", None)
 
 
@@ -70,10 +83,10 @@ def test_readme_threat_example_registers(tmp_path):
     start = readme.index("```python\n# my_threat.py")
     code = readme[start + len("```python\n"):readme.index("```", start + 10)]
     namespace: dict = {}
-    exec(compile(code, "my_threat.py", "exec"), namespace)
     from rome_bench.threats import THREATS
 
-    try:
+    with THREATS.scoped():
+        exec(compile(code, "my_threat.py", "exec"), namespace)
         threat_class = THREATS.get("gaussian-noise")
         import torch
 
@@ -82,5 +95,4 @@ def test_readme_threat_example_registers(tmp_path):
         out = threat(torch.nn.Identity(), images, torch.zeros(2, dtype=torch.long))
         assert out.min() >= 0 and out.max() <= 1
         assert threat.budget().check(images, out).measured.max() <= 0.1 * 4 + 1e-6
-    finally:
-        THREATS._entries.pop("gaussian-noise", None)
+    assert "gaussian-noise" not in THREATS

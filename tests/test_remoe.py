@@ -12,7 +12,7 @@ from timm.layers import Mlp
 from typer.testing import CliRunner
 
 from rome_bench.cli import app, resolve_config
-from rome_bench.config import _typed_value, preset
+from rome_bench.config import _typed_value
 from rome_bench.data import load_dataset
 from rome_bench.errors import ConfigError
 from rome_bench.evaluation.leaderboard import build_leaderboard, render_markdown
@@ -32,6 +32,7 @@ from rome_bench.models.remoe import (
     region_weights,
     scatter_to_patches,
 )
+from rome_bench.presets import preset
 from rome_bench.training.recipe import Batch, StepContext, build_recipe
 from rome_bench.training.recipes.remoe import (
     adaptive_beta,

@@ -93,7 +93,7 @@ def test_fused_expert_computation_equals_the_per_expert_sum():
 
 
 def test_smoke_rome_adds_at_most_5_percent_parameters():
-    from rome_bench.config import preset
+    from rome_bench.presets import preset
 
     config = preset("smoke")
     torch.manual_seed(0)

@@ -126,7 +126,8 @@ def test_expert_layers_wrap_exactly_the_named_linears(targets):
 
 
 def test_an_unknown_expert_layer_is_refused_by_the_config():
-    from rome_bench.config import apply_override, preset
+    from rome_bench.config import apply_override
+    from rome_bench.presets import preset
 
     with pytest.raises(ConfigError, match="targets"):
         apply_override(preset("smoke"), "model.rome.targets=qkv,attn")

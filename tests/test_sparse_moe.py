@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rome_bench.cli import resolve_config
-from rome_bench.config import TrainConfig, apply_override, preset
+from rome_bench.config import TrainConfig, apply_override
 from rome_bench.data import load_dataset
 from rome_bench.errors import ConfigError
 from rome_bench.evaluation.suites import SUITES
@@ -29,9 +29,10 @@ from rome_bench.models.sparse_moe import (
     SparseRouter,
     capacity_routing,
 )
+from rome_bench.presets import preset
 from rome_bench.threats import LinfAPGD, LinfPGD
+from rome_bench.training.optim import build_optimizer, learning_rate
 from rome_bench.training.routing import entropy_balance, routing_loss_for, switch_balance
-from rome_bench.training.trainer import build_optimizer, learning_rate
 from tests.test_cli import assert_one_line_error
 
 INFO = load_dataset("synthetic", "test").info
@@ -358,7 +359,7 @@ def test_fixed_expert_rows_from_the_command_line(cli_main, tmp_path):
 
 
 def test_the_paper_preset_trains_with_their_pgd_step_size():
-    from rome_bench.config import preset
+    from rome_bench.presets import preset
     from rome_bench.training.attacks import training_threats
 
     linf = training_threats(preset("sparse-moe-cifar100").threats, "pgd")[-1]

@@ -116,20 +116,21 @@ def test_active_set_l2_projection_equals_the_sorted_one(rounds, monkeypatch):
 
 
 def test_runner_rejects_a_threat_that_breaks_its_budget(correct_batch):
-    @register_threat("test-cheater", tag="unseen")
-    class Cheater(Threat):
-        def params(self):
-            return {}
+    with THREATS.scoped():
 
-        def budget(self):
-            return LpBudget("linf", 0.01)
+        @register_threat("test-cheater", tag="unseen")
+        class Cheater(Threat):
+            def params(self):
+                return {}
 
-        def __call__(self, model, images, labels):
-            out = images.clone()
-            out[3] = (out[3] + 0.5).clamp(0, 1)
-            return out
+            def budget(self):
+                return LpBudget("linf", 0.01)
 
-    try:
+            def __call__(self, model, images, labels):
+                out = images.clone()
+                out[3] = (out[3] + 0.5).clamp(0, 1)
+                return out
+
         images, labels = correct_batch
         cheater = Cheater()
         with pytest.raises(ThreatOutputError, match=r"test-cheater exceeded its budget at example 103"):
@@ -140,8 +141,7 @@ def test_runner_rejects_a_threat_that_breaks_its_budget(correct_batch):
             verify_threat_output(cheater, images, outside, list(range(64)))
         with pytest.raises(ThreatOutputError, match="non-finite"):
             verify_threat_output(cheater, images, images * float("nan"), list(range(64)))
-    finally:
-        THREATS._entries.pop("test-cheater", None)
+    assert "test-cheater" not in THREATS
 
 
 def test_seen_threats_are_registered_with_metadata():

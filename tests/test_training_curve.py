@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from rome_bench.checkpoint import read_training_curve
 from rome_bench.cli import resolve_config
-from rome_bench.config import preset
+from rome_bench.presets import preset
 from rome_bench.training.trainer import Trainer
 from tests.test_training import Killed, kill_at
 

@@ -22,8 +22,10 @@ from torch import nn
 from tqdm import tqdm
 
 from rome_bench.checkpoint import load_final_weights, read_run_config, run_model_hash
-from rome_bench.config import PRECISIONS, RunConfig, check_bf16
+from rome_bench.config import PRECISIONS, RunConfig
+from rome_bench.costs import CostMeter
 from rome_bench.data import DatasetInfo, LoadedDataset, fetch_batch
+from rome_bench.device import check_bf16
 from rome_bench.errors import CheckpointError, ConfigError, ModelOutputError, ThreatOutputError
 from rome_bench.evaluation.store import FULL, UNION_ONLY, BatchCost, ResultStore
 from rome_bench.evaluation.validity import batch_model_flags, refresh_computed_flags
@@ -171,33 +173,6 @@ def batch_seed(threat_key: str, first_example_id: int) -> int:
 def _dataset_batch(data: LoadedDataset, ids: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = fetch_batch(data.dataset, ids)
     return images.to(device), labels.to(device)
-
-
-class CostMeter:
-    """Counts images through the model's forward and backward passes while active (hooks, no wrapper)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.forward_images = 0
-        self.backward_images = 0
-        self._handle: torch.utils.hooks.RemovableHandle | None = None
-
-    def _on_forward(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        count = len(inputs[0])
-        self.forward_images += count
-        if isinstance(output, torch.Tensor) and output.requires_grad:
-            output.register_hook(lambda grad: self._on_backward(count))
-
-    def _on_backward(self, count: int) -> None:
-        self.backward_images += count
-
-    def __enter__(self) -> CostMeter:
-        self._handle = self.model.register_forward_hook(self._on_forward)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._handle is not None:
-            self._handle.remove()
 
 
 def _synchronise(device: torch.device) -> None:

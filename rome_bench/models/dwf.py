@@ -25,9 +25,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rome_bench.config import RunConfig, preset, register_preset
+from rome_bench.config import RunConfig
 from rome_bench.models.family import register_family
 from rome_bench.models.mixture import LogitMixtureFamily, MixtureOptions
+from rome_bench.presets import preset, register_preset
 
 DWF_CITATION = ("Meymani & Razavi-Far, Divided We Fall: Defending Against Adversarial Attacks via Soft-Gated "
                 "Fractional Mixture-of-Experts with Randomized Adversarial Training, arXiv 2512.20821")

@@ -25,9 +25,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rome_bench.config import RunConfig, preset, register_preset
+from rome_bench.config import RunConfig
 from rome_bench.models.family import register_family
 from rome_bench.models.mixture import LogitMixtureFamily, MixtureOptions
+from rome_bench.presets import preset, register_preset
 
 MORE_CITATION = ("Cheng, Xu, Wang, Kailkhura, Lin, Goldhahn: Mixture of Robust Experts (MoRE): A Robust Denoising "
                  "Method towards Multiple Perturbations, arXiv 2104.10586 (2021); RoME Table 1 baseline")

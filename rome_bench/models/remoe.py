@@ -74,11 +74,12 @@ from timm.layers import Mlp
 from timm.models.vision_transformer import Attention, Block, VisionTransformer
 from torch import nn
 
-from rome_bench.config import ModelConfig, RunConfig, preset, register_preset
+from rome_bench.config import ModelConfig, RunConfig
 from rome_bench.errors import ConfigError
 from rome_bench.models.classifier import ImageClassifier
 from rome_bench.models.family import ModelFamily, build_backbone, register_family
 from rome_bench.models.gates import ExpertGate, GateOutput
+from rome_bench.presets import preset, register_preset
 
 if TYPE_CHECKING:
     from rome_bench.data import DatasetInfo

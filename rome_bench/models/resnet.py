@@ -28,7 +28,7 @@ checkpoints use softplus activations; that variant is not provided. Init: as the
 experts, models/wrn.py; l = 1..8 counts the blocks, never the stem or the 1×1 shortcuts).
 
 ``resnet_micro`` and ``preact_resnet_micro`` (one block per stage, widths 8..64) are for tests; ``preact_resnet_cpu``
-(one block per stage, widths 16..128, NHWC activations) is the ``cifar10-cpu`` preset's network (config.py).
+(one block per stage, widths 16..128, NHWC activations) is the ``cifar10-cpu`` preset's network (presets.py).
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ RESNET_SIZES: dict[str, tuple[type[_ResidualNetwork], dict[str, object]]] = {
     "resnet18": (CifarResNet, {"blocks": (2, 2, 2, 2), "base_width": 64}),
     "preact_resnet_micro": (PreActResNet, {"blocks": (1, 1, 1, 1), "base_width": 8}),  # for tests
     "preact_resnet18": (PreActResNet, {"blocks": (2, 2, 2, 2), "base_width": 64}),
-    # the cifar10-cpu preset's network (config.py): one block per stage, widths 16..128, 0.31M parameters
+    # the cifar10-cpu preset's network (presets.py): one block per stage, widths 16..128, 0.31M parameters
     "preact_resnet_cpu": (PreActResNet, {"blocks": (1, 1, 1, 1), "base_width": 16, "channels_last": True}),
 }
 RESNET_OVERRIDES: frozenset[str] = frozenset({"blocks", "base_width"})

@@ -97,11 +97,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rome_bench.config import DataConfig, ModelConfig, RunConfig, preset, register_preset
+from rome_bench.config import DataConfig, ModelConfig, RunConfig
 from rome_bench.errors import ConfigError
 from rome_bench.models.classifier import ImageClassifier
 from rome_bench.models.family import ModelFamily, RoutingChoice, build_backbone, register_family
 from rome_bench.models.gates import ExpertGate, GateOutput
+from rome_bench.presets import preset, register_preset
 
 if TYPE_CHECKING:
     from rome_bench.data import DatasetInfo

@@ -5,7 +5,8 @@ the augmentation — or from the global torch RNG, whose state is saved in every
 PGD random starts and RANDOM's threat draws. A run resumed from a checkpoint therefore continues bit for bit.
 
 What happens inside a step is the recipe's (``training/recipe.py``); the model is built by its family
-(``model.family``).
+(``model.family``). The optimiser and schedule live in ``training/optim.py``, what a step reports in
+``training/metrics.py``, the cost count in ``costs.py`` and the checkpoint's key layout in ``checkpoint.py``.
 
 Under ``torchrun`` (``training/distributed.py``) the same loop trains one model over W processes: ``train.batch_size``
 is the global batch, each rank takes its contiguous chunk of it, gradients are all-reduced through the step
@@ -18,13 +19,10 @@ same.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import platform
 import shutil
 import sys
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +36,7 @@ from rome_bench.checkpoint import (
     CONFIG_FILE,
     MODEL_STEM,
     RUN_FILES,
+    TrainingState,
     atomic_write_text,
     git_commit,
     latest_training_checkpoint,
@@ -46,8 +45,10 @@ from rome_bench.checkpoint import (
     save_tensors_with_sidecar,
     save_training_checkpoint,
 )
-from rome_bench.config import RunConfig, TrainConfig, check_bf16, resolve_device, validate
+from rome_bench.config import RunConfig, validate
+from rome_bench.costs import CostMeter
 from rome_bench.data import LoadedDataset, fetch_batch, load_dataset
+from rome_bench.device import check_bf16, resolve_device
 from rome_bench.errors import CheckpointError, TrainingError
 from rome_bench.models import build_family, create_model
 from rome_bench.provenance import training_provenance
@@ -56,47 +57,14 @@ from rome_bench.training.curve import TrainingCurve
 from rome_bench.training.distributed import Distributed, check_batches, local_slice, rank_seed
 from rome_bench.training.experts import load_expert_runs
 from rome_bench.training.finetune import load_initial_weights
+from rome_bench.training.metrics import RunningMetrics, global_result
+from rome_bench.training.optim import build_optimizer, learning_rate, set_learning_rate
 from rome_bench.training.recipe import Batch, Recipe, StepContext, StepResult, build_recipe
 from rome_bench.training.routing import routing_loss_for
 
-POLY_POWER = 0.9  # the sparse-MoE paper's poly decay (their PolyLR exponent)
-
-
-def learning_rate(config: TrainConfig, epoch_progress: float) -> float:
-    """The paper's schedule: linear warm-up, linear decay to decay_floor·lr, then to final_floor·lr.
-
-    The three phases are scaled to ``config.epochs`` when it differs from their sum. ``train.schedule = poly``
-    (Pavlitska et al.'s PolyLR): lr·(1 − e/epochs)^0.9 with e the epoch index, constant within an epoch.
-    """
-    if config.schedule == "poly":
-        return config.lr * (1 - min(math.floor(epoch_progress), config.epochs) / config.epochs) ** POLY_POWER
-    phases = config.warmup_epochs + config.decay_epochs + config.final_epochs
-    scale = config.epochs / phases if phases > 0 else 1.0
-    warmup, decay, final = (config.warmup_epochs * scale, config.decay_epochs * scale, config.final_epochs * scale)
-    e = epoch_progress
-    if e < warmup:
-        return config.lr * e / warmup
-    if e < warmup + decay:
-        return config.lr * (1 - (1 - config.decay_floor) * (e - warmup) / decay)
-    if e < warmup + decay + final:
-        fraction = (e - warmup - decay) / final
-        return config.lr * (config.decay_floor - (config.decay_floor - config.final_floor) * fraction)
-    return config.lr * config.final_floor
-
-
-SGD_MOMENTUM = 0.9
-
-
-def build_optimizer(parameters: Iterable[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW (the paper's optimiser), with the fused kernel: one launch for all parameters; or ``sgd-nesterov``
-    (SGD, Nesterov momentum 0.9, weight decay as an L2 term: the sparse-MoE paper's)."""
-    if config.optimizer == "sgd-nesterov":
-        return torch.optim.SGD(parameters, lr=config.lr, momentum=SGD_MOMENTUM, nesterov=True,
-                               weight_decay=config.weight_decay)
-    return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay, fused=True)
-
 
 def epoch_permutation(num_examples: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order of the examples in ``epoch``, drawn from a generator seeded by (seed, epoch)."""
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     return torch.randperm(num_examples, generator=generator)
 
@@ -133,103 +101,6 @@ def train_step(recipe: Recipe, ctx: StepContext, optimizer: torch.optim.Optimize
     if torch.isfinite(result.loss.detach()).all():
         optimizer.step()
     return result
-
-
-def global_result(ctx: StepContext, result: StepResult) -> StepResult:
-    """The step's result over all ranks: loss and logs as share-weighted sums, correct counts summed."""
-    group = ctx.distributed
-    if not group.active:
-        return result
-    names, columns = list(result.logs), list(result.correct)  # the same recipe code: the same order on every rank
-    values = [float(result.loss.detach()) * ctx.share, *(result.logs[name] * ctx.share for name in names)]
-    for column in columns:
-        values.extend(float(count) for count in result.correct[column])
-    summed = group.sum_floats(values)
-    logs = dict(zip(names, summed[1:1 + len(names)], strict=True))
-    counts = summed[1 + len(names):]
-    correct = {column: (round(counts[2 * i]), round(counts[2 * i + 1])) for i, column in enumerate(columns)}
-    return StepResult(torch.tensor(summed[0]), logs, correct)
-
-
-class RunningMetrics:
-    """Epoch averages shown on the progress bar and stored in checkpoints: losses, logs, per-column accuracy."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.steps = 0
-        self.sums: dict[str, float] = {}
-        self.counts: dict[str, list[int]] = {}
-
-    def add(self, result: StepResult) -> None:
-        self.steps += 1
-        for name, value in {"loss": float(result.loss.detach()), **result.logs}.items():
-            self.sums[name] = self.sums.get(name, 0.0) + value
-        for column, (correct, total) in result.correct.items():
-            counts = self.counts.setdefault(column, [0, 0])
-            counts[0] += correct
-            counts[1] += total
-
-    def summary(self) -> dict[str, float]:
-        result = {name: total / max(self.steps, 1) for name, total in self.sums.items()}
-        result.update({f"{column}_acc": correct / max(total, 1) for column, (correct, total) in self.counts.items()})
-        return result
-
-
-class CostMeter:
-    """Training cost for the leaderboard: wall time and images through the model's forward (and backward).
-
-    A forward with autograd on counts as a forward and a backward (every such forward in training is followed by
-    one backward, of the attack's or of the update's loss). Counts accumulate across resumes.
-    """
-
-    def __init__(self, model: nn.Module, device: torch.device) -> None:
-        self.device = device
-        self.forward_images = self.backward_images = 0
-        self.seconds = 0.0
-        self._started = time.perf_counter()
-        self._counting = True
-        model.register_forward_pre_hook(self._count)
-
-    def _count(self, module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-        if not self._counting:
-            return
-        images = len(inputs[0]) if inputs and isinstance(inputs[0], torch.Tensor) else 0
-        self.forward_images += images
-        if torch.is_grad_enabled():
-            self.backward_images += images
-
-    def wall_seconds(self) -> float:
-        """Training wall time so far (all sessions of a resumed run; time spent while paused left out)."""
-        return self.seconds + time.perf_counter() - self._started
-
-    @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
-        """Neither the time nor the images of what runs inside (training-curve evaluations) count as training."""
-        started, self._counting = time.perf_counter(), False
-        try:
-            yield
-        finally:
-            self._counting = True
-            self._started += time.perf_counter() - started
-
-    def restore(self, saved: dict[str, Any]) -> None:
-        self.forward_images = int(saved.get("forward_images", 0))
-        self.backward_images = int(saved.get("backward_images", 0))
-        self.seconds = float(saved.get("wall_seconds", 0.0))
-        self._started = time.perf_counter()
-
-    def summary(self) -> dict[str, Any]:
-        return {"wall_seconds": round(self.wall_seconds(), 3),
-                "device": str(self.device), "device_name": device_name(self.device),
-                "forward_images": self.forward_images, "backward_images": self.backward_images}
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine() or "cpu"
 
 
 def check_run_dir(run_dir: Path, config: RunConfig, resume: bool, force: bool) -> bool:
@@ -317,7 +188,7 @@ class Trainer:
         optimizer = build_optimizer(parameters, config.train)
         ctx = StepContext(model, parameters, self._routing_loss(self.recipe.routing_groups()), group,
                           config.train.precision)
-        costs = CostMeter(model, self.device)
+        costs = CostMeter(model, self.device, backward="grad-enabled").start()
         curve = TrainingCurve(config, self.run_dir, self.device) if config.train.eval_every and self.writes else None
         if not resume:
             group.on_main(lambda: self._start_run_dir(must_clear))
@@ -358,8 +229,7 @@ class Trainer:
                 ctx.share = len(indices) / len(batch_indices)
                 images, labels = self._batch(data, indices, global_step, start, len(batch_indices))
                 lr = learning_rate(train, global_step / per_epoch)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
+                set_learning_rate(optimizer, lr)
                 result = train_step(self.recipe, ctx, optimizer, Batch(images, labels, global_step, epoch))
                 self._stop_if_diverged(result, global_step + 1, lr)
                 metrics.add(result)
@@ -397,18 +267,13 @@ class Trainer:
     def _state_tensors(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
         """The training state; with several processes also every rank's RNG states (``rng.rank<r>.*``)."""
         rng_states = self.distributed.gather_objects(_rng_states(self.device if self.world_size > 1 else None))
-        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-        for index, state in optimizer.state_dict()["state"].items():
-            for key, value in state.items():
-                tensors[f"optim.{index}.{key}"] = torch.as_tensor(value)
-        tensors.update({f"recipe.{k}": v for k, v in self.recipe.state_dict().items()})
-        tensors["rng.cpu"] = torch.get_rng_state()
-        if torch.cuda.is_available():
-            for index, state in enumerate(torch.cuda.get_rng_state_all()):
-                tensors[f"rng.cuda.{index}"] = state
-        for rank, states in enumerate(rng_states[1:], start=1):
-            tensors.update({f"rng.rank{rank}.{name}": state for name, state in states.items()})
-        return tensors
+        optimizer_state = {index: {name: torch.as_tensor(value) for name, value in state.items()}
+                           for index, state in optimizer.state_dict()["state"].items()}
+        state = TrainingState(model=model.state_dict(), optimizer=optimizer_state, recipe=self.recipe.state_dict(),
+                              cpu_rng=torch.get_rng_state(),
+                              cuda_rngs=list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
+                              rank_rngs=dict(enumerate(rng_states[1:], start=1)))
+        return state.to_tensors()
 
     def _checkpoint(self, model: nn.Module, optimizer: torch.optim.Optimizer, global_step: int, epoch: int,
                     metrics: dict[str, float], data: LoadedDataset, costs: CostMeter) -> None:
@@ -436,42 +301,36 @@ class Trainer:
         if sidecar is None:
             return 0  # killed before the first checkpoint: start over, which is the same run
         tensors, metadata = load_tensors_with_sidecar(sidecar)
-        model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for key, value in tensors.items():
-            if key.startswith("optim."):
-                _, index, name = key.split(".", 2)
-                state.setdefault(int(index), {})[name] = value
+        state = TrainingState.from_tensors(tensors)
+        model.load_state_dict(state.model)
         groups = optimizer.state_dict()["param_groups"]
         for group, saved in zip(groups, metadata["param_groups"], strict=True):
             group.update(saved)
-        optimizer.load_state_dict({"state": state, "param_groups": groups})
-        self.recipe.load_state_dict({k.removeprefix("recipe."): v for k, v in tensors.items()
-                                     if k.startswith("recipe.")})
+        optimizer.load_state_dict({"state": state.optimizer, "param_groups": groups})
+        self.recipe.load_state_dict(state.recipe)
         step = int(metadata["step"])
         saved_cost = metadata.get("train_cost") or {}
         if self.rank > 0:  # the counts so far are rank 0's to carry (they are summed over the ranks when saved)
             saved_cost = {"wall_seconds": saved_cost.get("wall_seconds", 0.0)}
         costs.restore(saved_cost)
-        self._restore_rng(tensors, int(metadata.get("world_size", 1)), step)
+        self._restore_rng(state, int(metadata.get("world_size", 1)), step)
         return step
 
-    def _restore_rng(self, tensors: dict[str, torch.Tensor], saved_world_size: int, step: int) -> None:
+    def _restore_rng(self, state: TrainingState, saved_world_size: int, step: int) -> None:
         """Rank 0 continues the saved stream; rank r > 0 its own when the world size is unchanged, else a fresh
         seed (resuming on another world size continues the run, not bit for bit)."""
         if self.rank == 0:
-            torch.set_rng_state(tensors["rng.cpu"])
-            cuda_states = [tensors[k] for k in sorted(tensors, key=_device_index) if k.startswith("rng.cuda.")]
-            if cuda_states and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(cuda_states)
+            torch.set_rng_state(state.cpu_rng)
+            if state.cuda_rngs and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state.cuda_rngs)
             return
-        prefix = f"rng.rank{self.rank}."
-        if saved_world_size != self.world_size or f"{prefix}cpu" not in tensors:
+        saved = state.rank_rngs.get(self.rank, {})
+        if saved_world_size != self.world_size or "cpu" not in saved:
             torch.manual_seed(rank_seed(self.config.train.seed, self.rank, step))
             return
-        torch.set_rng_state(tensors[f"{prefix}cpu"])
-        if f"{prefix}cuda" in tensors and self.device.type == "cuda":
-            torch.cuda.set_rng_state(tensors[f"{prefix}cuda"], self.device)
+        torch.set_rng_state(saved["cpu"])
+        if "cuda" in saved and self.device.type == "cuda":
+            torch.cuda.set_rng_state(saved["cuda"], self.device)
 
     def _metadata(self, data: LoadedDataset, **extra: Any) -> dict[str, Any]:
         return {"method": self.config.method, "recipe": self.config.train.recipe,
@@ -501,9 +360,3 @@ def _rng_states(device: torch.device | None) -> dict[str, torch.Tensor]:
     if device.type == "cuda":
         states["cuda"] = torch.cuda.get_rng_state(device)
     return states
-
-
-def _device_index(key: str) -> int:
-    """``rng.cuda.10`` sorts after ``rng.cuda.2``."""
-    tail = key.rsplit(".", 1)[-1]
-    return int(tail) if tail.isdigit() else -1

@@ -213,9 +213,10 @@ def test_a_rank_resumes_its_own_rng_stream_on_the_same_world_size_and_a_fresh_on
     trainer = Trainer(config, Path("unused"), progress=False, distributed=Distributed(1, 2))
     saved = torch.Generator().manual_seed(99).get_state()
     with torch.random.fork_rng(devices=[]):  # the global RNG of this test process is left as it was
-        trainer._restore_rng({"rng.cpu": torch.get_rng_state(), "rng.rank1.cpu": saved}, 2, step=4)
+        state = TrainingState.from_tensors({"rng.cpu": torch.get_rng_state(), "rng.rank1.cpu": saved})
+        trainer._restore_rng(state, 2, step=4)
         assert torch.equal(torch.get_rng_state(), saved)
-        trainer._restore_rng({"rng.cpu": torch.get_rng_state(), "rng.rank1.cpu": saved}, 4, step=4)
+        trainer._restore_rng(state, 4, step=4)
         assert torch.equal(torch.get_rng_state(), torch.Generator().manual_seed(rank_seed(0, 1, 4)).get_state())
 
 

@@ -255,7 +255,7 @@ class Results:
 
         rows = self.rows(references)
         suite = self._suite()
-        from rome_bench.evaluation.leaderboard import table_columns
+        from rome_bench.evaluation.table import table_columns
 
         columns = [column for column, _ in table_columns(suite, rows)]
         records = [{"model": row.label, "source": row.source, "n": row.n,
@@ -264,7 +264,7 @@ class Results:
         return pd.DataFrame.from_records(records, columns=["model", "source", "n", *columns])
 
     def rows(self, references: Sequence[str] = ()) -> list[Any]:
-        """The leaderboard's :class:`~rome_bench.evaluation.leaderboard.Row` objects (with intervals, flags, costs)."""
+        """The leaderboard's :class:`~rome_bench.evaluation.table.Row` objects (with intervals, flags, costs)."""
         from rome_bench.evaluation.leaderboard import build_leaderboard
         from rome_bench.evaluation.reference import load_reference
         from rome_bench.evaluation.store import ResultStore

@@ -3,17 +3,13 @@ import random
 import pytest
 import torch
 
-from rome_bench.evaluation.leaderboard import (
-    build_leaderboard,
-    measured_row,
-    union_cell,
-    wilson_interval,
-)
+from rome_bench.evaluation.leaderboard import build_leaderboard, measured_row, union_cell
 from rome_bench.evaluation.reference import load_reference
 from rome_bench.evaluation.render import RENDERERS
 from rome_bench.evaluation.runner import evaluate_threats
 from rome_bench.evaluation.store import ResultStore
 from rome_bench.evaluation.suites import SUITES
+from rome_bench.evaluation.table import wilson_interval
 from rome_bench.threats import L2PGD, Clean, LinfPGD, Threat
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from rome_bench.checkpoint import atomic_write_text
 from rome_bench.errors import RomeBenchError
-from rome_bench.evaluation.reference import ReferenceRow
+from rome_bench.evaluation.table import ReferenceRow
 from rome_bench.jsonfiles import JSONFileError
 from rome_bench.models.robustbench_zoo import DATASETS, PREFIX, check_threat_model, zoo_dataset
 

@@ -105,6 +105,15 @@ class BatchCost:
 
 
 @dataclass(frozen=True)
+class Progress:
+    """What the store holds of one threat on one model and dataset: all the runner asks before attacking."""
+
+    done: dict[int, bool]  # example id -> correct, for every example with a stored result under the threat
+    clean_correct: dict[int, bool]  # example id -> correct under the clean threat (which examples to attack)
+    not_applicable: str | None  # why the threat was stored as not applying to the model, or None
+
+
+@dataclass(frozen=True)
 class SweepPointRecord:
     threat_name: str
     scale: float
@@ -343,6 +352,13 @@ class ResultStore:
             "SELECT example_id, correct FROM results WHERE model_hash=? AND threat_key=? AND dataset=?",
             (model_hash, threat_key, dataset))
         return {example_id: bool(correct) for example_id, correct in rows}
+
+    def progress(self, model_hash: str, threat_key: str, dataset: str, clean_key: str) -> Progress:
+        """How far the threat's evaluation of the model on ``dataset`` (a fingerprint) is: its stored results, the
+        results of the clean threat ``clean_key``, and whether it was stored as not applicable."""
+        return Progress(self.correctness(model_hash, threat_key, dataset),
+                        self.correctness(model_hash, clean_key, dataset),
+                        self.not_applicable(model_hash, threat_key, dataset))
 
     def record_suite_run(self, model_hash: str, suite: str, dataset: str, dataset_name: str,
                          threat_keys: Iterable[str], example_ids: Iterable[int], finished_at: str,

@@ -32,10 +32,6 @@ TITLES = {"Linf": "RobustBench AA ℓ∞", "L2": "RobustBench AA ℓ2", "corrupt
 DOWNLOAD_TIMEOUT_S = 15
 
 
-def is_robustbench_reference(name: str) -> bool:
-    return name.startswith(PREFIX)
-
-
 def parse_reference(source: str) -> tuple[str, str, str]:
     """``robustbench:[<dataset>/][<threat_model>/]<name>`` -> (rome-bench dataset, threat model, name)."""
     parts = source[len(PREFIX):].split("/")

@@ -343,10 +343,6 @@ class ResultStore:
             "WHERE model_hash=? AND suite=? AND dataset=? ORDER BY threat_name, eps", (model_hash, suite, dataset))
         return [SweepPointRecord(name, scale, eps, key, json.loads(ids)) for name, scale, eps, key, ids in rows]
 
-    def model_label(self, model_hash: str) -> str | None:
-        row = self._connection.execute("SELECT label FROM models WHERE model_hash=?", (model_hash,)).fetchone()
-        return row[0] if row else None
-
     def correctness(self, model_hash: str, threat_key: str, dataset: str) -> dict[int, bool]:
         rows = self._connection.execute(
             "SELECT example_id, correct FROM results WHERE model_hash=? AND threat_key=? AND dataset=?",

@@ -71,15 +71,15 @@ def load_zoo_run(source: str, preset: str, device: torch.device, model_dir: str 
 
     from rome_bench.evaluation.runner import LoadedRun
     from rome_bench.models import content_hash
-    from rome_bench.models.robustbench_zoo import load_zoo_model, parse_zoo_source
+    from rome_bench.models.robustbench_zoo import PREFIX, load_zoo_model, parse_zoo_source
 
     config = preset_config(preset)
     name, threat_model = parse_zoo_source(source)
     model = load_zoo_model(name, config.data.dataset, threat_model, model_dir).to(device).requires_grad_(False)
     identity = f"{content_hash(model)}/robustbench/{name}/{threat_model}"
-    metadata = {"external": {"source": f"robustbench:{threat_model}/{name}", "weights": None}}
-    return LoadedRun(model, config, metadata, hashlib.sha256(identity.encode()).hexdigest(),
-                     f"robustbench:{threat_model}/{name}", None)
+    source = f"{PREFIX}{threat_model}/{name}"
+    metadata = {"external": {"source": source, "weights": None}}
+    return LoadedRun(model, config, metadata, hashlib.sha256(identity.encode()).hexdigest(), source, None)
 
 
 def wrap_module(model: nn.Module, preset: str = "cifar10", label: str | None = None) -> LoadedRun:
@@ -132,11 +132,14 @@ def _is_loaded(model: object) -> bool:
 
 
 def default_label(loaded: LoadedRun) -> str:
-    """``method (run name)`` for a run, ``external (FILE:Class)`` for a module."""
+    """``method (run name)`` for a run, ``robustbench (name, threat model)`` for a zoo model, ``external
+    (FILE:Class)`` for a module."""
+    from rome_bench.models.robustbench_zoo import PREFIX, is_zoo_source
+
     if loaded.method is not None:
         return f"{loaded.method} ({Path(str(loaded.source)).name})"
-    if str(loaded.source).startswith("robustbench:"):
-        threat_model, _, name = str(loaded.source).removeprefix("robustbench:").rpartition("/")
+    if is_zoo_source(str(loaded.source)):
+        threat_model, _, name = str(loaded.source).removeprefix(PREFIX).rpartition("/")
         return f"robustbench ({name}, {threat_model})"
     location, _, name = str(loaded.source).rpartition(":")
     return f"external ({Path(location).stem}:{name})" if name and location else f"external ({loaded.source})"
@@ -255,7 +258,7 @@ class Results:
 
         rows = self.rows(references)
         suite = self._suite()
-        from rome_bench.evaluation.leaderboard import table_columns
+        from rome_bench.evaluation.table import table_columns
 
         columns = [column for column, _ in table_columns(suite, rows)]
         records = [{"model": row.label, "source": row.source, "n": row.n,
@@ -264,7 +267,7 @@ class Results:
         return pd.DataFrame.from_records(records, columns=["model", "source", "n", *columns])
 
     def rows(self, references: Sequence[str] = ()) -> list[Any]:
-        """The leaderboard's :class:`~rome_bench.evaluation.leaderboard.Row` objects (with intervals, flags, costs)."""
+        """The leaderboard's :class:`~rome_bench.evaluation.table.Row` objects (with intervals, flags, costs)."""
         from rome_bench.evaluation.leaderboard import build_leaderboard
         from rome_bench.evaluation.reference import load_reference
         from rome_bench.evaluation.store import ResultStore

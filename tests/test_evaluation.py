@@ -3,17 +3,13 @@ import random
 import pytest
 import torch
 
-from rome_bench.evaluation.leaderboard import (
-    build_leaderboard,
-    measured_row,
-    union_cell,
-    wilson_interval,
-)
+from rome_bench.evaluation.leaderboard import build_leaderboard, measured_row, union_cell
 from rome_bench.evaluation.reference import load_reference
 from rome_bench.evaluation.render import RENDERERS
 from rome_bench.evaluation.runner import evaluate_threats
 from rome_bench.evaluation.store import ResultStore
 from rome_bench.evaluation.suites import SUITES
+from rome_bench.evaluation.table import wilson_interval
 from rome_bench.threats import L2PGD, Clean, LinfPGD, Threat
 
 
@@ -91,6 +87,19 @@ def test_store_skips_stored_work_and_rerun_is_identical(tmp_path, undefended_mod
                          torch.device("cpu"), progress=False)
         assert threat.calls == calls
         assert store.correctness("hash", threat.key, synthetic_test.fingerprint) == before
+
+
+def test_progress_is_what_the_runner_needs_of_one_threat(tmp_path):
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        store.add_results("m", "clean:0", "d", [0, 1, 2], [True, False, True])
+        store.add_results("m", "pgd:0", "d", [0], [False])
+        store.add_results("other", "pgd:0", "d", [2], [True])
+        store.mark_not_applicable("m", "gma:0", "d", "no gates")
+        pgd = store.progress("m", "pgd:0", "d", "clean:0")
+        assert pgd.done == {0: False} and pgd.clean_correct == {0: True, 1: False, 2: True}
+        assert pgd.not_applicable is None
+        gma = store.progress("m", "gma:0", "d", "clean:0")
+        assert gma.done == {} and gma.not_applicable == "no gates"
 
 
 def test_robust_implies_clean_correct(tmp_path, undefended_model, synthetic_test):

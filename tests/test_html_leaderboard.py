@@ -15,10 +15,11 @@ import pytest
 
 from rome_bench.checkpoint import append_training_curve
 from rome_bench.evaluation.html import pareto_front, render_html
-from rome_bench.evaluation.leaderboard import Row, build_leaderboard
+from rome_bench.evaluation.leaderboard import build_leaderboard
 from rome_bench.evaluation.reference import load_reference
 from rome_bench.evaluation.store import ResultStore, SweepPointRecord
 from rome_bench.evaluation.suites import SUITES
+from rome_bench.evaluation.table import Row
 
 SUITE = SUITES.get("seen")
 ACCURACIES = {"strong": 0.9, "middling": 0.65, "weak": 0.4}  # per-threat probability of being correct

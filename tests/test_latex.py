@@ -2,8 +2,8 @@ import math
 import re
 
 from rome_bench.evaluation.latex import latex_escape, render_latex
-from rome_bench.evaluation.leaderboard import Row, table_columns
 from rome_bench.evaluation.suites import SUITES
+from rome_bench.evaluation.table import Row, table_columns
 
 SUITE = SUITES.get("seen")
 COLUMNS = [column for column, _ in table_columns(SUITE)]

@@ -77,8 +77,8 @@ def test_plot_works_with_pyplot_already_imported(tmp_path: Path) -> None:
 
 
 def test_whiskers_are_never_negative_at_the_edges() -> None:
-    from rome_bench.evaluation.leaderboard import wilson_interval
     from rome_bench.evaluation.plots import whiskers
+    from rome_bench.evaluation.table import wilson_interval
 
     for correct, n in ((0, 100), (100, 100), (0, 7), (3, 7)):
         below, above = whiskers([correct / n], [wilson_interval(correct, n)])

@@ -15,8 +15,9 @@ from rome_bench.cli import app, resolve_config
 from rome_bench.config import _typed_value
 from rome_bench.data import load_dataset
 from rome_bench.errors import ConfigError
-from rome_bench.evaluation.leaderboard import build_leaderboard, render_markdown
+from rome_bench.evaluation.leaderboard import build_leaderboard
 from rome_bench.evaluation.reference import load_reference
+from rome_bench.evaluation.render import render_markdown
 from rome_bench.evaluation.store import ResultStore
 from rome_bench.evaluation.suites import SUITES
 from rome_bench.models import create_model, gates

@@ -3,7 +3,8 @@
 import random
 
 from rome_bench.evaluation.export import matrix_csv
-from rome_bench.evaluation.leaderboard import build_leaderboard, render_markdown
+from rome_bench.evaluation.leaderboard import build_leaderboard
+from rome_bench.evaluation.render import render_markdown
 from rome_bench.evaluation.store import ResultStore
 from rome_bench.evaluation.suites import Suite
 

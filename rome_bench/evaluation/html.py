@@ -21,17 +21,6 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
 from rome_bench.checkpoint import read_training_curve
-from rome_bench.evaluation.leaderboard import (
-    Row,
-    cell_text,
-    costs_text,
-    flags_text,
-    gating_texts,
-    gating_titles,
-    has_gating,
-    table_columns,
-    train_cost_text,
-)
 from rome_bench.evaluation.plots import (
     Bar,
     ModelPoint,
@@ -41,9 +30,21 @@ from rome_bench.evaluation.plots import (
     training_curves_figure,
     union_vs_clean_figure,
 )
-from rome_bench.evaluation.store import UNION_ONLY, ResultStore
+from rome_bench.evaluation.store import ResultStore
 from rome_bench.evaluation.suites import Suite
 from rome_bench.evaluation.sweep import sweep_series
+from rome_bench.evaluation.table import (
+    Row,
+    cell_text,
+    costs_text,
+    flags_text,
+    gating_texts,
+    gating_titles,
+    has_gating,
+    source_text,
+    table_columns,
+    train_cost_text,
+)
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,7 @@ def page_table(rows: list[Row], suite: Suite, dataset: str, store: ResultStore |
         cells += [_accuracy_cell(row, column) for column, _ in columns]
         if gating:
             cells += [PageCell(text, None if text == "–" else float(text)) for text in gating_texts(row)]
-        source = row.source + (" (union only)" if row.mode == UNION_ONLY else "")
+        source = source_text(row)
         cells += [PageCell(flags_text(row, suite), flags_text(row, suite)), PageCell(source, source)]
         if costs:
             cells += [PageCell(text, text) for text in (train_cost_text(row), costs_text(row, suite))]

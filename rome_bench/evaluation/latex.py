@@ -1,6 +1,6 @@
 """Leaderboards as paper-ready LaTeX tables: one booktabs ``table`` float per dataset.
 
-* Columns follow ``render_markdown``: Method, the suite's columns, Avg, Union (``leaderboard.table_columns``).
+* Columns follow ``render_markdown``: Method, the suite's columns, Avg, Union (``table.table_columns``).
 * Cells are accuracies in percent with one decimal; the best value of each column on a dataset is bold
   (compared as printed, so printed ties are all bold); missing values print as ``--``.
 * A measured cell carries ``±h``, the half-width (high − low) / 2 of its 95% Wilson interval (the interval itself
@@ -16,8 +16,8 @@ from __future__ import annotations
 import math
 import re
 
-from rome_bench.evaluation.leaderboard import Row, gating_texts, has_gating, table_columns
 from rome_bench.evaluation.suites import Suite
+from rome_bench.evaluation.table import Row, gating_texts, has_gating, table_columns
 
 _ESCAPES = {
     "\\": r"\textbackslash{}",

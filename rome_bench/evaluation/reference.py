@@ -1,39 +1,39 @@
-"""Reference numbers reported by papers, kept as data in ``leaderboards/`` and shown beside measured rows."""
+"""Reference numbers, shown beside measured rows: the one place that picks a reference's source.
+
+* ``robustbench:[<dataset>/][<threat_model>/]<name>``: RobustBench's reported numbers for a model
+  (``robustbench_info.py``);
+* otherwise a reference file: its name in ``leaderboards/`` (the numbers a paper reports, kept as data) or a path to
+  a JSON file laid out the same way.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from rome_bench.errors import RomeBenchError
+from rome_bench.evaluation.robustbench_info import robustbench_rows
+from rome_bench.evaluation.table import ReferenceRow
 from rome_bench.jsonfiles import JSONFileError, read_json
+from rome_bench.models.robustbench_zoo import is_zoo_source
 
 LEADERBOARDS_DIR = Path(__file__).resolve().parents[2] / "leaderboards"
 
 
-@dataclass(frozen=True)
-class ReferenceRow:
-    label: str
-    method: str
-    dataset: str
-    values: dict[str, float]  # column -> accuracy in [0, 1]
-    source: str
-    # titles of the file's own columns under another protocol than any suite's (e.g. a paper's PGD-20): such a
-    # column is printed after the suite's columns; a column without a title shows only where a suite has it
-    titles: dict[str, str] = field(default_factory=dict)
-
-
 def available_references() -> list[str]:
+    """The names of the reference files in ``leaderboards/``."""
     return sorted(path.stem for path in LEADERBOARDS_DIR.glob("*.json"))
 
 
 def load_reference(name_or_path: str) -> list[ReferenceRow]:
-    """Rows of a reference file, given its name in leaderboards/ or a path, or RobustBench's numbers for a model
-    (``robustbench:[<dataset>/][<threat_model>/]<name>``, see ``robustbench_info.py``)."""
-    if name_or_path.startswith("robustbench:"):
-        from rome_bench.evaluation.robustbench_info import robustbench_rows
-
+    """Rows of a reference: RobustBench's numbers for a model (``robustbench:…``), else a reference file given by
+    its name in leaderboards/ or by a path."""
+    if is_zoo_source(name_or_path):
         return robustbench_rows(name_or_path)
+    return paper_rows(name_or_path)
+
+
+def paper_rows(name_or_path: str) -> list[ReferenceRow]:
+    """Rows of a reference file, given its name in leaderboards/ or a path (a name without a suffix is a name)."""
     path = Path(name_or_path)
     if not path.suffix:
         path = LEADERBOARDS_DIR / f"{name_or_path}.json"

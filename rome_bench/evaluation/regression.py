@@ -27,10 +27,11 @@ import torch
 from rome_bench.checkpoint import atomic_write_text
 from rome_bench.data import evaluation_indices, load_dataset
 from rome_bench.errors import ConfigError, RomeBenchError
-from rome_bench.evaluation.leaderboard import Row, measured_row
+from rome_bench.evaluation.leaderboard import measured_row
 from rome_bench.evaluation.runner import evaluate_run, load_run
 from rome_bench.evaluation.store import ResultStore
 from rome_bench.evaluation.suites import SUITES
+from rome_bench.evaluation.table import Row
 from rome_bench.jsonfiles import read_json
 
 REFERENCE_DIR = Path(__file__).resolve().parents[2] / "leaderboards" / "reference"

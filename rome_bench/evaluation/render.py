@@ -1,19 +1,131 @@
-"""The leaderboard's output formats, one renderer each: ``RENDERERS[format](rows, suite, costs=..., store=...)``.
+"""The leaderboard's output formats: ``RENDERERS[format](rows, suite, costs=..., store=...)``.
 
-Imports point one way: leaderboard.py builds rows (and renders md, csv, json), latex.py renders tex from them,
-html.py renders the static page, and this module gathers the formats for the CLI. Only the page reads the store
-(``store``: ε sweeps, training curves and provenance); the text formats ignore it.
+Imports point one way: ``table.py`` holds the rows and the cell texts, ``leaderboard.py`` builds the rows, and
+this module renders them: md, csv and json here, tex through ``latex.py``, the static page through ``html.py``.
+Only the page reads the store (``store``: ε sweeps, training curves and provenance); the text formats ignore it.
 """
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import io
+import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from rome_bench.evaluation.latex import render_latex
-from rome_bench.evaluation.leaderboard import Row, render_csv, render_json, render_markdown
-from rome_bench.evaluation.store import ResultStore
+from rome_bench.evaluation.store import GatingScore, ResultStore
 from rome_bench.evaluation.suites import Suite
+from rome_bench.evaluation.table import (
+    Row,
+    cell_text,
+    costs_text,
+    flags_text,
+    gating_texts,
+    gating_titles,
+    has_gating,
+    source_text,
+    table_columns,
+    train_cost_text,
+)
+
+TRAIN_COST_FIELDS = ("wall_seconds", "device", "device_name", "forward_images", "backward_images")
+GATING_CSV_COLUMNS = ["routing_divergence", "gate_classifier_accuracy", "gate_classifier_chance", "gating_suite",
+                      "gating_n"]
+
+
+def render_markdown(rows: list[Row], suite: Suite, costs: bool = False) -> str:
+    """One Markdown table per dataset; with ``costs``, a training-cost and an evaluation-cost column."""
+    lines: list[str] = []
+    for dataset in sorted({row.dataset for row in rows}):
+        table = [r for r in rows if r.dataset == dataset]
+        columns = table_columns(suite, table)
+        gating = has_gating(table)
+        titles = [title for _, title in columns] + (list(gating_titles(table)) if gating else [])
+        lines += [f"### {suite.name} suite on {dataset} — accuracy % (95% Wilson interval)", ""]
+        extra = " Train cost | Eval cost |" if costs else ""
+        lines.append("| Method | n | " + " | ".join(titles) + f" | Flags | Source |{extra}")
+        lines.append("|---|---:|" + "---:|" * len(titles) + "---|---|" + ("---|---|" if costs else ""))
+        for row in table:
+            cells = " | ".join([cell_text(row, c) for c, _ in columns] + (list(gating_texts(row)) if gating else []))
+            cost = f" {train_cost_text(row)} | {costs_text(row, suite)} |" if costs else ""
+            lines.append(f"| {row.label} | {row.n if row.n is not None else '–'} | {cells} | "
+                         f"{flags_text(row, suite)} | {source_text(row)} |{cost}")
+        lines.append("")
+    return "\n".join(lines) if lines else f"no results for suite '{suite.name}' yet; run rome-bench eval first"
+
+
+def render_csv(rows: list[Row], suite: Suite, costs: bool = False) -> str:
+    """One record per row: accuracy and Wilson bounds per column (empty where missing), raw costs and gating."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    columns = [c for c, _ in table_columns(suite, rows)]
+    gating = has_gating(rows)
+    writer.writerow(_csv_header(columns, suite, costs, gating))
+    for row in rows:
+        flags = "" if flags_text(row, suite) == "–" else flags_text(row, suite)
+        record: list[Any] = [row.method, row.label, row.dataset, row.n, row.source, row.mode, flags]
+        for column in columns:
+            low, high = row.intervals.get(column, (None, None))
+            record += [row.values.get(column), low, high]
+        if costs:
+            record += _cost_record(row, suite)
+        if gating:
+            record += _gating_record(row.gating)
+        writer.writerow(record)
+    return buffer.getvalue()
+
+
+def _csv_header(columns: list[str], suite: Suite, costs: bool, gating: bool) -> list[str]:
+    header = ["method", "label", "dataset", "n", "source", "mode", "flags"]
+    for column in columns:
+        header += [column, f"{column}_low", f"{column}_high"]
+    if costs:
+        header += [f"train_{name}" for name in TRAIN_COST_FIELDS]
+        for column in suite.columns:
+            header += [f"{column}_seconds", f"{column}_forward_images", f"{column}_backward_images"]
+    if gating:
+        header += GATING_CSV_COLUMNS
+    return header
+
+
+def _cost_record(row: Row, suite: Suite) -> list[Any]:
+    """The training cost's fields, then per threat column its seconds and forward and backward images."""
+    record: list[Any] = [(row.train_cost or {}).get(name) for name in TRAIN_COST_FIELDS]
+    for column in suite.columns:
+        cost = row.costs.get(column)
+        record += [cost.seconds, cost.forward_images, cost.backward_images] if cost else [None] * 3
+    return record
+
+
+def _gating_record(score: GatingScore | None) -> list[Any]:
+    if score is None:
+        return [None] * len(GATING_CSV_COLUMNS)
+    return [score.divergence, score.classifier_accuracy, score.chance, score.suite, score.n_examples]
+
+
+def _gating_json(score: GatingScore | None) -> dict[str, Any] | None:
+    if score is None:
+        return None
+    return {"suite": score.suite, "n": score.n_examples, "routing_divergence": score.divergence,
+            "per_layer": score.per_layer, "classifier_accuracy": score.classifier_accuracy, "chance": score.chance,
+            "threats": score.threats}
+
+
+def render_json(rows: list[Row], suite: Suite, costs: bool = False) -> str:
+    """The suite, its columns and every row's accuracies, intervals and flags (costs and gating when asked/known)."""
+    gating = has_gating(rows)
+    payload = {"suite": suite.name, "columns": [c for c, _ in table_columns(suite, rows)], "rows": [
+        {"label": row.label, "method": row.method, "dataset": row.dataset, "n": row.n, "source": row.source,
+         "mode": row.mode, "accuracy": row.values, "wilson95": {c: list(v) for c, v in row.intervals.items()},
+         "flags": row.flags,
+         **({"costs": {c: dataclasses.asdict(v) for c, v in row.costs.items()}, "train_cost": row.train_cost}
+            if costs else {}),
+         **({"gating": _gating_json(row.gating)} if gating else {})}
+        for row in rows]}
+    return json.dumps(payload, indent=2, ensure_ascii=False)
 
 
 def _text(render: Callable[..., str]) -> Callable[..., str]:

@@ -20,7 +20,7 @@ from typing import Any
 
 from rome_bench.checkpoint import atomic_write_text
 from rome_bench.errors import RomeBenchError
-from rome_bench.evaluation.reference import ReferenceRow
+from rome_bench.evaluation.table import ReferenceRow
 from rome_bench.jsonfiles import JSONFileError
 from rome_bench.models.robustbench_zoo import DATASETS, PREFIX, check_threat_model, zoo_dataset
 
@@ -30,10 +30,6 @@ ROBUST_FIELDS = {"Linf": ("external", "autoattack_acc"), "L2": ("external", "aut
                  "corruptions": ("corruptions_acc",)}
 TITLES = {"Linf": "RobustBench AA ℓ∞", "L2": "RobustBench AA ℓ2", "corruptions": "RobustBench corruptions"}
 DOWNLOAD_TIMEOUT_S = 15
-
-
-def is_robustbench_reference(name: str) -> bool:
-    return name.startswith(PREFIX)
 
 
 def parse_reference(source: str) -> tuple[str, str, str]:

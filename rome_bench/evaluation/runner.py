@@ -27,7 +27,7 @@ from rome_bench.costs import CostMeter
 from rome_bench.data import DatasetInfo, LoadedDataset, fetch_batch
 from rome_bench.device import check_bf16
 from rome_bench.errors import CheckpointError, ConfigError, ModelOutputError, ThreatOutputError
-from rome_bench.evaluation.store import FULL, UNION_ONLY, BatchCost, ResultStore
+from rome_bench.evaluation.store import FULL, UNION_ONLY, BatchCost, Progress, ResultStore
 from rome_bench.evaluation.validity import batch_model_flags, refresh_computed_flags
 from rome_bench.models import content_hash, create_model
 from rome_bench.models.autocast import attack_model, autocast_attacks
@@ -180,15 +180,10 @@ def _synchronise(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _examples_to_attack(store: ResultStore, model_hash: str, threats: list[Threat], index: int,
-                        data: LoadedDataset, example_ids: list[int], union_only: bool) -> list[int]:
-    """Examples still without a result for threats[index]; in union-only mode, only those robust so far."""
-    stored = store.stored_example_ids(model_hash, threats[index].key, data.fingerprint)
-    todo = [i for i in example_ids if i not in stored]
-    if not union_only or index == 0:
-        return todo
-    earlier = [store.correctness(model_hash, threat.key, data.fingerprint) for threat in threats[:index]
-               if not store.not_applicable(model_hash, threat.key, data.fingerprint)]
+def _examples_to_attack(stored: Progress, example_ids: list[int], earlier: list[dict[int, bool]]) -> list[int]:
+    """Examples still without a result for the threat, and robust under every result of ``earlier`` (the union-only
+    cascade's earlier threats; none otherwise)."""
+    todo = [i for i in example_ids if i not in stored.done]
     return [i for i in todo if all(results.get(i, False) for results in earlier)]
 
 
@@ -221,14 +216,16 @@ def check_model_output(model: nn.Module, data: LoadedDataset, example_ids: list[
 def evaluate_threats(model: nn.Module, model_hash: str, threats: list[Threat], data: LoadedDataset,
                      example_ids: list[int], store: ResultStore, batch_size: int, device: torch.device,
                      progress: bool = True, union_only: bool = False) -> None:
-    """Run each threat on every example not yet stored; 'clean' must come first.
+    """Run each threat on every example not yet stored; 'clean' must come first. A threat that cannot attack the
+    model is stored as not applicable instead.
 
     With ``union_only`` the threats form a cascade: each attacks only the examples still robust to every earlier
-    one, which is all the union needs; the per-threat results of the skipped examples are not stored.
+    one that applies, which is all the union needs; the per-threat results of the skipped examples are not stored.
     """
     if not threats or not isinstance(threats[0], Clean):
         raise ValueError("the first threat of an evaluation must be 'clean'")
-    for index, threat in enumerate(threats):
+    earlier: list[dict[int, bool]] = []  # results of the threats so far that apply: the cascade's filter
+    for threat in threats:
         store.record_threat(threat.key, threat.name, threat.column, threat.tag, threat.params())
         if not threat.applicable(model):
             store.mark_not_applicable(model_hash, threat.key, data.fingerprint,
@@ -236,20 +233,31 @@ def evaluate_threats(model: nn.Module, model_hash: str, threats: list[Threat], d
             if progress:
                 tqdm.write(f"{threat.name}: not applicable to this model (stored as n/a)")
             continue
-        todo = _examples_to_attack(store, model_hash, threats, index, data, example_ids, union_only)
-        clean_correct = store.correctness(model_hash, threats[0].key, data.fingerprint)
-        done = store.correctness(model_hash, threat.key, data.fingerprint)
-        robust, seen = sum(done.values()), len(done)
-        bar = tqdm(total=seen + len(todo), initial=seen, desc=threat.name, disable=not progress, leave=True)
-        for start in range(0, len(todo), batch_size):
-            ids = todo[start:start + batch_size]
-            images, labels = _dataset_batch(data, ids, device)
-            correct, cost, flags = _evaluate_batch(model, threat, images, labels, ids, clean_correct, device)
-            store.add_results(model_hash, threat.key, data.fingerprint, ids, correct.tolist(), cost, flags)
-            robust, seen = robust + int(correct.sum()), seen + len(ids)
-            bar.set_postfix_str(f"robust {100 * robust / seen:.1f}%")
-            bar.update(len(ids))
-        bar.close()
+        stored = store.progress(model_hash, threat.key, data.fingerprint, threats[0].key)
+        todo = _examples_to_attack(stored, example_ids, earlier if union_only else [])
+        added = _evaluate_examples(model, model_hash, threat, data, todo, stored, store, batch_size, device, progress)
+        if stored.not_applicable is None:  # a threat the store already holds as n/a stays out of the cascade
+            earlier.append({**stored.done, **added})
+
+
+def _evaluate_examples(model: nn.Module, model_hash: str, threat: Threat, data: LoadedDataset, todo: list[int],
+                       stored: Progress, store: ResultStore, batch_size: int, device: torch.device,
+                       progress: bool) -> dict[int, bool]:
+    """Evaluate the threat on ``todo`` batch by batch, storing each batch as it finishes; the results added."""
+    added: dict[int, bool] = {}
+    robust, seen = sum(stored.done.values()), len(stored.done)
+    bar = tqdm(total=seen + len(todo), initial=seen, desc=threat.name, disable=not progress, leave=True)
+    for start in range(0, len(todo), batch_size):
+        ids = todo[start:start + batch_size]
+        images, labels = _dataset_batch(data, ids, device)
+        correct, cost, flags = _evaluate_batch(model, threat, images, labels, ids, stored.clean_correct, device)
+        store.add_results(model_hash, threat.key, data.fingerprint, ids, correct.tolist(), cost, flags)
+        added.update(zip(ids, correct.tolist(), strict=True))
+        robust, seen = robust + int(correct.sum()), seen + len(ids)
+        bar.set_postfix_str(f"robust {100 * robust / seen:.1f}%")
+        bar.update(len(ids))
+    bar.close()
+    return added
 
 
 def _evaluate_batch(model: nn.Module, threat: Threat, images: torch.Tensor, labels: torch.Tensor, ids: list[int],

@@ -105,6 +105,15 @@ class BatchCost:
 
 
 @dataclass(frozen=True)
+class Progress:
+    """What the store holds of one threat on one model and dataset: all the runner asks before attacking."""
+
+    done: dict[int, bool]  # example id -> correct, for every example with a stored result under the threat
+    clean_correct: dict[int, bool]  # example id -> correct under the clean threat (which examples to attack)
+    not_applicable: str | None  # why the threat was stored as not applying to the model, or None
+
+
+@dataclass(frozen=True)
 class SweepPointRecord:
     threat_name: str
     scale: float
@@ -334,15 +343,18 @@ class ResultStore:
             "WHERE model_hash=? AND suite=? AND dataset=? ORDER BY threat_name, eps", (model_hash, suite, dataset))
         return [SweepPointRecord(name, scale, eps, key, json.loads(ids)) for name, scale, eps, key, ids in rows]
 
-    def model_label(self, model_hash: str) -> str | None:
-        row = self._connection.execute("SELECT label FROM models WHERE model_hash=?", (model_hash,)).fetchone()
-        return row[0] if row else None
-
     def correctness(self, model_hash: str, threat_key: str, dataset: str) -> dict[int, bool]:
         rows = self._connection.execute(
             "SELECT example_id, correct FROM results WHERE model_hash=? AND threat_key=? AND dataset=?",
             (model_hash, threat_key, dataset))
         return {example_id: bool(correct) for example_id, correct in rows}
+
+    def progress(self, model_hash: str, threat_key: str, dataset: str, clean_key: str) -> Progress:
+        """How far the threat's evaluation of the model on ``dataset`` (a fingerprint) is: its stored results, the
+        results of the clean threat ``clean_key``, and whether it was stored as not applicable."""
+        return Progress(self.correctness(model_hash, threat_key, dataset),
+                        self.correctness(model_hash, clean_key, dataset),
+                        self.not_applicable(model_hash, threat_key, dataset))
 
     def record_suite_run(self, model_hash: str, suite: str, dataset: str, dataset_name: str,
                          threat_keys: Iterable[str], example_ids: Iterable[int], finished_at: str,

@@ -12,10 +12,10 @@ import math
 import torch
 
 from rome_bench.data import LoadedDataset
-from rome_bench.evaluation.leaderboard import wilson_interval
 from rome_bench.evaluation.plots import SweepPoint
 from rome_bench.evaluation.runner import LoadedRun, evaluate_run
 from rome_bench.evaluation.store import ResultStore, SweepPointRecord
+from rome_bench.evaluation.table import wilson_interval
 from rome_bench.threats import Threat
 
 

@@ -1,17 +1,20 @@
 """Validity checks on every evaluation, in the spirit of AutoAttack's flags (Croce & Hein 2020, flags_doc).
 
-Flags are counts of examples, stored per (model, threat, dataset) and shown as a warning column:
+Flags are counts of examples (``autoattack-warning``: of log warnings), stored per (model, threat, dataset) and
+shown in the leaderboard's Flags column:
 
 * per batch, during the clean pass (stored under the 'clean' threat, so they describe the model):
   ``randomized`` — two forward passes of the same images differ, so a deterministic attack is the wrong tool
   (use AutoAttack's ``rand`` version); ``zero-gradient`` — clean-correct examples whose input gradient of the
   cross-entropy is zero or vanishing (< 1e-12 in ℓ1), so gradient attacks cannot move them;
 * raised by a threat itself (``Threat.call_flags``): ``black-box-success`` — Square succeeded where every
-  white-box attack of AutoAttack failed; pyautoattack's own zero-gradient warning;
-* computed from stored results (:func:`refresh_computed_flags`): ``eps-non-monotone`` — accuracy rose with ε in
-  a sweep; ``steps-non-monotone`` — accuracy rose with more steps (same threat, same ε); ``weaker-than-other``
-  — examples this threat left robust but another ℓp threat of the same norm broke with no larger ε, whatever
-  their leaderboard columns (so GMA, an ℓ∞ attack with its own column, is compared with ℓ∞ PGD and AutoAttack).
+  white-box attack of AutoAttack failed; pyautoattack's own zero-gradient warning (``zero-gradient``) and any
+  other warning it logs (``autoattack-warning``);
+* computed from stored results (:func:`refresh_computed_flags`): ``eps-non-monotone`` — accuracy rose with ε
+  (same threat, its other parameters equal, e.g. in a sweep); ``steps-non-monotone`` — accuracy rose with more
+  steps (same threat, same ε); ``weaker-than-other`` — examples this threat left robust but another ℓp threat of
+  the same norm broke with no larger ε, whatever their leaderboard columns (so GMA, an ℓ∞ attack with its own
+  column, is compared with ℓ∞ PGD and AutoAttack).
 
 The runner also verifies budgets, range and NaNs on every batch; those are errors, not flags.
 """
@@ -24,17 +27,6 @@ from torch import nn
 
 from rome_bench.evaluation.store import ResultStore
 from rome_bench.threats.base import LP_ORDERS, THREATS
-
-FLAG_DESCRIPTIONS = {
-    "randomized": "two forward passes of the same images differ: use a randomised-defence protocol (EOT)",
-    "zero-gradient": "clean-correct examples with zero or vanishing input gradient: gradient attacks may stall",
-    "black-box-success": "a black-box attack succeeded where every white-box attack failed: gradient masking?",
-    "autoattack-warning": "pyautoattack logged a warning during the attack",
-    "eps-non-monotone": "robust accuracy rose with a larger ε in the sweep",
-    "steps-non-monotone": "robust accuracy rose with more attack steps at the same ε",
-    "weaker-than-other": "examples this threat left robust were broken by another threat of the same norm and no "
-                         "larger ε",
-}
 
 VANISHING_GRADIENT = 1e-12
 RANDOMNESS_TOLERANCE = 1e-4

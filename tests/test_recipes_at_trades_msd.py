@@ -97,7 +97,7 @@ def test_rome_at_labels_every_input_threat_0_and_its_single_group_l_div_is_exact
     model = micro_model("rome")
     ctx, routing = rome_context(model, len(recipe.threats()))
     images, labels = synthetic_batch()
-    result = recipe.loss(ctx, Batch(images, labels, 0, 0))
+    result = recipe.objective(ctx, Batch(images, labels, 0, 0))  # loss() + the routing loss of its labelled forward
     assert [ids.tolist() for ids in routing.ids] == [[0] * len(labels)]
     assert torch.isfinite(result.loss) and result.logs["routing"] == 0.0
 
@@ -245,7 +245,7 @@ def test_msd_recipe_attacks_the_presets_balls_and_routes_by_the_kept_norm():
     model = micro_model("rome")
     ctx, routing = rome_context(model, 1)
     images, labels = synthetic_batch()
-    result = recipe.loss(ctx, Batch(images, labels, 0, 0))
+    result = recipe.objective(ctx, Batch(images, labels, 0, 0))
     assert torch.equal(routing.ids[0], attack.kept_norm_ids)
     assert torch.isfinite(result.loss) and set(result.correct) == {"nat", "msd"}
     assert sum(result.logs[f"kept_{norm}"] for norm in ("l1", "l2", "linf")) == pytest.approx(1.0)

@@ -102,7 +102,7 @@ def recipe_step(name: str, options: dict, model: torch.nn.Module, images: torch.
                 routing: torch.nn.Module | None = None):
     recipe = build_recipe(name, options, preset("smoke").threats, "pgd")
     torch.manual_seed(3)
-    return recipe.loss(context(model, routing), Batch(images, labels, step=0, epoch=0))
+    return recipe.objective(context(model, routing), Batch(images, labels, step=0, epoch=0))
 
 
 def test_pat_vr_with_weight_0_is_pat_and_its_variation_term_is_non_negative(batch):

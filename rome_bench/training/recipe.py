@@ -115,10 +115,6 @@ class StepContext:
             self._labelled = (read_gates(self.model), routing_ids)
         return logits
 
-    @property
-    def has_routing_loss(self) -> bool:
-        return self._routing_loss is not None
-
     def add_routing(self, result: StepResult, recipe: str) -> StepResult:
         """``result`` with λ·(routing loss) of the labelled forward added to its loss and logged as ``routing``.
 

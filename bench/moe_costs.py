@@ -71,7 +71,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from rome_bench.config import RunConfig
 from rome_bench.data import DATASETS, DatasetInfo
 from rome_bench.models import create_model
-from rome_bench.models.rome import ExpertGate, LoRAExpertMixture
+from rome_bench.models.rome import ExpertGate, LoRAExpertMixture, RomeOptions
 from rome_bench.presets import preset
 from rome_bench.training.optim import build_optimizer
 
@@ -103,9 +103,8 @@ def dataset_info(config: RunConfig) -> DatasetInfo:
 
 def build_variant(config: RunConfig, info: DatasetInfo, variant: str, device: torch.device) -> nn.Module:
     """One variant, its backbone initialised from ``config.train.seed`` (identical across variants)."""
-    model_config = dataclasses.replace(config.model, family="plain" if variant == "plain" else "rome")
-    if variant != "plain":
-        model_config.rome = dataclasses.replace(config.model.rome, **EXPERT_VARIANTS[variant])  # type: ignore[arg-type]
+    options = {} if variant == "plain" else {**config.model.options, **EXPERT_VARIANTS[variant]}
+    model_config = dataclasses.replace(config.model, family="plain" if variant == "plain" else "rome", options=options)
     torch.manual_seed(config.train.seed)
     model = create_model(model_config, info).to(device)
     if variant == "rome-split":
@@ -527,14 +526,14 @@ def main() -> None:
     if args.backbone:
         config.model.backbone = args.backbone
     overrides = {"num_experts": args.num_experts, "rank": args.rank, "gate_hidden": args.gate_hidden}
-    config.model.rome = dataclasses.replace(config.model.rome, **{k: v for k, v in overrides.items() if v is not None})
+    config.model.options = {**config.model.options, **{k: v for k, v in overrides.items() if v is not None}}
     info = dataset_info(config)
     models = {name: build_variant(config, info, name, device) for name in args.variants}
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(args.batch_size, 3, info.image_size, info.image_size, generator=generator).to(device)
     labels_ = torch.randint(info.num_classes, (args.batch_size,), generator=generator).to(device)
     single = images[:1]
-    rome = config.model.rome
+    rome = RomeOptions(**config.model.options)
     tokens = (info.image_size // config.model.patch_size) ** 2 + 1
     print(f"preset {args.preset}: {config.model.backbone}, patch {config.model.patch_size} on {info.image_size}px "
           f"({tokens} tokens), K={rome.num_experts} r={rome.rank} gate_hidden={rome.gate_hidden} gating={rome.gating}; "

@@ -13,7 +13,6 @@ checkpoint's tensors are laid out here (:class:`TrainingState`), so that the tra
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -28,7 +27,7 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as serialize_tensors
 
-from rome_bench.config import RunConfig
+from rome_bench.config import ModelConfig, RunConfig, upgrade_legacy
 from rome_bench.errors import CheckpointError, ConfigError
 from rome_bench.jsonfiles import read_json
 
@@ -41,12 +40,12 @@ KEEP_CHECKPOINTS = 2
 
 
 def read_run_config(run_dir: Path) -> RunConfig:
-    """The resolved config a run was trained with (configs from before recipes and families are upgraded)."""
+    """The resolved config a run was trained with (older layouts upgraded: :func:`upgrade_stored_config`)."""
     path = run_dir / CONFIG_FILE
     if not path.exists():
         raise CheckpointError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); train one with rome-bench train")
     try:
-        return RunConfig.from_dict(read_json(path, "run config"))
+        return RunConfig.from_dict(upgrade_stored_config(read_json(path, "run config")))
     except ConfigError as error:
         raise CheckpointError(f"{path}: {error}; restore the run's config.json or retrain") from error
 
@@ -60,35 +59,32 @@ def load_final_weights(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str
     return load_tensors_with_sidecar(sidecar)
 
 
-# Families older runs had; their weights' names already tell them apart, so leaving the family out of the hash
-# keeps the model hashes (and stored results) of runs trained before model.family existed.
-FAMILIES_BEFORE_FIELD = ("plain", "rome")
+# Before model.options, RoME's settings were the section model.rome, present in every run whatever its family.
+LEGACY_SECTION = "rome"
+LEGACY_SECTION_NAMES = {"lambda_div": "routing_weight"}  # older names inside that section
 
 
-def model_identity(config: RunConfig) -> str:
-    """The model config as hashed into the model hash (β schedule, gating, … fix what weights alone do not).
-
-    ``init_from`` and a mixture's ``options.experts`` (the runs training started from) do not change the model and
-    are left out: the same weights hash the same wherever their experts were trained.
-    """
-    fields = dataclasses.asdict(config.model)
-    fields.pop("init_from")
-    fields["options"].pop("experts", None)
-    if fields["family"] in FAMILIES_BEFORE_FIELD:
-        fields.pop("family")
-    if not fields["options"]:  # no family options: hashed as before model.options existed
-        fields.pop("options")
-    if not fields["rome"]["top_k"]:  # dense experts: hashed as before model.rome.top_k existed
-        fields["rome"].pop("top_k")
-    if fields["normalisation"] == "dataset":  # hashed as before model.normalisation existed
-        fields.pop("normalisation")
-    return json.dumps(fields, sort_keys=True)
+def upgrade_stored_config(data: dict[str, Any]) -> dict[str, Any]:
+    """A stored config in today's layout: ``train.method`` split (``config.upgrade_legacy``), and the old
+    ``model.rome`` section moved into ``model.options`` for a RoME run, or kept in ``model.legacy_identity`` for
+    any other family (whose model hash covered it)."""
+    data = upgrade_legacy(data)
+    model = data.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get(LEGACY_SECTION), dict):
+        return data
+    model = dict(model)
+    section = {LEGACY_SECTION_NAMES.get(name, name): value for name, value in model.pop(LEGACY_SECTION).items()}
+    if model.get("family", ModelConfig().family) == LEGACY_SECTION:
+        model["options"] = {**section, **(model.get("options") or {})}
+    else:
+        model["legacy_identity"] = {**(model.get("legacy_identity") or {}), LEGACY_SECTION: section}
+    return {**data, "model": model}
 
 
-def run_model_hash(content: str, config: RunConfig) -> str:
+def run_model_hash(content: str, identity: str) -> str:
     """The model hash evaluation stores a run's results under: sha256 of '<weights' content hash>/<model identity>'
     (the weights and the model config, which weights alone do not fix); expert records (DWF, MORE) reuse it."""
-    return hashlib.sha256(f"{content}/{model_identity(config)}".encode()).hexdigest()
+    return hashlib.sha256(f"{content}/{identity}".encode()).hexdigest()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

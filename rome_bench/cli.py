@@ -5,6 +5,7 @@ Every error a user can cause is a RomeBenchError: printed as one line ``error: �
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import sys
@@ -16,7 +17,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from rome_bench.config import ROUTING_LOSSES as ROUTING_LOSS_NAMES
 from rome_bench.config import RunConfig, apply_override, validate
 from rome_bench.errors import ConfigError, RomeBenchError, UnknownEntryError
 from rome_bench.presets import PRESETS, preset
@@ -41,12 +41,8 @@ def _flag_overrides(**flags: object) -> list[str]:
         "method": "train.method", "family": "model.family", "train_attack": "train.attack",
         "init": "model.init_from", "dataset": "data.dataset", "data_dir": "data.data_dir",
         "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr",
-        "train_size": "data.train_size", "backbone": "model.backbone", "num_experts": "model.rome.num_experts",
-        "rank": "model.rome.rank", "routing_weight": "model.rome.routing_weight", "seed": "train.seed",
-        "experts": "model.rome.expert_type", "expert_layers": "model.rome.targets", "gating": "model.rome.gating",
-        "beta_s": "model.rome.beta_s", "beta_b": "model.rome.beta_b", "routing_loss": "model.rome.routing_loss",
-        "div_distance": "model.rome.div_distance", "div_projection": "model.rome.div_projection",
-        "top_k": "model.rome.top_k",
+        "train_size": "data.train_size", "backbone": "model.backbone", "seed": "train.seed",
+        **{flag: f"model.options.{option}" for flag, option in FAMILY_OPTION_FLAGS.items()},
         "device": "train.device", "checkpoint_every": "train.checkpoint_every", "eval_every": "train.eval_every",
         "eps_l1": "threats.eps.l1",
         "eps_l2": "threats.eps.l2", "eps_linf": "threats.eps.linf", "pretrained": "model.pretrained",
@@ -54,12 +50,44 @@ def _flag_overrides(**flags: object) -> list[str]:
     return [f"{paths[name]}={value}" for name, value in flags.items() if value is not None]
 
 
+# Flags that set a family's options (RoME's, the default family's: models/rome.py RomeOptions): flag -> option name
+FAMILY_OPTION_FLAGS = {
+    "experts": "expert_type", "num_experts": "num_experts", "top_k": "top_k", "rank": "rank",
+    "expert_layers": "targets", "gating": "gating", "beta_s": "beta_s", "beta_b": "beta_b",
+    "routing_loss": "routing_loss", "routing_weight": "routing_weight", "div_distance": "div_distance",
+    "div_projection": "div_projection",
+}
+
+
+def check_family_option_flags(given: list[str], family: str, recipe: str) -> None:
+    """A family-option flag the chosen family has no option for is one line naming the flag and the way out."""
+    import dataclasses
+
+    from rome_bench.models import FAMILIES
+
+    known = {f.name for f in dataclasses.fields(FAMILIES.get(family).Options)}
+    for flag in given:
+        option = FAMILY_OPTION_FLAGS[flag]
+        if option not in known:
+            raise ConfigError(f"--{flag.replace('_', '-')} sets model.options.{option}, which family '{family}' does "
+                              f"not have: use --method rome+<recipe> for RoME's experts, or set the family's own "
+                              f"options with --set model.options.NAME=VALUE")
+
+
 def resolve_config(base: RunConfig, assignments: list[str]) -> RunConfig:
-    """``base`` with the overrides applied in order; ``train.method=rome+max`` sets recipe and family at once."""
+    """``base`` with the overrides applied in order; ``train.method=rome+max`` sets recipe and family at once.
+
+    ``model.options`` belong to ``model.family``: when the overrides change the family, the base's options are
+    dropped and only the options the overrides name are kept (another family starts from its own defaults).
+    """
     config = base
     for assignment in assignments:
         for part in expand_method(assignment):
             config = apply_override(config, part, check=False)
+    if config.model.family != base.model.family:  # the base's options are its family's: keep only those given
+        given = {path.split("=", 1)[0].strip().removeprefix("model.options.") for path in assignments}
+        kept = {name: value for name, value in config.model.options.items() if name in given}
+        config = apply_override(config, f"model.options={json.dumps(kept)}", check=False)
     validate(config)
     return config
 
@@ -126,9 +154,10 @@ def train(
     beta_s: Annotated[float | None, typer.Option(help="s of β(l) = σ(s(1 − l/L) − b).")] = None,
     beta_b: Annotated[float | None, typer.Option(help="b of β(l).")] = None,
     routing_loss: Annotated[str | None, typer.Option(
-        help=f"{' | '.join(ROUTING_LOSS_NAMES)} (default diversification).")] = None,
+        help="A routing loss (rome-bench list routing-losses) or none (default diversification).")] = None,
     routing_weight: Annotated[float | None, typer.Option(
-        "--routing-weight", "--lambda", help="λ of the routing loss (default: 0.1 diversification, 0.5 balance).")
+        "--routing-weight", "--lambda", help="λ of the routing loss (default: the loss's own, e.g. 0.1 for "
+                                             "diversification, 0.5 for the balancing losses).")
     ] = None,
     div_distance: Annotated[str | None, typer.Option(
         help="Distance of the diversification loss: l2 | cosine | sym-kl | wasserstein1.")] = None,
@@ -154,7 +183,7 @@ def train(
 ) -> None:
     """Train a model with a multi-perturbation adversarial training recipe."""
     from rome_bench.checkpoint import read_run_config
-    from rome_bench.models import build_family
+    from rome_bench.models.family import with_stored_options
     from rome_bench.training.trainer import Trainer, check_run_dir
 
     expert_switches = {"experts": experts, "num_experts": num_experts, "rank": rank,
@@ -181,12 +210,9 @@ def train(
     config = resolve_config(base, overrides + list(set_ or []))
     if config.preset.startswith("finetune") and not config.model.init_from:
         raise ConfigError(f"preset {config.preset} fine-tunes trained weights: give --init RUN_DIR or a weights file")
-    chosen_family = build_family(config.model)  # an unknown family or option fails here, before anything is written
-    given = [f"--{name.replace('_', '-')}" for name, value in expert_switches.items() if value is not None]
-    if given and not chosen_family.uses_rome_config:
-        raise ConfigError(f"{given[0]} configures RoME's experts, but family '{config.model.family}' does not use "
-                          f"them: use --method rome+{config.train.recipe}, or set the family's own options with "
-                          f"--set model.options.NAME=VALUE")
+    check_family_option_flags([name for name, value in expert_switches.items() if value is not None],
+                              config.model.family, config.train.recipe)
+    config = with_stored_options(config)  # an unknown family or option fails here, before anything is written
     run_dir = out or Path("runs") / f"{config.method}-{config.preset}"
     if nproc is not None and nproc < 1:
         raise ConfigError(f"--nproc must be >= 1, got {nproc}")
@@ -836,7 +862,7 @@ def check(
 @app.command("list")
 def list_entries(
     kind: Annotated[str, typer.Argument(
-        help="threats | models | methods (= recipes) | families | datasets | suites | presets")],
+        help="threats | models | methods (= recipes) | families | routing-losses | datasets | suites | presets")],
 ) -> None:
     """List registered entries with their metadata."""
     from rome_bench.data import DATASETS
@@ -846,17 +872,20 @@ def list_entries(
     from rome_bench.threats import THREATS
     from rome_bench.training import recipes as _recipes  # noqa: F401  (registers the built-in recipes)
     from rome_bench.training.recipe import RECIPES
+    from rome_bench.training.routing import ROUTING_LOSSES
 
     if kind == "presets":
         for name in PRESETS:
             typer.echo(name)
         return
     registries = {"threats": THREATS, "models": MODELS, "methods": RECIPES, "recipes": RECIPES, "families": FAMILIES,
-                  "datasets": DATASETS, "suites": SUITES}
+                  "routing-losses": ROUTING_LOSSES, "datasets": DATASETS, "suites": SUITES}
     if kind not in registries:
         raise ConfigError(f"unknown kind '{kind}'; choose one of: {', '.join([*registries, 'presets'])}")
     for entry in registries[kind].entries():
-        details = ", ".join(f"{k}={v}" for k, v in entry.metadata.items())
+        extra = {"default_weight": entry.obj.default_weight} if kind == "routing-losses" else {}
+        metadata = {**entry.metadata, **extra}
+        details = ", ".join(f"{k}={v}" for k, v in metadata.items())
         typer.echo(f"{entry.name:16s} {details}")
         if kind == "suites":  # the exact parameters, at the cifar10 preset's ε
             for threat in entry.obj.build(PRESETS["cifar10"]().threats):

@@ -45,51 +45,6 @@ class ThreatsConfig:
     train_random_start: bool = True
 
 
-EXPERT_TYPES: tuple[str, ...] = ("lora", "ffn", "adapter")
-EXPERT_LAYERS: tuple[str, ...] = ("qkv", "proj", "fc1", "fc2", "conv1", "conv2")  # conv*: WideResNet blocks
-GATINGS: tuple[str, ...] = ("none", "local", "global", "dual", "dual-inverted", "dual-learned", "dual-cls")
-ROUTING_LOSSES: tuple[str, ...] = ("none", "load-balance", "importance", "gate-classification", "diversification",
-                                   "switch", "entropy")  # switch needs a top-k router (its dispatch)
-DIV_DISTANCES: tuple[str, ...] = ("l2", "cosine", "sym-kl", "wasserstein1")
-DEFAULT_ROUTING_WEIGHTS: dict[str, float] = {
-    "none": 0.0, "load-balance": 0.5, "importance": 0.5, "gate-classification": 0.1, "diversification": 0.1,
-    "switch": 0.5, "entropy": 0.5,
-}
-
-
-@dataclass
-class RomeConfig:
-    """Mixture of experts (paper Sec. 4.2-4.4) and every switch its ablations (Tables 4, A4, A5) turn."""
-
-    expert_type: str = "lora"  # lora | ffn (K FFNs replacing the block MLP) | adapter (Houlsby bottleneck)
-    num_experts: int = 4
-    rank: int = 16  # LoRA rank r, or the adapter's bottleneck width
-    targets: tuple[str, ...] = ("qkv", "proj")  # ViT: ⊆ qkv,proj,fc1,fc2; WRN: ⊆ conv1,conv2; ffn experts: ("mlp",)
-    gating: str = "dual"  # none | local | global | dual | dual-inverted | dual-learned | dual-cls
-    # hidden width of the gating MLPs; 0 = one Linear per branch, which is what the paper's parameter counts imply
-    # (Table 6: 88.85M = ViT-B 85.15M + LoRA 3.54M + 24 gated layers × (2 Linear d→K + a K→K' map))
-    gate_hidden: int = 0
-    beta_s: float = 4.0
-    beta_b: float = 2.0
-    routing_loss: str = "diversification"  # none | load-balance | importance | gate-classification | diversification
-    # | switch | entropy (training/routing.py)
-    routing_weight: float | None = None  # λ of the routing loss; None = that loss's default (0.1 div, 0.5 balance)
-    div_distance: str = "l2"  # l2 | cosine | sym-kl | wasserstein1 (Table A5)
-    div_projection: bool = True  # project global gates K -> K' for L_div-global (Eq. 7); False = Table 4's w/o
-    projection_dim: int = 100  # K' of that projection
-    top_k: int = 0  # ffn experts only: 0 = dense (all K per token); k < K = sparse top-k dispatch (Table 6: 2 of 4)
-
-    @property
-    def resolved_routing_weight(self) -> float:
-        """λ actually used: the configured weight, or the routing loss's default."""
-        if self.routing_weight is not None:
-            return self.routing_weight
-        return DEFAULT_ROUTING_WEIGHTS.get(self.routing_loss, 0.0)
-
-
-LEGACY_FIELDS: dict[str, str] = {"lambda_div": "routing_weight"}  # old name -> new name, for saved runs
-
-
 @dataclass
 class ModelConfig:
     family: str = "rome"  # plain (the backbone alone) | rome (LoRA experts + dual-scale gates) | …: `list families`
@@ -98,8 +53,10 @@ class ModelConfig:
     pretrained: str | None = None  # local checkpoint (safetensors or torch state dict) for the backbone
     init_from: str | None = None  # robust fine-tuning: a run directory or weights file the whole model starts from
     options: dict[str, Any] = field(default_factory=dict)  # the family's own settings, checked by the family
-    rome: RomeConfig = field(default_factory=RomeConfig)
     normalisation: str = "dataset"  # dataset: the model normalises with the dataset's mean/std | none: identity
+    # fields of an older config layout that a stored run's model hash still covers (checkpoint.py upgrades them
+    # into here); empty for every run trained since
+    legacy_identity: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -196,7 +153,6 @@ def upgrade_legacy(data: dict[str, Any]) -> dict[str, Any]:
 def _from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
-    data = {LEGACY_FIELDS.get(name, name) if name not in known else name: value for name, value in data.items()}
     unknown = set(data) - known
     if unknown:
         raise ConfigError(f"unknown config field '{prefix}{sorted(unknown)[0]}'; known: {', '.join(sorted(known))}")
@@ -228,6 +184,8 @@ def _typed_value(path: str, hint: Any, value: Any) -> Any:
         except ValueError:
             raise ConfigError(f"config field '{path}' must be whole numbers, e.g. 6,10; got {value!r}") from None
     if origin is tuple:
+        if isinstance(value, str):  # names as a --set value: "qkv,proj"
+            value = [item for item in value.split(",") if item]
         if not isinstance(value, list | tuple) or not all(isinstance(item, str) for item in value):
             raise ConfigError(f"config field '{path}' must be a list of names, got {value!r}")
         return tuple(value)
@@ -360,11 +318,6 @@ def validate(config: RunConfig) -> None:
         (train.schedule in SCHEDULES, f"train.schedule must be one of {', '.join(SCHEDULES)} (got '{train.schedule}')"),
         (config.data.eval_examples >= 1, "data.eval_examples must be >= 1"),
         (config.data.train_size is None or config.data.train_size >= 1, "data.train_size must be >= 1"),
-        (1 <= config.model.rome.num_experts <= MAX_EXPERTS, f"model.rome.num_experts must be between 1 and "
-                                                             f"{MAX_EXPERTS}"),
-        (config.model.rome.rank >= 1, "model.rome.rank must be >= 1"),
-        (config.model.rome.gate_hidden >= 0, "model.rome.gate_hidden must be >= 0 (0 = one linear layer)"),
-        *rome_checks(config.model.rome),
         (0 < config.threats.l1_sparsity <= 1, "threats.l1_sparsity must be in (0, 1]"),
     ]
     step_sizes = config.threats.train_step_size
@@ -380,33 +333,3 @@ def validate(config: RunConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-
-
-def rome_checks(rome: RomeConfig) -> list[tuple[bool, str]]:
-    """(ok, message) for every expert, gating and routing-loss setting."""
-    targets = set(rome.targets)
-    return [
-        (rome.expert_type in EXPERT_TYPES, f"model.rome.expert_type must be one of {', '.join(EXPERT_TYPES)} "
-                                           f"(got '{rome.expert_type}')"),
-        (rome.expert_type != "ffn" or tuple(rome.targets) == ("mlp",),
-         "ffn experts replace the block MLP: set model.rome.targets=mlp (--expert-layers is for lora/adapter)"),
-        (rome.expert_type == "ffn" or (bool(targets) and targets <= set(EXPERT_LAYERS)),
-         f"model.rome.targets must be a non-empty subset of {','.join(EXPERT_LAYERS)} (got {','.join(rome.targets)})"),
-        (rome.gating in GATINGS, f"model.rome.gating must be one of {', '.join(GATINGS)} (got '{rome.gating}')"),
-        (rome.routing_loss in ROUTING_LOSSES,
-         f"model.rome.routing_loss must be one of {', '.join(ROUTING_LOSSES)} (got '{rome.routing_loss}')"),
-        (rome.routing_weight is None or (isinstance(rome.routing_weight, int | float) and rome.routing_weight >= 0),
-         "model.rome.routing_weight must be a number >= 0 (or none for the routing loss's default)"),
-        (rome.routing_loss != "switch" or rome.top_k > 0,
-         "routing loss switch reads a top-k router's dispatch: add --experts ffn --top-k K, or use load-balance"),
-        (rome.routing_loss != "gate-classification" or rome.num_experts == len(NORMS),
-         f"gate-classification trains the gates as a threat classifier: it needs num_experts = {len(NORMS)}, "
-         f"one per training threat (got {rome.num_experts})"),
-        (rome.div_distance in DIV_DISTANCES,
-         f"model.rome.div_distance must be one of {', '.join(DIV_DISTANCES)} (got '{rome.div_distance}')"),
-        (rome.projection_dim >= 1, "model.rome.projection_dim must be >= 1"),
-        (isinstance(rome.top_k, int) and 0 <= rome.top_k <= rome.num_experts,
-         f"model.rome.top_k must be between 0 (dense) and num_experts = {rome.num_experts} (got {rome.top_k})"),
-        (rome.top_k == 0 or rome.expert_type == "ffn",
-         "model.rome.top_k (sparse dispatch) applies to ffn experts: add --experts ffn, or set top_k=0"),
-    ]

@@ -1,6 +1,8 @@
 """Presets: complete run configs with the papers' numbers, by name.
 
 A family's file adds its own presets with :func:`register_preset`; they exist once ``rome_bench.models`` is imported.
+A preset's ``model.options`` belong to its ``model.family`` (RoME unless it says otherwise): choosing another family
+(``--method max``, ``--family …``) starts from that family's own defaults (``config.apply_override``).
 """
 
 from __future__ import annotations
@@ -8,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 
-from rome_bench.config import DataConfig, RomeConfig, RunConfig
+from rome_bench.config import DataConfig, RunConfig
 from rome_bench.errors import ConfigError
 
 
@@ -35,7 +37,7 @@ def _smoke() -> RunConfig:
     """A tiny ViT on the synthetic set, few PGD steps: trains on a 2-core CPU in minutes."""
     config = RunConfig(preset="smoke")
     config.model.backbone = "vit_smoke"
-    config.model.rome = RomeConfig(rank=1, gate_hidden=2)  # keeps RoME at ≤ 1.05× the backbone's parameters
+    config.model.options = {"rank": 1, "gate_hidden": 2}  # RoME (the preset's family) at ≤ 1.05× the backbone's size
     config.data = DataConfig(dataset="synthetic", train_size=4000, eval_examples=500, augment=False)
     config.threats.train_steps = {"l1": 5, "l2": 5, "linf": 3}
     config.threats.eval_steps = {"l1": 20, "l2": 20, "linf": 20}
@@ -94,7 +96,7 @@ def _cifar10_cpu() -> RunConfig:
     """
     config = RunConfig(preset="cifar10-cpu")
     config.model.backbone = "preact_resnet_cpu"
-    config.model.rome = RomeConfig(rank=1, targets=("conv2",))
+    config.model.options = {"rank": 1, "targets": ["conv2"]}  # RoME's, the preset's family
     config.threats.train_steps = {"l1": 2, "l2": 1, "linf": 1}
     config.threats.train_step_size = {"l2": 1.25 * 0.5, "linf": 1.25 * 8 / 255}
     config.train.optimizer = "sgd-nesterov"

@@ -3,23 +3,26 @@
 Big networks are built on the meta device only (shapes, no memory); forward/backward runs on the micro sizes.
 """
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from rome_bench.config import ModelConfig, RomeConfig
+from rome_bench.config import ModelConfig
 from rome_bench.data import DatasetInfo
 from rome_bench.errors import ConfigError
 from rome_bench.models import create_model
 from rome_bench.models.gates import gates, gating_modules
 from rome_bench.models.registry import MODELS
 from rome_bench.models.resnet import BasicBlock, PreActBlock
+from rome_bench.models.rome import RomeOptions
 from rome_bench.models.wrn import ConvLoRAExpertMixture, DeepMindBlock
 
 MICROS = ["resnet_micro", "preact_resnet_micro", "dm_wrn_micro", "xcit_micro"]
-EXPERTS = RomeConfig(num_experts=3, rank=2, gate_hidden=4)
+EXPERTS = RomeOptions(num_experts=3, rank=2, gate_hidden=4)
 INFO = DatasetInfo("synthetic-32", 10, 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), tuple(str(i) for i in range(10)))
 
 
@@ -148,7 +151,7 @@ def test_xcit_s_is_timms_xcit_s12_with_its_stem_adapted_to_the_patch_size():
 def test_rome_family_builds_on_the_new_backbones():
     for backbone, first_gate in (("resnet_micro", "layer1.0.conv1"), ("preact_resnet_micro", "layer1.0.conv1"),
                                  ("dm_wrn_micro", "layer.0.block.0.conv_0"), ("xcit_micro", "blocks.0.attn.qkv")):
-        model = create_model(ModelConfig(family="rome", backbone=backbone, rome=EXPERTS), INFO)
+        model = create_model(ModelConfig(family="rome", backbone=backbone, options=dataclasses.asdict(EXPERTS)), INFO)
         assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
         assert gating_modules(model)[0].name == first_gate, backbone
         assert len(gates(model)) == len(gating_modules(model))
@@ -157,12 +160,12 @@ def test_rome_family_builds_on_the_new_backbones():
 @pytest.mark.parametrize("backbone", ["resnet_micro", "xcit_micro"])
 def test_rome_switches_a_backbone_cannot_take_fail_in_one_line(backbone):
     with pytest.raises(ConfigError, match="CLS token"):
-        create_model(ModelConfig(family="rome", backbone=backbone, rome=RomeConfig(gating="dual-cls")), INFO)
+        create_model(ModelConfig(family="rome", backbone=backbone, options={"gating": "dual-cls"}), INFO)
     if backbone == "resnet_micro":
         with pytest.raises(ConfigError, match="lora experts only"):
-            create_model(ModelConfig(family="rome", backbone=backbone, rome=RomeConfig(expert_type="adapter")), INFO)
+            create_model(ModelConfig(family="rome", backbone=backbone, options={"expert_type": "adapter"}), INFO)
         with pytest.raises(ConfigError, match="subset of conv1,conv2"):
-            create_model(ModelConfig(family="rome", backbone=backbone, rome=RomeConfig(targets=("fc1",))), INFO)
+            create_model(ModelConfig(family="rome", backbone=backbone, options={"targets": ["fc1"]}), INFO)
 
 
 def test_registered_names_and_unknown_options():

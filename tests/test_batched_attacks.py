@@ -21,6 +21,7 @@ from rome_bench.training.trainer import Trainer
 def micro_model(family: str, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     config = preset("smoke").model
     config.backbone, config.family = "vit_micro", family
+    config.options = config.options if family == "rome" else {}  # the smoke preset's options are RoME's
     torch.manual_seed(0)
     model = create_model(config, load_dataset("synthetic", "test").info)
     for parameter in model.parameters():  # RoME experts start at B = 0: perturb so the gates change the output

@@ -11,11 +11,10 @@ import torch
 import torch._dynamo
 from torch._dynamo.utils import counters
 
-from rome_bench.config import RomeConfig
 from rome_bench.models import MODELS, ImageClassifier
 from rome_bench.models.compiled import FixedBatchCompiled
 from rome_bench.models.gates import gates
-from rome_bench.models.rome import LoRAExpertMixture, add_rome_experts
+from rome_bench.models.rome import LoRAExpertMixture, RomeOptions, add_rome_experts
 
 REFERENCE_RUN = "leaderboards/reference/models/synthetic-micro-max"
 
@@ -25,7 +24,7 @@ def micro(rome: bool) -> ImageClassifier:
     backbone = MODELS.get("vit_smoke")(num_classes=10, image_size=32, patch_size=4, embed_dim=32, depth=2,
                                        num_heads=2)
     if rome:
-        backbone = add_rome_experts(backbone, RomeConfig(num_experts=4, rank=2, gate_hidden=4))
+        backbone = add_rome_experts(backbone, RomeOptions(num_experts=4, rank=2, gate_hidden=4))
         for module in backbone.modules():
             if isinstance(module, LoRAExpertMixture):
                 torch.nn.init.normal_(module.lora_B, std=0.1)

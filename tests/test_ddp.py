@@ -28,8 +28,8 @@ FLAGS = ["--method", "rome+max", "--preset", "smoke", "--set", "model.backbone=v
          "threats.train_steps.linf=1", "--set", "data.augment=true", "--no-progress"]
 RECIPES = {
     # ctx.backward, on top-1 FFN experts (an expert a step leaves unused on one rank, or on all)
-    "rome+max": ["--set", "model.rome.expert_type=ffn", "--set", "model.rome.targets=mlp", "--set",
-                 "model.rome.top_k=1"],
+    "rome+max": ["--set", "model.options.expert_type=ffn", "--set", "model.options.targets=mlp", "--set",
+                 "model.options.top_k=1"],
     # ctx.grads / set_grads: the gradient projection of the global gradients; the pair and S of the global batch.
     # On LoRA experts: top-1 gates get no gradient but the routing loss's, and projecting that onto a natural
     # gradient of pure float noise makes AdamW's first (sign-like) steps differ at the 1e-3 level between any two

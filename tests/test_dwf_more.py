@@ -205,11 +205,11 @@ def test_family_options_fail_in_one_line():
 
 
 def test_the_model_hash_ignores_where_the_experts_were_trained():
-    from rome_bench.checkpoint import model_identity
     from rome_bench.config import apply_override
+    from rome_bench.models import model_identity
     from rome_bench.presets import preset
 
     base = apply_override(preset("more-smoke"), 'model.options.experts=["a", "b", "c", "d"]')
     moved = apply_override(base, 'model.options.experts=["x/a", "x/b", "x/c", "x/d"]')
-    assert model_identity(base) == model_identity(moved)
-    assert model_identity(base) != model_identity(apply_override(base, "model.options.gate=backbone"))
+    assert model_identity(base.model) == model_identity(moved.model)
+    assert model_identity(base.model) != model_identity(apply_override(base, "model.options.gate=backbone").model)

@@ -111,8 +111,8 @@ def test_plain_to_rome_starts_with_the_source_logits_with_zero_B(source_run, ima
 
 
 def test_plain_to_ffn_experts_start_as_copies_of_the_source_mlp(source_run, images, tmp_path, monkeypatch):
-    config = tiny_config("rome+max", f"model.init_from={source_run}", "model.rome.expert_type=ffn",
-                         "model.rome.targets=mlp")
+    config = tiny_config("rome+max", f"model.init_from={source_run}", "model.options.expert_type=ffn",
+                         "model.options.targets=mlp")
     start = model_at_step_zero(monkeypatch, config, tmp_path / "captured")
     # Σ_k g_k FFN(h) with Σ_k g_k = 1 in float: equal up to rounding, not bit for bit
     assert torch.allclose(logits_of(start, images), source_logits(source_run, images), atol=1e-5)
@@ -209,9 +209,9 @@ def test_finetune_preset_holds_the_papers_schedule():
 
 
 def test_normalisation_none_feeds_the_backbone_unchanged_images_and_changes_the_model_hash(images):
-    from rome_bench.checkpoint import model_identity
     from rome_bench.config import validate
     from rome_bench.errors import ConfigError
+    from rome_bench.models import model_identity
 
     normalised = tiny_config("max")
     raw = tiny_config("max", "model.normalisation=none")
@@ -220,7 +220,7 @@ def test_normalisation_none_feeds_the_backbone_unchanged_images_and_changes_the_
     with torch.no_grad():
         assert torch.equal(model(images), model.backbone(images))
         assert not torch.equal(model(images), model.backbone((images - 0.5) / 0.25))
-    assert model_identity(raw) != model_identity(normalised)
-    assert "normalisation" not in model_identity(normalised)  # old runs keep their hashes
+    assert model_identity(raw.model) != model_identity(normalised.model)
+    assert "normalisation" not in model_identity(normalised.model)  # old runs keep their hashes
     with pytest.raises(ConfigError, match=r"model\.normalisation must be one of dataset, none"):
         validate(tiny_config("max", "model.normalisation=imagenet"))

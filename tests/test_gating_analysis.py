@@ -15,7 +15,6 @@ from typer.testing import CliRunner
 
 from rome_bench.checkpoint import MODEL_STEM, save_tensors_with_sidecar
 from rome_bench.cli import app, main
-from rome_bench.config import RomeConfig
 from rome_bench.data import load_dataset
 from rome_bench.errors import ConfigError
 from rome_bench.evaluation.gating_analysis import (
@@ -39,7 +38,7 @@ from rome_bench.evaluation.runner import LoadedRun, load_run
 from rome_bench.evaluation.store import GatingScore, ResultStore
 from rome_bench.evaluation.suites import SUITES
 from rome_bench.models import MODELS, ImageClassifier, create_model
-from rome_bench.models.rome import LoRAExpertMixture, add_rome_experts
+from rome_bench.models.rome import LoRAExpertMixture, RomeOptions, add_rome_experts
 from rome_bench.presets import preset
 from rome_bench.threats import L2PGD, Clean, LinfPGD
 
@@ -120,7 +119,7 @@ def tiny_rome(seed: int = 0) -> ImageClassifier:
     torch.manual_seed(seed)
     backbone = MODELS.get("vit_smoke")(num_classes=10, image_size=32, patch_size=4, embed_dim=32, depth=2,
                                        num_heads=2)
-    add_rome_experts(backbone, RomeConfig(num_experts=4, rank=2, gate_hidden=4))
+    add_rome_experts(backbone, RomeOptions(num_experts=4, rank=2, gate_hidden=4))
     return ImageClassifier(backbone, (0.57,) * 3, (0.17,) * 3).eval().requires_grad_(False)
 
 
@@ -259,7 +258,8 @@ def write_run(run_dir: Path, method: str) -> Path:
     config = preset("smoke")
     config.model.backbone = "vit_micro"
     config.train.recipe = method.removeprefix("rome+")
-    config.model.family = "rome" if method.startswith("rome+") else "plain"
+    if not method.startswith("rome+"):
+        config.model.family, config.model.options = "plain", {}  # the smoke preset's options are RoME's
     config.threats.eval_steps = {"l1": 1, "l2": 1, "linf": 1}
     info = load_dataset("synthetic", "test").info
     torch.manual_seed(0)

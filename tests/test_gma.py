@@ -8,10 +8,9 @@ import copy
 import pytest
 import torch
 
-from rome_bench.config import RomeConfig
 from rome_bench.evaluation.runner import evaluate_threats
 from rome_bench.evaluation.store import ResultStore
-from rome_bench.models.rome import LoRAExpertMixture, add_rome_experts
+from rome_bench.models.rome import LoRAExpertMixture, RomeOptions, add_rome_experts
 from rome_bench.threats import Clean, LinfPGD
 from rome_bench.threats.gma import GatingMisrouting, GatingMisroutingOrPGD, misrouting_loss, model_gates
 from tests.measures import fooled
@@ -22,7 +21,7 @@ def gated_model(undefended_model):
     """The tiny undefended ViT with 4 rank-2 experts on qkv/proj, non-zero experts and peaked (non-uniform) gates."""
     model = copy.deepcopy(undefended_model)
     torch.manual_seed(0)  # the experts' A is drawn from the global RNG: fix it, whatever ran before
-    add_rome_experts(model.backbone, RomeConfig(num_experts=4, rank=2, gate_hidden=8))
+    add_rome_experts(model.backbone, RomeOptions(num_experts=4, rank=2, gate_hidden=8))
     generator = torch.Generator().manual_seed(0)
     for module in model.modules():
         if isinstance(module, LoRAExpertMixture):

@@ -55,7 +55,7 @@ def test_the_family_not_the_recipe_decides_whether_the_model_has_gates(name):
     config.backbone = "vit_micro"
     info = load_dataset("synthetic", "test").info
     for family, gated_layers in (("plain", 0), ("rome", 4)):  # qkv and proj of vit_micro's two blocks
-        config.family = family
+        config.family, config.options = family, (preset("smoke").model.options if family == "rome" else {})
         model = create_model(config, info).eval()
         with torch.no_grad():
             model(torch.rand(2, 3, 32, 32))

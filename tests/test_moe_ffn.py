@@ -6,18 +6,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rome_bench.config import ModelConfig, RomeConfig, apply_override
+from rome_bench.config import ModelConfig, apply_override
 from rome_bench.data import load_dataset
 from rome_bench.errors import ConfigError
 from rome_bench.models import MODELS, build_family, create_model, gates
-from rome_bench.models.rome import FFNExpertMixture, add_rome_experts
+from rome_bench.models.rome import FFNExpertMixture, RomeOptions, add_rome_experts
 from rome_bench.presets import preset
 
 
 def ffn_model(top_k: int, experts: int = 4):
     torch.manual_seed(0)
     backbone = MODELS.get("vit_micro")(num_classes=10, image_size=32, patch_size=8)
-    model = add_rome_experts(backbone, RomeConfig(expert_type="ffn", targets=("mlp",), num_experts=experts,
+    model = add_rome_experts(backbone, RomeOptions(expert_type="ffn", targets=("mlp",), num_experts=experts,
                                                   top_k=top_k, gating="local"))
     for mixture in model.modules():  # experts start as identical copies: make them differ
         if isinstance(mixture, FFNExpertMixture):
@@ -85,7 +85,7 @@ def test_sparse_routing_costs_fewer_flops_than_dense():
 
 def test_top_k_is_checked_in_one_line():
     with pytest.raises(ConfigError, match="applies to ffn experts"):
-        apply_override(preset("smoke"), "model.rome.top_k=2")
+        build_family(apply_override(preset("smoke"), "model.options.top_k=2").model)
     with pytest.raises(ConfigError, match="top_k must be between"):
         build_family(ModelConfig(family="moe-ffn", options={"top_k": 9}))
 

@@ -37,6 +37,7 @@ def tiny_config(recipe: str, family: str):
 def micro_model(family: str, seed: int = 0) -> nn.Module:
     config = preset("smoke").model
     config.backbone, config.family = "vit_micro", family
+    config.options = config.options if family == "rome" else {}  # the smoke preset's options are RoME's
     torch.manual_seed(seed)
     return create_model(config, load_dataset("synthetic", "test").info)
 
@@ -60,7 +61,7 @@ class RecordingRouting(nn.Module):
 
 
 def rome_context(model: nn.Module, num_threats: int) -> tuple[StepContext, RecordingRouting]:
-    routing = RecordingRouting(build_routing_loss(preset("smoke").model.rome, num_threats))
+    routing = RecordingRouting(build_routing_loss(preset("smoke").model, num_threats))
     return StepContext(model, list(model.parameters()), routing), routing
 
 

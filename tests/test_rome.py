@@ -4,10 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rome_bench.config import RomeConfig
 from rome_bench.models import MODELS, ImageClassifier
 from rome_bench.models import gates as gate_outputs
-from rome_bench.models.rome import LoRAExpertMixture, add_rome_experts, beta_schedule
+from rome_bench.models.rome import LoRAExpertMixture, RomeOptions, add_rome_experts, beta_schedule
 
 
 def tiny_vit(seed: int = 0):
@@ -15,8 +14,8 @@ def tiny_vit(seed: int = 0):
     return MODELS.get("vit_smoke")(num_classes=10, image_size=32, patch_size=4, embed_dim=32, depth=3, num_heads=2)
 
 
-def rome_vit(config: RomeConfig | None = None):
-    return add_rome_experts(tiny_vit(), config or RomeConfig(num_experts=4, rank=2, gate_hidden=4))
+def rome_vit(config: RomeOptions | None = None):
+    return add_rome_experts(tiny_vit(), config or RomeOptions(num_experts=4, rank=2, gate_hidden=4))
 
 
 def test_rome_with_zero_B_equals_the_backbone_exactly():
@@ -38,7 +37,7 @@ def test_experts_wrap_qkv_and_proj_of_every_block():
     for block in model.blocks:
         assert isinstance(block.attn.qkv, LoRAExpertMixture)
         assert isinstance(block.attn.proj, LoRAExpertMixture)
-    only_qkv = rome_vit(RomeConfig(rank=2, gate_hidden=4, targets=("qkv",)))
+    only_qkv = rome_vit(RomeOptions(rank=2, gate_hidden=4, targets=("qkv",)))
     assert not isinstance(only_qkv.blocks[0].attn.proj, LoRAExpertMixture)
 
 
@@ -99,7 +98,8 @@ def test_smoke_rome_adds_at_most_5_percent_parameters():
     torch.manual_seed(0)
     plain = MODELS.get("vit_smoke")(num_classes=10, image_size=32, patch_size=4)
     torch.manual_seed(0)
-    rome = add_rome_experts(MODELS.get("vit_smoke")(num_classes=10, image_size=32, patch_size=4), config.model.rome)
+    backbone = MODELS.get("vit_smoke")(num_classes=10, image_size=32, patch_size=4)
+    rome = add_rome_experts(backbone, RomeOptions(**config.model.options))
     ratio = sum(p.numel() for p in rome.parameters()) / sum(p.numel() for p in plain.parameters())
     assert 1.0 < ratio <= 1.05
 

@@ -7,7 +7,6 @@ import pytest
 import torch
 from torch import nn
 
-from rome_bench.config import RomeConfig
 from rome_bench.errors import ConfigError
 from rome_bench.models import MODELS, gating_modules
 from rome_bench.models import gates as gate_outputs
@@ -16,6 +15,7 @@ from rome_bench.models.rome import (
     AdapterExpertMixture,
     FFNExpertMixture,
     LoRAExpertMixture,
+    RomeOptions,
     add_rome_experts,
     beta_schedule,
 )
@@ -30,7 +30,7 @@ def tiny_vit(seed: int = 0) -> nn.Module:
 
 
 def with_experts(backbone: nn.Module, **switches: object) -> nn.Module:
-    config = RomeConfig(**{"num_experts": 4, "rank": 2, "gate_hidden": 4, **switches})
+    config = RomeOptions(**{"num_experts": 4, "rank": 2, "gate_hidden": 4, **switches})
     return add_rome_experts(copy.deepcopy(backbone), config).eval()
 
 
@@ -125,14 +125,15 @@ def test_expert_layers_wrap_exactly_the_named_linears(targets):
     assert len(gate_outputs(model)) == len(targets) * len(model.blocks)
 
 
-def test_an_unknown_expert_layer_is_refused_by_the_config():
+def test_an_unknown_expert_layer_is_refused_by_the_family():
     from rome_bench.config import apply_override
+    from rome_bench.models import build_family
     from rome_bench.presets import preset
 
     with pytest.raises(ConfigError, match="targets"):
-        apply_override(preset("smoke"), "model.rome.targets=qkv,attn")
+        build_family(apply_override(preset("smoke"), "model.options.targets=qkv,attn").model)
     with pytest.raises(ConfigError, match="ffn experts replace the block MLP"):
-        apply_override(preset("smoke"), "model.rome.expert_type=ffn")
+        build_family(apply_override(preset("smoke"), "model.options.expert_type=ffn").model)
 
 
 # gating variants ---------------------------------------------------------------------------------------------------

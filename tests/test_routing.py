@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rome_bench.config import ROUTING_LOSSES as CONFIG_ROUTING_LOSSES
-from rome_bench.config import RomeConfig
-from rome_bench.errors import ConfigError
+from rome_bench.config import ModelConfig
+from rome_bench.errors import ConfigError, UnknownEntryError
 from rome_bench.models.gates import DualScaleGateOutput as GateOutput
+from rome_bench.models.rome import RomeFamily, RomeOptions
 from rome_bench.training.diversification import (
     DISTANCES,
     DiversificationLoss,
@@ -27,7 +27,8 @@ from rome_bench.training.routing import (
     GateClassificationLoss,
     ImportanceLoss,
     LoadBalanceLoss,
-    build_routing_loss,
+    RoutingLoss,
+    routing_loss_for,
 )
 
 THREATS = torch.arange(3).repeat_interleave(2)  # 6 examples, 2 per threat
@@ -240,7 +241,7 @@ def test_default_diversification_equals_the_paper_loss_times_its_weight():
     expected = sum(-pairwise_squared_distance_sum(per_threat_means(layer.local, THREATS)) / 5
                    - pairwise_squared_distance_sum(per_threat_means(layer.global_ @ projection, THREATS))
                    for layer in layers) / 2
-    loss = build_routing_loss(RomeConfig(), num_threats=3)
+    loss = build_routing_loss(RomeOptions(), num_threats=3)
     assert isinstance(loss, DiversificationLoss) and loss.distance == "l2" and loss.projection is not None
     assert torch.allclose(loss(layers, THREATS), 0.1 * expected, rtol=1e-5)
     assert torch.allclose(diversification_loss(layers, THREATS, projection), expected, rtol=1e-5)
@@ -256,15 +257,39 @@ def test_diversification_saves_nothing_and_rejects_unknown_distances():
 # ---------------------------------------------------------------- build_routing_loss
 
 
-def test_registry_holds_every_configurable_loss():
-    assert sorted(ROUTING_LOSSES.names()) == sorted(name for name in CONFIG_ROUTING_LOSSES if name != "none")
+def build_routing_loss(options: RomeOptions, num_threats: int):
+    """The routing loss a RoME model with ``options`` trains with."""
+    return routing_loss_for(RomeFamily(options).routing(ModelConfig()), options, num_threats)
+
+
+def test_every_registered_loss_carries_its_default_weight():
+    for entry in ROUTING_LOSSES.entries():
+        assert isinstance(entry.obj.default_weight, float) and entry.obj.default_weight > 0, entry.name
+
+
+def test_an_unknown_loss_fails_with_the_registry_suggestion():
+    with pytest.raises(UnknownEntryError, match="load-balance"):
+        build_routing_loss(RomeOptions(routing_loss="load-balanse"), 3)
+
+
+def test_a_registered_loss_is_usable_by_name_without_editing_another_file():
+    class Constant(RoutingLoss):
+        default_weight = 0.25
+
+        def layer_loss(self, gate, threat_ids):
+            return gate.fused.sum() * 0
+
+    with ROUTING_LOSSES.scoped() as scoped:
+        scoped.add("constant-zero", Constant)
+        loss = build_routing_loss(RomeOptions(routing_loss="constant-zero"), 3)
+    assert isinstance(loss, Constant) and loss.weight == 0.25
 
 
 def test_build_returns_none_for_none_and_zero_weight():
-    assert build_routing_loss(RomeConfig(routing_loss="none"), 3) is None
-    assert build_routing_loss(RomeConfig(routing_loss="none", routing_weight=1.0), 3) is None
-    assert build_routing_loss(RomeConfig(routing_loss="load-balance", routing_weight=0.0), 3) is None
-    assert build_routing_loss(RomeConfig(routing_loss="diversification", routing_weight=0.0), 3) is None
+    assert build_routing_loss(RomeOptions(routing_loss="none"), 3) is None
+    assert build_routing_loss(RomeOptions(routing_loss="none", routing_weight=1.0), 3) is None
+    assert build_routing_loss(RomeOptions(routing_loss="load-balance", routing_weight=0.0), 3) is None
+    assert build_routing_loss(RomeOptions(routing_loss="diversification", routing_weight=0.0), 3) is None
 
 
 @pytest.mark.parametrize(("name", "cls", "default"), [
@@ -273,23 +298,23 @@ def test_build_returns_none_for_none_and_zero_weight():
 ])
 def test_build_applies_default_and_explicit_weights(name, cls, default):
     experts = 3 if name == "gate-classification" else 4
-    loss = build_routing_loss(RomeConfig(routing_loss=name, num_experts=experts), 3)
+    loss = build_routing_loss(RomeOptions(routing_loss=name, num_experts=experts), 3)
     assert isinstance(loss, cls) and loss.weight == default
-    assert build_routing_loss(RomeConfig(routing_loss=name, num_experts=experts, routing_weight=2.5), 3).weight == 2.5
+    assert build_routing_loss(RomeOptions(routing_loss=name, num_experts=experts, routing_weight=2.5), 3).weight == 2.5
 
 
 def test_built_load_balance_is_half_at_uniform_gates():
-    loss = build_routing_loss(RomeConfig(routing_loss="load-balance"), 3)
+    loss = build_routing_loss(RomeOptions(routing_loss="load-balance"), 3)
     assert float(loss([gate(uniform())], THREATS[:4])) == pytest.approx(0.5, abs=1e-6)
 
 
 def test_build_passes_distance_and_projection():
-    loss = build_routing_loss(RomeConfig(div_distance="sym-kl", div_projection=False, projection_dim=7), 3)
+    loss = build_routing_loss(RomeOptions(div_distance="sym-kl", div_projection=False, projection_dim=7), 3)
     assert loss.distance == "sym-kl" and loss.projection is None
-    loss = build_routing_loss(RomeConfig(div_distance="cosine", projection_dim=7), 3)
+    loss = build_routing_loss(RomeOptions(div_distance="cosine", projection_dim=7), 3)
     assert loss.distance == "cosine" and loss.projection.shape == (4, 7)
 
 
 def test_gate_classification_needs_one_expert_per_threat():
     with pytest.raises(ConfigError, match="num_experts = 3"):
-        build_routing_loss(RomeConfig(routing_loss="gate-classification", num_experts=4), 3)
+        build_routing_loss(RomeOptions(routing_loss="gate-classification", num_experts=4), 3)

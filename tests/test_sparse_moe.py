@@ -184,7 +184,7 @@ def test_the_family_asks_for_its_balancing_loss_with_weight_one_half():
     family = build_family(micro_config().model)
     assert family.routing(micro_config().model) == RoutingChoice("entropy", 0.5)
     switch = micro_config("model.options.balance=switch")
-    loss = routing_loss_for(build_family(switch.model).routing(switch.model), switch.model.rome, 1)
+    loss = routing_loss_for(build_family(switch.model).routing(switch.model), build_family(switch.model).options, 1)
     model = create_model(switch.model, INFO).eval()
     model(torch.rand(4, 3, 32, 32))
     output = gates_of(model)
@@ -259,7 +259,6 @@ def gates_with_forward(model: nn.Module) -> list[GateOutput]:
     (["model.options.moe_layers=layer4.1"], "layer4 has 1 block(s)"),
     (["model.options.moe_layers=block7"], "moe_layers must be layerS.I"),
     (["model.options.gate=mlp"], "gate must be one of gap, conv"),
-    (["model.options.balance=importance"], "balance must be one of entropy, switch, none"),
     (["model.options.capacity_factor=0.5"], "capacity_factor must be 0"),
     (["model.backbone=vit_micro"], "needs a ResNet backbone"),
 ])
@@ -267,6 +266,17 @@ def test_bad_options_fail_in_one_line(overrides, needle):
     with pytest.raises(ConfigError) as error:
         create_model(micro_config(*overrides).model, INFO)
     assert needle in str(error.value) and "\n" not in str(error.value)
+
+
+def test_balance_is_any_registered_routing_loss_checked_when_training_starts(tmp_path):
+    from rome_bench.errors import UnknownEntryError
+    from rome_bench.training.routing import ImportanceLoss, build_routing_loss
+    from rome_bench.training.trainer import Trainer
+
+    assert isinstance(build_routing_loss(micro_config("model.options.balance=importance").model, 1), ImportanceLoss)
+    with pytest.raises(UnknownEntryError, match="entropy"):
+        Trainer(micro_config("model.options.balance=entropi"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_noise_default_follows_the_balancing_loss():

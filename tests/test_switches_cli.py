@@ -34,7 +34,7 @@ def test_every_switch_trains_and_is_saved_with_the_run(cli_main, tmp_path, switc
     run = tmp_path / "run"
     result = cli_main("train", "--method", "rome+max", *ONE_STEP, *switches, "--out", str(run))
     assert result.returncode == 0, result.stderr
-    saved = json.loads((run / "config.json").read_text())["model"]["rome"]
+    saved = json.loads((run / "config.json").read_text())["model"]["options"]
     assert {key: saved[key] for key in expected} == expected
     model = load(run).model
     if expected.get("expert_type") == "ffn":
@@ -50,11 +50,11 @@ def test_every_switch_trains_and_is_saved_with_the_run(cli_main, tmp_path, switc
 
 
 @pytest.mark.parametrize("flags,needle", [
-    (["--method", "max", "--gating", "local"], "--gating configures RoME's experts, but family 'plain'"),
+    (["--method", "max", "--gating", "local"], "--gating sets model.options.gating, which family 'plain'"),
     (["--method", "rome+max", "--gating", "dual-cls", "--set", "model.backbone=wrn_micro"], "CLS token"),
-    (["--method", "rome+max", "--routing-loss", "gate-classification"], "needs num_experts = 3"),
-    (["--method", "rome+max", "--expert-layers", "qkv,attn"], "model.rome.targets must be"),
-    (["--method", "rome+max", "--div-distance", "l3"], "div_distance must be one of"),
+    (["--method", "rome+max", "--routing-loss", "gate-classification"], "needs model.options.num_experts = 3"),
+    (["--method", "rome+max", "--expert-layers", "qkv,attn"], "model.options.targets must be"),
+    (["--method", "rome+max", "--div-distance", "l3"], "(model.options.div_distance): choose one of"),
 ])
 def test_bad_switches_fail_with_one_line(cli_main, tmp_path, flags, needle):
     result = cli_main("train", *ONE_STEP, *flags, "--out", str(tmp_path / "x"))

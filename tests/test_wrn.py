@@ -3,16 +3,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rome_bench.config import RomeConfig
 from rome_bench.errors import ConfigError
 from rome_bench.models.classifier import ImageClassifier
 from rome_bench.models.gates import gates as gate_outputs
 from rome_bench.models.gates import gating_modules, inference_variant
 from rome_bench.models.registry import MODELS
-from rome_bench.models.rome import layer_beta
+from rome_bench.models.rome import RomeOptions, layer_beta
 from rome_bench.models.wrn import ConvDualScaleGate, ConvLoRAExpertMixture, WideResNet
 
-SMALL = RomeConfig(num_experts=3, rank=2, gate_hidden=4)
+SMALL = RomeOptions(num_experts=3, rank=2, gate_hidden=4)
 
 
 def plain_wrn(name: str = "wrn_micro", seed: int = 0) -> WideResNet:
@@ -20,7 +19,7 @@ def plain_wrn(name: str = "wrn_micro", seed: int = 0) -> WideResNet:
     return MODELS.get(name)(num_classes=10, image_size=32, patch_size=4)
 
 
-def rome_wrn(config: RomeConfig = SMALL, name: str = "wrn_micro") -> WideResNet:
+def rome_wrn(config: RomeOptions = SMALL, name: str = "wrn_micro") -> WideResNet:
     return plain_wrn(name).add_rome_experts(config)
 
 
@@ -88,7 +87,7 @@ def test_experts_wrap_the_block_convs_only_and_follow_targets():
     assert isinstance(model.conv1, nn.Conv2d)
     names = [gate.name for gate in gating_modules(model)]
     assert names[:2] == ["block1.layer.0.conv1", "block1.layer.0.conv2"] and "block2.layer.0.conv1" in names
-    only_conv2 = rome_wrn(RomeConfig(num_experts=3, rank=2, gate_hidden=4, targets=("conv2",)))
+    only_conv2 = rome_wrn(RomeOptions(num_experts=3, rank=2, gate_hidden=4, targets=("conv2",)))
     assert [gate.name for gate in gating_modules(only_conv2)] == [n for n in names if n.endswith("conv2")]
     with pytest.raises(ConfigError, match="already has experts"):
         model.add_rome_experts(SMALL)
@@ -143,12 +142,12 @@ def test_fused_gates_are_the_beta_mixture_with_beta_per_basic_block():
 
 def test_none_gating_is_uniform_and_local_or_global_gating_use_one_branch():
     images = torch.rand(2, 3, 32, 32)
-    uniform = rome_wrn(RomeConfig(num_experts=4, rank=2, gating="none"))
+    uniform = rome_wrn(RomeOptions(num_experts=4, rank=2, gating="none"))
     uniform(images)
     assert all(torch.equal(out.fused, torch.full_like(out.fused, 0.25)) for out in gate_outputs(uniform))
     assert not list(gating_modules(uniform)[0].parameters())
     for gating, beta in (("local", 0.0), ("global", 1.0)):
-        model = rome_wrn(RomeConfig(num_experts=3, rank=2, gate_hidden=0, gating=gating))
+        model = rome_wrn(RomeOptions(num_experts=3, rank=2, gate_hidden=0, gating=gating))
         model(images)
         for gate, output in zip(gating_modules(model), gate_outputs(model), strict=True):
             assert gate.beta == beta
@@ -158,7 +157,7 @@ def test_none_gating_is_uniform_and_local_or_global_gating_use_one_branch():
 
 
 def test_dual_learned_beta_starts_at_the_schedule_and_gets_gradients():
-    model = rome_wrn(RomeConfig(num_experts=3, rank=2, gate_hidden=4, gating="dual-learned"))
+    model = rome_wrn(RomeOptions(num_experts=3, rank=2, gate_hidden=4, gating="dual-learned"))
     randomise_B(model)
     model(torch.rand(2, 3, 32, 32)).sum().backward()
     gate = gating_modules(model)[0]
@@ -167,10 +166,11 @@ def test_dual_learned_beta_starts_at_the_schedule_and_gets_gradients():
 
 
 @pytest.mark.parametrize("config", [
-    RomeConfig(gating="dual-cls"), RomeConfig(expert_type="adapter"), RomeConfig(expert_type="ffn", targets=("mlp",)),
-    RomeConfig(targets=("qkv",)), RomeConfig(targets=("conv1", "fc1")),
+    RomeOptions(gating="dual-cls"), RomeOptions(expert_type="adapter"),
+    RomeOptions(expert_type="ffn", targets=("mlp",)), RomeOptions(targets=("qkv",)),
+    RomeOptions(targets=("conv1", "fc1")),
 ])
-def test_unsupported_configs_raise_config_error(config: RomeConfig):
+def test_unsupported_configs_raise_config_error(config: RomeOptions):
     with pytest.raises(ConfigError):
         rome_wrn(config)
 

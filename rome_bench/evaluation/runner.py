@@ -29,7 +29,7 @@ from rome_bench.device import check_bf16
 from rome_bench.errors import CheckpointError, ConfigError, ModelOutputError, ThreatOutputError
 from rome_bench.evaluation.store import FULL, UNION_ONLY, BatchCost, Progress, ResultStore
 from rome_bench.evaluation.validity import batch_model_flags, refresh_computed_flags
-from rome_bench.models import content_hash, create_model
+from rome_bench.models import build_family, content_hash, create_model, model_identity
 from rome_bench.models.autocast import attack_model, autocast_attacks
 from rome_bench.models.external import state_dict_mismatch
 from rome_bench.models.gates import set_inference_variant
@@ -67,7 +67,7 @@ def load_run(run_dir: Path, info: DatasetInfo, device: torch.device) -> LoadedRu
                               f"restore the run's own config.json and model files, or retrain")
     model.load_state_dict(tensors)
     model.to(device).eval().requires_grad_(False)
-    model_hash = run_model_hash(content_hash(model), config)
+    model_hash = run_model_hash(content_hash(model), model_identity(config.model))
     return LoadedRun(model, config, metadata, model_hash, run_dir, config.method)
 
 
@@ -90,7 +90,8 @@ def with_gating_variant(run: LoadedRun, variant: str) -> LoadedRun:
     The variant is part of the model's identity: its results are stored under a hash of (model, variant), so they
     form their own leaderboard row next to the learned gating's.
     """
-    if variant == "removed" and (run.config.model.family != "rome" or run.config.model.rome.expert_type == "ffn"):
+    if variant == "removed" and (run.config.model.family != "rome"
+                               or build_family(run.config.model).options.expert_type == "ffn"):
         raise ConfigError("gating variant 'removed' needs experts beside a backbone (RoME's lora or adapter "
                           "experts); ffn experts and the other MoE families have no backbone path without experts")
     set_inference_variant(run.model, variant)

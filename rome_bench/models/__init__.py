@@ -24,6 +24,7 @@ from rome_bench.models.external import (
 )
 from rome_bench.models.family import FAMILIES, ModelFamily, build_family, register_family
 from rome_bench.models.gates import GateOutput, gates, gating_modules, has_gates
+from rome_bench.models.identity import model_identity
 from rome_bench.models.registry import MODELS
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ __all__ = [
     "has_gates",
     "load_external_model",
     "load_external_weights",
+    "model_identity",
     "parse_model_spec",
     "register_family",
 ]

@@ -75,7 +75,7 @@ def _dwf_cifar10() -> RunConfig:
 def _dwf_smoke() -> RunConfig:
     """DWF at micro size on CPU: nine resnet_micro experts, synthetic data, PGD iterations {1, …, 5}."""
     config = preset("smoke")
-    config.model.family = "dwf"
+    config.model.family, config.model.options = "dwf", {}  # (the smoke preset's options are RoME's)
     config.model.backbone = "resnet_micro"
     config.train.recipe = "dwf"
     config.train.options = {"iterations": 1}

@@ -16,6 +16,8 @@ A family's gating modules derive from :class:`rome_bench.models.gates.ExpertGate
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,12 +26,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import nn
 
-from rome_bench.config import ModelConfig, parse_options
+from rome_bench.config import ModelConfig, RunConfig, parse_options
 from rome_bench.errors import CheckpointError
 from rome_bench.models.classifier import ImageClassifier
 from rome_bench.models.external import read_weights_file
 from rome_bench.models.registry import MODELS
-from rome_bench.models.rome import add_rome_experts
 from rome_bench.registry import Registry
 
 if TYPE_CHECKING:
@@ -43,10 +44,11 @@ class NoOptions:
 
 @dataclass(frozen=True)
 class RoutingChoice:
-    """The routing regulariser a family asks the trainer for: a name in the routing-loss registry and its λ."""
+    """The routing regulariser a family asks the trainer for: a name in the routing-loss registry and its λ
+    (None: the loss's registered default weight)."""
 
     loss: str
-    weight: float
+    weight: float | None = None
 
 
 class ModelFamily(ABC):
@@ -54,7 +56,6 @@ class ModelFamily(ABC):
 
     name: ClassVar[str] = "unregistered"
     has_experts: ClassVar[bool] = False
-    uses_rome_config: ClassVar[bool] = False  # reads model.rome (the --experts/--gating/... switches)
     Options: ClassVar[type] = NoOptions
     paper_recipe: ClassVar[str] = "max"  # the recipe its paper trains it with (the contract tests train this one)
     micro: ClassVar[tuple[str, ...]] = ("model.backbone=vit_micro",)  # overrides of the smoke preset: a micro model
@@ -68,6 +69,16 @@ class ModelFamily(ABC):
     def routing(self, config: ModelConfig) -> RoutingChoice | None:
         """The routing loss the trainer adds to every recipe on this family (None: no routing loss)."""
         return None
+
+    def stored_options(self, given: dict[str, Any]) -> dict[str, Any]:
+        """The options ``given`` as this family parsed them, in JSON form: what a run's config.json keeps."""
+        values = dataclasses.asdict(self.options)
+        return json.loads(json.dumps({name: values[name] for name in given}))
+
+    def identity_fields(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """The model config's fields as the model hash covers them (a family whose stored layout changed maps its
+        options back to the old layout here, so old runs keep their hashes)."""
+        return fields
 
     def expert_runs(self) -> list[str]:
         """Run directories whose trained weights the family's experts start from (DWF, MORE); none by default."""
@@ -94,6 +105,13 @@ def build_family(config: ModelConfig) -> ModelFamily:
     return cls(parse_options(f"family '{cls.name}'", cls.Options, config.options, "model.options"))
 
 
+def with_stored_options(config: RunConfig) -> RunConfig:
+    """``config`` with ``model.options`` checked by its family and typed (``--set`` gives text) as config.json keeps
+    them, so a resumed run compares equal to the config it was started with."""
+    options = build_family(config.model).stored_options(config.model.options)
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, options=options))
+
+
 def build_backbone(config: ModelConfig, info: DatasetInfo) -> nn.Module:
     """The registered backbone for ``info``'s images, with local pretrained weights loaded if configured."""
     builder = MODELS.get(config.backbone)
@@ -109,24 +127,6 @@ class PlainFamily(ModelFamily):
 
     def build(self, config: ModelConfig, info: DatasetInfo) -> ImageClassifier:
         return ImageClassifier(build_backbone(config, info), info.mean, info.std)
-
-
-@register_family("rome", has_experts=True,
-                 citation="RoME: Robust Mixture of Low-Rank Experts (ECCV 2026), Sec. 4.2-4.4")
-class RomeFamily(ModelFamily):
-    """LoRA experts on the configured projections with dual-scale gating (``model.rome``)."""
-
-    uses_rome_config = True
-
-    def build(self, config: ModelConfig, info: DatasetInfo) -> ImageClassifier:
-        backbone = add_rome_experts(build_backbone(config, info), config.rome)
-        return ImageClassifier(backbone, info.mean, info.std)
-
-    def routing(self, config: ModelConfig) -> RoutingChoice | None:
-        rome = config.rome
-        if rome.routing_loss == "none" or rome.resolved_routing_weight == 0:
-            return None
-        return RoutingChoice(rome.routing_loss, rome.resolved_routing_weight)
 
 
 def load_pretrained(backbone: nn.Module, path: Path) -> None:

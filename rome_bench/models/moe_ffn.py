@@ -13,15 +13,14 @@ conventional choices so that a leaderboard row named ``moe-ffn`` means one archi
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from rome_bench.config import ModelConfig, RomeConfig
+from rome_bench.config import ModelConfig
 from rome_bench.errors import ConfigError
 from rome_bench.models.classifier import ImageClassifier
 from rome_bench.models.family import ModelFamily, RoutingChoice, build_backbone, register_family
-from rome_bench.models.rome import add_rome_experts
+from rome_bench.models.rome import RomeOptions, add_rome_experts
 
 if TYPE_CHECKING:
     from rome_bench.data import DatasetInfo
@@ -51,15 +50,15 @@ class MoEFFNFamily(ModelFamily):
     Options = MoEFFNOptions
     options: MoEFFNOptions
 
-    def rome_config(self) -> RomeConfig:
+    def expert_options(self) -> RomeOptions:
         """The expert machinery's settings this family fixes (FFN experts, per-token linear router, top-k)."""
-        return RomeConfig(expert_type="ffn", targets=("mlp",), num_experts=self.options.num_experts,
+        return RomeOptions(expert_type="ffn", targets=("mlp",), num_experts=self.options.num_experts,
                           top_k=self.options.top_k, gating="local", gate_hidden=0, routing_loss="load-balance",
                           routing_weight=self.options.balance_weight)
 
     def build(self, config: ModelConfig, info: DatasetInfo) -> ImageClassifier:
-        own = dataclasses.replace(config, rome=self.rome_config())
-        return ImageClassifier(add_rome_experts(build_backbone(own, info), own.rome), info.mean, info.std)
+        backbone = add_rome_experts(build_backbone(config, info), self.expert_options())
+        return ImageClassifier(backbone, info.mean, info.std)
 
     def routing(self, config: ModelConfig) -> RoutingChoice | None:
         if self.options.balance_weight == 0:

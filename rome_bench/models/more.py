@@ -69,7 +69,7 @@ def _more_cifar10() -> RunConfig:
 def _more_smoke() -> RunConfig:
     """MORE at micro size on CPU: four resnet_micro experts, synthetic data, stage 2 for two epochs."""
     config = preset("smoke")
-    config.model.family = "more"
+    config.model.family, config.model.options = "more", {}  # (the smoke preset's options are RoME's)
     config.model.backbone = "resnet_micro"
     config.train.recipe = "more"
     config.data.train_size = 512

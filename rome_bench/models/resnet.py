@@ -39,9 +39,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rome_bench.config import RomeConfig
 from rome_bench.errors import ConfigError
 from rome_bench.models.registry import MODELS
+from rome_bench.models.rome import RomeOptions
 from rome_bench.models.wrn import add_conv_experts
 
 STAGE_STRIDES: tuple[int, ...] = (1, 2, 2, 2)
@@ -121,7 +121,7 @@ class _ResidualNetwork(nn.Module):
         """All residual blocks in forward order with their module paths (``layer2.0``)."""
         return [(f"layer{s}.{i}", block) for s in range(1, 5) for i, block in enumerate(getattr(self, f"layer{s}"))]
 
-    def add_rome_experts(self, config: RomeConfig) -> _ResidualNetwork:
+    def add_rome_experts(self, config: RomeOptions) -> _ResidualNetwork:
         """Wrap conv1/conv2 (per ``config.targets``) of every block in gated conv-LoRA experts, in place."""
         add_conv_experts(self.basic_blocks(), config, self.architecture)
         return self

@@ -12,7 +12,7 @@ A_k stacked as one (K·r × d_in) matrix and all B_k as one (d_out × K·r) matr
 two matmuls whatever K is. The gates of the last forward pass stay on the gating module (with their graph, so
 losses can use them) and are read through :func:`rome_bench.models.gates.gates`.
 
-Switches (:class:`~rome_bench.config.RomeConfig`):
+Switches (:class:`RomeOptions`, set with ``--set model.options.NAME=VALUE`` or the ``train`` flags):
 
 * ``expert_type``: ``lora`` (above); ``adapter``: Houlsby bottleneck experts on the layer's output,
   o + Σ_k g_k U_k GELU(D_k o + d_k), U_k = 0 at init; ``ffn``: conventional MoE, K copies of the block's MLP
@@ -37,16 +37,89 @@ global branch over all windows of an image (timm partitions windows batch-major)
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rome_bench.config import RomeConfig
+from rome_bench.config import MAX_EXPERTS, ModelConfig
 from rome_bench.errors import ConfigError
+from rome_bench.models.classifier import ImageClassifier
+from rome_bench.models.family import ModelFamily, RoutingChoice, build_backbone, register_family
 from rome_bench.models.gates import DualScaleGateOutput, ExpertGate
+
+if TYPE_CHECKING:
+    from rome_bench.data import DatasetInfo
+
+EXPERT_TYPES: tuple[str, ...] = ("lora", "ffn", "adapter")
+EXPERT_LAYERS: tuple[str, ...] = ("qkv", "proj", "fc1", "fc2", "conv1", "conv2")  # conv*: WideResNet / ResNet blocks
+GATINGS: tuple[str, ...] = ("none", "local", "global", "dual", "dual-inverted", "dual-learned", "dual-cls")
+
+
+@dataclass(frozen=True)
+class RomeOptions:
+    """RoME's settings (``model.options`` of family ``rome``; paper Sec. 4.2-4.4) and every switch its ablations
+    (Tables 4, A4, A5) turn. The routing loss is a name in the routing-loss registry (``rome-bench list
+    routing-losses``); it is checked, with its default λ, when training starts."""
+
+    expert_type: str = "lora"  # lora | ffn (K FFNs replacing the block MLP) | adapter (Houlsby bottleneck)
+    num_experts: int = 4
+    rank: int = 16  # LoRA rank r, or the adapter's bottleneck width
+    targets: tuple[str, ...] = ("qkv", "proj")  # ViT: ⊆ qkv,proj,fc1,fc2; WRN: ⊆ conv1,conv2; ffn experts: ("mlp",)
+    gating: str = "dual"  # none | local | global | dual | dual-inverted | dual-learned | dual-cls
+    # hidden width of the gating MLPs; 0 = one Linear per branch, which is what the paper's parameter counts imply
+    # (Table 6: 88.85M = ViT-B 85.15M + LoRA 3.54M + 24 gated layers × (2 Linear d→K + a K→K' map))
+    gate_hidden: int = 0
+    beta_s: float = 4.0
+    beta_b: float = 2.0
+    routing_loss: str = "diversification"  # a routing-loss registry name, or none
+    routing_weight: float | None = None  # λ of the routing loss; None = that loss's default (0.1 div, 0.5 balance)
+    div_distance: str = "l2"  # l2 | cosine | sym-kl | wasserstein1 (Table A5; checked by the diversification loss)
+    div_projection: bool = True  # project global gates K -> K' for L_div-global (Eq. 7); False = Table 4's w/o
+    projection_dim: int = 100  # K' of that projection
+    top_k: int = 0  # ffn experts only: 0 = dense (all K per token); k < K = sparse top-k dispatch (Table 6: 2 of 4)
+
+    def __post_init__(self) -> None:
+        for name in ("gating", "routing_loss"):  # --set writes the choice "none" as None
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, "none")
+
+    def check(self) -> None:
+        """One ConfigError line for the first setting no RoME model can use."""
+        for ok, message in self._checks():
+            if not ok:
+                raise ConfigError(message)
+
+    def _checks(self) -> list[tuple[bool, str]]:
+        targets = set(self.targets)
+        return [
+            (1 <= self.num_experts <= MAX_EXPERTS,
+             f"model.options.num_experts must be between 1 and {MAX_EXPERTS} (got {self.num_experts})"),
+            (self.rank >= 1, "model.options.rank must be >= 1"),
+            (self.gate_hidden >= 0, "model.options.gate_hidden must be >= 0 (0 = one linear layer)"),
+            (self.expert_type in EXPERT_TYPES, f"model.options.expert_type must be one of {', '.join(EXPERT_TYPES)} "
+                                               f"(got '{self.expert_type}')"),
+            (self.expert_type != "ffn" or tuple(self.targets) == ("mlp",),
+             "ffn experts replace the block MLP: set model.options.targets=mlp (--expert-layers is for lora/adapter)"),
+            (self.expert_type == "ffn" or (bool(targets) and targets <= set(EXPERT_LAYERS)),
+             f"model.options.targets must be a non-empty subset of {','.join(EXPERT_LAYERS)} "
+             f"(got {','.join(self.targets)})"),
+            (self.gating in GATINGS, f"model.options.gating must be one of {', '.join(GATINGS)} (got '{self.gating}')"),
+            (bool(self.routing_loss), "model.options.routing_loss must name a routing loss (or none)"),
+            (self.routing_weight is None or self.routing_weight >= 0,
+             "model.options.routing_weight must be a number >= 0 (or none for the routing loss's default)"),
+            (self.routing_loss != "switch" or self.top_k > 0,
+             "routing loss switch reads a top-k router's dispatch: add --experts ffn --top-k K, or use load-balance"),
+            (self.projection_dim >= 1, "model.options.projection_dim must be >= 1"),
+            (0 <= self.top_k <= self.num_experts,
+             f"model.options.top_k must be between 0 (dense) and num_experts = {self.num_experts} (got {self.top_k})"),
+            (self.top_k == 0 or self.expert_type == "ffn",
+             "model.options.top_k (sparse dispatch) applies to ffn experts: add --experts ffn, or set top_k=0"),
+        ]
 
 
 def beta_schedule(layer: int, num_layers: int, s: float = 4.0, b: float = 2.0) -> float:
@@ -355,7 +428,7 @@ def _windows_per_image(block: nn.Module) -> int:
     return math.ceil(height / window_h) * math.ceil(width / window_w)
 
 
-def add_rome_experts(backbone: nn.Module, config: RomeConfig) -> nn.Module:
+def add_rome_experts(backbone: nn.Module, config: RomeOptions) -> nn.Module:
     """Add the configured experts to a backbone, in place; returns the backbone.
 
     A backbone with its own ``add_rome_experts(config)`` method (the WideResNet's conv experts) does it itself;
@@ -378,11 +451,11 @@ def add_rome_experts(backbone: nn.Module, config: RomeConfig) -> nn.Module:
     return backbone
 
 
-def _gate(config: RomeConfig, dim_in: int, beta: float, layer: int, name: str, group: int) -> DualScaleGate:
+def _gate(config: RomeOptions, dim_in: int, beta: float, layer: int, name: str, group: int) -> DualScaleGate:
     return DualScaleGate(dim_in, config.num_experts, config.gate_hidden, beta, layer, name, config.gating, group)
 
 
-def _add_linear_experts(site: ExpertSite, target: str, config: RomeConfig, beta: float) -> None:
+def _add_linear_experts(site: ExpertSite, target: str, config: RomeOptions, beta: float) -> None:
     owner_name = "attn" if target in ("qkv", "proj") else "mlp"
     owner = getattr(site.block, owner_name)
     base = getattr(owner, target, None)
@@ -395,7 +468,33 @@ def _add_linear_experts(site: ExpertSite, target: str, config: RomeConfig, beta:
     setattr(owner, target, wrapper(base, config.num_experts, config.rank, gate))
 
 
-def _add_ffn_experts(site: ExpertSite, config: RomeConfig, beta: float) -> None:
+def _add_ffn_experts(site: ExpertSite, config: RomeOptions, beta: float) -> None:
     mlp = site.block.mlp
     gate = _gate(config, mlp.fc1.in_features, beta, site.layer, f"{site.path}.mlp", 1)
     site.block.mlp = FFNExpertMixture(mlp, config.num_experts, gate, config.top_k)
+
+
+@register_family("rome", has_experts=True,
+                 citation="RoME: Robust Mixture of Low-Rank Experts (ECCV 2026), Sec. 4.2-4.4")
+class RomeFamily(ModelFamily):
+    """LoRA experts on the configured projections with dual-scale gating (``model.options``: :class:`RomeOptions`)."""
+
+    Options = RomeOptions
+    options: RomeOptions
+
+    def build(self, config: ModelConfig, info: DatasetInfo) -> ImageClassifier:
+        backbone = add_rome_experts(build_backbone(config, info), self.options)
+        return ImageClassifier(backbone, info.mean, info.std)
+
+    def routing(self, config: ModelConfig) -> RoutingChoice | None:
+        if self.options.routing_loss == "none":
+            return None
+        return RoutingChoice(self.options.routing_loss, self.options.routing_weight)
+
+    def identity_fields(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """Hashed as before the settings moved from ``model.rome`` to ``model.options``: all of them, under
+        ``rome``, with ``top_k`` left out when dense (as before it existed)."""
+        settings = dataclasses.asdict(self.options)
+        if not settings["top_k"]:
+            settings.pop("top_k")
+        return {**{k: v for k, v in fields.items() if k != "options"}, "rome": settings}

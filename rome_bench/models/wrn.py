@@ -50,11 +50,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rome_bench.config import RomeConfig
 from rome_bench.errors import ConfigError
 from rome_bench.models.gates import ExpertGate
 from rome_bench.models.registry import MODELS
-from rome_bench.models.rome import layer_beta
+from rome_bench.models.rome import RomeOptions, layer_beta
 
 CONV_TARGETS: tuple[str, ...] = ("conv1", "conv2")
 TRANSFORMER_DEFAULT_TARGETS: frozenset[str] = frozenset({"qkv", "proj"})  # read as CONV_TARGETS for a WRN
@@ -141,7 +140,7 @@ class WideResNet(nn.Module):
         out = F.adaptive_avg_pool2d(out, 1).flatten(1)
         return self.fc(out)
 
-    def add_rome_experts(self, config: RomeConfig) -> WideResNet:
+    def add_rome_experts(self, config: RomeOptions) -> WideResNet:
         """Wrap conv1/conv2 (per ``config.targets``) of every BasicBlock in gated conv-LoRA experts, in place."""
         add_conv_experts(self.basic_blocks(), config, "WideResNet")
         return self
@@ -160,7 +159,7 @@ def he_init(model: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def add_conv_experts(blocks: list[tuple[str, nn.Module]], config: RomeConfig, architecture: str,
+def add_conv_experts(blocks: list[tuple[str, nn.Module]], config: RomeOptions, architecture: str,
                      conv_names: dict[str, str] | None = None) -> None:
     """Wrap the two 3×3 convs of each residual block (per ``config.targets``) in gated conv-LoRA experts, in place.
 
@@ -190,7 +189,7 @@ def conv_targets(targets: tuple[str, ...], architecture: str = "WideResNet") -> 
     return tuple(target for target in CONV_TARGETS if target in targets)
 
 
-def _wrap_conv(block: nn.Module, target: str, name: str, config: RomeConfig, beta: float, layer: int,
+def _wrap_conv(block: nn.Module, target: str, name: str, config: RomeOptions, beta: float, layer: int,
                architecture: str) -> None:
     base = getattr(block, target)
     if not isinstance(base, nn.Conv2d):
@@ -394,7 +393,7 @@ class DeepMindWideResNet(nn.Module):
         out = self.relu(self.batchnorm(self.layer(self.init_conv(x))))
         return self.logits(F.adaptive_avg_pool2d(out, 1).flatten(1))
 
-    def add_rome_experts(self, config: RomeConfig) -> DeepMindWideResNet:
+    def add_rome_experts(self, config: RomeOptions) -> DeepMindWideResNet:
         """Wrap conv_0/conv_1 (targets conv1/conv2) of every block in gated conv-LoRA experts, in place."""
         add_conv_experts(self.basic_blocks(), config, "WideResNet", DM_CONV_NAMES)
         return self

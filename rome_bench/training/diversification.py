@@ -35,7 +35,7 @@ Choices the paper leaves open, made here and configurable:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -43,9 +43,6 @@ from torch import nn
 
 from rome_bench.errors import ConfigError
 from rome_bench.models.gates import DualScaleGateOutput, GateOutput, require_output
-
-if TYPE_CHECKING:
-    from rome_bench.config import RomeConfig
 
 PROJECTION_SEED = 1234
 LOG_CLAMP = 1e-8
@@ -95,7 +92,8 @@ PROBABILITY_DISTANCES: frozenset[str] = frozenset({"sym-kl", "wasserstein1"})  #
 def resolve_distance(name: str) -> Distance:
     """The distance function called ``name``; a one-line ConfigError for unknown names."""
     if name not in DISTANCES:
-        raise ConfigError(f"unknown diversification distance '{name}': choose one of {', '.join(DISTANCES)}")
+        raise ConfigError(f"unknown diversification distance '{name}' (model.options.div_distance): choose one of "
+                          f"{', '.join(DISTANCES)}")
     return DISTANCES[name]
 
 
@@ -148,6 +146,7 @@ def diversification_loss(gates: list[DualScaleGateOutput], threat_ids: torch.Ten
 class DiversificationLoss(nn.Module):
     """λ·L_div with its fixed projection as a buffer (saved with nothing: it is rebuilt from the seed)."""
 
+    default_weight = 0.1  # λ when the family gives none (paper Sec. 5.1)
     projection: torch.Tensor | None
 
     def __init__(self, num_experts: int, projection_dim: int, weight: float, distance: str = "l2",
@@ -160,10 +159,12 @@ class DiversificationLoss(nn.Module):
         self.register_buffer("projection", matrix, persistent=False)
 
     @classmethod
-    def from_config(cls, rome: RomeConfig, num_threats: int, weight: float) -> DiversificationLoss:
-        """The loss a RomeConfig asks for (distance and projection on/off), with weight λ."""
+    def from_options(cls, options: Any, num_threats: int, weight: float) -> DiversificationLoss:
+        """The loss a family's options ask for (K; RoME's ``div_distance``, ``div_projection`` and
+        ``projection_dim``, else l2 with the K → 100 projection), with weight λ."""
         del num_threats  # any number of threats ≥ 2 works; fewer gives 0
-        return cls(rome.num_experts, rome.projection_dim, weight, rome.div_distance, rome.div_projection)
+        return cls(options.num_experts, getattr(options, "projection_dim", 100), weight,
+                   getattr(options, "div_distance", "l2"), getattr(options, "div_projection", True))
 
     def forward(self, gates: list[GateOutput], threat_ids: torch.Tensor) -> torch.Tensor:
         return self.weight * diversification_loss(gates, threat_ids, self.projection, self.distance)

@@ -27,6 +27,7 @@ from rome_bench.errors import CheckpointError, ConfigError
 from rome_bench.models.classifier import ImageClassifier, content_hash
 from rome_bench.models.external import state_dict_mismatch
 from rome_bench.models.family import ModelFamily
+from rome_bench.models.identity import model_identity
 from rome_bench.models.mixture import find_mixture
 
 if TYPE_CHECKING:
@@ -92,4 +93,4 @@ def load_expert(expert: nn.Module, run_dir: Path, index: int, config: RunConfig,
 def expert_model_hash(expert: nn.Module, expert_config: RunConfig, info: DatasetInfo) -> str:
     """The model hash ``rome-bench eval`` gives the expert's run (``checkpoint.run_model_hash``)."""
     classifier = ImageClassifier(expert, info.mean, info.std)  # the run's own layout: keys 'backbone.…'
-    return run_model_hash(content_hash(classifier), expert_config)
+    return run_model_hash(content_hash(classifier), model_identity(expert_config.model))

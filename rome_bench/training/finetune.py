@@ -76,7 +76,7 @@ def initial_tensors(source: str, info: DatasetInfo) -> dict[str, torch.Tensor]:
 
 def backbone_keys(config: ModelConfig, info: DatasetInfo) -> set[str]:
     """Names of the plain backbone's tensors (built on the meta device: no memory, no random numbers drawn)."""
-    plain_config = dataclasses.replace(config, family="plain", init_from=None, pretrained=None)
+    plain_config = dataclasses.replace(config, family="plain", options={}, init_from=None, pretrained=None)
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
         plain = create_model(plain_config, info)
     return set(plain.state_dict())

@@ -32,36 +32,39 @@ the ones that weight the experts, treat every token of the batch alike, and are 
   of the global gates on or off. It is 0 when all threats route alike and more negative the further apart the
   threats' mean gates are.
 
-``build_routing_loss`` builds the loss a model family asks for (``ModelFamily.routing``: RoME's from
-``model.rome.routing_loss``; other families name their own, e.g. the sparse MoE's balancing loss); none or a
-weight of 0 give None.
-Third-party losses register a class with a ``from_config(rome, num_threats, weight)`` classmethod.
+``routing_loss_for`` builds the loss a model family asks for (``ModelFamily.routing``: RoME's from
+``model.options.routing_loss``; other families name their own, e.g. the sparse MoE's balancing loss), weighted by
+the family's λ or, when it gives none, by the loss's own ``default_weight``; "none" or a weight of 0 give None.
+This registry is the only list of routing-loss names: a third-party loss is one class registered here (or through
+the ``rome_bench.routing_losses`` entry point) with a ``default_weight`` and a
+``from_options(options, num_threats, weight)`` classmethod that reads what it needs from the family's options, and
+every family that names it can train with it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rome_bench.config import ModelConfig
 from rome_bench.errors import ConfigError
-from rome_bench.models.family import RoutingChoice
+from rome_bench.models.family import RoutingChoice, build_family
 from rome_bench.models.gates import GateOutput
 from rome_bench.registry import Registry
 from rome_bench.training.diversification import DiversificationLoss
-
-if TYPE_CHECKING:
-    from rome_bench.config import RomeConfig
 
 LOG_CLAMP = 1e-8
 
 
 class RoutingLossClass(Protocol):
-    """What the registry holds: a class that builds its loss module from the config."""
+    """What the registry holds: a class with its default λ that builds its loss module from a family's options."""
 
-    def from_config(self, rome: RomeConfig, num_threats: int, weight: float) -> nn.Module: ...
+    default_weight: float
+
+    def from_options(self, options: Any, num_threats: int, weight: float) -> nn.Module: ...
 
 
 ROUTING_LOSSES: Registry[RoutingLossClass] = Registry("routing_losses")
@@ -76,7 +79,7 @@ def require_gates(gates: list[GateOutput], name: str) -> None:
     """A one-line ConfigError when the model produced no gates for a routing loss."""
     if not gates:
         raise ConfigError(f"routing loss '{name}' needs a model with gated expert layers; "
-                          "set model.rome.routing_loss = none for a model without gates")
+                          "set model.options.routing_loss = none for a model without gates")
 
 
 def load_balance(gate: GateOutput) -> torch.Tensor:
@@ -104,14 +107,15 @@ class RoutingLoss(nn.Module):
     """λ times the mean over gated layers of a per-layer routing loss."""
 
     name = "routing"
+    default_weight = 0.5  # λ when the family gives none
 
     def __init__(self, weight: float) -> None:
         super().__init__()
         self.weight = weight
 
     @classmethod
-    def from_config(cls, rome: RomeConfig, num_threats: int, weight: float) -> RoutingLoss:
-        del rome, num_threats
+    def from_options(cls, options: Any, num_threats: int, weight: float) -> RoutingLoss:
+        del options, num_threats
         return cls(weight)
 
     def layer_loss(self, gate: GateOutput, threat_ids: torch.Tensor) -> torch.Tensor:
@@ -151,13 +155,15 @@ class GateClassificationLoss(RoutingLoss):
     """λ·cross-entropy of every token's gate against its example's threat (one expert per threat)."""
 
     name = "gate-classification"
+    default_weight = 0.1
 
     @classmethod
-    def from_config(cls, rome: RomeConfig, num_threats: int, weight: float) -> GateClassificationLoss:
-        if rome.num_experts != num_threats:
-            raise ConfigError(f"gate-classification trains the gates as a threat classifier: it needs "
-                              f"model.rome.num_experts = {num_threats}, one per training threat "
-                              f"(got {rome.num_experts})")
+    def from_options(cls, options: Any, num_threats: int, weight: float) -> GateClassificationLoss:
+        num_experts = getattr(options, "num_experts", None)
+        if num_experts != num_threats:
+            raise ConfigError(f"gate-classification trains the gates as a threat classifier: this recipe trains "
+                              f"{num_threats} threat(s), so it needs model.options.num_experts = {num_threats}, one "
+                              f"expert per training threat (got {num_experts})")
         return cls(weight)
 
     def layer_loss(self, gate: GateOutput, threat_ids: torch.Tensor) -> torch.Tensor:
@@ -211,13 +217,25 @@ ROUTING_LOSSES.add("diversification", DiversificationLoss, minimum="0 when all t
                    reference="paper Eq. 6-8, Table A5")
 
 
-def build_routing_loss(rome: RomeConfig, num_threats: int) -> nn.Module | None:
-    """The routing loss ``rome`` asks for, weighted by its resolved λ; None for "none" or λ = 0."""
-    return routing_loss_for(RoutingChoice(rome.routing_loss, rome.resolved_routing_weight), rome, num_threats)
+def routing_weight(choice: RoutingChoice) -> float:
+    """λ of a family's routing choice: its own weight, else the registered loss's ``default_weight``."""
+    if choice.weight is not None:
+        return choice.weight
+    return float(ROUTING_LOSSES.get(choice.loss).default_weight)
 
 
-def routing_loss_for(choice: RoutingChoice | None, rome: RomeConfig, num_threats: int) -> nn.Module | None:
-    """The routing loss a family asks for (``ModelFamily.routing``), weighted by its λ; None for none or λ = 0."""
-    if choice is None or choice.loss == "none" or choice.weight == 0:
+def routing_loss_for(choice: RoutingChoice | None, options: Any, num_threats: int) -> nn.Module | None:
+    """The routing loss a family asks for (``ModelFamily.routing``) built from the family's ``options``, weighted by
+    its λ; None for no choice, "none" or λ = 0. An unknown name fails with the registry's 'did you mean'."""
+    if choice is None or choice.loss == "none":
         return None
-    return ROUTING_LOSSES.get(choice.loss).from_config(rome, num_threats, choice.weight)
+    weight = routing_weight(choice)
+    if weight == 0:
+        return None
+    return ROUTING_LOSSES.get(choice.loss).from_options(options, num_threats, weight)
+
+
+def build_routing_loss(config: ModelConfig, num_threats: int) -> nn.Module | None:
+    """The routing loss the family of ``config`` asks for, built from its options (None: no routing loss)."""
+    family = build_family(config)
+    return routing_loss_for(family.routing(config), family.options, num_threats)

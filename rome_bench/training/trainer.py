@@ -51,6 +51,7 @@ from rome_bench.data import LoadedDataset, fetch_batch, load_dataset
 from rome_bench.device import check_bf16, resolve_device
 from rome_bench.errors import CheckpointError, TrainingError
 from rome_bench.models import build_family, create_model
+from rome_bench.models.family import with_stored_options
 from rome_bench.provenance import training_provenance
 from rome_bench.training import recipes as _recipes  # noqa: F401  (registers the built-in recipes)
 from rome_bench.training.curve import TrainingCurve
@@ -137,13 +138,14 @@ class Trainer:
     def __init__(self, config: RunConfig, run_dir: Path, progress: bool = True,
                  distributed: Distributed | None = None) -> None:
         validate(config)
+        config = with_stored_options(config)  # unknown names and bad model.options fail here
         self.config = config
         self.run_dir = run_dir
         self.distributed = distributed or Distributed.from_env()  # torchrun's RANK/WORLD_SIZE, else one process
         self.rank = self.distributed.rank
         self.world_size = self.distributed.world_size
         self.progress = progress and self.rank == 0
-        self.family = build_family(config.model)  # unknown names and bad model.options fail here
+        self.family = build_family(config.model)
         self.recipe: Recipe = build_recipe(config.train.recipe, config.train.options, config.threats,
                                            config.train.attack)
         self.recipe.check_family(config.model.family)
@@ -151,6 +153,7 @@ class Trainer:
         self.device = resolve_device(config.train.device)
         if config.train.precision == "bf16":
             check_bf16(self.device)  # before anything is written
+        self._routing_loss(self.recipe.routing_groups())  # an unknown or unfit routing loss fails here too
         self.expert_records: list[dict[str, Any]] = []  # the expert runs loaded (DWF, MORE), for the sidecar
 
     @property
@@ -204,7 +207,7 @@ class Trainer:
 
     def _routing_loss(self, num_threats: int) -> nn.Module | None:
         """λ·(the routing regulariser the family asks for); None for a family without one or with λ = 0."""
-        loss = routing_loss_for(self.family.routing(self.config.model), self.config.model.rome, num_threats)
+        loss = routing_loss_for(self.family.routing(self.config.model), self.family.options, num_threats)
         return None if loss is None else loss.to(self.device)
 
     def steps_per_epoch(self, num_examples: int) -> int:

@@ -14,7 +14,7 @@ On a family with experts (``rome+linf-at``) every adversarial input carries thre
 sees one threat group. Its default, L_div (paper Eq. 6-8), compares the mean gates of *different* threats; with
 one group there is no pair, and ``training/diversification.py`` returns exactly 0 (no NaN, no gradient). That is
 kept deliberately, not refused: ``rome`` runs L_div by default, so a refusal would make ``rome+linf-at`` fail
-unless the user also changed the routing loss; the recipe cannot see ``model.rome`` to refuse selectively; and
+unless the user also changed the routing loss; the recipe cannot see ``model.options`` to refuse selectively; and
 "L_div is 0 in a batch with fewer than two threats" is already the documented rule. So ``rome+linf-at`` with
 L_div is single-threat AT on a RoME model whose gates are trained by the cross-entropy alone. Routing losses that
 do not read the threat labels (load-balance, importance) act as usual; gate-classification needs K = 1 expert

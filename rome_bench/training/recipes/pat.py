@@ -66,7 +66,7 @@ Deviations, plainly:
 On a family with experts (``rome+pat``, ``rome+pat+vr``) the routing loss is added on the adversarial forward with
 every example labelled threat 0 (PAT has one threat). L_div (Eq. 6-8) needs two threats in a batch and is then
 exactly 0 (no NaN), so rome+pat trains the RoME model with the PAT loss alone; load-balance and importance do not
-read the threat ids and act as usual; gate-classification needs model.rome.num_experts = 1 and is refused
+read the threat ids and act as usual; gate-classification needs model.options.num_experts = 1 and is refused
 otherwise.
 """
 

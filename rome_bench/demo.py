@@ -75,6 +75,8 @@ def plan_demo(out: Path, suite: str = DEMO_SUITE, n_examples: int = DEMO_EXAMPLE
         config = preset(DEMO_PRESET)
         for assignment in [*(overrides or []), f"train.recipe={recipe}", f"model.family={family}"]:
             config = apply_override(config, assignment, check=False)
+        if family != preset(DEMO_PRESET).model.family:  # the preset's options are its family's (RoME's)
+            config = apply_override(config, "model.options={}", check=False)
         validate(config)
         if run_state(out / method) != "new" and read_run_config(out / method).to_dict() != config.to_dict():
             raise CheckpointError(f"{out / method} holds a {method} run with other settings than this demo's; give "

@@ -25,7 +25,9 @@ from rome_bench.threats.base import (
     register_threat,
 )
 from rome_bench.threats.corruptions import CORRUPTIONS, CommonCorruption, cifar10_c_threats
+from rome_bench.threats.fog import Fog
 from rome_bench.threats.functional import ReColorAdv, StAdv
+from rome_bench.threats.gabor import Gabor
 from rome_bench.threats.gma import GatingMisrouting
 from rome_bench.threats.perceptual import LagrangePerceptual, PerceptualPGD
 from rome_bench.threats.pgd import (
@@ -38,9 +40,9 @@ from rome_bench.threats.pgd import (
     project_l2_box,
     project_l2_box_sorted,
 )
+from rome_bench.threats.snow import Snow
 from rome_bench.threats.sparse import AdversarialPatch, SparseFool
 from rome_bench.threats.uar_geometric import Elastic, JPEGLinf
-from rome_bench.threats.uar_noise import Fog, Gabor, Snow
 
 __all__ = [
     "CORRUPTIONS",

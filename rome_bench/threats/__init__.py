@@ -29,7 +29,7 @@ from rome_bench.threats.fog import Fog
 from rome_bench.threats.functional import ReColorAdv, StAdv
 from rome_bench.threats.gabor import Gabor
 from rome_bench.threats.gma import GatingMisrouting
-from rome_bench.threats.perceptual import LagrangePerceptual, PerceptualPGD
+from rome_bench.threats.lpa import LagrangePerceptual
 from rome_bench.threats.pgd import (
     DEFAULT_L1_SPARSITY,
     L1PGD,
@@ -40,6 +40,7 @@ from rome_bench.threats.pgd import (
     project_l2_box,
     project_l2_box_sorted,
 )
+from rome_bench.threats.ppgd import PerceptualPGD
 from rome_bench.threats.snow import Snow
 from rome_bench.threats.sparse import AdversarialPatch, SparseFool
 from rome_bench.threats.uar_geometric import Elastic, JPEGLinf

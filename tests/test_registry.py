@@ -63,11 +63,11 @@ def test_entry_points_add_entries(tmp_path, monkeypatch):
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: my-threats\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text("[rome_bench.threats]\nplugin-noise = my_threats\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
     from rome_bench.threats import THREATS
 
     try:
-        with THREATS.scoped(reload_plugins=True):
+        with THREATS.scoped(reload_plugins=True):  # reads the installed plugins, then those installed in the block
+            monkeypatch.syspath_prepend(str(tmp_path))
             assert "plugin-noise" in THREATS.names()
             assert THREATS.entry("plugin-noise").metadata["tag"] == "unseen"
         assert "plugin-noise" not in THREATS.names()

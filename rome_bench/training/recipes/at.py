@@ -17,8 +17,10 @@ kept deliberately, not refused: ``rome`` runs L_div by default, so a refusal wou
 unless the user also changed the routing loss; the recipe cannot see ``model.rome`` to refuse selectively; and
 "L_div is 0 in a batch with fewer than two threats" is already the documented rule. So ``rome+linf-at`` with
 L_div is single-threat AT on a RoME model whose gates are trained by the cross-entropy alone. Routing losses that
-do not read the threat labels (load-balance, importance) act as usual; gate-classification needs K = 1 expert
-per threat and refuses K ≠ 1 with its own one-line error.
+do not read the threat labels (load-balance, importance) act as usual. gate-classification does not run with these
+recipes today: the loss needs one expert per training threat (model.rome.num_experts = 1 here), while the
+validation of ``model.rome`` asks for one per ℓp norm (3), so every K is refused with one of the two one-line
+errors.
 """
 
 from __future__ import annotations

@@ -66,8 +66,9 @@ Deviations, plainly:
 On a family with experts (``rome+pat``, ``rome+pat+vr``) the routing loss is added on the adversarial forward with
 every example labelled threat 0 (PAT has one threat). L_div (Eq. 6-8) needs two threats in a batch and is then
 exactly 0 (no NaN), so rome+pat trains the RoME model with the PAT loss alone; load-balance and importance do not
-read the threat ids and act as usual; gate-classification needs model.rome.num_experts = 1 and is refused
-otherwise.
+read the threat ids and act as usual. gate-classification does not run with PAT today: the loss needs
+model.rome.num_experts = 1 (one per training threat), the validation of ``model.rome`` asks for 3 (one per ℓp norm),
+so every K is refused with one of the two one-line errors.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ def gaussian_kernel(size: int, std: float, dtype: torch.dtype, device: torch.dev
 
 
 def snow_gaussian_kernel(size: int, sigma: float) -> torch.Tensor:
-    """uar_noise._gaussian_kernel: a normalised (size, size) float64 Gaussian centred in the window."""
+    """snow._gaussian_kernel: a normalised (size, size) float64 Gaussian centred in the window."""
     offsets = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     profile = torch.exp(-0.5 * (offsets / sigma) ** 2)
     kernel = profile[:, None] * profile[None, :]
@@ -54,7 +54,7 @@ def linear_to_srgb(linear: torch.Tensor) -> torch.Tensor:
 
 
 def snow_luminance(images: torch.Tensor) -> torch.Tensor:
-    """The BT.709 luminance (B, 1, H, W) inside uar_noise.discolour."""
+    """The BT.709 luminance (B, 1, H, W) inside snow.discolour."""
     weights = images.new_tensor(SNOW_LUMINANCE).view(1, 3, 1, 1)
     return (images * weights).sum(dim=1, keepdim=True)
 

@@ -97,7 +97,7 @@ def test_eval_compile_stores_the_eager_results_and_records_the_backend(tmp_path,
 def test_own_feature_lpips_threats_apply_and_run_the_eager_model() -> None:
     """PPGD with the model's own LPIPS hooks its blocks, which a compiled graph would not fire: under --compile it
     stays applicable (it was n/a) and attacks the eager model, so it stores what an eager evaluation stores."""
-    from rome_bench.threats.perceptual import PerceptualPGD
+    from rome_bench.threats import PerceptualPGD
 
     model = micro(rome=False)
     compiled = FixedBatchCompiled(model, batch_size=4, backend="eager")

@@ -10,14 +10,9 @@ from torch import nn
 
 from rome_bench.errors import ConfigError
 from rome_bench.threats.base import THREATS
-from rome_bench.threats.perceptual import (
-    ALEXNET_CHECKPOINT,
-    LPIPS,
-    LagrangePerceptual,
-    LPIPSBudget,
-    PerceptualPGD,
-    _alexnet_lpips,
-)
+from rome_bench.threats.lpa import LagrangePerceptual
+from rome_bench.threats.lpips_distance import ALEXNET_CHECKPOINT, LPIPS, LPIPSBudget, _alexnet_lpips
+from rome_bench.threats.ppgd import PerceptualPGD
 from tests import reference_libs
 from tests.measures import fooled
 

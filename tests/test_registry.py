@@ -1,3 +1,4 @@
+import subprocess
 import sys
 import textwrap
 
@@ -63,11 +64,11 @@ def test_entry_points_add_entries(tmp_path, monkeypatch):
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: my-threats\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text("[rome_bench.threats]\nplugin-noise = my_threats\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
     from rome_bench.threats import THREATS
 
     try:
-        with THREATS.scoped(reload_plugins=True):
+        with THREATS.scoped(reload_plugins=True):  # reads the installed plugins, then those installed in the block
+            monkeypatch.syspath_prepend(str(tmp_path))
             assert "plugin-noise" in THREATS.names()
             assert THREATS.entry("plugin-noise").metadata["tag"] == "unseen"
         assert "plugin-noise" not in THREATS.names()
@@ -96,3 +97,41 @@ def test_readme_threat_example_registers(tmp_path):
         assert out.min() >= 0 and out.max() <= 1
         assert threat.budget().check(images, out).measured.max() <= 0.1 * 4 + 1e-6
     assert "gaussian-noise" not in THREATS
+
+
+def test_a_threat_module_dropped_into_the_package_registers_itself(tmp_path):
+    """A new module among the threat modules is imported, and its threat registered and buildable by name for a
+    suite, by importing rome_bench.threats alone: no __init__, suite or other edit. So that the test writes nothing
+    into the source tree, the module lies in a second directory of the package's search path, added before the
+    package's body runs, in a fresh interpreter."""
+    (tmp_path / "dropped_in.py").write_text(textwrap.dedent("""
+        from rome_bench.threats.base import LpBudget, Threat, register_threat
+
+        @register_threat("dropped-in", tag="unseen")
+        class DroppedIn(Threat):
+            def params(self): return {}
+            def budget(self): return LpBudget("linf", 0.0)
+            def __call__(self, model, images, labels): return images
+    """))
+    script = textwrap.dedent(f"""
+        import importlib.util, sys
+        spec = importlib.util.find_spec("rome_bench.threats")
+        spec.submodule_search_locations.append({str(tmp_path)!r})
+        package = importlib.util.module_from_spec(spec)
+        sys.modules["rome_bench.threats"] = package
+        spec.loader.exec_module(package)
+        from rome_bench.evaluation.suites import threat
+        print(type(threat("dropped-in")).__module__, package.THREATS.entry("dropped-in").metadata["tag"])
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["rome_bench.threats.dropped_in", "unseen"]
+
+
+def test_every_threat_module_is_imported_by_the_package():
+    import pkgutil
+
+    import rome_bench.threats as threats
+
+    for module in pkgutil.iter_modules(threats.__path__):
+        assert f"rome_bench.threats.{module.name}" in sys.modules

@@ -8,17 +8,9 @@ import torch
 
 from rome_bench.evaluation.runner import verify_threat_output
 from rome_bench.threats.base import THREATS
-from rome_bench.threats.uar_noise import (
-    Fog,
-    Gabor,
-    Snow,
-    apply_snow,
-    diamond_square,
-    gabor_kernels,
-    gabor_noise,
-    snow_layer,
-    streak_kernel,
-)
+from rome_bench.threats.fog import Fog, diamond_square
+from rome_bench.threats.gabor import Gabor, gabor_kernels, gabor_noise
+from rome_bench.threats.snow import Snow, apply_snow, snow_layer, streak_kernel
 from tests.measures import accuracy, fooled
 
 PAPER = {"fog": (Fog, 12.0), "snow": (Snow, 0.5), "gabor": (Gabor, 60.0)}

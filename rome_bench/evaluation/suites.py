@@ -1,26 +1,17 @@
-"""Suites: named lists of threats evaluated together, with the leaderboard columns they fill."""
+"""Suites: named lists of threats evaluated together, with the leaderboard columns they fill.
+
+A suite names its threats by their registered name (:func:`threat`), so a new threat module needs no import here.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from rome_bench.config import ThreatsConfig
 from rome_bench.registry import Registry
-from rome_bench.threats import (
-    CORRUPTIONS,
-    Clean,
-    GatingMisrouting,
-    LinfAPGD,
-    LinfPGD,
-    Threat,
-    seen_apgd,
-    seen_autoattack,
-    seen_threats,
-    unseen_threats,
-)
-from rome_bench.threats.fgsm import FGSM
-from rome_bench.threats.gma import GatingMisroutingOrPGD
+from rome_bench.threats import CORRUPTIONS, THREATS, Threat, cifar10_c_threats, seen_threats
 
 
 @dataclass(frozen=True)
@@ -57,6 +48,13 @@ class Suite:
 SUITES: Registry[Suite] = Registry("suites")
 
 LP_TITLES = {"nat": "Nat", "l1": "ℓ1", "l2": "ℓ2", "linf": "ℓ∞"}
+LP_NORMS = ("l1", "l2", "linf")
+
+
+def threat(name: str, *args: Any, **kwargs: Any) -> Threat:
+    """The threat registered as ``name``, built with these arguments."""
+    make: Callable[..., Threat] = THREATS.get(name)
+    return make(*args, **kwargs)
 
 
 def register_suite(suite: Suite) -> Suite:
@@ -66,8 +64,18 @@ def register_suite(suite: Suite) -> Suite:
 
 def register_seen_suite(name: str, seen: Callable[[ThreatsConfig], list[Threat]], description: str) -> Suite:
     """A suite of clean + one threat per ℓp norm (ℓ1, ℓ2, ℓ∞), shown in the paper's Table 1 columns."""
-    return register_suite(Suite(name=name, build=lambda threats: [Clean(), *seen(threats)],
+    return register_suite(Suite(name=name, build=lambda threats: [threat("clean"), *seen(threats)],
                                 columns=("nat", "l1", "l2", "linf"), titles=LP_TITLES, description=description))
+
+
+def seen_autoattack(eps: dict[str, float], version: str = "standard") -> list[Threat]:
+    """AutoAttack under ℓ1, ℓ2 and ℓ∞ at the given budgets (the paper's evaluation protocol), fixed seed 0."""
+    return [threat(f"autoattack-{norm}", eps[norm], version) for norm in LP_NORMS]
+
+
+def seen_apgd(eps: dict[str, float]) -> list[Threat]:
+    """APGD-CE then APGD-T under ℓ1, ℓ2 and ℓ∞ (the cheaper protocol of E-AT and RAMP), fixed seed 0."""
+    return [threat(f"apgd-{norm}", eps[norm]) for norm in LP_NORMS]
 
 
 register_seen_suite(
@@ -94,6 +102,20 @@ register_seen_suite(
     "suite, ~1 min for 500 examples of a cifar10-cpu model on 2 cores")
 
 
+def unseen_threats(linf_eps: float) -> list[Threat]:
+    """The paper's unseen threats with its CIFAR-10 settings (Sec. A1), in Table 2's column order.
+
+    75 corruption × severity threats, SparseFool ℓ0, Fog/Snow/Gabor/Elastic/JPEG-ℓ∞ (Percep. ℓp), PPGD, LPA,
+    the 8×8 patch, StAdv, ReColorAdv, and GMA at the run's ℓ∞ ε (8/255 on CIFAR-10, as in the paper).
+    """
+    return [
+        *cifar10_c_threats(),
+        *(threat(name) for name in ("sparsefool-l0", "fog", "snow", "gabor", "elastic", "jpeg-linf", "ppgd", "lpa",
+                                    "patch", "stadv", "recoloradv")),
+        threat("gma", eps=linf_eps),
+    ]
+
+
 UNSEEN_TITLES = {
     "nat": "Nat", "corr": "Com. Corr.", "l0": "ℓ0", "percep": "Percep. ℓp", "ppgd": "PPGD", "lpa": "LPA",
     "patch": "Adv. Patch", "stadv": "StAdv", "recoloradv": "ReColorAdv", "gma": "GMA",
@@ -103,7 +125,7 @@ UNSEEN_TITLES = {
 
 register_suite(Suite(
     name="unseen",
-    build=lambda threats: [Clean(), *unseen_threats(threats.eps["linf"])],
+    build=lambda threats: [threat("clean"), *unseen_threats(threats.eps["linf"])],
     columns=("nat", "corr", "l0", "percep", "ppgd", "lpa", "patch", "stadv", "recoloradv", "gma"),
     titles=UNSEEN_TITLES,
     description="clean + the paper's unseen threats (Table 2, CIFAR-10 settings): 15 corruptions × 5 severities, "
@@ -116,8 +138,8 @@ register_suite(Suite(
 
 register_suite(Suite(
     name="adaptive",
-    build=lambda threats: [Clean(), LinfPGD(threats.eps["linf"], 20), GatingMisrouting(threats.eps["linf"], 20),
-                           GatingMisroutingOrPGD(threats.eps["linf"], 20)],
+    build=lambda threats: [threat("clean"), *(threat(name, threats.eps["linf"], 20)
+                                                for name in ("pgd-linf", "gma", "gma-union"))],
     columns=("nat", "linf", "gma", "gma-union"),
     titles={"nat": "Nat", "linf": "PGD ℓ∞", "gma": "GMA", "gma-union": "GMA∪PGD"},
     description="clean, ℓ∞ PGD, the gating-misrouting attack and their per-example worst case, all at the run's ℓ∞ ε "
@@ -127,7 +149,8 @@ register_suite(Suite(
 
 register_suite(Suite(
     name="dwf",
-    build=lambda threats: [Clean(), FGSM(0.09), LinfPGD(8 / 255, threats.eval_steps["linf"])],
+    build=lambda threats: [threat("clean"), threat("fgsm", 0.09),
+                           threat("pgd-linf", 8 / 255, threats.eval_steps["linf"])],
     columns=("nat", "fgsm", "linf"),
     titles={"nat": "Nat", "fgsm": "FGSM 0.09", "linf": "PGD ℓ∞ 8/255"},
     description="DWF's evaluation (arXiv 2512.20821): clean, FGSM ℓ∞ at ε = 0.09 and PGD ℓ∞ at ε = 8/255 with "
@@ -140,7 +163,8 @@ register_suite(Suite(
 # last iterate); APGD as torchattacks' APGD(eps, steps=20): APGD-CE, one restart, seed 0.
 register_suite(Suite(
     name="pgd20",
-    build=lambda threats: [Clean(), LinfPGD(threats.eps["linf"], 20, step_size=threats.eps["linf"] / 4)],
+    build=lambda threats: [threat("clean"),
+                           threat("pgd-linf", threats.eps["linf"], 20, step_size=threats.eps["linf"] / 4)],
     columns=("nat", "linf"),
     titles={"nat": "Nat", "linf": "PGD-20 ℓ∞"},
     description="clean + ℓ∞ PGD-20 at the run's ε, step ε/4 (2/255 at 8/255): the sparse-MoE paper's PGD",
@@ -149,7 +173,8 @@ register_suite(Suite(
 
 register_suite(Suite(
     name="apgd20",
-    build=lambda threats: [Clean(), LinfAPGD(threats.eps["linf"], attacks=("apgd-ce",), n_iter=20)],
+    build=lambda threats: [threat("clean"),
+                           threat("apgd-linf", threats.eps["linf"], attacks=("apgd-ce",), n_iter=20)],
     columns=("nat", "linf"),
     titles={"nat": "Nat", "linf": "APGD-20 ℓ∞"},
     description="clean + ℓ∞ APGD-CE with 20 iterations, 1 restart, seed 0, at the run's ε: the sparse-MoE paper's APGD",

@@ -120,12 +120,6 @@ def expert_heads(model: nn.Module) -> list[nn.Linear]:
     return [last_linear(expert) for expert in mixture.experts]
 
 
-def expert_bodies(model: nn.Module) -> list[nn.Module]:
-    """The mixture's expert networks (empty for a model without a logit mixture)."""
-    mixture = find_mixture(model)
-    return [] if mixture is None else list(mixture.experts)
-
-
 @dataclass(frozen=True)
 class MixtureOptions:
     """``model.options`` of a logit-mixture family (DWF, MORE)."""

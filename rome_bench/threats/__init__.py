@@ -1,10 +1,14 @@
-"""Threats: the registry and the built-in threats (importing this package registers them)."""
+"""Threats: the interface and registry (``base.py``) and the built-in threats, one file per threat or family.
 
-from rome_bench.threats import apgd_train as _apgd_train  # noqa: F401  (registers apgd-train-*)
-from rome_bench.threats import autoattack as _autoattack  # noqa: F401  (registers autoattack-*, apgd-*)
-from rome_bench.threats import fgsm as _fgsm  # noqa: F401  (registers fgsm)
-from rome_bench.threats import msd as _msd  # noqa: F401  (registers msd)
-from rome_bench.threats import pgd as _pgd  # noqa: F401  (registers pgd-linf, pgd-l2, pgd-l1)
+Importing this package imports every module in it, so each module's ``@register_threat`` classes are registered:
+adding a threat is one decorated class in one new file here (see ``base.py``), or in a plugin's module named in the
+``rome_bench.threats`` entry-point group. Suites (``evaluation/suites.py``) build threats by registered name. The
+names below are re-exported for convenience; a new threat need not be added to them.
+"""
+
+import importlib
+import pkgutil
+
 from rome_bench.threats.autoattack import (
     L1APGD,
     L2APGD,
@@ -25,9 +29,11 @@ from rome_bench.threats.base import (
     register_threat,
 )
 from rome_bench.threats.corruptions import CORRUPTIONS, CommonCorruption, cifar10_c_threats
+from rome_bench.threats.fog import Fog
 from rome_bench.threats.functional import ReColorAdv, StAdv
+from rome_bench.threats.gabor import Gabor
 from rome_bench.threats.gma import GatingMisrouting
-from rome_bench.threats.perceptual import LagrangePerceptual, PerceptualPGD
+from rome_bench.threats.lpa import LagrangePerceptual
 from rome_bench.threats.pgd import (
     DEFAULT_L1_SPARSITY,
     L1PGD,
@@ -37,13 +43,16 @@ from rome_bench.threats.pgd import (
     project_l1_box,
     project_l2_box,
     project_l2_box_sorted,
+    seen_threats,
 )
+from rome_bench.threats.ppgd import PerceptualPGD
+from rome_bench.threats.snow import Snow
 from rome_bench.threats.sparse import AdversarialPatch, SparseFool
 from rome_bench.threats.uar_geometric import Elastic, JPEGLinf
-from rome_bench.threats.uar_noise import Fog, Gabor, Snow
 
 __all__ = [
     "CORRUPTIONS",
+    "DEFAULT_L1_SPARSITY",
     "L1APGD",
     "L1PGD",
     "L2APGD",
@@ -80,47 +89,8 @@ __all__ = [
     "project_l2_box",
     "project_l2_box_sorted",
     "register_threat",
-    "unseen_threats",
+    "seen_threats",
 ]
 
-
-def seen_threats(eps: dict[str, float], steps: dict[str, int], l1_sparsity: float = DEFAULT_L1_SPARSITY,
-                 keep_adversarial: bool = True) -> list[Threat]:
-    """The three seen ℓp PGD threats (ℓ1, ℓ2, ℓ∞) at the given budgets and steps, in that order.
-
-    ε and steps are the protocol (the dataset's preset; they are in each threat's key); the ℓ1 sparsity is an attack
-    internal, the measured evaluation default unless a caller (a training attack) names its own.
-    """
-    return [
-        L1PGD(eps["l1"], steps["l1"], keep_adversarial=keep_adversarial, sparsity=l1_sparsity),
-        L2PGD(eps["l2"], steps["l2"], keep_adversarial=keep_adversarial),
-        LinfPGD(eps["linf"], steps["linf"], keep_adversarial=keep_adversarial),
-    ]
-
-
-def seen_autoattack(eps: dict[str, float], version: str = "standard") -> list[Threat]:
-    """AutoAttack under ℓ1, ℓ2 and ℓ∞ at the given budgets (the paper's evaluation protocol), fixed seed 0."""
-    return [L1AutoAttack(eps["l1"], version), L2AutoAttack(eps["l2"], version), LinfAutoAttack(eps["linf"], version)]
-
-
-def seen_apgd(eps: dict[str, float]) -> list[Threat]:
-    """APGD-CE then APGD-T under ℓ1, ℓ2 and ℓ∞ (the cheaper protocol of E-AT and RAMP), fixed seed 0."""
-    return [L1APGD(eps["l1"]), L2APGD(eps["l2"]), LinfAPGD(eps["linf"])]
-
-
-def unseen_threats(linf_eps: float) -> list[Threat]:
-    """The paper's unseen threats with its CIFAR-10 settings (Sec. A1), in Table 2's column order.
-
-    75 corruption × severity threats, SparseFool ℓ0, Fog/Snow/Gabor/Elastic/JPEG-ℓ∞ (Percep. ℓp), PPGD, LPA,
-    the 8×8 patch, StAdv, ReColorAdv, and GMA at the run's ℓ∞ ε (8/255 on CIFAR-10, as in the paper).
-    """
-    return [
-        *cifar10_c_threats(),
-        SparseFool(),
-        Fog(), Snow(), Gabor(), Elastic(), JPEGLinf(),
-        PerceptualPGD(), LagrangePerceptual(),
-        AdversarialPatch(),
-        StAdv(),
-        ReColorAdv(),
-        GatingMisrouting(eps=linf_eps),
-    ]
+for _module in pkgutil.iter_modules(__path__):  # every threat module registers its threats on import
+    importlib.import_module(f"{__name__}.{_module.name}")

@@ -1,7 +1,8 @@
 """The threat interface, the threat registry, and budgets that the evaluation runner verifies.
 
 A threat maps (model, images in [0,1], labels) to perturbed images in [0,1]. It never sees normalised space:
-normalisation is inside the model. Adding a threat is one decorated class in one file::
+normalisation is inside the model. Adding a threat is one decorated class in one new file in ``rome_bench/threats/``
+(importing the package imports every module in it, which registers the class; no other file changes)::
 
     @register_threat("my-threat", tag="unseen", column="mine")
     class MyThreat(Threat):
@@ -11,7 +12,9 @@ normalisation is inside the model. Adding a threat is one decorated class in one
         def budget(self): return LpBudget("linf", self.strength)
         def __call__(self, model, images, labels): ...
 
-Third-party packages do the same in their own module and name it in the ``rome_bench.threats`` entry-point group.
+The threat is then known by its name everywhere the registry is read (``rome-bench list threats``,
+``THREATS.get("my-threat")``). A suite that should evaluate it names it in ``evaluation/suites.py``. Third-party
+packages do the same in their own module and name that module in the ``rome_bench.threats`` entry-point group.
 """
 
 from __future__ import annotations

@@ -224,6 +224,20 @@ class L1PGD(PGD):
         return project_l1_box(delta, images, self.eps)
 
 
+def seen_threats(eps: dict[str, float], steps: dict[str, int], l1_sparsity: float = DEFAULT_L1_SPARSITY,
+                 keep_adversarial: bool = True) -> list[Threat]:
+    """The three seen ℓp PGD threats (ℓ1, ℓ2, ℓ∞) at the given budgets and steps, in that order.
+
+    ε and steps are the protocol (the dataset's preset; they are in each threat's key); the ℓ1 sparsity is an attack
+    internal, the measured evaluation default unless a caller (a training attack) names its own.
+    """
+    return [
+        L1PGD(eps["l1"], steps["l1"], keep_adversarial=keep_adversarial, sparsity=l1_sparsity),
+        L2PGD(eps["l2"], steps["l2"], keep_adversarial=keep_adversarial),
+        LinfPGD(eps["linf"], steps["linf"], keep_adversarial=keep_adversarial),
+    ]
+
+
 def _sparsity_range(bounds: tuple[float, float] | list[float] | None) -> tuple[float, float] | None:
     """``random_sparsity`` checked: None, or (low, high) with 0 < low <= high <= 1."""
     if bounds is None:

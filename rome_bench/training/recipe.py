@@ -19,7 +19,8 @@ Adding a recipe is one decorated class in one file under ``training/recipes/``::
 
     @register_recipe("my-at", citation="Someone et al. 2027")
     class MyAT(Recipe):
-        def loss(self, ctx, batch): ...   # a StepResult whose loss the default update() back-propagates
+        def build_threats(self): ...      # the training threats; their order fixes the routing threat ids
+        def loss(self, ctx, batch): ...   # a StepResult; the default update() adds the routing loss, back-propagates
 
 Recipe settings are a frozen dataclass ``Options`` (set with ``--set train.options.NAME=VALUE``); state that must
 survive a resume (e.g. a running estimate) goes through ``state_dict``/``load_state_dict`` into checkpoints.
@@ -187,9 +188,9 @@ class Recipe(ABC):
     name: ClassVar[str] = "unregistered"
     Options: ClassVar[type] = NoOptions
     own_attack: ClassVar[str | None] = None
+    """The recipe's own attack (e.g. "Fast-LPA"); such a recipe refuses ``--train-attack`` other than pgd."""
     families: ClassVar[tuple[str, ...] | None] = None
     """The model families the recipe trains (None: any); e.g. MORE's stage 2 needs the ``more`` family's gate."""
-    """The recipe's own attack (e.g. "Fast-LPA"); such a recipe refuses ``--train-attack`` other than pgd."""
 
     def __init__(self, options: Any, threats: ThreatsConfig, attack: str) -> None:
         self.options = options

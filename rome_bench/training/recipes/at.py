@@ -17,8 +17,8 @@ kept deliberately, not refused: ``rome`` runs L_div by default, so a refusal wou
 unless the user also changed the routing loss; the recipe cannot see ``model.options`` to refuse selectively; and
 "L_div is 0 in a batch with fewer than two threats" is already the documented rule. So ``rome+linf-at`` with
 L_div is single-threat AT on a RoME model whose gates are trained by the cross-entropy alone. Routing losses that
-do not read the threat labels (load-balance, importance) act as usual; gate-classification needs K = 1 expert
-per threat and refuses K ≠ 1 with its own one-line error.
+do not read the threat labels (load-balance, importance) act as usual; gate-classification needs one expert per
+training threat (``model.options.num_experts = 1`` here) and refuses any other K in one line.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 **PAT** (Laidlaw, Singla & Feizi, "Perceptual Adversarial Robustness: Defense Against Unseen Threat Models",
 ICLR 2021) trains against the neural perceptual threat model S(x) = {x' ∈ [0,1]ⁿ : d(x, x') ≤ ε}, d the LPIPS
-distance ‖φ(x) − φ(x')‖₂ of :class:`rome_bench.threats.perceptual.LPIPS` (``lpips``: "self" = the model's own
+distance ‖φ(x) − φ(x')‖₂ of :class:`rome_bench.threats.lpips_distance.LPIPS` (``lpips``: "self" = the model's own
 block features, "alexnet" = AlexNet-LPIPS from locally cached weights, "auto" = alexnet when those weights are
 cached, else self; nothing is downloaded):
 
@@ -56,7 +56,7 @@ Deviations, plainly:
   ``projection="none"`` gives the reference behaviour (and the threat then promises no budget).
 * The random start is clipped to [0,1] (the reference evaluates the model on x + N(0, 0.01²) unclipped), and the
   finite difference is divided by h (the reference divides by the literal 0.1, its default h).
-* "alexnet" is the standard ImageNet AlexNet-LPIPS with learned channel weights (perceptual.py), not the
+* "alexnet" is the standard ImageNet AlexNet-LPIPS with learned channel weights (lpips_distance.py), not the
   CIFAR-trained AlexNet (``alexnet_cifar``) behind the authors' AlexNet-bounded CIFAR-10 models; ε = 1.0 is their
   value for theirs.
 * Their gradient-value clipping (1.0) and SGD schedule belong to the trainer and are not applied here.
@@ -83,14 +83,8 @@ from torch import nn
 from rome_bench.errors import ConfigError
 from rome_bench.threats import Threat
 from rome_bench.threats.base import Budget, per_example
-from rome_bench.threats.perceptual import (
-    LPIPS,
-    LPIPS_BACKBONES,
-    START_STD,
-    PerceptualAttack,
-    margin_loss,
-    resolve_lpips_backbone,
-)
+from rome_bench.threats.lpips_distance import LPIPS, LPIPS_BACKBONES, resolve_lpips_backbone
+from rome_bench.threats.perceptual import START_STD, PerceptualAttack, flat_norms, margin_loss
 from rome_bench.training.recipe import Batch, Recipe, StepContext, StepResult, register_recipe
 
 PAT_BOUNDS = {"self": 0.5, "alexnet": 1.0}  # CIFAR-10 training ε per LPIPS network (Laidlaw et al.'s models)
@@ -100,11 +94,6 @@ RATE_EPS = 1e-4  # added to the LPIPS rate r before dividing the step by it (Fas
 
 
 # --------------------------------------------------------------------------------------------------- attacks
-def flat_norms(tensor: torch.Tensor) -> torch.Tensor:
-    """Per-example ℓ2 norm over all non-batch dimensions."""
-    return torch.linalg.vector_norm(tensor.flatten(1), dim=1)
-
-
 class FastLagrangePerceptualAttack(PerceptualAttack):
     """Fast-LPA (Laidlaw et al. 2021): PAT's training attack; its last iterate, projected onto the LPIPS ball.
 

@@ -123,11 +123,6 @@ class ExpertGate(nn.Module):
         self.last = output
         return output
 
-    def finish(self, local: torch.Tensor, global_: torch.Tensor, fused: torch.Tensor) -> torch.Tensor:
-        """Dual-scale gates: apply the variant to the fused gates, record all three, return the gates to use."""
-        fused = self.varied(fused)
-        self.record(DualScaleGateOutput(fused, self.layer, self.name, local=local, global_=global_))
-        return fused
 
 
 def gating_modules(model: nn.Module) -> list[ExpertGate]:

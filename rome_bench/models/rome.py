@@ -49,8 +49,8 @@ from torch import nn
 from rome_bench.config import MAX_EXPERTS, ModelConfig
 from rome_bench.errors import ConfigError
 from rome_bench.models.classifier import ImageClassifier
+from rome_bench.models.dual_gate import DualScaleGate, layer_beta
 from rome_bench.models.family import ModelFamily, RoutingChoice, build_backbone, register_family
-from rome_bench.models.gates import DualScaleGateOutput, ExpertGate
 
 if TYPE_CHECKING:
     from rome_bench.data import DatasetInfo
@@ -120,131 +120,6 @@ class RomeOptions:
             (self.top_k == 0 or self.expert_type == "ffn",
              "model.options.top_k (sparse dispatch) applies to ffn experts: add --experts ffn, or set top_k=0"),
         ]
-
-
-def beta_schedule(layer: int, num_layers: int, s: float = 4.0, b: float = 2.0) -> float:
-    """β(l) = σ(s·(1 − l/L) − b): the global gate's weight in layer l (1-based); larger in early layers."""
-    return 1.0 / (1.0 + math.exp(-(s * (1.0 - layer / num_layers) - b)))
-
-
-def layer_beta(gating: str, layer: int, num_layers: int, s: float, b: float) -> float:
-    """The fixed (or initial) β of a gated layer under a gating variant."""
-    if gating in ("none", "local"):
-        return 0.0
-    if gating == "global":
-        return 1.0
-    if gating == "dual-inverted":
-        return beta_schedule(num_layers + 1 - layer, num_layers, s, b)
-    return beta_schedule(layer, num_layers, s, b)
-
-
-class DualScaleGate(ExpertGate):
-    """Per-token local gate and mean-token global gate, mixed by β(l) (Eq. 3-5), or one of the ablated variants.
-
-    MLP_local and MLP_global are Linear → GELU → Linear (``hidden`` units; 0 = a single Linear). Their first
-    layers are exposed as one stacked matrix so that the expert layer can compute them in the same matmul as the
-    experts' A; the global branch averages the first layer's output over tokens, which equals applying it to the
-    token mean because the layer is affine.
-    """
-
-    def __init__(self, dim_in: int, num_experts: int, hidden: int, beta: float, layer: int, name: str,
-                 gating: str = "dual", group: int = 1) -> None:
-        super().__init__(num_experts, layer, name)
-        self.gating = gating
-        self.group = group
-        self.width = hidden or num_experts
-        self.uses_local = gating not in ("none", "global")
-        self.uses_global = gating not in ("none", "local")
-        self.local_in = nn.Linear(dim_in, self.width) if self.uses_local else None
-        self.global_in = nn.Linear(dim_in, self.width) if self.uses_global else None
-        self.local_out = nn.Linear(hidden, num_experts) if hidden and self.uses_local else None
-        self.global_out = nn.Linear(hidden, num_experts) if hidden and self.uses_global else None
-        if gating == "dual-learned":
-            self.beta_logit = nn.Parameter(torch.tensor(math.log(beta / (1 - beta))))
-        else:
-            self.beta_logit = None
-            self.fixed_beta = beta
-
-    @property
-    def beta(self) -> float | torch.Tensor:
-        """β of this layer: a float, or a 0-d tensor for ``dual-learned``."""
-        return self.fixed_beta if self.beta_logit is None else torch.sigmoid(self.beta_logit)
-
-    def first_layer(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stacked weight (w_local + w_global × d_in) and bias of the first layers in use (may be empty)."""
-        layers = [layer for layer in (self.local_in, self.global_in) if layer is not None]
-        if not layers:
-            return torch.empty(0, 0), torch.empty(0)
-        return torch.cat([layer.weight for layer in layers]), torch.cat([layer.bias for layer in layers])
-
-    @property
-    def first_width(self) -> int:
-        return self.width * (int(self.uses_local) + int(self.uses_global))
-
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        if self.first_width == 0:
-            return self.from_first_layer(hidden_states[..., :0])
-        return self.from_first_layer(F.linear(hidden_states, *self.first_layer()))
-
-    def from_first_layer(self, first: torch.Tensor) -> torch.Tensor:
-        """Gates from the first layers' output (B, T, w); records local, global and fused gates."""
-        rows, tokens = first.shape[:2]
-        if not self.uses_local and not self.uses_global:
-            uniform = first.new_full((rows, tokens, self.num_experts), 1.0 / self.num_experts)
-            return self._record(uniform, uniform[:, 0], uniform)
-        parts = first.split(self.width, dim=-1)
-        # contiguous: GELU on a strided slice is several times slower on CPU (bench/moe_costs.py --profile)
-        local = _second_layer(parts[0].contiguous(), self.local_out).softmax(dim=-1) if self.uses_local else None
-        global_ = self._global_gate(parts[-1]) if self.uses_global else None
-        if local is None:
-            global_rows = _per_row(global_, self.group)  # type: ignore[arg-type]
-            return self._record(global_rows.unsqueeze(1).expand(rows, tokens, -1), global_, None)
-        if global_ is None:
-            return self._record(local, _image_mean(local, self.group), local)
-        fused = torch.lerp(local, _per_row(global_, self.group).unsqueeze(1), self.beta)  # (1 − β)·u + β·v
-        return self._record(local, global_, fused)
-
-    def _global_gate(self, global_first: torch.Tensor) -> torch.Tensor:
-        """v (images, K) from the global first layer's per-token output (rows, T, w)."""
-        if self.gating == "dual-cls":
-            summary = global_first[:, 0]
-        else:
-            summary = _image_tokens(global_first, self.group).mean(dim=1)
-        return _second_layer(summary, self.global_out).softmax(dim=-1)
-
-    def _record(self, local: torch.Tensor, global_: torch.Tensor, fused: torch.Tensor | None) -> torch.Tensor:
-        """Finish with gates in image layout (windows of one image joined) and return the per-row fused gates."""
-        used = local if fused is None else fused
-        used = self.varied(used)
-        image_local, image_used = _image_tokens(local, self.group), _image_tokens(used, self.group)
-        self.record(DualScaleGateOutput(image_used, self.layer, self.name, local=image_local, global_=global_))
-        return used
-
-    def extra_repr(self) -> str:
-        beta = self.beta if isinstance(self.beta, float) else float(self.beta.detach())
-        return f"layer={self.layer}, gating={self.gating}, beta={beta:.4f}, group={self.group}"
-
-
-def _second_layer(first: torch.Tensor, layer: nn.Linear | None) -> torch.Tensor:
-    return first if layer is None else layer(F.gelu(first))
-
-
-def _image_tokens(values: torch.Tensor, group: int) -> torch.Tensor:
-    """(images·group, T, …) → (images, group·T, …): the windows of one image side by side."""
-    if group == 1:
-        return values
-    if values.shape[0] % group:
-        raise RuntimeError(f"gate got {values.shape[0]} rows, not a multiple of its {group} windows per image")
-    return values.reshape(values.shape[0] // group, group * values.shape[1], *values.shape[2:])
-
-
-def _image_mean(local: torch.Tensor, group: int) -> torch.Tensor:
-    return _image_tokens(local, group).mean(dim=1)
-
-
-def _per_row(global_: torch.Tensor, group: int) -> torch.Tensor:
-    """(images, K) → (images·group, K): each window row gets its image's global gate."""
-    return global_ if group == 1 else global_.repeat_interleave(group, dim=0)
 
 
 def _as_tokens(hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Size]:

@@ -22,8 +22,9 @@ Dual-scale gates (Eq. 3-5), one gate vector per OUTPUT position p of the conv:
 MLP_local is Conv1x1 → GELU → Conv1x1 (``gate_hidden`` units; 0 = one Conv1x1), MLP_global the same as Linears.
 Stride choice: a stride-2 conv's gates read the input averaged to the output map; for the even maps of a WideResNet
 (32 → 16 → 8) adaptive pooling is exactly ``avg_pool2d(kernel=2, stride=2)``, and it also matches odd sizes.
-Gates are recorded through :meth:`ExpertGate.finish` in token layout (positions row-major): local (B, H'·W', K),
-global (B, K), fused (B, H'·W', K). Gating variants are those of :class:`DualScaleGate` except ``dual-cls``.
+Gates are recorded through :meth:`DualScaleGating.mix` (``models/dual_gate.py``, shared with the Transformers'
+gates) in token layout (positions row-major): local (B, H'·W', K), global (B, K), fused (B, H'·W', K). Gating
+variants are those of :class:`DualScaleGate` except ``dual-cls``.
 
 Layer index: l = 1..L counts the BasicBlocks of block1..block3 in forward order (L = 3·(depth − 4)/6); both convs of
 a BasicBlock share its β(l). Targets: a subset of ``conv1``/``conv2`` of every BasicBlock (never the stem conv or the
@@ -51,9 +52,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from rome_bench.errors import ConfigError
-from rome_bench.models.gates import ExpertGate
+from rome_bench.models.dual_gate import DualScaleGating, layer_beta
 from rome_bench.models.registry import MODELS
-from rome_bench.models.rome import RomeOptions, layer_beta
+from rome_bench.models.rome import RomeOptions
 
 CONV_TARGETS: tuple[str, ...] = ("conv1", "conv2")
 TRANSFORMER_DEFAULT_TARGETS: frozenset[str] = frozenset({"qkv", "proj"})  # read as CONV_TARGETS for a WRN
@@ -199,8 +200,8 @@ def _wrap_conv(block: nn.Module, target: str, name: str, config: RomeOptions, be
     setattr(block, target, ConvLoRAExpertMixture(base, config.num_experts, config.rank, gate))
 
 
-class ConvDualScaleGate(ExpertGate):
-    """Per-output-position local gate and global-average-pool gate, mixed by β(l) (Eq. 3-5), or an ablated variant.
+class ConvDualScaleGate(DualScaleGating):
+    """Per-output-position local gate and global-average-pool gate of a convolution (Eq. 3-5), or an ablated variant.
 
     ``forward(x, out_size)`` takes the conv's input (B, C_in, H, W) and its output size (H', W') and returns the gates
     to use as maps (B, K, H', W'); the recorded gates are in token layout (see the module docstring).
@@ -208,38 +209,19 @@ class ConvDualScaleGate(ExpertGate):
 
     def __init__(self, dim_in: int, num_experts: int, hidden: int, beta: float, layer: int, name: str,
                  gating: str = "dual") -> None:
-        super().__init__(num_experts, layer, name)
         if gating not in CONV_GATINGS:
             hint = ": a CNN has no CLS token" if gating == "dual-cls" else ""
             raise ConfigError(f"gating '{gating}' is not available for conv experts{hint}; choose one of "
                               f"{', '.join(CONV_GATINGS)}")
-        self.gating = gating
-        self.uses_local = gating not in ("none", "global")
-        self.uses_global = gating not in ("none", "local")
+        super().__init__(num_experts, layer, name, gating)
         self.local_mlp = _gate_mlp(dim_in, hidden, num_experts, conv=True) if self.uses_local else None
         self.global_mlp = _gate_mlp(dim_in, hidden, num_experts, conv=False) if self.uses_global else None
-        self.beta_logit = nn.Parameter(torch.tensor(math.log(beta / (1 - beta)))) if gating == "dual-learned" else None
-        self.fixed_beta = beta
-
-    @property
-    def beta(self) -> float | torch.Tensor:
-        """β of this layer: a float, or a 0-d tensor for ``dual-learned``."""
-        return self.fixed_beta if self.beta_logit is None else torch.sigmoid(self.beta_logit)
+        self.init_beta(beta)
 
     def forward(self, x: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
-        batch, positions = x.shape[0], out_size[0] * out_size[1]
-        if not self.uses_local and not self.uses_global:
-            uniform = x.new_full((batch, positions, self.num_experts), 1.0 / self.num_experts)
-            return _as_maps(self.finish(uniform, uniform[:, 0], uniform), out_size)
         local = self.local_gate(x, out_size) if self.uses_local else None
         global_ = self.global_gate(x) if self.uses_global else None
-        if local is None:
-            everywhere = global_.unsqueeze(1).expand(batch, positions, -1)  # type: ignore[union-attr]
-            return _as_maps(self.finish(everywhere, global_, everywhere), out_size)  # type: ignore[arg-type]
-        if global_ is None:
-            return _as_maps(self.finish(local, local.mean(dim=1), local), out_size)
-        fused = torch.lerp(local, global_.unsqueeze(1), self.beta)  # (1 − β)·u + β·v
-        return _as_maps(self.finish(local, global_, fused), out_size)
+        return _as_maps(self.mix(local, global_, x.shape[0], out_size[0] * out_size[1], x), out_size)
 
     def local_gate(self, x: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
         """u (B, H'·W', K) from the input averaged to the output map."""
@@ -250,11 +232,6 @@ class ConvDualScaleGate(ExpertGate):
     def global_gate(self, x: torch.Tensor) -> torch.Tensor:
         """v (B, K) from the global average pool of the input."""
         return self.global_mlp(x.mean(dim=(2, 3))).softmax(dim=-1)  # type: ignore[misc]
-
-    def extra_repr(self) -> str:
-        beta = self.beta if isinstance(self.beta, float) else float(self.beta.detach())
-        return f"layer={self.layer}, gating={self.gating}, beta={beta:.4f}"
-
 
 def _gate_mlp(dim_in: int, hidden: int, num_experts: int, conv: bool) -> nn.Module:
     """Conv1x1 (or Linear) → GELU → Conv1x1 (or Linear); ``hidden`` = 0 gives a single layer."""

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 
 from rome_bench.models import MODELS, ImageClassifier
 from rome_bench.models import gates as gate_outputs
-from rome_bench.models.rome import LoRAExpertMixture, RomeOptions, add_rome_experts, beta_schedule
+from rome_bench.models.dual_gate import beta_schedule
+from rome_bench.models.rome import LoRAExpertMixture, RomeOptions, add_rome_experts
 
 
 def tiny_vit(seed: int = 0):

@@ -10,6 +10,7 @@ from torch import nn
 from rome_bench.errors import ConfigError
 from rome_bench.models import MODELS, gating_modules
 from rome_bench.models import gates as gate_outputs
+from rome_bench.models.dual_gate import beta_schedule
 from rome_bench.models.gates import inference_variant
 from rome_bench.models.rome import (
     AdapterExpertMixture,
@@ -17,7 +18,6 @@ from rome_bench.models.rome import (
     LoRAExpertMixture,
     RomeOptions,
     add_rome_experts,
-    beta_schedule,
 )
 from rome_bench.models.timm_backbones import swin_window
 

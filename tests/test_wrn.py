@@ -5,10 +5,11 @@ from torch import nn
 
 from rome_bench.errors import ConfigError
 from rome_bench.models.classifier import ImageClassifier
+from rome_bench.models.dual_gate import layer_beta
 from rome_bench.models.gates import gates as gate_outputs
 from rome_bench.models.gates import gating_modules, inference_variant
 from rome_bench.models.registry import MODELS
-from rome_bench.models.rome import RomeOptions, layer_beta
+from rome_bench.models.rome import RomeOptions
 from rome_bench.models.wrn import ConvDualScaleGate, ConvLoRAExpertMixture, WideResNet
 
 SMALL = RomeOptions(num_experts=3, rank=2, gate_hidden=4)

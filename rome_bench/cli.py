@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from rome_bench.config import ROUTING_LOSSES as ROUTING_LOSS_NAMES
-from rome_bench.config import RunConfig, apply_override, validate
-from rome_bench.errors import ConfigError, RomeBenchError, UnknownEntryError
+from rome_bench.errors import ConfigError, RomeBenchError
 from rome_bench.presets import PRESETS, preset
 
 if TYPE_CHECKING:  # the heavy modules are imported by the commands that need them
@@ -52,39 +51,6 @@ def _flag_overrides(**flags: object) -> list[str]:
         "eps_l2": "threats.eps.l2", "eps_linf": "threats.eps.linf", "pretrained": "model.pretrained",
     }
     return [f"{paths[name]}={value}" for name, value in flags.items() if value is not None]
-
-
-def resolve_config(base: RunConfig, assignments: list[str]) -> RunConfig:
-    """``base`` with the overrides applied in order; ``train.method=rome+max`` sets recipe and family at once."""
-    config = base
-    for assignment in assignments:
-        for part in expand_method(assignment):
-            config = apply_override(config, part, check=False)
-    validate(config)
-    return config
-
-
-def expand_method(assignment: str) -> list[str]:
-    """``train.method=rome+max`` -> recipe ``max`` on family ``rome`` (a name without a family is the plain one)."""
-    path, _, value = assignment.partition("=")
-    if path.strip() != "train.method":
-        return [assignment]
-    from rome_bench.config import split_method
-    from rome_bench.models import FAMILIES
-    from rome_bench.training import recipes as _recipes  # noqa: F401  (registers the built-in recipes)
-    from rome_bench.training.recipe import RECIPES
-
-    recipe, family = split_method(value.strip(), FAMILIES.names())
-    if recipe not in RECIPES:  # fails here with 'did you mean', before anything is written
-        import difflib
-
-        known = [*RECIPES.names(), *(f"{f}+{r}" for f in FAMILIES.names() if f != "plain" for r in RECIPES.names())]
-        close = difflib.get_close_matches(value.strip(), known, n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        raise UnknownEntryError(f"unknown method '{value.strip()}': {hint}choose a recipe "
-                                f"({', '.join(RECIPES.names())}), optionally on a family with experts (rome+max; "
-                                f"rome-bench list families)")
-    return [f"train.recipe={recipe}", f"model.family={family}"]
 
 
 @app.command()
@@ -155,6 +121,7 @@ def train(
     """Train a model with a multi-perturbation adversarial training recipe."""
     from rome_bench.checkpoint import read_run_config
     from rome_bench.models import build_family
+    from rome_bench.training.overrides import resolve_config
     from rome_bench.training.trainer import Trainer, check_run_dir
 
     expert_switches = {"experts": experts, "num_experts": num_experts, "rank": rank,

@@ -26,7 +26,7 @@ from rome_bench.checkpoint import (
     load_tensors_with_sidecar,
     read_run_config,
 )
-from rome_bench.config import RunConfig, apply_override, validate
+from rome_bench.config import RunConfig
 from rome_bench.data import evaluation_indices, fetch_batch, load_dataset
 from rome_bench.device import resolve_device
 from rome_bench.errors import CheckpointError, ConfigError
@@ -36,6 +36,7 @@ from rome_bench.evaluation.suites import SUITES
 from rome_bench.models import create_model
 from rome_bench.presets import preset
 from rome_bench.training.optim import build_optimizer
+from rome_bench.training.overrides import resolve_config
 from rome_bench.training.recipe import Batch, StepContext, build_recipe
 from rome_bench.training.trainer import Trainer, train_step
 
@@ -72,10 +73,8 @@ def plan_demo(out: Path, suite: str = DEMO_SUITE, n_examples: int = DEMO_EXAMPLE
         raise ConfigError("--n-examples must be >= 1")
     configs = {}
     for method, (recipe, family) in DEMO_METHODS.items():
-        config = preset(DEMO_PRESET)
-        for assignment in [*(overrides or []), f"train.recipe={recipe}", f"model.family={family}"]:
-            config = apply_override(config, assignment, check=False)
-        validate(config)
+        config = resolve_config(preset(DEMO_PRESET), [*(overrides or []), f"train.recipe={recipe}",
+                                                      f"model.family={family}"])
         if run_state(out / method) != "new" and read_run_config(out / method).to_dict() != config.to_dict():
             raise CheckpointError(f"{out / method} holds a {method} run with other settings than this demo's; give "
                                   f"another --out, the same --set flags as before, or delete {out / method}")

@@ -35,9 +35,9 @@ from rome_bench.evaluation.store import ResultStore
 from rome_bench.evaluation.suites import SUITES
 from rome_bench.models import create_model
 from rome_bench.presets import preset
-from rome_bench.training.optim import build_optimizer
+from rome_bench.training.distributed import Distributed
 from rome_bench.training.overrides import resolve_config
-from rome_bench.training.recipe import Batch, StepContext, build_recipe
+from rome_bench.training.recipe import Batch
 from rome_bench.training.trainer import Trainer, train_step
 
 DEMO_METHODS: dict[str, tuple[str, str]] = {"max": ("max", "plain"), "rome+max": ("max", "rome")}  # recipe, family
@@ -100,20 +100,18 @@ def total_steps(config: RunConfig) -> int:
     return config.train.epochs * -(-train_size // config.train.batch_size)
 
 
-def time_training_step(config: RunConfig) -> float:
-    """Seconds of one training step of ``config``'s method on a fresh model (the second of two, after warm-up)."""
-    recipe = build_recipe(config.train.recipe, config.train.options, config.threats, config.train.attack)
-    device = resolve_device(config.train.device)
+def time_training_step(config: RunConfig, run_dir: Path) -> float:
+    """Seconds of one training step of ``config``'s method on a fresh model (the second of two, after warm-up),
+    set up as the trainer of ``run_dir`` sets it up (routing loss included); nothing is written."""
+    trainer = Trainer(config, run_dir, progress=False, distributed=Distributed())
+    device = trainer.device
     data = load_dataset(config.data.dataset, "train", config.data.data_dir, size=config.train.batch_size)
-    model = create_model(config.model, data.info).to(device)
-    parameters = recipe.parameters(model)
-    optimizer = build_optimizer(parameters, config.train)
-    ctx = StepContext(model, parameters, None)
+    _, optimizer, ctx = trainer.setup(data)
     images, labels = (t.to(device) for t in fetch_batch(data.dataset, list(range(len(data.dataset)))))
     elapsed = 0.0
     for step in range(2):
         started = time.perf_counter()
-        train_step(recipe, ctx, optimizer, Batch(images, labels, step, 0))
+        train_step(trainer.recipe, ctx, optimizer, Batch(images, labels, step, 0))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         elapsed = time.perf_counter() - started
@@ -162,7 +160,7 @@ def estimate_seconds(plan: DemoPlan) -> float:
         state = run_state(run_dir)
         if state != "done":
             remaining = total_steps(config) - (steps_done(run_dir) if state == "resume" else 0)
-            seconds += max(remaining, 0) * time_training_step(config)
+            seconds += max(remaining, 0) * time_training_step(config, run_dir)
         if (left := evaluation_left(plan, method)) > 0:
             seconds += left * time_evaluation(config, plan.suite, plan.n_examples)
     return seconds

@@ -121,6 +121,7 @@ def train(
     """Train a model with a multi-perturbation adversarial training recipe."""
     from rome_bench.checkpoint import read_run_config
     from rome_bench.models import build_family
+    from rome_bench.training.distributed import launch_processes
     from rome_bench.training.overrides import resolve_config
     from rome_bench.training.trainer import Trainer, check_run_dir
 
@@ -164,28 +165,6 @@ def train(
     final = trainer.fit(resume=resume, force=force)
     if trainer.rank == 0:
         typer.echo(f"trained {config.method} ({config.preset}) -> {final.parent}")
-
-
-def launch_processes(nproc: int, argv: list[str]) -> int:
-    """Run this command line again under torchrun with ``nproc`` local processes; returns its exit code."""
-    import subprocess
-
-    return subprocess.run(torchrun_command(nproc, argv), check=False).returncode
-
-
-def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
-    """``python -m torch.distributed.run --standalone --nproc-per-node=N -m rome_bench ARGV`` without --nproc."""
-    kept: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--nproc":
-            skip = True
-        elif not arg.startswith("--nproc="):
-            kept.append(arg)
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m",
-            "rome_bench", *kept]
 
 
 @app.command("eval")

@@ -8,8 +8,6 @@ from __future__ import annotations
 import os
 import sqlite3
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -21,12 +19,8 @@ from rome_bench.errors import ConfigError, RomeBenchError
 from rome_bench.presets import PRESETS, preset
 
 if TYPE_CHECKING:  # the heavy modules are imported by the commands that need them
-    import torch
     from torch import nn
 
-    from rome_bench.data import LoadedDataset
-    from rome_bench.evaluation.runner import LoadedRun
-    from rome_bench.evaluation.sharding import ShardPlan
     from rome_bench.evaluation.store import ResultStore
     from rome_bench.threats import Threat
 
@@ -238,6 +232,7 @@ def evaluate(
     from rome_bench.api import default_label, evaluate_into, plan
     from rome_bench.device import resolve_device
     from rome_bench.evaluation.runner import attack_precision, compiled_run, with_gating_variant
+    from rome_bench.evaluation.sharding import ShardingRequest
     from rome_bench.evaluation.store import ResultStore
     from rome_bench.evaluation.suites import SUITES
 
@@ -273,7 +268,8 @@ def evaluate(
             rows = [(partial(with_gating_variant, loaded, variant) if variant is not None else (lambda: loaded),
                      (label or default_label(loaded)) + _variant_suffix(variant)) for variant in variants]
             sharding.evaluate(rows, chosen_suite.name, threats, data, ids, store or default_store(), batch_size,
-                              torch_device, progress, complete=not threat)
+                              torch_device, progress, complete=not threat, echo=typer.echo, job=run_shard_job,
+                              argv=sys.argv[1:])
             return
         with ResultStore(store or default_store()) as results:
             for variant in variants:
@@ -294,187 +290,10 @@ def evaluate(
             _print_leaderboard(results, chosen_suite.name, data.info.name, "md", [])
 
 
-Row = tuple[Callable[[], "LoadedRun"], str]  # a leaderboard row: its model (made when its turn comes), label
-
-
-@dataclass(frozen=True)
-class ShardingRequest:
-    """The eval command's sharding flags, checked: how many shards, who evaluates them, and which step this is."""
-
-    shards: int | None
-    executor: str
-    shard_index: int | None
-    merge: bool
-    wait: bool
-    slurm: list[str]
-    cluster: str
-
-    @classmethod
-    def from_flags(cls, shards: int | None, executor: str | None, shard_index: int | None, merge: bool, wait: bool,
-                   slurm: list[str], cluster: str) -> ShardingRequest | None:
-        """None for an unsharded evaluation (no sharding flag given, not under torchrun)."""
-        from rome_bench.evaluation.executors import EXECUTORS, default_executor, torchrun_rank
-
-        chosen = executor or default_executor()
-        if chosen not in EXECUTORS:
-            raise ConfigError(f"--executor takes {' | '.join(EXECUTORS)} (got '{chosen}')")
-        if (wait or slurm) and chosen != "slurm":
-            raise ConfigError("--wait and --slurm go with --executor slurm")
-        if shards is None and shard_index is None and not merge and chosen == "local":
-            return None
-        if chosen == "torchrun" and torchrun_rank() is None:
-            raise ConfigError("--executor torchrun runs under torchrun: torchrun --nproc-per-node N -m rome_bench eval "
-                              "...")
-        if chosen == "torchrun" and (shard_index is not None or merge):
-            raise ConfigError("under torchrun the ranks evaluate and merge every shard: drop --shard-index and --merge")
-        if chosen != "torchrun" and shards is None:
-            raise ConfigError(f"--executor {chosen}, --shard-index and --merge need --shards N")
-        if shards is not None and shards < 1:
-            raise ConfigError("--shards must be >= 1")
-        if shard_index is not None and merge:
-            raise ConfigError("--shard-index evaluates one shard, --merge merges them all: give one of them")
-        if shard_index is not None and shards is not None and not 0 <= shard_index < shards:
-            raise ConfigError(f"--shard-index takes 0..{shards - 1} for --shards {shards} (got {shard_index})")
-        return cls(shards, chosen, shard_index, merge, wait, slurm, cluster)
-
-    def device(self, device: torch.device) -> torch.device:
-        """The device of this process: under torchrun, the rank's own GPU."""
-        from rome_bench.evaluation.executors import rank_device, torchrun_rank
-
-        launch = torchrun_rank()
-        return rank_device(device, launch[2]) if self.executor == "torchrun" and launch is not None else device
-
-    def evaluate(self, rows: list[Row], suite: str, threats: list[Threat], data: LoadedDataset, ids: list[int],
-                 store: Path, batch_size: int, device: torch.device, progress: bool, complete: bool) -> None:
-        """Evaluate the shards by this request's executor, then merge them (one writer), or do the one step asked."""
-        from rome_bench.evaluation.executors import submit_array, wait_for
-        from rome_bench.evaluation.sharding import ShardPlan, run_shard
-
-        def plan_of(run: LoadedRun, shards: int) -> ShardPlan:
-            return ShardPlan.cut(store, run.model_hash, threats, data.fingerprint, ids, shards, batch_size)
-
-        if self.executor == "torchrun":
-            self._torchrun(rows, plan_of, threats, data, store, device, progress, suite, complete)
-            return
-        shards = int(self.shards)  # type: ignore[arg-type]
-        if self.shard_index is not None:
-            for make, row_label in rows:
-                run = make()
-                run_shard(plan_of(run, shards), self.shard_index, run, threats, data, device, row_label,
-                          self._provenance(run, device, shards), progress)
-            typer.echo(f"evaluated shard {self.shard_index} of {shards} -> {store.name}.units; merge with --merge "
-                       f"once every shard is")
-            return
-        if self.executor == "slurm" and not self.merge:
-            with _open_read_only(store) as main:
-                pending = sorted({i for make, _ in rows for i in plan_of(make(), shards).pending(main)})
-            if not pending:
-                typer.echo(f"every shard of {shards} is finished: nothing to submit")
-            else:
-                folder = store.with_name(store.name + ".units") / "slurm"
-                arguments = [(os.getcwd(), [*sys.argv[1:], "--executor", "slurm", "--shard-index", str(i)])
-                             for i in pending]
-                jobs = submit_array(run_shard_job, arguments, folder, self.cluster,
-                                    parse_submitit_parameters(self.slurm))
-                typer.echo(f"submitted {len(jobs)} shard jobs of {shards} (job {jobs[0].job_id}…; logs in {folder})")
-                if not self.wait:
-                    typer.echo("merge them once they are done: the same command with --merge instead of "
-                               "--executor slurm")
-                    return
-                wait_for(jobs, pending)
-        if self.executor == "local" and not self.merge:
-            for make, row_label in rows:
-                run = make()
-                plan = plan_of(run, shards)
-                with _open_read_only(store) as main:
-                    pending = plan.pending(main)
-                for index in pending:
-                    run_shard(plan, index, run, threats, data, device, row_label, self._provenance(run, device, 1),
-                              progress)
-        self._merge(rows, plan_of, shards, data, store, suite, complete)
-
-    def _torchrun(self, rows: list[Row], plan_of: Callable[[LoadedRun, int], ShardPlan], threats: list[Threat],
-                  data: LoadedDataset, store: Path, device: torch.device, progress: bool, suite: str,
-                  complete: bool) -> None:
-        """Rank r evaluates shards r, r + N, …; after a barrier rank 0 alone merges them into the store."""
-        from rome_bench.evaluation.executors import barrier, process_group, torchrun_rank
-        from rome_bench.evaluation.sharding import run_shard
-
-        rank, world, _ = torchrun_rank()  # type: ignore[misc]
-        shards = self.shards or world
-        with process_group():
-            for make, row_label in rows:
-                run = make()
-                plan = plan_of(run, shards)
-                for index in range(rank, shards, world):
-                    run_shard(plan, index, run, threats, data, device, row_label,
-                              self._provenance(run, device, world), progress and rank == 0)
-            barrier()
-            if rank == 0:
-                self._merge(rows, plan_of, shards, data, store, suite, complete)
-
-    def _merge(self, rows: list[Row], plan_of: Callable[[LoadedRun, int], ShardPlan], shards: int,
-               data: LoadedDataset, store: Path, suite: str, complete: bool) -> None:
-        """The single writer: every row's finished shards into the store, then its suite run and the leaderboard."""
-        from datetime import datetime, timezone
-
-        from rome_bench.evaluation.sharding import merge_shards
-        from rome_bench.evaluation.store import FULL, ResultStore
-
-        with ResultStore(store) as results:
-            for make, row_label in rows:
-                run = make()
-                plan = plan_of(run, shards)
-                units = merge_shards(plan, results, run, row_label)
-                if complete:
-                    results.record_suite_run(run.model_hash, suite, data.fingerprint, data.info.name,
-                                             list(plan.threat_keys), [i for ids in plan.shards for i in ids],
-                                             datetime.now(timezone.utc).isoformat(timespec="seconds"), FULL)
-                typer.echo(f"merged {units} units of {shards} shards of {row_label} on suite '{suite}' -> {store}")
-            if complete:
-                _print_leaderboard(results, suite, data.info.name, "md", [])
-            else:
-                typer.echo("only some threats were run: the suite's leaderboard row appears once all have been")
-
-    def _provenance(self, run: LoadedRun, device: torch.device, world_size: int) -> dict[str, object]:
-        from rome_bench.provenance import evaluation_provenance
-
-        return {**evaluation_provenance(run.model, device, world_size, self.executor), "shards": self.shards}
-
-
-def _open_read_only(store: Path) -> ResultStore | _NoStore:
-    """The main store opened for reading (shard workers and submitters never write it); a stand-in if it is absent."""
-    from rome_bench.evaluation.store import ResultStore
-
-    return ResultStore(store, read_only=True) if store.exists() else _NoStore()
-
-
-class _NoStore:
-    """An absent store: no results, nothing not applicable."""
-
-    def __enter__(self) -> _NoStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def stored_example_ids(self, *key: str) -> set[int]:
-        return set()
-
-    def not_applicable(self, *key: str) -> str | None:
-        return None
-
-
 def run_shard_job(cwd: str, argv: list[str]) -> None:
     """One Slurm array task: the eval command restricted to one shard (submitit pickles this function by name)."""
     os.chdir(cwd)
     app(argv, standalone_mode=False)
-
-
-def parse_submitit_parameters(assignments: list[str]) -> dict[str, object]:
-    from rome_bench.evaluation.executors import parse_submitit_parameters as parse
-
-    return parse(assignments)
 
 
 def route_variants(model: nn.Module, route_to_expert: str) -> list[str | None]:
@@ -636,9 +455,7 @@ def _print_leaderboard(results: ResultStore, suite: str, dataset: str | None, fo
                        references: list[str], costs: bool = False, out: Path | None = None,
                        detail: bool = False) -> None:
     from rome_bench.checkpoint import atomic_write_text
-    from rome_bench.evaluation.leaderboard import build_leaderboard
-    from rome_bench.evaluation.reference import load_reference
-    from rome_bench.evaluation.render import COST_FORMATS, PAGE_FORMATS, RENDERERS, output_path
+    from rome_bench.evaluation.render import COST_FORMATS, PAGE_FORMATS, RENDERERS, output_path, render_leaderboard
     from rome_bench.evaluation.suites import SUITES
 
     if format_ not in RENDERERS:
@@ -649,9 +466,7 @@ def _print_leaderboard(results: ResultStore, suite: str, dataset: str | None, fo
     if format_ in PAGE_FORMATS and out is None:
         raise ConfigError(f"--format {format_} writes a web page; give --out DIR (it writes DIR/index.html)")
     chosen = SUITES.get(suite).detailed() if detail else SUITES.get(suite)
-    reference_rows = [row for name in references for row in load_reference(name)]
-    rows = build_leaderboard(results, chosen, dataset, reference_rows)
-    text = RENDERERS[format_](rows, chosen, costs=costs, store=results)
+    text = render_leaderboard(results, chosen, dataset, format_, references, costs)
     if out is None:
         typer.echo(text)
         return

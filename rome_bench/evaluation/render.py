@@ -11,11 +11,13 @@ import csv
 import dataclasses
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from rome_bench.errors import ConfigError
 from rome_bench.evaluation.latex import render_latex
+from rome_bench.evaluation.leaderboard import build_leaderboard
 from rome_bench.evaluation.store import GatingScore, ResultStore
 from rome_bench.evaluation.suites import Suite
 from rome_bench.evaluation.table import (
@@ -153,6 +155,19 @@ RENDERERS: dict[str, Callable[..., str]] = {"md": _text(render_markdown), "csv":
                                             "html": _render_html}
 PAGE_FORMATS = frozenset({"html"})  # written as <out>/index.html (or <out> when it ends in .html); never printed
 COST_FORMATS = ("md", "csv", "json", "html")  # the formats that render --costs (tex follows the paper's tables)
+
+
+def render_leaderboard(store: ResultStore, suite: Suite, dataset: str | None = None, format_: str = "md",
+                       references: Sequence[str] = (), costs: bool = False) -> str:
+    """The leaderboard of ``suite`` in ``format_``: the rows measured in ``store`` (of ``dataset``, or every dataset)
+    and the rows of the ``references`` (paper tables, RobustBench's numbers), sorted by Union."""
+    from rome_bench.evaluation.reference import load_reference  # loads the model zoo's names: only when asked
+
+    if format_ not in RENDERERS:
+        raise ConfigError(f"unknown format '{format_}'; choose one of: {', '.join(RENDERERS)}")
+    reference_rows = [row for name in references for row in load_reference(name)]
+    rows = build_leaderboard(store, suite, dataset, reference_rows)
+    return RENDERERS[format_](rows, suite, costs=costs, store=store)
 
 
 def output_path(format_: str, out: Path) -> Path:

@@ -10,7 +10,9 @@
     results.union(["pgd-l1", "pgd-linf"])                          # per-example worst case over any threat subset
 
 ``benchmark`` runs exactly what ``rome-bench eval`` runs (the same suites, seeds, per-example store and resume:
-results already in the store are not recomputed), and ``rome-bench eval`` is built on the same functions. A bare
+results already in the store are not recomputed), and ``rome-bench eval`` is built on the same functions: it loads
+its model and test data with ``load_run_with_data`` (``--run``) or ``load_module_with_data`` (``--model``,
+``--model-file``). A bare
 ``nn.Module`` taking [0, 1] images is accepted too; its ε and dataset come from ``preset``.
 """
 
@@ -42,27 +44,65 @@ LONG_COLUMNS = ["model", "model_hash", "dataset", "threat", "threat_key", "colum
 
 
 def load_model(source: str | Path, weights: str | Path | None = None, preset: str = "cifar10",
-               device: str = "auto", model_dir: str | Path | None = None) -> LoadedRun:
+               device: str | torch.device = "auto", model_dir: str | Path | None = None) -> LoadedRun:
     """A model to benchmark: a run directory written by ``rome-bench train``; ``robustbench:<name>`` or
     ``robustbench:<threat_model>/<name>`` (RobustBench's zoo, checkpoints in ``model_dir``, RobustBench's layout);
     or ``FILE.py:Class`` / ``module:Class`` (an nn.Module taking [0, 1] images, with optional ``weights``). Zoo and
     module models are evaluated under ``preset``'s dataset and ε."""
-    from rome_bench.checkpoint import read_run_config
-    from rome_bench.data import load_dataset
-    from rome_bench.evaluation.runner import load_external_run, load_run
     from rome_bench.models.robustbench_zoo import is_zoo_source
 
-    torch_device = resolve_device(device)
+    torch_device = _device(device)
+    if not is_zoo_source(source) and Path(source).is_dir():
+        return load_run_with_data(source, torch_device)[0]
+    if not is_zoo_source(source) and ":" not in str(source):
+        raise ConfigError(f"model source '{source}' is neither a run directory nor FILE.py:Class / module:Class")
+    return load_module(source, weights, preset, torch_device, model_dir)
+
+
+def load_run_with_data(run_dir: str | Path, device: str | torch.device = "auto",
+                       data_dir: str | None = None) -> tuple[LoadedRun, LoadedDataset]:
+    """A run directory written by ``rome-bench train`` and the test split it is evaluated on: its config's dataset,
+    read from ``data_dir`` if given, else from where training read it (``rome-bench eval --run``)."""
+    from rome_bench.checkpoint import read_run_config
+    from rome_bench.data import load_dataset
+    from rome_bench.evaluation.runner import load_run
+
+    torch_device = _device(device)
+    config = read_run_config(Path(run_dir))
+    data = load_dataset(config.data.dataset, "test", data_dir or config.data.data_dir)
+    return load_run(Path(run_dir), data.info, torch_device), data
+
+
+def load_module(source: str | Path, weights: str | Path | None = None, preset: str = "cifar10",
+                device: str | torch.device = "auto", model_dir: str | Path | None = None) -> LoadedRun:
+    """A RobustBench zoo model (``robustbench:…``, checkpoints in ``model_dir``) or ``FILE.py:Class`` /
+    ``module:Class`` (with optional ``weights``), as a benchmarkable model under ``preset``'s dataset and ε."""
+    from rome_bench.evaluation.runner import load_external_run
+    from rome_bench.models.robustbench_zoo import is_zoo_source
+
+    torch_device = _device(device)
     if is_zoo_source(source):
         return load_zoo_run(str(source), preset, torch_device, model_dir)
-    path = Path(source)
-    if path.is_dir():
-        config = read_run_config(path)
-        info = load_dataset(config.data.dataset, "test", config.data.data_dir).info
-        return load_run(path, info, torch_device)
-    if ":" not in str(source):
-        raise ConfigError(f"model source '{source}' is neither a run directory nor FILE.py:Class / module:Class")
     return load_external_run(str(source), Path(weights) if weights else None, preset_config(preset), torch_device)
+
+
+def load_module_with_data(source: str | Path, weights: str | Path | None = None, preset: str = "cifar10",
+                          device: str | torch.device = "auto", model_dir: str | Path | None = None,
+                          data_dir: str | None = None) -> tuple[LoadedRun, LoadedDataset]:
+    """:func:`load_module` and the test split of ``preset``'s dataset, read from ``data_dir`` if given, else from the
+    preset's data dir (``rome-bench eval --model``, ``--model-file``). The data loads first: a missing dataset fails
+    before a zoo checkpoint is downloaded."""
+    from rome_bench.data import load_dataset
+
+    torch_device = _device(device)
+    config = preset_config(preset)
+    data = load_dataset(config.data.dataset, "test", data_dir or config.data.data_dir)
+    return load_module(source, weights, preset, torch_device, model_dir), data
+
+
+def _device(device: str | torch.device) -> torch.device:
+    """A device name resolved (``auto``: CUDA when available), or a torch device as it is (a torchrun rank's)."""
+    return device if isinstance(device, torch.device) else resolve_device(device)
 
 
 def load_zoo_run(source: str, preset: str, device: torch.device, model_dir: str | Path | None = None) -> LoadedRun:

@@ -229,7 +229,7 @@ def evaluate(
     )] = None,
 ) -> None:
     """Evaluate a trained run (or --model-file) on every threat of a suite; results go to the store per example."""
-    from rome_bench.api import default_label, evaluate_into, plan
+    from rome_bench.api import default_label, evaluate_into, load_module_with_data, load_run_with_data, plan
     from rome_bench.device import resolve_device
     from rome_bench.evaluation.runner import attack_precision, compiled_run, with_gating_variant
     from rome_bench.evaluation.sharding import ShardingRequest
@@ -256,7 +256,8 @@ def evaluate(
     arithmetic = attack_precision(precision, torch_device)  # an unknown precision fails before the model loads
     if gating_variant is not None and route_to_expert is not None:
         raise ConfigError("--gating-variant and --route-to-expert exclude each other: give one")
-    loaded, data = _load_model_and_data(run, model_file, weights, preset_name, data_dir, torch_device, model_dir)
+    loaded, data = (load_run_with_data(run, torch_device, data_dir) if run is not None else
+                    load_module_with_data(str(model_file), weights, preset_name, torch_device, model_dir, data_dir))
     if compile_backend is not None:
         loaded = compiled_run(loaded, compile_backend, batch_size)
     variants = route_variants(loaded.model, route_to_expert) if route_to_expert is not None else [gating_variant]
@@ -351,27 +352,6 @@ def _variant_suffix(variant: str | None) -> str:
 def _default_plot(run: Path | None, suite: str, dataset: str) -> Path:
     folder = run if run is not None else Path(".")
     return folder / "figures" / f"eps-sweep-{suite}-{dataset}.png"
-
-
-def _load_model_and_data(run: Path | None, model_file: str | None, weights: Path | None, preset_name: str,
-                         data_dir: str | None, device: object, model_dir: Path | None = None) -> tuple[object, object]:
-    """The model to evaluate (a run; a zoo or external module under a preset's dataset and ε) and its test data."""
-    from rome_bench.api import load_zoo_run, test_data
-    from rome_bench.checkpoint import read_run_config
-    from rome_bench.data import load_dataset
-    from rome_bench.evaluation.runner import load_external_run, load_run
-    from rome_bench.models.robustbench_zoo import is_zoo_source
-
-    if run is not None:
-        config = read_run_config(run)
-        data = load_dataset(config.data.dataset, "test", data_dir or config.data.data_dir)
-        return load_run(run, data.info, device), data  # type: ignore[arg-type]
-    if is_zoo_source(model_file):
-        loaded = load_zoo_run(str(model_file), preset_name, device, model_dir)  # type: ignore[arg-type]
-        return loaded, test_data(loaded, None, data_dir)
-    config = preset(preset_name)
-    data = load_dataset(config.data.dataset, "test", data_dir or config.data.data_dir)
-    return load_external_run(str(model_file), weights, config, device), data  # type: ignore[arg-type]
 
 
 def _eps_sweep(loaded: object, suite: str, threats: list[Threat], scales: list[float], data: object,
@@ -673,6 +653,7 @@ def analyze_gating(
 ) -> None:
     """Routing divergence and held-out threat classifier of a run's gates, stored for the leaderboard, plus the
     KDE (paper Fig. 3) and per-patch activation (Fig. 7) figures."""
+    from rome_bench.api import load_run_with_data
     from rome_bench.data import evaluation_indices
     from rome_bench.device import resolve_device
     from rome_bench.evaluation.gating_analysis import analyse_run, render_report
@@ -687,12 +668,12 @@ def analyze_gating(
         raise ConfigError("--map-images must be >= 0")
     chosen = SUITES.get(suite)
     torch_device = resolve_device(device)
-    loaded, data = _load_model_and_data(run, None, None, "cifar10", data_dir, torch_device)
-    ids = evaluation_indices(len(data.dataset), n_examples, seed)  # type: ignore[attr-defined]
-    threats = chosen.build(loaded.config.threats)  # type: ignore[attr-defined]
+    loaded, data = load_run_with_data(run, torch_device, data_dir)
+    ids = evaluation_indices(len(data.dataset), n_examples, seed)
+    threats = chosen.build(loaded.config.threats)
     with ResultStore(store or default_store()) as results:
-        report = analyse_run(loaded, chosen.name, threats, data, ids, results, batch_size,  # type: ignore[arg-type]
-                             torch_device, out or run / "figures", progress, seed, map_images)
+        report = analyse_run(loaded, chosen.name, threats, data, ids, results, batch_size, torch_device,
+                             out or run / "figures", progress, seed, map_images)
         typer.echo(render_report(report))
         typer.echo(f"score stored in {results.path}: the leaderboard's Routing div. and Gate clf. columns")
 

@@ -19,10 +19,8 @@ from rome_bench.errors import ConfigError, RomeBenchError
 from rome_bench.presets import PRESETS, preset
 
 if TYPE_CHECKING:  # the heavy modules are imported by the commands that need them
-    from torch import nn
 
     from rome_bench.evaluation.store import ResultStore
-    from rome_bench.threats import Threat
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
                   no_args_is_help=True, help="Train and evaluate models against multiple adversarial threats.")
@@ -231,10 +229,17 @@ def evaluate(
     """Evaluate a trained run (or --model-file) on every threat of a suite; results go to the store per example."""
     from rome_bench.api import default_label, evaluate_into, load_module_with_data, load_run_with_data, plan
     from rome_bench.device import resolve_device
-    from rome_bench.evaluation.runner import attack_precision, compiled_run, with_gating_variant
+    from rome_bench.evaluation.runner import (
+        attack_precision,
+        compiled_run,
+        route_variants,
+        variant_suffix,
+        with_gating_variant,
+    )
     from rome_bench.evaluation.sharding import ShardingRequest
-    from rome_bench.evaluation.store import ResultStore
-    from rome_bench.evaluation.suites import SUITES
+    from rome_bench.evaluation.store import ResultStore, default_store
+    from rome_bench.evaluation.suites import SUITES, with_corruptions_dir
+    from rome_bench.evaluation.sweep import default_plot_path, parse_scales, sweep_and_report
 
     if batch_size < 1:
         raise ConfigError("--batch-size must be >= 1")
@@ -267,7 +272,7 @@ def evaluate(
     with arithmetic:
         if sharding is not None:  # a gating variant is set on the shared model when its row's turn comes
             rows = [(partial(with_gating_variant, loaded, variant) if variant is not None else (lambda: loaded),
-                     (label or default_label(loaded)) + _variant_suffix(variant)) for variant in variants]
+                     (label or default_label(loaded)) + variant_suffix(variant)) for variant in variants]
             sharding.evaluate(rows, chosen_suite.name, threats, data, ids, store or default_store(), batch_size,
                               torch_device, progress, complete=not threat, echo=typer.echo, job=run_shard_job,
                               argv=sys.argv[1:])
@@ -275,10 +280,11 @@ def evaluate(
         with ResultStore(store or default_store()) as results:
             for variant in variants:
                 varied = loaded if variant is None else with_gating_variant(loaded, variant)
-                row_label = (label or default_label(loaded)) + _variant_suffix(variant)
+                row_label = (label or default_label(loaded)) + variant_suffix(variant)
                 if scales is not None:
-                    _eps_sweep(varied, chosen_suite.name, threats, scales, data, ids, results, batch_size, torch_device,
-                               row_label, progress, plot or _default_plot(run, chosen_suite.name, data.info.name))
+                    sweep_and_report(varied, chosen_suite.name, threats, scales, data, ids, results, batch_size,
+                                     torch_device, row_label, progress,
+                                     plot or default_plot_path(run, chosen_suite.name, data.info.name), typer.echo)
                     continue
                 evaluate_into(results, varied, chosen_suite.name, threats, data, ids, row_label, batch_size,
                               torch_device, progress, complete=not threat, union_only=union_only)
@@ -295,79 +301,6 @@ def run_shard_job(cwd: str, argv: list[str]) -> None:
     """One Slurm array task: the eval command restricted to one shard (submitit pickles this function by name)."""
     os.chdir(cwd)
     app(argv, standalone_mode=False)
-
-
-def route_variants(model: nn.Module, route_to_expert: str) -> list[str | None]:
-    """The fixed-expert variants ``--route-to-expert K|all`` asks for, checked against the model's gates."""
-    from rome_bench.models.gates import fixed_expert_variant, gating_modules
-
-    modules = gating_modules(model)
-    if not modules:
-        raise ConfigError("--route-to-expert needs a model with gates; this one has none "
-                          "(see rome-bench list families)")
-    experts = min(module.num_experts for module in modules)
-    if route_to_expert == "all":
-        return [fixed_expert_variant(k) for k in range(experts)]
-    if not route_to_expert.isdigit() or int(route_to_expert) >= experts:
-        raise ConfigError(f"--route-to-expert takes an expert index 0..{experts - 1} or 'all' "
-                          f"(got '{route_to_expert}')")
-    return [fixed_expert_variant(int(route_to_expert))]
-
-
-def with_corruptions_dir(threats: list[Threat], folder: Path) -> list[Threat]:
-    """The suite's threats with every corruption threat reading its images from ``folder`` (CIFAR-10-C files)."""
-    if not folder.is_dir():
-        raise ConfigError(f"--corruptions-dir {folder} is not a folder; give the folder of CIFAR-10-C's .npy files")
-    rebuilt = [type(t)(**{**t.params(), "corruptions_dir": str(folder)}) if "corruptions_dir" in t.params() else t
-               for t in threats]
-    if rebuilt == threats:
-        raise ConfigError("--corruptions-dir was given but the selected threats include no corruption threat")
-    return rebuilt
-
-
-MAX_EPS_SCALE = 100.0  # far beyond any sweep; NaN and infinity fail this range too
-
-
-def parse_scales(text: str) -> list[float]:
-    """'0.25,0.5,1' -> [0.25, 0.5, 1.0]; every scale must be a positive number, each given once."""
-    try:
-        scales = [float(part) for part in text.split(",") if part.strip()]
-    except ValueError as error:
-        raise ConfigError(f"--eps-scale takes comma-separated positive numbers, e.g. 0.5,1,2 (got '{text}')") from error
-    if not scales or not all(0 < scale <= MAX_EPS_SCALE for scale in scales) or len(set(scales)) != len(scales):
-        raise ConfigError(f"--eps-scale takes distinct numbers in (0, {MAX_EPS_SCALE:g}], e.g. 0.5,1,2 (got '{text}')")
-    return sorted(scales)
-
-
-def _variant_suffix(variant: str | None) -> str:
-    from rome_bench.models.gates import fixed_expert
-
-    if variant is None:
-        return ""
-    if (expert := fixed_expert(variant)) is not None:
-        return f" [expert {expert}]"
-    return " [experts removed]" if variant == "removed" else f" [{variant} gating]"
-
-
-def _default_plot(run: Path | None, suite: str, dataset: str) -> Path:
-    folder = run if run is not None else Path(".")
-    return folder / "figures" / f"eps-sweep-{suite}-{dataset}.png"
-
-
-def _eps_sweep(loaded: object, suite: str, threats: list[Threat], scales: list[float], data: object,
-               ids: list[int], results: ResultStore, batch_size: int, device: object, label: str, progress: bool,
-               plot_path: Path) -> None:
-    from rome_bench.evaluation.plots import plot_accuracy_vs_eps
-    from rome_bench.evaluation.sweep import render_sweep_table, run_eps_sweep, sweep_series
-
-    run_eps_sweep(loaded, suite, threats, scales, data, ids, results, batch_size, device, label,  # type: ignore[arg-type]
-                  progress)
-    series = sweep_series(results, loaded.model_hash, suite, data.fingerprint)  # type: ignore[attr-defined]
-    typer.echo(render_sweep_table(series))
-    written = plot_accuracy_vs_eps(series, plot_path, f"{label}: robust accuracy vs ε ({suite} suite)")
-    typer.echo(f"ε sweep of {label} ({len(ids)} examples, scales {scales}) -> {results.path}; plot -> {written}")
-    if any(point.flagged for points in series.values() for point in points):
-        typer.echo("warning: accuracy rose with ε for some threat (flagged above): the attack is unreliable there")
 
 
 @app.command()
@@ -426,6 +359,8 @@ def leaderboard(
 
 
 def _existing_store(store: Path | None) -> Path:
+    from rome_bench.evaluation.store import default_store
+
     if store is not None and not store.exists():
         raise RomeBenchError(f"results store {store} does not exist; run rome-bench eval --store {store} first")
     return store or default_store()
@@ -657,7 +592,7 @@ def analyze_gating(
     from rome_bench.data import evaluation_indices
     from rome_bench.device import resolve_device
     from rome_bench.evaluation.gating_analysis import analyse_run, render_report
-    from rome_bench.evaluation.store import ResultStore
+    from rome_bench.evaluation.store import ResultStore, default_store
     from rome_bench.evaluation.suites import SUITES
 
     if batch_size < 1:
@@ -676,12 +611,6 @@ def analyze_gating(
                              out or run / "figures", progress, seed, map_images)
         typer.echo(render_report(report))
         typer.echo(f"score stored in {results.path}: the leaderboard's Routing div. and Gate clf. columns")
-
-
-def default_store() -> Path:
-    from rome_bench.data import cache_dir
-
-    return cache_dir() / "results.sqlite"
 
 
 def _click_error_classes() -> tuple[type[Exception], type[Exception]]:

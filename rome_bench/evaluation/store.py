@@ -416,3 +416,10 @@ class ResultStore:
         if row is None:
             return None
         return GatingScore(*row[:8], per_layer=json.loads(row[8]), threats=json.loads(row[9]), created=row[10])
+
+
+def default_store() -> Path:
+    """The results store every command uses without --store: results.sqlite in the cache dir."""
+    from rome_bench.data import cache_dir
+
+    return cache_dir() / "results.sqlite"

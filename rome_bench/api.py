@@ -19,8 +19,9 @@ its model and test data with ``load_run_with_data`` (``--run``) or ``load_module
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +36,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from rome_bench.data import LoadedDataset
+    from rome_bench.evaluation.gating_analysis import GatingReport
     from rome_bench.evaluation.runner import LoadedRun
+    from rome_bench.evaluation.sharding import Row, ShardingRequest, ShardJob
     from rome_bench.evaluation.store import ResultStore, SuiteRun
     from rome_bench.evaluation.suites import Suite
     from rome_bench.threats import Threat
@@ -194,14 +197,17 @@ def test_data(loaded: LoadedRun, dataset: str | None = None, data_dir: str | Non
 
 
 def plan(loaded: LoadedRun, suite: Suite, data: LoadedDataset, n_examples: int | None = None,
-         only: Sequence[str] = ()) -> tuple[list[Threat], list[int]]:
-    """The threats (the suite's, or ``only`` some of them, clean always first) and the fixed seeded example ids."""
+         only: Sequence[str] = (), corruptions_dir: str | Path | None = None) -> tuple[list[Threat], list[int]]:
+    """The threats (the suite's, or ``only`` some of them, clean always first) and the fixed seeded example ids;
+    with ``corruptions_dir``, the corruption threats read CIFAR-10-C's .npy files from there instead of generating."""
     from rome_bench.data import evaluation_indices
+    from rome_bench.evaluation.suites import with_corruptions_dir
 
     if n_examples is not None and n_examples < 1:
         raise ConfigError("n_examples must be >= 1")
     ids = evaluation_indices(len(data.dataset), n_examples or loaded.config.data.eval_examples)
-    return select_threats(suite.build(loaded.config.threats), list(only), suite.name), ids
+    threats = select_threats(suite.build(loaded.config.threats), list(only), suite.name)
+    return (threats if corruptions_dir is None else with_corruptions_dir(threats, Path(corruptions_dir))), ids
 
 
 def evaluate_into(store: ResultStore, loaded: LoadedRun, suite: str, threats: list[Threat], data: LoadedDataset,
@@ -214,6 +220,54 @@ def evaluate_into(store: ResultStore, loaded: LoadedRun, suite: str, threats: li
         raise ConfigError("batch_size must be >= 1")
     evaluate_run(loaded, suite, threats, data, ids, store, batch_size, device or torch.device("cpu"), label,
                  progress, complete=complete, union_only=union_only)
+
+
+def variant_rows(loaded: LoadedRun, label: str | None = None, gating_variant: str | None = None,
+                 route_to_expert: str | None = None) -> list[Row]:
+    """The leaderboard rows to evaluate: the model as trained, or under an inference-time ``gating_variant``
+    (random, inverse, removed), or routed to one fixed expert (``route_to_expert`` K, or ``all``: one row each).
+    Each row is its model, made when the row's turn comes (a variant is set on the shared model), and its label
+    (``label`` or :func:`default_label`, plus the variant's suffix, e.g. `` [expert 2]``)."""
+    from rome_bench.evaluation.runner import route_variants, variant_suffix, with_gating_variant
+
+    variants = route_variants(loaded.model, route_to_expert) if route_to_expert is not None else [gating_variant]
+    base = label or default_label(loaded)
+    return [(partial(with_gating_variant, loaded, variant) if variant is not None else (lambda: loaded),
+             base + variant_suffix(variant)) for variant in variants]
+
+
+def evaluate_rows(rows: Sequence[Row], suite: Suite, threats: list[Threat], data: LoadedDataset, ids: list[int],
+                  store: Path, batch_size: int = 128, device: torch.device | None = None, progress: bool = True,
+                  complete: bool = True, union_only: bool = False, scales: list[float] | None = None,
+                  plot: Path | None = None, echo: Callable[[str], None] = print,
+                  sharding: ShardingRequest | None = None, job: ShardJob | None = None, argv: Sequence[str] = ()
+                  ) -> None:
+    """What ``rome-bench eval`` does: each row evaluated into ``store`` on the planned threats and examples, then
+    the suite's leaderboard (Markdown) through ``echo`` once ``complete``; with ``scales``, an ε sweep of each row
+    instead (its table, and its figure at ``plot``, by default in ./figures). With ``sharding``, the examples are
+    cut into shards that its executor evaluates (Slurm tasks run ``job(cwd, argv …)``), merged by one writer."""
+    from rome_bench.evaluation.render import render_leaderboard
+    from rome_bench.evaluation.store import ResultStore
+    from rome_bench.evaluation.sweep import default_plot_path, sweep_and_report
+
+    device = device or torch.device("cpu")
+    if sharding is not None:  # a gating variant is set on the shared model when its row's turn comes
+        sharding.evaluate(list(rows), suite.name, threats, data, ids, store, batch_size, device, progress, complete,
+                          echo=echo, job=job, argv=argv)
+        return
+    with ResultStore(store) as results:
+        for make, label in rows:
+            if scales is not None:
+                sweep_and_report(make(), suite.name, threats, scales, data, ids, results, batch_size, device, label,
+                                 progress, plot or default_plot_path(None, suite.name, data.info.name), echo)
+                continue
+            evaluate_into(results, make(), suite.name, threats, data, ids, label, batch_size, device, progress,
+                          complete=complete, union_only=union_only)
+            echo(f"evaluated {label} on suite '{suite.name}' ({len(ids)} examples) -> {results.path}")
+        if scales is None and not complete:
+            echo("only some threats were run: the suite's leaderboard row appears once all have been")
+        elif scales is None:
+            echo(render_leaderboard(results, suite, data.info.name))
 
 
 def select_threats(threats: list[Threat], names: list[str], suite: str) -> list[Threat]:
@@ -233,6 +287,74 @@ def select_threats(threats: list[Threat], names: list[str], suite: str) -> list[
 def threat_name(threat_key: str) -> str:
     """The registry name in a threat key (``pgd-linf:1a2b…`` -> ``pgd-linf``)."""
     return threat_key.rsplit(":", 1)[0]
+
+
+def analyse_gating(run: str | Path, suite: str = "seen", n_examples: int = 200, batch_size: int = 128,
+                   store: str | Path | None = None, out: str | Path | None = None, data_dir: str | None = None,
+                   device: str = "auto", map_images: int = 4, seed: int = 0, progress: bool = True
+                   ) -> tuple[GatingReport, Path]:
+    """``rome-bench analyze gating``: how a run's gates route the threats of ``suite`` on a seeded test subset
+    (routing divergence and held-out threat classifier, stored in ``store`` for the leaderboard; KDE and activation
+    map figures in ``out``, default RUN/figures). The report and the store's path."""
+    from rome_bench.data import evaluation_indices
+    from rome_bench.evaluation.gating_analysis import analyse_run
+    from rome_bench.evaluation.store import ResultStore, default_store
+    from rome_bench.evaluation.suites import SUITES
+
+    chosen = SUITES.get(suite)
+    torch_device = resolve_device(device)
+    loaded, data = load_run_with_data(run, torch_device, data_dir)
+    ids = evaluation_indices(len(data.dataset), n_examples, seed)
+    threats = chosen.build(loaded.config.threats)
+    with ResultStore(store or default_store()) as results:
+        report = analyse_run(loaded, chosen.name, threats, data, ids, results, batch_size, torch_device,
+                             Path(out or Path(run) / "figures"), progress, seed, map_images)
+    return report, results.path
+
+
+def plot_training(runs: Sequence[str | Path], out: str | Path = "training-curves.png") -> tuple[Path, list[str]]:
+    """``rome-bench plot training``: union robustness against training wall-clock time of runs trained with
+    ``train.eval_every`` (paper Fig. 8), drawn to ``out``; the figure's path and one summary line per run."""
+    from rome_bench.checkpoint import read_run_config, read_training_curve
+    from rome_bench.evaluation.plots import plot_training_curves
+
+    curves = {}
+    for run_dir in map(Path, runs):
+        records = read_training_curve(run_dir)
+        if not records:
+            raise ConfigError(f"{run_dir} has no training curve; train it with --eval-every N (e.g. 50)")
+        curves[f"{read_run_config(run_dir).method} ({run_dir.name})"] = records
+    written = plot_training_curves(curves, Path(out), "union robustness vs training time")
+    lasts = {label: records[-1] for label, records in curves.items()}
+    return written, [f"{label}: step {last['step']}, {last['wall_seconds'] / 60:.1f} min, union "
+                     f"{100 * last['accuracy']['union']:.1f}% (n={last['n']})" for label, last in lasts.items()]
+
+
+def list_entries(kind: str) -> list[str]:
+    """The lines ``rome-bench list KIND`` prints: each registered entry of a kind (threats, models, methods or
+    recipes, families, datasets, suites, presets) with its metadata; a suite's threats with their exact parameters
+    at the cifar10 preset's ε."""
+    from rome_bench.data import DATASETS
+    from rome_bench.evaluation.suites import SUITES
+    from rome_bench.models import FAMILIES, MODELS
+    from rome_bench.presets import PRESETS
+    from rome_bench.threats import THREATS
+    from rome_bench.training import recipes as _recipes  # noqa: F401  (registers the built-in recipes)
+    from rome_bench.training.recipe import RECIPES
+
+    if kind == "presets":
+        return list(PRESETS)
+    registries = {"threats": THREATS, "models": MODELS, "methods": RECIPES, "recipes": RECIPES, "families": FAMILIES,
+                  "datasets": DATASETS, "suites": SUITES}
+    if kind not in registries:
+        raise ConfigError(f"unknown kind '{kind}'; choose one of: {', '.join([*registries, 'presets'])}")
+    lines = []
+    for entry in registries[kind].entries():
+        details = ", ".join(f"{k}={v}" for k, v in entry.metadata.items())
+        lines.append(f"{entry.name:16s} {details}")
+        if kind == "suites":  # the exact parameters, at the cifar10 preset's ε
+            lines += [f"{'':16s}   {threat!r}" for threat in entry.obj.build(PRESETS["cifar10"]().threats)]
+    return lines
 
 
 @dataclass

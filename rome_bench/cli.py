@@ -8,22 +8,27 @@ from __future__ import annotations
 import os
 import sqlite3
 import sys
-from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from rome_bench.config import ROUTING_LOSSES as ROUTING_LOSS_NAMES
 from rome_bench.errors import ConfigError, RomeBenchError
-from rome_bench.presets import PRESETS, preset
-
-if TYPE_CHECKING:  # the heavy modules are imported by the commands that need them
-
-    from rome_bench.evaluation.store import ResultStore
+from rome_bench.presets import PRESETS
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
                   no_args_is_help=True, help="Train and evaluate models against multiple adversarial threats.")
+
+# Flags that several commands share, each declared once (typer copies an option's settings into every command).
+Store = Annotated[Path | None, typer.Option(help="SQLite results store (default: in the cache dir).")]
+Progress = Annotated[bool, typer.Option(help="Show progress bars.")]
+DEVICE = typer.Option(help="auto | cpu | cuda | cuda:N")
+N_EXAMPLES = typer.Option(help="Size of the fixed, seeded test subset.")
+BatchSize = Annotated[int, typer.Option()]
+TestDataDir = Annotated[str | None, typer.Option(help="Where the test data is, if not where training read it.")]
+Suite = Annotated[str, typer.Option(help="Threat suite, e.g. seen.")]
+DatasetFilter = Annotated[str | None, typer.Option(help="Only this dataset (e.g. cifar10, synthetic).")]
 
 
 def _flag_overrides(**flags: object) -> list[str]:
@@ -51,17 +56,14 @@ def train(
         help="Training recipe, optionally on a family: max, msd, ramp, … or rome+max (see rome-bench list methods)."
     )] = None,
     family: Annotated[str | None, typer.Option(
-        help="Model family: plain | rome | … (see rome-bench list families); overrides the --method prefix.")
-    ] = None,
+        help="Model family: plain | rome | … (see rome-bench list families); overrides the --method prefix.")] = None,
     train_attack: Annotated[str | None, typer.Option(
         help="ℓp training attack: pgd (the preset's steps) | apgd (threats.apgd_steps, best-loss iterate).")] = None,
     init: Annotated[str | None, typer.Option(
-        help="Fine-tune: start from a run directory or weights file (experts added to it start at B = 0).")
-    ] = None,
+        help="Fine-tune: start from a run directory or weights file (experts added to it start at B = 0).")] = None,
     preset_name: Annotated[str | None, typer.Option(
         "--preset", help=f"{' | '.join(PRESETS)}, or a family's (rome-bench list presets); default cifar10, "
-                         f"on --resume the run's",
-    )] = None,
+                         f"on --resume the run's")] = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<method>-<preset>).")] = None,
     dataset: Annotated[str | None, typer.Option(help="Dataset name (smoke uses synthetic).")] = None,
     data_dir: Annotated[str | None, typer.Option(help="Local data: folder or .tar.gz (see README).")] = None,
@@ -97,7 +99,7 @@ def train(
     eps_linf: Annotated[float | None, typer.Option()] = None,
     pretrained: Annotated[str | None, typer.Option(help="Local backbone weights to start from.")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
-    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
+    device: Annotated[str | None, DEVICE] = None,
     checkpoint_every: Annotated[int | None, typer.Option(help="Steps between checkpoints.")] = None,
     eval_every: Annotated[int | None, typer.Option(
         help="Every N steps, union robustness of train.eval_examples test images under the ℓp PGD, for "
@@ -105,16 +107,15 @@ def train(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Any config field: section.field=value.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
     force: Annotated[bool, typer.Option(help="Overwrite an existing run in --out.")] = False,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    progress: Progress = True,
     nproc: Annotated[int | None, typer.Option(
         help="Train data-parallel over N processes on this machine (one per GPU, or CPU processes with gloo): "
              "runs torchrun --standalone --nproc-per-node N; --batch-size stays the global batch.")] = None,
 ) -> None:
     """Train a model with a multi-perturbation adversarial training recipe."""
-    from rome_bench.checkpoint import read_run_config
     from rome_bench.models import build_family
     from rome_bench.training.distributed import launch_processes
-    from rome_bench.training.overrides import resolve_config
+    from rome_bench.training.overrides import train_config
     from rome_bench.training.trainer import Trainer, check_run_dir
 
     expert_switches = {"experts": experts, "num_experts": num_experts, "rank": rank,
@@ -133,14 +134,7 @@ def train(
         raise ConfigError("--resume and --force exclude each other: resume a run or overwrite it, not both")
     if resume and out is None:
         raise ConfigError("--resume needs --out DIR, the run directory to continue")
-    import rome_bench.models  # noqa: F401  (registers the families' presets)
-
-    base = preset(preset_name or "cifar10")
-    if resume and preset_name is None:
-        base = read_run_config(out)  # type: ignore[arg-type]
-    config = resolve_config(base, overrides + list(set_ or []))
-    if config.preset.startswith("finetune") and not config.model.init_from:
-        raise ConfigError(f"preset {config.preset} fine-tunes trained weights: give --init RUN_DIR or a weights file")
+    config = train_config(preset_name, overrides + list(set_ or []), out if resume else None)
     chosen_family = build_family(config.model)  # an unknown family or option fails here, before anything is written
     given = [f"--{name.replace('_', '-')}" for name, value in expert_switches.items() if value is not None]
     if given and not chosen_family.uses_rome_config:
@@ -165,7 +159,7 @@ def evaluate(
     suite: Annotated[str, typer.Option(help="Threat suite: seen (AutoAttack), seen-apgd, seen-pgd, ...")] = "seen",
     threat: Annotated[list[str] | None, typer.Option(
         help="Only this threat of the suite (repeatable); clean always runs. The leaderboard needs them all.")] = None,
-    n_examples: Annotated[int | None, typer.Option(help="Size of the fixed, seeded test subset.")] = None,
+    n_examples: Annotated[int | None, N_EXAMPLES] = None,
     union_only: Annotated[bool, typer.Option(
         help="Only the Union column: each threat attacks only the examples still robust to the earlier ones.")] = False,
     eps_scale: Annotated[str | None, typer.Option(
@@ -183,12 +177,12 @@ def evaluate(
     weights: Annotated[Path | None, typer.Option(help="Weights for --model-file (.safetensors or .pt).")] = None,
     preset_name: Annotated[str, typer.Option(
         "--preset", help="With --model-file / --model: the preset whose dataset and ε to use.")] = "cifar10",
-    store: Annotated[Path | None, typer.Option(help="SQLite results store (default: in the cache dir).")] = None,
-    batch_size: Annotated[int, typer.Option()] = 128,
-    data_dir: Annotated[str | None, typer.Option(help="Where the test data is, if not where training read it.")] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    store: Store = None,
+    batch_size: BatchSize = 128,
+    data_dir: TestDataDir = None,
+    device: Annotated[str, DEVICE] = "auto",
     label: Annotated[str | None, typer.Option(help="Row label in leaderboards (default: method + run name).")] = None,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    progress: Progress = True,
     corruptions_dir: Annotated[Path | None, typer.Option(
         help="Folder with the CIFAR-10-C .npy files: the corruption threats load them instead of generating.")] = None,
     gating_variant: Annotated[str | None, typer.Option(
@@ -227,19 +221,13 @@ def evaluate(
     )] = None,
 ) -> None:
     """Evaluate a trained run (or --model-file) on every threat of a suite; results go to the store per example."""
-    from rome_bench.api import default_label, evaluate_into, load_module_with_data, load_run_with_data, plan
+    from rome_bench.api import evaluate_rows, load_module_with_data, load_run_with_data, plan, variant_rows
     from rome_bench.device import resolve_device
-    from rome_bench.evaluation.runner import (
-        attack_precision,
-        compiled_run,
-        route_variants,
-        variant_suffix,
-        with_gating_variant,
-    )
+    from rome_bench.evaluation.runner import attack_precision, compiled_run
     from rome_bench.evaluation.sharding import ShardingRequest
-    from rome_bench.evaluation.store import ResultStore, default_store
-    from rome_bench.evaluation.suites import SUITES, with_corruptions_dir
-    from rome_bench.evaluation.sweep import default_plot_path, parse_scales, sweep_and_report
+    from rome_bench.evaluation.store import default_store
+    from rome_bench.evaluation.suites import SUITES
+    from rome_bench.evaluation.sweep import default_plot_path, parse_scales
 
     if batch_size < 1:
         raise ConfigError("--batch-size must be >= 1")
@@ -265,36 +253,12 @@ def evaluate(
                     load_module_with_data(str(model_file), weights, preset_name, torch_device, model_dir, data_dir))
     if compile_backend is not None:
         loaded = compiled_run(loaded, compile_backend, batch_size)
-    variants = route_variants(loaded.model, route_to_expert) if route_to_expert is not None else [gating_variant]
-    threats, ids = plan(loaded, chosen_suite, data, n_examples, threat or [])
-    if corruptions_dir is not None:
-        threats = with_corruptions_dir(threats, corruptions_dir)
+    rows = variant_rows(loaded, label, gating_variant, route_to_expert)
+    threats, ids = plan(loaded, chosen_suite, data, n_examples, threat or [], corruptions_dir)
     with arithmetic:
-        if sharding is not None:  # a gating variant is set on the shared model when its row's turn comes
-            rows = [(partial(with_gating_variant, loaded, variant) if variant is not None else (lambda: loaded),
-                     (label or default_label(loaded)) + variant_suffix(variant)) for variant in variants]
-            sharding.evaluate(rows, chosen_suite.name, threats, data, ids, store or default_store(), batch_size,
-                              torch_device, progress, complete=not threat, echo=typer.echo, job=run_shard_job,
-                              argv=sys.argv[1:])
-            return
-        with ResultStore(store or default_store()) as results:
-            for variant in variants:
-                varied = loaded if variant is None else with_gating_variant(loaded, variant)
-                row_label = (label or default_label(loaded)) + variant_suffix(variant)
-                if scales is not None:
-                    sweep_and_report(varied, chosen_suite.name, threats, scales, data, ids, results, batch_size,
-                                     torch_device, row_label, progress,
-                                     plot or default_plot_path(run, chosen_suite.name, data.info.name), typer.echo)
-                    continue
-                evaluate_into(results, varied, chosen_suite.name, threats, data, ids, row_label, batch_size,
-                              torch_device, progress, complete=not threat, union_only=union_only)
-                typer.echo(f"evaluated {row_label} on suite '{suite}' ({len(ids)} examples) -> {results.path}")
-            if scales is not None:
-                return
-            if threat:
-                typer.echo("only some threats were run: the suite's leaderboard row appears once all have been")
-                return
-            _print_leaderboard(results, chosen_suite.name, data.info.name, "md", [])
+        evaluate_rows(rows, chosen_suite, threats, data, ids, store or default_store(), batch_size, torch_device,
+                      progress, not threat, union_only, scales, plot or default_plot_path(run, suite, data.info.name),
+                      typer.echo, sharding, run_shard_job, sys.argv[1:])
 
 
 def run_shard_job(cwd: str, argv: list[str]) -> None:
@@ -308,39 +272,28 @@ def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo's runs and results store.")] = Path("runs/demo"),
     suite: Annotated[str, typer.Option(help="Suite to evaluate on: seen-pgd (fast), seen (AutoAttack), ...")
                      ] = "seen-pgd",
-    n_examples: Annotated[int, typer.Option(help="Size of the fixed, seeded test subset.")] = 200,
+    n_examples: Annotated[int, N_EXAMPLES] = 200,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Change the smoke preset for both runs: section.field=value (e.g. train.epochs=1).")] = None,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    progress: Progress = True,
 ) -> None:
     """The main job end to end on the embedded synthetic data: train MAX and RoME+MAX (smoke preset), evaluate
     both, print the leaderboard. Re-running continues where an interrupted demo stopped."""
-    from rome_bench.demo import describe, estimate_seconds, plan_demo, run_demo
+    from rome_bench.demo import demo as run_demo
 
-    plan = plan_demo(out, suite, n_examples, list(set_ or []))
-    typer.echo(describe(plan))
-    typer.echo(f"estimated time on this machine: about {_minutes(estimate_seconds(plan))} "
-               "(timed just now on one training step and one evaluation batch per model)")
-    text = run_demo(plan, progress, typer.echo)
-    typer.echo(text)
-    typer.echo(f"demo done: runs in {plan.out}, results in {plan.store_path} "
-               f"(rome-bench leaderboard --suite {plan.suite} --store {plan.store_path})")
-
-
-def _minutes(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+    run_demo(out, suite, n_examples, list(set_ or []), progress, typer.echo)
 
 
 @app.command()
 def leaderboard(
-    suite: Annotated[str, typer.Option(help="Threat suite, e.g. seen.")] = "seen",
+    suite: Suite = "seen",
     format_: Annotated[str, typer.Option("--format", help="md | csv | json | tex | html (a self-contained page: "
                                                           "give --out DIR, it writes DIR/index.html)")] = "md",
-    dataset: Annotated[str | None, typer.Option(help="Only this dataset (e.g. cifar10, synthetic).")] = None,
+    dataset: DatasetFilter = None,
     reference: Annotated[list[str] | None, typer.Option(
         help="Add rows reported by a paper, e.g. rome-paper-table1 (a name in leaderboards/ or a path), or "
              "RobustBench's numbers for a model: robustbench:[<dataset>/][Linf|L2|corruptions/]<name>.")] = None,
-    store: Annotated[Path | None, typer.Option(help="SQLite results store (default: in the cache dir).")] = None,
+    store: Store = None,
     costs: Annotated[bool, typer.Option(
         help="Add each threat's wall time and forward/backward passes (md, csv, json, html).")] = False,
     out: Annotated[Path | None, typer.Option(
@@ -350,44 +303,9 @@ def leaderboard(
     ] = False,
 ) -> None:
     """Print the leaderboard of a suite: per-threat, Avg and per-example Union accuracy, sorted by Union."""
-    from rome_bench.evaluation.store import ResultStore
-    from rome_bench.evaluation.suites import SUITES
+    from rome_bench.evaluation.render import publish_leaderboard
 
-    chosen = SUITES.get(suite)
-    with ResultStore(_existing_store(store)) as results:
-        _print_leaderboard(results, chosen.name, dataset, format_, list(reference or []), costs, out, detail)
-
-
-def _existing_store(store: Path | None) -> Path:
-    from rome_bench.evaluation.store import default_store
-
-    if store is not None and not store.exists():
-        raise RomeBenchError(f"results store {store} does not exist; run rome-bench eval --store {store} first")
-    return store or default_store()
-
-
-def _print_leaderboard(results: ResultStore, suite: str, dataset: str | None, format_: str,
-                       references: list[str], costs: bool = False, out: Path | None = None,
-                       detail: bool = False) -> None:
-    from rome_bench.checkpoint import atomic_write_text
-    from rome_bench.evaluation.render import COST_FORMATS, PAGE_FORMATS, RENDERERS, output_path, render_leaderboard
-    from rome_bench.evaluation.suites import SUITES
-
-    if format_ not in RENDERERS:
-        raise ConfigError(f"unknown format '{format_}'; choose one of: {', '.join(RENDERERS)}")
-    if costs and format_ not in COST_FORMATS:
-        raise ConfigError(f"--format {format_} has no cost columns (it follows the paper's tables); drop --costs, "
-                          f"or use --format {' | '.join(COST_FORMATS)} for them")
-    if format_ in PAGE_FORMATS and out is None:
-        raise ConfigError(f"--format {format_} writes a web page; give --out DIR (it writes DIR/index.html)")
-    chosen = SUITES.get(suite).detailed() if detail else SUITES.get(suite)
-    text = render_leaderboard(results, chosen, dataset, format_, references, costs)
-    if out is None:
-        typer.echo(text)
-        return
-    path = output_path(format_, out)
-    atomic_write_text(path, text if text.endswith("\n") else text + "\n")
-    typer.echo(f"leaderboard ({format_}) -> {path}")
+    typer.echo(publish_leaderboard(store, suite, dataset, format_, list(reference or []), costs, out, detail))
 
 
 @app.command()
@@ -397,63 +315,27 @@ def compare(
     suite: Annotated[str, typer.Option(help="Suite both sides were evaluated with, e.g. seen.")] = "seen",
     column: Annotated[str, typer.Option(help="union (per example, every threat) or one of the suite's columns.")
                       ] = "union",
-    store: Annotated[Path | None, typer.Option(help="SQLite results store (default: in the cache dir).")] = None,
+    store: Store = None,
     data_dir: Annotated[str | None, typer.Option(help="Where the runs' test data is.")] = None,
 ) -> None:
     """Paired difference a − b on the same examples: paired bootstrap 95% interval and McNemar per seed pair."""
-    import torch
+    from rome_bench.evaluation.paired import compare_runs
 
-    from rome_bench.checkpoint import read_run_config
-    from rome_bench.data import load_dataset
-    from rome_bench.evaluation.paired import common_vectors, paired_difference, render_difference, robust_by_example
-    from rome_bench.evaluation.runner import load_run
-    from rome_bench.evaluation.store import ResultStore
-    from rome_bench.evaluation.suites import SUITES
-
-    chosen = SUITES.get(suite)
-    runs = [*a, *b]
-    configs = [read_run_config(run) for run in runs]
-    datasets = {config.data.dataset for config in configs}
-    if len(datasets) != 1:
-        raise ConfigError(f"--a and --b runs must share one dataset; got {', '.join(sorted(datasets))}")
-    data = load_dataset(datasets.pop(), "test", data_dir)
-    cpu = torch.device("cpu")
-    with ResultStore(_existing_store(store)) as results:
-        per_model = [robust_by_example(results, chosen, load_run(run, data.info, cpu).model_hash, data.fingerprint,
-                                       column) for run in runs]
-    examples, vectors = common_vectors(per_model)
-    if not examples:
-        raise RomeBenchError("the runs have no evaluated examples in common; evaluate them on the same examples")
-    outcome = paired_difference(vectors[:len(a)], vectors[len(a):])
-    name_a, name_b = configs[0].method, configs[len(a)].method
-    if name_a == name_b:
-        name_a, name_b = "a", "b"
-    typer.echo(render_difference(name_a, name_b, column, outcome))
+    typer.echo(compare_runs(a, b, suite, column, store, data_dir))
 
 
 @app.command()
 def export(
     out: Annotated[Path, typer.Option(help="File to write, .csv (or .parquet, with pyarrow): one row per (model, "
                                            "example), one column per threat.")],
-    suite: Annotated[str, typer.Option(help="Threat suite, e.g. seen.")] = "seen",
-    dataset: Annotated[str | None, typer.Option(help="Only this dataset (e.g. cifar10, synthetic).")] = None,
-    store: Annotated[Path | None, typer.Option(help="SQLite results store (default: in the cache dir).")] = None,
+    suite: Suite = "seen",
+    dataset: DatasetFilter = None,
+    store: Store = None,
 ) -> None:
     """Export the per-example matrix (examples × threats, plus union) of every completed run, for pandas."""
-    from rome_bench.checkpoint import atomic_write_bytes, atomic_write_text
-    from rome_bench.evaluation.export import matrix_csv, matrix_parquet
-    from rome_bench.evaluation.store import ResultStore
-    from rome_bench.evaluation.suites import SUITES
+    from rome_bench.evaluation.export import export_matrix
 
-    chosen = SUITES.get(suite)
-    with ResultStore(_existing_store(store)) as results:
-        if out.suffix == ".parquet":
-            atomic_write_bytes(out, matrix_parquet(results, chosen, dataset))
-            typer.echo(f"per-example matrix -> {out} (pandas.read_parquet)")
-            return
-        text = matrix_csv(results, chosen, dataset)
-    atomic_write_text(out, text)
-    typer.echo(f"{text.count(chr(10)) - 1} example rows -> {out} (pandas.read_csv)")
+    typer.echo(export_matrix(out, suite, dataset, store))
 
 
 @app.command()
@@ -462,44 +344,17 @@ def check(
         help="Reference file, e.g. leaderboards/reference/synthetic-micro.json (or its name).")],
     store: Annotated[Path | None, typer.Option(help="Reuse this store (default: a fresh temporary one).")] = None,
     data_dir: Annotated[str | None, typer.Option(help="Where the checks' data is.")] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    device: Annotated[str, DEVICE] = "auto",
     update: Annotated[bool, typer.Option(help="Write the re-measured counts into the reference file.")] = False,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    progress: Progress = True,
 ) -> None:
     """Re-evaluate the referenced models and fail (exit 1) when a count moves beyond re-measurement noise
     (±max(2 examples, 0.5%))."""
-    import tempfile
+    from rome_bench.evaluation.regression import render_results, run_checks
 
-    from rome_bench.device import resolve_device
-    from rome_bench.evaluation.regression import (
-        check_fingerprint,
-        compare,
-        measure_check,
-        read_reference,
-        render_results,
-        updated_entry,
-        write_reference,
-    )
-    from rome_bench.evaluation.store import ResultStore
-
-    document = read_reference(reference)
-    base = Path(document["_path"]).parent
-    torch_device = resolve_device(device)
-    outcomes = []
-    with tempfile.TemporaryDirectory() as scratch, ResultStore(store or Path(scratch) / "check.sqlite") as results:
-        for index, entry in enumerate(document["checks"]):
-            row, fingerprint = measure_check(entry, base, results, torch_device, data_dir, progress)
-            if update:
-                document["checks"][index] = updated_entry(entry, row, fingerprint)
-                continue
-            check_fingerprint(entry, fingerprint)
-            if "correct" not in entry:
-                raise ConfigError(f"check {entry['name']} has no reference numbers yet; "
-                                  f"run rome-bench check --reference {reference} --update")
-            outcomes += compare(entry, row)
+    checks, outcomes = run_checks(reference, store, device, data_dir, update, progress)
     if update:
-        write_reference(document)
-        typer.echo(f"updated {len(document['checks'])} check(s) in {reference}")
+        typer.echo(f"updated {checks} check(s) in {reference}")
         return
     typer.echo(render_results(outcomes))
     failed = [outcome for outcome in outcomes if not outcome.passed]
@@ -510,33 +365,14 @@ def check(
 
 
 @app.command("list")
-def list_entries(
+def list_command(
     kind: Annotated[str, typer.Argument(
         help="threats | models | methods (= recipes) | families | datasets | suites | presets")],
 ) -> None:
     """List registered entries with their metadata."""
-    from rome_bench.data import DATASETS
-    from rome_bench.evaluation.suites import SUITES
-    from rome_bench.models import FAMILIES, MODELS
-    from rome_bench.presets import PRESETS
-    from rome_bench.threats import THREATS
-    from rome_bench.training import recipes as _recipes  # noqa: F401  (registers the built-in recipes)
-    from rome_bench.training.recipe import RECIPES
+    from rome_bench.api import list_entries
 
-    if kind == "presets":
-        for name in PRESETS:
-            typer.echo(name)
-        return
-    registries = {"threats": THREATS, "models": MODELS, "methods": RECIPES, "recipes": RECIPES, "families": FAMILIES,
-                  "datasets": DATASETS, "suites": SUITES}
-    if kind not in registries:
-        raise ConfigError(f"unknown kind '{kind}'; choose one of: {', '.join([*registries, 'presets'])}")
-    for entry in registries[kind].entries():
-        details = ", ".join(f"{k}={v}" for k, v in entry.metadata.items())
-        typer.echo(f"{entry.name:16s} {details}")
-        if kind == "suites":  # the exact parameters, at the cifar10 preset's ε
-            for threat in entry.obj.build(PRESETS["cifar10"]().threats):
-                typer.echo(f"{'':16s}   {threat!r}")
+    typer.echo("\n".join(list_entries(kind)))
 
 
 plot_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Figures from trained runs.")
@@ -549,21 +385,10 @@ def plot_training(
     out: Annotated[Path, typer.Option(help="Figure file (.png, .pdf or .svg).")] = Path("training-curves.png"),
 ) -> None:
     """Union robustness against training wall-clock time for several runs (paper Fig. 8)."""
-    from rome_bench.checkpoint import read_run_config, read_training_curve
-    from rome_bench.evaluation.plots import plot_training_curves
+    from rome_bench.api import plot_training
 
-    curves = {}
-    for run_dir in run:
-        records = read_training_curve(run_dir)
-        if not records:
-            raise ConfigError(f"{run_dir} has no training curve; train it with --eval-every N (e.g. 50)")
-        curves[f"{read_run_config(run_dir).method} ({run_dir.name})"] = records
-    written = plot_training_curves(curves, out, "union robustness vs training time")
-    for label, records in curves.items():
-        last = records[-1]
-        typer.echo(f"{label}: step {last['step']}, {last['wall_seconds'] / 60:.1f} min, union "
-                   f"{100 * last['accuracy']['union']:.1f}% (n={last['n']})")
-    typer.echo(f"training curves -> {written}")
+    written, lines = plot_training(run, out)
+    typer.echo("\n".join([*lines, f"training curves -> {written}"]))
 
 
 analyze_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
@@ -577,23 +402,19 @@ def analyze_gating(
     suite: Annotated[str, typer.Option(help="Threat suite whose threats are compared: seen, seen-pgd, ...")] = "seen",
     n_examples: Annotated[int, typer.Option(help="Size of the fixed, seeded test subset (half trains the "
                                                  "threat classifier, half tests it).")] = 200,
-    batch_size: Annotated[int, typer.Option()] = 128,
-    store: Annotated[Path | None, typer.Option(help="SQLite results store (default: in the cache dir).")] = None,
+    batch_size: BatchSize = 128,
+    store: Store = None,
     out: Annotated[Path | None, typer.Option(help="Folder for the figures (default: RUN/figures).")] = None,
-    data_dir: Annotated[str | None, typer.Option(help="Where the test data is, if not where training read it.")] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    data_dir: TestDataDir = None,
+    device: Annotated[str, DEVICE] = "auto",
     map_images: Annotated[int, typer.Option(help="Images in the per-patch activation map figure (0: none).")] = 4,
     seed: Annotated[int, typer.Option(help="Seeds the subset, the attacks and the classifier's split.")] = 0,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    progress: Progress = True,
 ) -> None:
     """Routing divergence and held-out threat classifier of a run's gates, stored for the leaderboard, plus the
     KDE (paper Fig. 3) and per-patch activation (Fig. 7) figures."""
-    from rome_bench.api import load_run_with_data
-    from rome_bench.data import evaluation_indices
-    from rome_bench.device import resolve_device
-    from rome_bench.evaluation.gating_analysis import analyse_run, render_report
-    from rome_bench.evaluation.store import ResultStore, default_store
-    from rome_bench.evaluation.suites import SUITES
+    from rome_bench.api import analyse_gating
+    from rome_bench.evaluation.gating_analysis import render_report
 
     if batch_size < 1:
         raise ConfigError("--batch-size must be >= 1")
@@ -601,26 +422,15 @@ def analyze_gating(
         raise ConfigError("--n-examples must be >= 2: half the examples train the threat classifier, half test it")
     if map_images < 0:
         raise ConfigError("--map-images must be >= 0")
-    chosen = SUITES.get(suite)
-    torch_device = resolve_device(device)
-    loaded, data = load_run_with_data(run, torch_device, data_dir)
-    ids = evaluation_indices(len(data.dataset), n_examples, seed)
-    threats = chosen.build(loaded.config.threats)
-    with ResultStore(store or default_store()) as results:
-        report = analyse_run(loaded, chosen.name, threats, data, ids, results, batch_size, torch_device,
-                             out or run / "figures", progress, seed, map_images)
-        typer.echo(render_report(report))
-        typer.echo(f"score stored in {results.path}: the leaderboard's Routing div. and Gate clf. columns")
-
-
-def _click_error_classes() -> tuple[type[Exception], type[Exception]]:
-    """(UsageError, ClickException) of the click that typer runs on (typer ≥ 0.2x vendors its own copy)."""
-    bases = {cls.__name__: cls for cls in typer.BadParameter.__mro__}
-    return bases["UsageError"], bases["ClickException"]
+    report, stored = analyse_gating(run, suite, n_examples, batch_size, store, out, data_dir, device, map_images, seed,
+                                    progress)
+    typer.echo(render_report(report))
+    typer.echo(f"score stored in {stored}: the leaderboard's Routing div. and Gate clf. columns")
 
 
 def main() -> None:
-    usage_error, click_exception = _click_error_classes()
+    bases = {cls.__name__: cls for cls in typer.BadParameter.__mro__}  # the click that typer runs on (or vendors)
+    usage_error, click_exception = bases["UsageError"], bases["ClickException"]
     try:
         code = app(standalone_mode=False)
     except usage_error as error:  # a bad flag or value: one line that names it

@@ -214,3 +214,21 @@ def run_demo(plan: DemoPlan, progress: bool = True, echo: Callable[[str], None] 
         echo(f"[{stages}/{stages}] leaderboard")
         rows = [row for row in build_leaderboard(results, suite, dataset) if row.model_hash in hashes]
         return RENDERERS["md"](rows, suite)
+
+
+def demo(out: Path, suite: str = DEMO_SUITE, n_examples: int = DEMO_EXAMPLES, overrides: list[str] | None = None,
+         progress: bool = True, echo: Callable[[str], None] = print) -> DemoPlan:
+    """``rome-bench demo``: plan, say what will happen and how long it should take here, run, and print the
+    leaderboard and where the runs and results are."""
+    plan = plan_demo(out, suite, n_examples, overrides)
+    echo(describe(plan))
+    echo(f"estimated time on this machine: about {_minutes(estimate_seconds(plan))} "
+         "(timed just now on one training step and one evaluation batch per model)")
+    echo(run_demo(plan, progress, echo))
+    echo(f"demo done: runs in {plan.out}, results in {plan.store_path} "
+         f"(rome-bench leaderboard --suite {plan.suite} --store {plan.store_path})")
+    return plan
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"

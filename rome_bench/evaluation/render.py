@@ -175,3 +175,31 @@ def output_path(format_: str, out: Path) -> Path:
     if format_ in PAGE_FORMATS and out.suffix != ".html":
         return out / "index.html"
     return out
+
+
+def publish_leaderboard(store: Path | None, suite: str, dataset: str | None = None, format_: str = "md",
+                        references: Sequence[str] = (), costs: bool = False, out: Path | None = None,
+                        detail: bool = False) -> str:
+    """``rome-bench leaderboard``: the suite's table (``detail``: pooled columns expanded into their threats) from
+    ``store`` (which must exist; None: the default store), to print, or written atomically to ``out`` (a page
+    format: into that directory), in which case where it went, in one line."""
+    from rome_bench.checkpoint import atomic_write_text
+    from rome_bench.evaluation.store import existing_store
+    from rome_bench.evaluation.suites import SUITES
+
+    chosen = SUITES.get(suite)
+    with ResultStore(existing_store(store)) as results:
+        if format_ not in RENDERERS:
+            raise ConfigError(f"unknown format '{format_}'; choose one of: {', '.join(RENDERERS)}")
+        if costs and format_ not in COST_FORMATS:
+            raise ConfigError(f"--format {format_} has no cost columns (it follows the paper's tables); drop "
+                              f"--costs, or use --format {' | '.join(COST_FORMATS)} for them")
+        if format_ in PAGE_FORMATS and out is None:
+            raise ConfigError(f"--format {format_} writes a web page; give --out DIR (it writes DIR/index.html)")
+        text = render_leaderboard(results, chosen.detailed() if detail else chosen, dataset, format_, references,
+                                  costs)
+        if out is None:
+            return text
+        path = output_path(format_, out)
+        atomic_write_text(path, text if text.endswith("\n") else text + "\n")
+    return f"leaderboard ({format_}) -> {path}"

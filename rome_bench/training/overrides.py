@@ -8,8 +8,10 @@ mean", before anything is written. This lives in ``training/`` because it reads 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rome_bench.config import RunConfig, apply_override, split_method, validate
-from rome_bench.errors import UnknownEntryError
+from rome_bench.errors import ConfigError, UnknownEntryError
 
 
 def resolve_config(base: RunConfig, assignments: list[str]) -> RunConfig:
@@ -42,3 +44,19 @@ def expand_method(assignment: str) -> list[str]:
                                 f"({', '.join(RECIPES.names())}), optionally on a family with experts (rome+max; "
                                 f"rome-bench list families)")
     return [f"train.recipe={recipe}", f"model.family={family}"]
+
+
+def train_config(preset_name: str | None, assignments: list[str], resume_dir: Path | None = None) -> RunConfig:
+    """The config a ``rome-bench train`` command line asks for: the preset (default cifar10; when resuming the run in
+    ``resume_dir`` without one, the run's saved config) with ``assignments`` applied by :func:`resolve_config`."""
+    import rome_bench.models  # noqa: F401  (registers the families' presets)
+    from rome_bench.checkpoint import read_run_config
+    from rome_bench.presets import preset
+
+    base = preset(preset_name or "cifar10")
+    if resume_dir is not None and preset_name is None:
+        base = read_run_config(resume_dir)
+    config = resolve_config(base, assignments)
+    if config.preset.startswith("finetune") and not config.model.init_from:
+        raise ConfigError(f"preset {config.preset} fine-tunes trained weights: give --init RUN_DIR or a weights file")
+    return config

@@ -1,4 +1,4 @@
-"""The ``rome-bench`` command: train, eval, leaderboard, list.
+"""The ``rome-bench`` command: its flags, parsed and handed to ``api.py`` or to the module that does the work.
 
 Every error a user can cause is a RomeBenchError: printed as one line ``error: …`` on stderr, exit code 2.
 """

@@ -241,10 +241,8 @@ def evaluate(
         raise ConfigError("--union-only and --eps-scale exclude each other: a sweep needs every threat's column")
     scales = parse_scales(eps_scale) if eps_scale else None
     chosen_suite = SUITES.get(suite)
-    sharding = ShardingRequest.from_flags(shards, executor, shard_index, merge, wait, slurm or [], cluster)
-    if sharding is not None and (union_only or scales is not None):
-        raise ConfigError("--union-only and --eps-scale run unsharded: drop --shards, --executor, --shard-index and "
-                          "--merge")
+    sharding = ShardingRequest.from_flags(shards, executor, shard_index, merge, wait, slurm or [], cluster,
+                                          unsharded_only=union_only or scales is not None)
     torch_device = resolve_device(device) if sharding is None else sharding.device(resolve_device(device))
     arithmetic = attack_precision(precision, torch_device)  # an unknown precision fails before the model loads
     if gating_variant is not None and route_to_expert is not None:

@@ -199,8 +199,9 @@ class ShardingRequest:
 
     @classmethod
     def from_flags(cls, shards: int | None, executor: str | None, shard_index: int | None, merge: bool, wait: bool,
-                   slurm: list[str], cluster: str) -> ShardingRequest | None:
-        """None for an unsharded evaluation (no sharding flag given, not under torchrun)."""
+                   slurm: list[str], cluster: str, unsharded_only: bool = False) -> ShardingRequest | None:
+        """None for an unsharded evaluation (no sharding flag given, not under torchrun); ``unsharded_only``: the
+        evaluation asked for runs unsharded only (--union-only, --eps-scale), so a sharding flag is an error."""
         chosen = executor or default_executor()
         if chosen not in EXECUTORS:
             raise ConfigError(f"--executor takes {' | '.join(EXECUTORS)} (got '{chosen}')")
@@ -221,6 +222,9 @@ class ShardingRequest:
             raise ConfigError("--shard-index evaluates one shard, --merge merges them all: give one of them")
         if shard_index is not None and shards is not None and not 0 <= shard_index < shards:
             raise ConfigError(f"--shard-index takes 0..{shards - 1} for --shards {shards} (got {shard_index})")
+        if unsharded_only:
+            raise ConfigError("--union-only and --eps-scale run unsharded: drop --shards, --executor, --shard-index "
+                              "and --merge")
         return cls(shards, chosen, shard_index, merge, wait, slurm, cluster)
 
     def device(self, device: torch.device) -> torch.device:

@@ -10,15 +10,18 @@
     results.union(["pgd-l1", "pgd-linf"])                          # per-example worst case over any threat subset
 
 ``benchmark`` runs exactly what ``rome-bench eval`` runs (the same suites, seeds, per-example store and resume:
-results already in the store are not recomputed), and ``rome-bench eval`` is built on the same functions. A bare
+results already in the store are not recomputed), and ``rome-bench eval`` is built on the same functions: it loads
+its model and test data with ``load_run_with_data`` (``--run``) or ``load_module_with_data`` (``--model``,
+``--model-file``). A bare
 ``nn.Module`` taking [0, 1] images is accepted too; its ε and dataset come from ``preset``.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +36,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from rome_bench.data import LoadedDataset
+    from rome_bench.evaluation.gating_analysis import GatingReport
     from rome_bench.evaluation.runner import LoadedRun
+    from rome_bench.evaluation.sharding import Row, ShardingRequest, ShardJob
     from rome_bench.evaluation.store import ResultStore, SuiteRun
     from rome_bench.evaluation.suites import Suite
     from rome_bench.threats import Threat
@@ -42,27 +47,65 @@ LONG_COLUMNS = ["model", "model_hash", "dataset", "threat", "threat_key", "colum
 
 
 def load_model(source: str | Path, weights: str | Path | None = None, preset: str = "cifar10",
-               device: str = "auto", model_dir: str | Path | None = None) -> LoadedRun:
+               device: str | torch.device = "auto", model_dir: str | Path | None = None) -> LoadedRun:
     """A model to benchmark: a run directory written by ``rome-bench train``; ``robustbench:<name>`` or
     ``robustbench:<threat_model>/<name>`` (RobustBench's zoo, checkpoints in ``model_dir``, RobustBench's layout);
     or ``FILE.py:Class`` / ``module:Class`` (an nn.Module taking [0, 1] images, with optional ``weights``). Zoo and
     module models are evaluated under ``preset``'s dataset and ε."""
-    from rome_bench.checkpoint import read_run_config
-    from rome_bench.data import load_dataset
-    from rome_bench.evaluation.runner import load_external_run, load_run
     from rome_bench.models.robustbench_zoo import is_zoo_source
 
-    torch_device = resolve_device(device)
+    torch_device = _device(device)
+    if not is_zoo_source(source) and Path(source).is_dir():
+        return load_run_with_data(source, torch_device)[0]
+    if not is_zoo_source(source) and ":" not in str(source):
+        raise ConfigError(f"model source '{source}' is neither a run directory nor FILE.py:Class / module:Class")
+    return load_module(source, weights, preset, torch_device, model_dir)
+
+
+def load_run_with_data(run_dir: str | Path, device: str | torch.device = "auto",
+                       data_dir: str | None = None) -> tuple[LoadedRun, LoadedDataset]:
+    """A run directory written by ``rome-bench train`` and the test split it is evaluated on: its config's dataset,
+    read from ``data_dir`` if given, else from where training read it (``rome-bench eval --run``)."""
+    from rome_bench.checkpoint import read_run_config
+    from rome_bench.data import load_dataset
+    from rome_bench.evaluation.runner import load_run
+
+    torch_device = _device(device)
+    config = read_run_config(Path(run_dir))
+    data = load_dataset(config.data.dataset, "test", data_dir or config.data.data_dir)
+    return load_run(Path(run_dir), data.info, torch_device), data
+
+
+def load_module(source: str | Path, weights: str | Path | None = None, preset: str = "cifar10",
+                device: str | torch.device = "auto", model_dir: str | Path | None = None) -> LoadedRun:
+    """A RobustBench zoo model (``robustbench:…``, checkpoints in ``model_dir``) or ``FILE.py:Class`` /
+    ``module:Class`` (with optional ``weights``), as a benchmarkable model under ``preset``'s dataset and ε."""
+    from rome_bench.evaluation.runner import load_external_run
+    from rome_bench.models.robustbench_zoo import is_zoo_source
+
+    torch_device = _device(device)
     if is_zoo_source(source):
         return load_zoo_run(str(source), preset, torch_device, model_dir)
-    path = Path(source)
-    if path.is_dir():
-        config = read_run_config(path)
-        info = load_dataset(config.data.dataset, "test", config.data.data_dir).info
-        return load_run(path, info, torch_device)
-    if ":" not in str(source):
-        raise ConfigError(f"model source '{source}' is neither a run directory nor FILE.py:Class / module:Class")
     return load_external_run(str(source), Path(weights) if weights else None, preset_config(preset), torch_device)
+
+
+def load_module_with_data(source: str | Path, weights: str | Path | None = None, preset: str = "cifar10",
+                          device: str | torch.device = "auto", model_dir: str | Path | None = None,
+                          data_dir: str | None = None) -> tuple[LoadedRun, LoadedDataset]:
+    """:func:`load_module` and the test split of ``preset``'s dataset, read from ``data_dir`` if given, else from the
+    preset's data dir (``rome-bench eval --model``, ``--model-file``). The data loads first: a missing dataset fails
+    before a zoo checkpoint is downloaded."""
+    from rome_bench.data import load_dataset
+
+    torch_device = _device(device)
+    config = preset_config(preset)
+    data = load_dataset(config.data.dataset, "test", data_dir or config.data.data_dir)
+    return load_module(source, weights, preset, torch_device, model_dir), data
+
+
+def _device(device: str | torch.device) -> torch.device:
+    """A device name resolved (``auto``: CUDA when available), or a torch device as it is (a torchrun rank's)."""
+    return device if isinstance(device, torch.device) else resolve_device(device)
 
 
 def load_zoo_run(source: str, preset: str, device: torch.device, model_dir: str | Path | None = None) -> LoadedRun:
@@ -154,14 +197,17 @@ def test_data(loaded: LoadedRun, dataset: str | None = None, data_dir: str | Non
 
 
 def plan(loaded: LoadedRun, suite: Suite, data: LoadedDataset, n_examples: int | None = None,
-         only: Sequence[str] = ()) -> tuple[list[Threat], list[int]]:
-    """The threats (the suite's, or ``only`` some of them, clean always first) and the fixed seeded example ids."""
+         only: Sequence[str] = (), corruptions_dir: str | Path | None = None) -> tuple[list[Threat], list[int]]:
+    """The threats (the suite's, or ``only`` some of them, clean always first) and the fixed seeded example ids;
+    with ``corruptions_dir``, the corruption threats read CIFAR-10-C's .npy files from there instead of generating."""
     from rome_bench.data import evaluation_indices
+    from rome_bench.evaluation.suites import with_corruptions_dir
 
     if n_examples is not None and n_examples < 1:
         raise ConfigError("n_examples must be >= 1")
     ids = evaluation_indices(len(data.dataset), n_examples or loaded.config.data.eval_examples)
-    return select_threats(suite.build(loaded.config.threats), list(only), suite.name), ids
+    threats = select_threats(suite.build(loaded.config.threats), list(only), suite.name)
+    return (threats if corruptions_dir is None else with_corruptions_dir(threats, Path(corruptions_dir))), ids
 
 
 def evaluate_into(store: ResultStore, loaded: LoadedRun, suite: str, threats: list[Threat], data: LoadedDataset,
@@ -174,6 +220,54 @@ def evaluate_into(store: ResultStore, loaded: LoadedRun, suite: str, threats: li
         raise ConfigError("batch_size must be >= 1")
     evaluate_run(loaded, suite, threats, data, ids, store, batch_size, device or torch.device("cpu"), label,
                  progress, complete=complete, union_only=union_only)
+
+
+def variant_rows(loaded: LoadedRun, label: str | None = None, gating_variant: str | None = None,
+                 route_to_expert: str | None = None) -> list[Row]:
+    """The leaderboard rows to evaluate: the model as trained, or under an inference-time ``gating_variant``
+    (random, inverse, removed), or routed to one fixed expert (``route_to_expert`` K, or ``all``: one row each).
+    Each row is its model, made when the row's turn comes (a variant is set on the shared model), and its label
+    (``label`` or :func:`default_label`, plus the variant's suffix, e.g. `` [expert 2]``)."""
+    from rome_bench.evaluation.runner import route_variants, variant_suffix, with_gating_variant
+
+    variants = route_variants(loaded.model, route_to_expert) if route_to_expert is not None else [gating_variant]
+    base = label or default_label(loaded)
+    return [(partial(with_gating_variant, loaded, variant) if variant is not None else (lambda: loaded),
+             base + variant_suffix(variant)) for variant in variants]
+
+
+def evaluate_rows(rows: Sequence[Row], suite: Suite, threats: list[Threat], data: LoadedDataset, ids: list[int],
+                  store: Path, batch_size: int = 128, device: torch.device | None = None, progress: bool = True,
+                  complete: bool = True, union_only: bool = False, scales: list[float] | None = None,
+                  plot: Path | None = None, echo: Callable[[str], None] = print,
+                  sharding: ShardingRequest | None = None, job: ShardJob | None = None, argv: Sequence[str] = ()
+                  ) -> None:
+    """What ``rome-bench eval`` does: each row evaluated into ``store`` on the planned threats and examples, then
+    the suite's leaderboard (Markdown) through ``echo`` once ``complete``; with ``scales``, an ε sweep of each row
+    instead (its table, and its figure at ``plot``, by default in ./figures). With ``sharding``, the examples are
+    cut into shards that its executor evaluates (Slurm tasks run ``job(cwd, argv …)``), merged by one writer."""
+    from rome_bench.evaluation.render import render_leaderboard
+    from rome_bench.evaluation.store import ResultStore
+    from rome_bench.evaluation.sweep import default_plot_path, sweep_and_report
+
+    device = device or torch.device("cpu")
+    if sharding is not None:  # a gating variant is set on the shared model when its row's turn comes
+        sharding.evaluate(list(rows), suite.name, threats, data, ids, store, batch_size, device, progress, complete,
+                          echo=echo, job=job, argv=argv)
+        return
+    with ResultStore(store) as results:
+        for make, label in rows:
+            if scales is not None:
+                sweep_and_report(make(), suite.name, threats, scales, data, ids, results, batch_size, device, label,
+                                 progress, plot or default_plot_path(None, suite.name, data.info.name), echo)
+                continue
+            evaluate_into(results, make(), suite.name, threats, data, ids, label, batch_size, device, progress,
+                          complete=complete, union_only=union_only)
+            echo(f"evaluated {label} on suite '{suite.name}' ({len(ids)} examples) -> {results.path}")
+        if scales is None and not complete:
+            echo("only some threats were run: the suite's leaderboard row appears once all have been")
+        elif scales is None:
+            echo(render_leaderboard(results, suite, data.info.name))
 
 
 def select_threats(threats: list[Threat], names: list[str], suite: str) -> list[Threat]:
@@ -193,6 +287,77 @@ def select_threats(threats: list[Threat], names: list[str], suite: str) -> list[
 def threat_name(threat_key: str) -> str:
     """The registry name in a threat key (``pgd-linf:1a2b…`` -> ``pgd-linf``)."""
     return threat_key.rsplit(":", 1)[0]
+
+
+def analyse_gating(run: str | Path, suite: str = "seen", n_examples: int = 200, batch_size: int = 128,
+                   store: str | Path | None = None, out: str | Path | None = None, data_dir: str | None = None,
+                   device: str = "auto", map_images: int = 4, seed: int = 0, progress: bool = True
+                   ) -> tuple[GatingReport, Path]:
+    """``rome-bench analyze gating``: how a run's gates route the threats of ``suite`` on a seeded test subset
+    (routing divergence and held-out threat classifier, stored in ``store`` for the leaderboard; KDE and activation
+    map figures in ``out``, default RUN/figures). The report and the store's path."""
+    from rome_bench.data import evaluation_indices
+    from rome_bench.evaluation.gating_analysis import analyse_run
+    from rome_bench.evaluation.store import ResultStore, default_store
+    from rome_bench.evaluation.suites import SUITES
+
+    chosen = SUITES.get(suite)
+    torch_device = resolve_device(device)
+    loaded, data = load_run_with_data(run, torch_device, data_dir)
+    ids = evaluation_indices(len(data.dataset), n_examples, seed)
+    threats = chosen.build(loaded.config.threats)
+    with ResultStore(store or default_store()) as results:
+        report = analyse_run(loaded, chosen.name, threats, data, ids, results, batch_size, torch_device,
+                             Path(out or Path(run) / "figures"), progress, seed, map_images)
+    return report, results.path
+
+
+def plot_training(runs: Sequence[str | Path], out: str | Path = "training-curves.png") -> tuple[Path, list[str]]:
+    """``rome-bench plot training``: union robustness against training wall-clock time of runs trained with
+    ``train.eval_every`` (paper Fig. 8), drawn to ``out``; the figure's path and one summary line per run."""
+    from rome_bench.checkpoint import read_run_config, read_training_curve
+    from rome_bench.evaluation.plots import plot_training_curves
+
+    curves = {}
+    for run_dir in map(Path, runs):
+        records = read_training_curve(run_dir)
+        if not records:
+            raise ConfigError(f"{run_dir} has no training curve; train it with --eval-every N (e.g. 50)")
+        curves[f"{read_run_config(run_dir).method} ({run_dir.name})"] = records
+    written = plot_training_curves(curves, Path(out), "union robustness vs training time")
+    lasts = {label: records[-1] for label, records in curves.items()}
+    return written, [f"{label}: step {last['step']}, {last['wall_seconds'] / 60:.1f} min, union "
+                     f"{100 * last['accuracy']['union']:.1f}% (n={last['n']})" for label, last in lasts.items()]
+
+
+def list_entries(kind: str) -> list[str]:
+    """The lines ``rome-bench list KIND`` prints: each registered entry of a kind (threats, models, methods or
+    recipes, families, routing-losses, datasets, suites, presets) with its metadata; a routing loss's default λ; a
+    suite's threats with their exact parameters at the cifar10 preset's ε."""
+    from rome_bench.data import DATASETS
+    from rome_bench.evaluation.suites import SUITES
+    from rome_bench.models import FAMILIES, MODELS
+    from rome_bench.presets import PRESETS
+    from rome_bench.threats import THREATS
+    from rome_bench.training import recipes as _recipes  # noqa: F401  (registers the built-in recipes)
+    from rome_bench.training.recipe import RECIPES
+    from rome_bench.training.routing import ROUTING_LOSSES
+
+    if kind == "presets":
+        return list(PRESETS)
+    registries = {"threats": THREATS, "models": MODELS, "methods": RECIPES, "recipes": RECIPES, "families": FAMILIES,
+                  "routing-losses": ROUTING_LOSSES, "datasets": DATASETS, "suites": SUITES}
+    if kind not in registries:
+        raise ConfigError(f"unknown kind '{kind}'; choose one of: {', '.join([*registries, 'presets'])}")
+    lines = []
+    for entry in registries[kind].entries():
+        extra = {"default_weight": entry.obj.default_weight} if kind == "routing-losses" else {}
+        metadata = {**entry.metadata, **extra}
+        details = ", ".join(f"{k}={v}" for k, v in metadata.items())
+        lines.append(f"{entry.name:16s} {details}")
+        if kind == "suites":  # the exact parameters, at the cifar10 preset's ε
+            lines += [f"{'':16s}   {threat!r}" for threat in entry.obj.build(PRESETS["cifar10"]().threats)]
+    return lines
 
 
 @dataclass

@@ -1,118 +1,33 @@
-"""The ``rome-bench`` command: train, eval, leaderboard, list.
+"""The ``rome-bench`` command: its flags, parsed and handed to ``api.py`` or to the module that does the work.
 
 Every error a user can cause is a RomeBenchError: printed as one line ``error: …`` on stderr, exit code 2.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
-from rome_bench.config import RunConfig, apply_override, validate
-from rome_bench.errors import ConfigError, RomeBenchError, UnknownEntryError
-from rome_bench.presets import PRESETS, preset
-
-if TYPE_CHECKING:  # the heavy modules are imported by the commands that need them
-    import torch
-    from torch import nn
-
-    from rome_bench.data import LoadedDataset
-    from rome_bench.evaluation.runner import LoadedRun
-    from rome_bench.evaluation.sharding import ShardPlan
-    from rome_bench.evaluation.store import ResultStore
-    from rome_bench.threats import Threat
+from rome_bench.errors import ConfigError, RomeBenchError
+from rome_bench.presets import PRESETS
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
                   no_args_is_help=True, help="Train and evaluate models against multiple adversarial threats.")
 
-
-def _flag_overrides(**flags: object) -> list[str]:
-    """Turn the named flags that were given into config overrides."""
-    paths = {
-        "method": "train.method", "family": "model.family", "train_attack": "train.attack",
-        "init": "model.init_from", "dataset": "data.dataset", "data_dir": "data.data_dir",
-        "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr",
-        "train_size": "data.train_size", "backbone": "model.backbone", "seed": "train.seed",
-        **{flag: f"model.options.{option}" for flag, option in FAMILY_OPTION_FLAGS.items()},
-        "device": "train.device", "checkpoint_every": "train.checkpoint_every", "eval_every": "train.eval_every",
-        "eps_l1": "threats.eps.l1",
-        "eps_l2": "threats.eps.l2", "eps_linf": "threats.eps.linf", "pretrained": "model.pretrained",
-    }
-    return [f"{paths[name]}={value}" for name, value in flags.items() if value is not None]
-
-
-# Flags that set a family's options (RoME's, the default family's: models/rome.py RomeOptions): flag -> option name
-FAMILY_OPTION_FLAGS = {
-    "experts": "expert_type", "num_experts": "num_experts", "top_k": "top_k", "rank": "rank",
-    "expert_layers": "targets", "gating": "gating", "beta_s": "beta_s", "beta_b": "beta_b",
-    "routing_loss": "routing_loss", "routing_weight": "routing_weight", "div_distance": "div_distance",
-    "div_projection": "div_projection",
-}
-
-
-def check_family_option_flags(given: list[str], family: str, recipe: str) -> None:
-    """A family-option flag the chosen family has no option for is one line naming the flag and the way out."""
-    import dataclasses
-
-    from rome_bench.models import FAMILIES
-
-    known = {f.name for f in dataclasses.fields(FAMILIES.get(family).Options)}
-    for flag in given:
-        option = FAMILY_OPTION_FLAGS[flag]
-        if option not in known:
-            raise ConfigError(f"--{flag.replace('_', '-')} sets model.options.{option}, which family '{family}' does "
-                              f"not have: use --method rome+<recipe> for RoME's experts, or set the family's own "
-                              f"options with --set model.options.NAME=VALUE")
-
-
-def resolve_config(base: RunConfig, assignments: list[str]) -> RunConfig:
-    """``base`` with the overrides applied in order; ``train.method=rome+max`` sets recipe and family at once.
-
-    ``model.options`` belong to ``model.family``: when the overrides change the family, the base's options are
-    dropped and only the options the overrides name are kept (another family starts from its own defaults).
-    """
-    config = base
-    for assignment in assignments:
-        for part in expand_method(assignment):
-            config = apply_override(config, part, check=False)
-    if config.model.family != base.model.family:  # the base's options are its family's: keep only those given
-        given = {path.split("=", 1)[0].strip().removeprefix("model.options.") for path in assignments}
-        kept = {name: value for name, value in config.model.options.items() if name in given}
-        config = apply_override(config, f"model.options={json.dumps(kept)}", check=False)
-    validate(config)
-    return config
-
-
-def expand_method(assignment: str) -> list[str]:
-    """``train.method=rome+max`` -> recipe ``max`` on family ``rome`` (a name without a family is the plain one)."""
-    path, _, value = assignment.partition("=")
-    if path.strip() != "train.method":
-        return [assignment]
-    from rome_bench.config import split_method
-    from rome_bench.models import FAMILIES
-    from rome_bench.training import recipes as _recipes  # noqa: F401  (registers the built-in recipes)
-    from rome_bench.training.recipe import RECIPES
-
-    recipe, family = split_method(value.strip(), FAMILIES.names())
-    if recipe not in RECIPES:  # fails here with 'did you mean', before anything is written
-        import difflib
-
-        known = [*RECIPES.names(), *(f"{f}+{r}" for f in FAMILIES.names() if f != "plain" for r in RECIPES.names())]
-        close = difflib.get_close_matches(value.strip(), known, n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        raise UnknownEntryError(f"unknown method '{value.strip()}': {hint}choose a recipe "
-                                f"({', '.join(RECIPES.names())}), optionally on a family with experts (rome+max; "
-                                f"rome-bench list families)")
-    return [f"train.recipe={recipe}", f"model.family={family}"]
+# Flags that several commands share, each declared once (typer copies an option's settings into every command).
+Store = Annotated[Path | None, typer.Option(help="SQLite results store (default: in the cache dir).")]
+Progress = Annotated[bool, typer.Option(help="Show progress bars.")]
+DEVICE = typer.Option(help="auto | cpu | cuda | cuda:N")
+N_EXAMPLES = typer.Option(help="Size of the fixed, seeded test subset.")
+BatchSize = Annotated[int, typer.Option()]
+TestDataDir = Annotated[str | None, typer.Option(help="Where the test data is, if not where training read it.")]
+Suite = Annotated[str, typer.Option(help="Threat suite, e.g. seen.")]
+DatasetFilter = Annotated[str | None, typer.Option(help="Only this dataset (e.g. cifar10, synthetic).")]
 
 
 @app.command()
@@ -121,17 +36,14 @@ def train(
         help="Training recipe, optionally on a family: max, msd, ramp, … or rome+max (see rome-bench list methods)."
     )] = None,
     family: Annotated[str | None, typer.Option(
-        help="Model family: plain | rome | … (see rome-bench list families); overrides the --method prefix.")
-    ] = None,
+        help="Model family: plain | rome | … (see rome-bench list families); overrides the --method prefix.")] = None,
     train_attack: Annotated[str | None, typer.Option(
         help="ℓp training attack: pgd (the preset's steps) | apgd (threats.apgd_steps, best-loss iterate).")] = None,
     init: Annotated[str | None, typer.Option(
-        help="Fine-tune: start from a run directory or weights file (experts added to it start at B = 0).")
-    ] = None,
+        help="Fine-tune: start from a run directory or weights file (experts added to it start at B = 0).")] = None,
     preset_name: Annotated[str | None, typer.Option(
         "--preset", help=f"{' | '.join(PRESETS)}, or a family's (rome-bench list presets); default cifar10, "
-                         f"on --resume the run's",
-    )] = None,
+                         f"on --resume the run's")] = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<method>-<preset>).")] = None,
     dataset: Annotated[str | None, typer.Option(help="Dataset name (smoke uses synthetic).")] = None,
     data_dir: Annotated[str | None, typer.Option(help="Local data: folder or .tar.gz (see README).")] = None,
@@ -156,8 +68,8 @@ def train(
     routing_loss: Annotated[str | None, typer.Option(
         help="A routing loss (rome-bench list routing-losses) or none (default diversification).")] = None,
     routing_weight: Annotated[float | None, typer.Option(
-        "--routing-weight", "--lambda", help="λ of the routing loss (default: the loss's own, e.g. 0.1 for "
-                                             "diversification, 0.5 for the balancing losses).")
+        "--routing-weight", "--lambda", help="λ of the routing loss (default: the loss's own; rome-bench list "
+                                             "routing-losses).")
     ] = None,
     div_distance: Annotated[str | None, typer.Option(
         help="Distance of the diversification loss: l2 | cosine | sym-kl | wasserstein1.")] = None,
@@ -168,7 +80,7 @@ def train(
     eps_linf: Annotated[float | None, typer.Option()] = None,
     pretrained: Annotated[str | None, typer.Option(help="Local backbone weights to start from.")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
-    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
+    device: Annotated[str | None, DEVICE] = None,
     checkpoint_every: Annotated[int | None, typer.Option(help="Steps between checkpoints.")] = None,
     eval_every: Annotated[int | None, typer.Option(
         help="Every N steps, union robustness of train.eval_examples test images under the ℓp PGD, for "
@@ -176,42 +88,38 @@ def train(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Any config field: section.field=value.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
     force: Annotated[bool, typer.Option(help="Overwrite an existing run in --out.")] = False,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    progress: Progress = True,
     nproc: Annotated[int | None, typer.Option(
         help="Train data-parallel over N processes on this machine (one per GPU, or CPU processes with gloo): "
              "runs torchrun --standalone --nproc-per-node N; --batch-size stays the global batch.")] = None,
 ) -> None:
     """Train a model with a multi-perturbation adversarial training recipe."""
-    from rome_bench.checkpoint import read_run_config
     from rome_bench.models.family import with_stored_options
+    from rome_bench.training.distributed import launch_processes
+    from rome_bench.training.overrides import (
+        check_family_option_flags,
+        family_option_assignments,
+        flag_assignments,
+        train_config,
+    )
     from rome_bench.training.trainer import Trainer, check_run_dir
 
-    expert_switches = {"experts": experts, "num_experts": num_experts, "rank": rank,
-                       "expert_layers": expert_layers or ("mlp" if experts == "ffn" else None), "gating": gating,
-                       "beta_s": beta_s, "beta_b": beta_b, "routing_loss": routing_loss,
-                       "routing_weight": routing_weight, "div_distance": div_distance,
-                       "div_projection": None if div_projection is None else str(div_projection).lower(),
-                       "top_k": top_k}
-    overrides = _flag_overrides(method=method, family=family, train_attack=train_attack, init=init, dataset=dataset,
-                                data_dir=data_dir, epochs=epochs,
-                                batch_size=batch_size, lr=lr, train_size=train_size, backbone=backbone,
-                                eps_l1=eps_l1, eps_l2=eps_l2, eps_linf=eps_linf, pretrained=pretrained, seed=seed,
-                                device=device, checkpoint_every=checkpoint_every, eval_every=eval_every,
-                                **expert_switches)
+    switches = {"experts": experts, "num_experts": num_experts, "rank": rank, "expert_layers": expert_layers,
+                "gating": gating, "beta_s": beta_s, "beta_b": beta_b, "routing_loss": routing_loss,
+                "routing_weight": routing_weight, "div_distance": div_distance, "div_projection": div_projection,
+                "top_k": top_k}
+    overrides = flag_assignments(method=method, family=family, train_attack=train_attack, init=init, dataset=dataset,
+                                 data_dir=data_dir, epochs=epochs, batch_size=batch_size, lr=lr,
+                                 train_size=train_size, backbone=backbone, eps_l1=eps_l1, eps_l2=eps_l2,
+                                 eps_linf=eps_linf, pretrained=pretrained, seed=seed, device=device,
+                                 checkpoint_every=checkpoint_every, eval_every=eval_every)
+    overrides += family_option_assignments(switches)
     if resume and force:
         raise ConfigError("--resume and --force exclude each other: resume a run or overwrite it, not both")
     if resume and out is None:
         raise ConfigError("--resume needs --out DIR, the run directory to continue")
-    import rome_bench.models  # noqa: F401  (registers the families' presets)
-
-    base = preset(preset_name or "cifar10")
-    if resume and preset_name is None:
-        base = read_run_config(out)  # type: ignore[arg-type]
-    config = resolve_config(base, overrides + list(set_ or []))
-    if config.preset.startswith("finetune") and not config.model.init_from:
-        raise ConfigError(f"preset {config.preset} fine-tunes trained weights: give --init RUN_DIR or a weights file")
-    check_family_option_flags([name for name, value in expert_switches.items() if value is not None],
-                              config.model.family, config.train.recipe)
+    config = train_config(preset_name, overrides + list(set_ or []), out if resume else None)
+    check_family_option_flags(switches, config.model.family, config.train.recipe)
     config = with_stored_options(config)  # an unknown family or option fails here, before anything is written
     run_dir = out or Path("runs") / f"{config.method}-{config.preset}"
     if nproc is not None and nproc < 1:
@@ -225,35 +133,13 @@ def train(
         typer.echo(f"trained {config.method} ({config.preset}) -> {final.parent}")
 
 
-def launch_processes(nproc: int, argv: list[str]) -> int:
-    """Run this command line again under torchrun with ``nproc`` local processes; returns its exit code."""
-    import subprocess
-
-    return subprocess.run(torchrun_command(nproc, argv), check=False).returncode
-
-
-def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
-    """``python -m torch.distributed.run --standalone --nproc-per-node=N -m rome_bench ARGV`` without --nproc."""
-    kept: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--nproc":
-            skip = True
-        elif not arg.startswith("--nproc="):
-            kept.append(arg)
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m",
-            "rome_bench", *kept]
-
-
 @app.command("eval")
 def evaluate(
     run: Annotated[Path | None, typer.Option(help="Run directory written by rome-bench train.")] = None,
     suite: Annotated[str, typer.Option(help="Threat suite: seen (AutoAttack), seen-apgd, seen-pgd, ...")] = "seen",
     threat: Annotated[list[str] | None, typer.Option(
         help="Only this threat of the suite (repeatable); clean always runs. The leaderboard needs them all.")] = None,
-    n_examples: Annotated[int | None, typer.Option(help="Size of the fixed, seeded test subset.")] = None,
+    n_examples: Annotated[int | None, N_EXAMPLES] = None,
     union_only: Annotated[bool, typer.Option(
         help="Only the Union column: each threat attacks only the examples still robust to the earlier ones.")] = False,
     eps_scale: Annotated[str | None, typer.Option(
@@ -271,12 +157,12 @@ def evaluate(
     weights: Annotated[Path | None, typer.Option(help="Weights for --model-file (.safetensors or .pt).")] = None,
     preset_name: Annotated[str, typer.Option(
         "--preset", help="With --model-file / --model: the preset whose dataset and ε to use.")] = "cifar10",
-    store: Annotated[Path | None, typer.Option(help="SQLite results store (default: in the cache dir).")] = None,
-    batch_size: Annotated[int, typer.Option()] = 128,
-    data_dir: Annotated[str | None, typer.Option(help="Where the test data is, if not where training read it.")] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    store: Store = None,
+    batch_size: BatchSize = 128,
+    data_dir: TestDataDir = None,
+    device: Annotated[str, DEVICE] = "auto",
     label: Annotated[str | None, typer.Option(help="Row label in leaderboards (default: method + run name).")] = None,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    progress: Progress = True,
     corruptions_dir: Annotated[Path | None, typer.Option(
         help="Folder with the CIFAR-10-C .npy files: the corruption threats load them instead of generating.")] = None,
     gating_variant: Annotated[str | None, typer.Option(
@@ -315,11 +201,13 @@ def evaluate(
     )] = None,
 ) -> None:
     """Evaluate a trained run (or --model-file) on every threat of a suite; results go to the store per example."""
-    from rome_bench.api import default_label, evaluate_into, plan
+    from rome_bench.api import evaluate_rows, load_module_with_data, load_run_with_data, plan, variant_rows
     from rome_bench.device import resolve_device
-    from rome_bench.evaluation.runner import attack_precision, compiled_run, with_gating_variant
-    from rome_bench.evaluation.store import ResultStore
+    from rome_bench.evaluation.runner import attack_precision, compiled_run
+    from rome_bench.evaluation.sharding import ShardingRequest
+    from rome_bench.evaluation.store import default_store
     from rome_bench.evaluation.suites import SUITES
+    from rome_bench.evaluation.sweep import default_plot_path, parse_scales
 
     if batch_size < 1:
         raise ConfigError("--batch-size must be >= 1")
@@ -333,216 +221,22 @@ def evaluate(
         raise ConfigError("--union-only and --eps-scale exclude each other: a sweep needs every threat's column")
     scales = parse_scales(eps_scale) if eps_scale else None
     chosen_suite = SUITES.get(suite)
-    sharding = ShardingRequest.from_flags(shards, executor, shard_index, merge, wait, slurm or [], cluster)
-    if sharding is not None and (union_only or scales is not None):
-        raise ConfigError("--union-only and --eps-scale run unsharded: drop --shards, --executor, --shard-index and "
-                          "--merge")
+    sharding = ShardingRequest.from_flags(shards, executor, shard_index, merge, wait, slurm or [], cluster,
+                                          unsharded_only=union_only or scales is not None)
     torch_device = resolve_device(device) if sharding is None else sharding.device(resolve_device(device))
     arithmetic = attack_precision(precision, torch_device)  # an unknown precision fails before the model loads
     if gating_variant is not None and route_to_expert is not None:
         raise ConfigError("--gating-variant and --route-to-expert exclude each other: give one")
-    loaded, data = _load_model_and_data(run, model_file, weights, preset_name, data_dir, torch_device, model_dir)
+    loaded, data = (load_run_with_data(run, torch_device, data_dir) if run is not None else
+                    load_module_with_data(str(model_file), weights, preset_name, torch_device, model_dir, data_dir))
     if compile_backend is not None:
         loaded = compiled_run(loaded, compile_backend, batch_size)
-    variants = route_variants(loaded.model, route_to_expert) if route_to_expert is not None else [gating_variant]
-    threats, ids = plan(loaded, chosen_suite, data, n_examples, threat or [])
-    if corruptions_dir is not None:
-        threats = with_corruptions_dir(threats, corruptions_dir)
+    rows = variant_rows(loaded, label, gating_variant, route_to_expert)
+    threats, ids = plan(loaded, chosen_suite, data, n_examples, threat or [], corruptions_dir)
     with arithmetic:
-        if sharding is not None:  # a gating variant is set on the shared model when its row's turn comes
-            rows = [(partial(with_gating_variant, loaded, variant) if variant is not None else (lambda: loaded),
-                     (label or default_label(loaded)) + _variant_suffix(variant)) for variant in variants]
-            sharding.evaluate(rows, chosen_suite.name, threats, data, ids, store or default_store(), batch_size,
-                              torch_device, progress, complete=not threat)
-            return
-        with ResultStore(store or default_store()) as results:
-            for variant in variants:
-                varied = loaded if variant is None else with_gating_variant(loaded, variant)
-                row_label = (label or default_label(loaded)) + _variant_suffix(variant)
-                if scales is not None:
-                    _eps_sweep(varied, chosen_suite.name, threats, scales, data, ids, results, batch_size, torch_device,
-                               row_label, progress, plot or _default_plot(run, chosen_suite.name, data.info.name))
-                    continue
-                evaluate_into(results, varied, chosen_suite.name, threats, data, ids, row_label, batch_size,
-                              torch_device, progress, complete=not threat, union_only=union_only)
-                typer.echo(f"evaluated {row_label} on suite '{suite}' ({len(ids)} examples) -> {results.path}")
-            if scales is not None:
-                return
-            if threat:
-                typer.echo("only some threats were run: the suite's leaderboard row appears once all have been")
-                return
-            _print_leaderboard(results, chosen_suite.name, data.info.name, "md", [])
-
-
-Row = tuple[Callable[[], "LoadedRun"], str]  # a leaderboard row: its model (made when its turn comes), label
-
-
-@dataclass(frozen=True)
-class ShardingRequest:
-    """The eval command's sharding flags, checked: how many shards, who evaluates them, and which step this is."""
-
-    shards: int | None
-    executor: str
-    shard_index: int | None
-    merge: bool
-    wait: bool
-    slurm: list[str]
-    cluster: str
-
-    @classmethod
-    def from_flags(cls, shards: int | None, executor: str | None, shard_index: int | None, merge: bool, wait: bool,
-                   slurm: list[str], cluster: str) -> ShardingRequest | None:
-        """None for an unsharded evaluation (no sharding flag given, not under torchrun)."""
-        from rome_bench.evaluation.executors import EXECUTORS, default_executor, torchrun_rank
-
-        chosen = executor or default_executor()
-        if chosen not in EXECUTORS:
-            raise ConfigError(f"--executor takes {' | '.join(EXECUTORS)} (got '{chosen}')")
-        if (wait or slurm) and chosen != "slurm":
-            raise ConfigError("--wait and --slurm go with --executor slurm")
-        if shards is None and shard_index is None and not merge and chosen == "local":
-            return None
-        if chosen == "torchrun" and torchrun_rank() is None:
-            raise ConfigError("--executor torchrun runs under torchrun: torchrun --nproc-per-node N -m rome_bench eval "
-                              "...")
-        if chosen == "torchrun" and (shard_index is not None or merge):
-            raise ConfigError("under torchrun the ranks evaluate and merge every shard: drop --shard-index and --merge")
-        if chosen != "torchrun" and shards is None:
-            raise ConfigError(f"--executor {chosen}, --shard-index and --merge need --shards N")
-        if shards is not None and shards < 1:
-            raise ConfigError("--shards must be >= 1")
-        if shard_index is not None and merge:
-            raise ConfigError("--shard-index evaluates one shard, --merge merges them all: give one of them")
-        if shard_index is not None and shards is not None and not 0 <= shard_index < shards:
-            raise ConfigError(f"--shard-index takes 0..{shards - 1} for --shards {shards} (got {shard_index})")
-        return cls(shards, chosen, shard_index, merge, wait, slurm, cluster)
-
-    def device(self, device: torch.device) -> torch.device:
-        """The device of this process: under torchrun, the rank's own GPU."""
-        from rome_bench.evaluation.executors import rank_device, torchrun_rank
-
-        launch = torchrun_rank()
-        return rank_device(device, launch[2]) if self.executor == "torchrun" and launch is not None else device
-
-    def evaluate(self, rows: list[Row], suite: str, threats: list[Threat], data: LoadedDataset, ids: list[int],
-                 store: Path, batch_size: int, device: torch.device, progress: bool, complete: bool) -> None:
-        """Evaluate the shards by this request's executor, then merge them (one writer), or do the one step asked."""
-        from rome_bench.evaluation.executors import submit_array, wait_for
-        from rome_bench.evaluation.sharding import ShardPlan, run_shard
-
-        def plan_of(run: LoadedRun, shards: int) -> ShardPlan:
-            return ShardPlan.cut(store, run.model_hash, threats, data.fingerprint, ids, shards, batch_size)
-
-        if self.executor == "torchrun":
-            self._torchrun(rows, plan_of, threats, data, store, device, progress, suite, complete)
-            return
-        shards = int(self.shards)  # type: ignore[arg-type]
-        if self.shard_index is not None:
-            for make, row_label in rows:
-                run = make()
-                run_shard(plan_of(run, shards), self.shard_index, run, threats, data, device, row_label,
-                          self._provenance(run, device, shards), progress)
-            typer.echo(f"evaluated shard {self.shard_index} of {shards} -> {store.name}.units; merge with --merge "
-                       f"once every shard is")
-            return
-        if self.executor == "slurm" and not self.merge:
-            with _open_read_only(store) as main:
-                pending = sorted({i for make, _ in rows for i in plan_of(make(), shards).pending(main)})
-            if not pending:
-                typer.echo(f"every shard of {shards} is finished: nothing to submit")
-            else:
-                folder = store.with_name(store.name + ".units") / "slurm"
-                arguments = [(os.getcwd(), [*sys.argv[1:], "--executor", "slurm", "--shard-index", str(i)])
-                             for i in pending]
-                jobs = submit_array(run_shard_job, arguments, folder, self.cluster,
-                                    parse_submitit_parameters(self.slurm))
-                typer.echo(f"submitted {len(jobs)} shard jobs of {shards} (job {jobs[0].job_id}…; logs in {folder})")
-                if not self.wait:
-                    typer.echo("merge them once they are done: the same command with --merge instead of "
-                               "--executor slurm")
-                    return
-                wait_for(jobs, pending)
-        if self.executor == "local" and not self.merge:
-            for make, row_label in rows:
-                run = make()
-                plan = plan_of(run, shards)
-                with _open_read_only(store) as main:
-                    pending = plan.pending(main)
-                for index in pending:
-                    run_shard(plan, index, run, threats, data, device, row_label, self._provenance(run, device, 1),
-                              progress)
-        self._merge(rows, plan_of, shards, data, store, suite, complete)
-
-    def _torchrun(self, rows: list[Row], plan_of: Callable[[LoadedRun, int], ShardPlan], threats: list[Threat],
-                  data: LoadedDataset, store: Path, device: torch.device, progress: bool, suite: str,
-                  complete: bool) -> None:
-        """Rank r evaluates shards r, r + N, …; after a barrier rank 0 alone merges them into the store."""
-        from rome_bench.evaluation.executors import barrier, process_group, torchrun_rank
-        from rome_bench.evaluation.sharding import run_shard
-
-        rank, world, _ = torchrun_rank()  # type: ignore[misc]
-        shards = self.shards or world
-        with process_group():
-            for make, row_label in rows:
-                run = make()
-                plan = plan_of(run, shards)
-                for index in range(rank, shards, world):
-                    run_shard(plan, index, run, threats, data, device, row_label,
-                              self._provenance(run, device, world), progress and rank == 0)
-            barrier()
-            if rank == 0:
-                self._merge(rows, plan_of, shards, data, store, suite, complete)
-
-    def _merge(self, rows: list[Row], plan_of: Callable[[LoadedRun, int], ShardPlan], shards: int,
-               data: LoadedDataset, store: Path, suite: str, complete: bool) -> None:
-        """The single writer: every row's finished shards into the store, then its suite run and the leaderboard."""
-        from datetime import datetime, timezone
-
-        from rome_bench.evaluation.sharding import merge_shards
-        from rome_bench.evaluation.store import FULL, ResultStore
-
-        with ResultStore(store) as results:
-            for make, row_label in rows:
-                run = make()
-                plan = plan_of(run, shards)
-                units = merge_shards(plan, results, run, row_label)
-                if complete:
-                    results.record_suite_run(run.model_hash, suite, data.fingerprint, data.info.name,
-                                             list(plan.threat_keys), [i for ids in plan.shards for i in ids],
-                                             datetime.now(timezone.utc).isoformat(timespec="seconds"), FULL)
-                typer.echo(f"merged {units} units of {shards} shards of {row_label} on suite '{suite}' -> {store}")
-            if complete:
-                _print_leaderboard(results, suite, data.info.name, "md", [])
-            else:
-                typer.echo("only some threats were run: the suite's leaderboard row appears once all have been")
-
-    def _provenance(self, run: LoadedRun, device: torch.device, world_size: int) -> dict[str, object]:
-        from rome_bench.provenance import evaluation_provenance
-
-        return {**evaluation_provenance(run.model, device, world_size, self.executor), "shards": self.shards}
-
-
-def _open_read_only(store: Path) -> ResultStore | _NoStore:
-    """The main store opened for reading (shard workers and submitters never write it); a stand-in if it is absent."""
-    from rome_bench.evaluation.store import ResultStore
-
-    return ResultStore(store, read_only=True) if store.exists() else _NoStore()
-
-
-class _NoStore:
-    """An absent store: no results, nothing not applicable."""
-
-    def __enter__(self) -> _NoStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def stored_example_ids(self, *key: str) -> set[int]:
-        return set()
-
-    def not_applicable(self, *key: str) -> str | None:
-        return None
+        evaluate_rows(rows, chosen_suite, threats, data, ids, store or default_store(), batch_size, torch_device,
+                      progress, not threat, union_only, scales, plot or default_plot_path(run, suite, data.info.name),
+                      typer.echo, sharding, run_shard_job, sys.argv[1:])
 
 
 def run_shard_job(cwd: str, argv: list[str]) -> None:
@@ -551,144 +245,33 @@ def run_shard_job(cwd: str, argv: list[str]) -> None:
     app(argv, standalone_mode=False)
 
 
-def parse_submitit_parameters(assignments: list[str]) -> dict[str, object]:
-    from rome_bench.evaluation.executors import parse_submitit_parameters as parse
-
-    return parse(assignments)
-
-
-def route_variants(model: nn.Module, route_to_expert: str) -> list[str | None]:
-    """The fixed-expert variants ``--route-to-expert K|all`` asks for, checked against the model's gates."""
-    from rome_bench.models.gates import fixed_expert_variant, gating_modules
-
-    modules = gating_modules(model)
-    if not modules:
-        raise ConfigError("--route-to-expert needs a model with gates; this one has none "
-                          "(see rome-bench list families)")
-    experts = min(module.num_experts for module in modules)
-    if route_to_expert == "all":
-        return [fixed_expert_variant(k) for k in range(experts)]
-    if not route_to_expert.isdigit() or int(route_to_expert) >= experts:
-        raise ConfigError(f"--route-to-expert takes an expert index 0..{experts - 1} or 'all' "
-                          f"(got '{route_to_expert}')")
-    return [fixed_expert_variant(int(route_to_expert))]
-
-
-def with_corruptions_dir(threats: list[Threat], folder: Path) -> list[Threat]:
-    """The suite's threats with every corruption threat reading its images from ``folder`` (CIFAR-10-C files)."""
-    if not folder.is_dir():
-        raise ConfigError(f"--corruptions-dir {folder} is not a folder; give the folder of CIFAR-10-C's .npy files")
-    rebuilt = [type(t)(**{**t.params(), "corruptions_dir": str(folder)}) if "corruptions_dir" in t.params() else t
-               for t in threats]
-    if rebuilt == threats:
-        raise ConfigError("--corruptions-dir was given but the selected threats include no corruption threat")
-    return rebuilt
-
-
-MAX_EPS_SCALE = 100.0  # far beyond any sweep; NaN and infinity fail this range too
-
-
-def parse_scales(text: str) -> list[float]:
-    """'0.25,0.5,1' -> [0.25, 0.5, 1.0]; every scale must be a positive number, each given once."""
-    try:
-        scales = [float(part) for part in text.split(",") if part.strip()]
-    except ValueError as error:
-        raise ConfigError(f"--eps-scale takes comma-separated positive numbers, e.g. 0.5,1,2 (got '{text}')") from error
-    if not scales or not all(0 < scale <= MAX_EPS_SCALE for scale in scales) or len(set(scales)) != len(scales):
-        raise ConfigError(f"--eps-scale takes distinct numbers in (0, {MAX_EPS_SCALE:g}], e.g. 0.5,1,2 (got '{text}')")
-    return sorted(scales)
-
-
-def _variant_suffix(variant: str | None) -> str:
-    from rome_bench.models.gates import fixed_expert
-
-    if variant is None:
-        return ""
-    if (expert := fixed_expert(variant)) is not None:
-        return f" [expert {expert}]"
-    return " [experts removed]" if variant == "removed" else f" [{variant} gating]"
-
-
-def _default_plot(run: Path | None, suite: str, dataset: str) -> Path:
-    folder = run if run is not None else Path(".")
-    return folder / "figures" / f"eps-sweep-{suite}-{dataset}.png"
-
-
-def _load_model_and_data(run: Path | None, model_file: str | None, weights: Path | None, preset_name: str,
-                         data_dir: str | None, device: object, model_dir: Path | None = None) -> tuple[object, object]:
-    """The model to evaluate (a run; a zoo or external module under a preset's dataset and ε) and its test data."""
-    from rome_bench.api import load_zoo_run, test_data
-    from rome_bench.checkpoint import read_run_config
-    from rome_bench.data import load_dataset
-    from rome_bench.evaluation.runner import load_external_run, load_run
-    from rome_bench.models.robustbench_zoo import is_zoo_source
-
-    if run is not None:
-        config = read_run_config(run)
-        data = load_dataset(config.data.dataset, "test", data_dir or config.data.data_dir)
-        return load_run(run, data.info, device), data  # type: ignore[arg-type]
-    if is_zoo_source(model_file):
-        loaded = load_zoo_run(str(model_file), preset_name, device, model_dir)  # type: ignore[arg-type]
-        return loaded, test_data(loaded, None, data_dir)
-    config = preset(preset_name)
-    data = load_dataset(config.data.dataset, "test", data_dir or config.data.data_dir)
-    return load_external_run(str(model_file), weights, config, device), data  # type: ignore[arg-type]
-
-
-def _eps_sweep(loaded: object, suite: str, threats: list[Threat], scales: list[float], data: object,
-               ids: list[int], results: ResultStore, batch_size: int, device: object, label: str, progress: bool,
-               plot_path: Path) -> None:
-    from rome_bench.evaluation.plots import plot_accuracy_vs_eps
-    from rome_bench.evaluation.sweep import render_sweep_table, run_eps_sweep, sweep_series
-
-    run_eps_sweep(loaded, suite, threats, scales, data, ids, results, batch_size, device, label,  # type: ignore[arg-type]
-                  progress)
-    series = sweep_series(results, loaded.model_hash, suite, data.fingerprint)  # type: ignore[attr-defined]
-    typer.echo(render_sweep_table(series))
-    written = plot_accuracy_vs_eps(series, plot_path, f"{label}: robust accuracy vs ε ({suite} suite)")
-    typer.echo(f"ε sweep of {label} ({len(ids)} examples, scales {scales}) -> {results.path}; plot -> {written}")
-    if any(point.flagged for points in series.values() for point in points):
-        typer.echo("warning: accuracy rose with ε for some threat (flagged above): the attack is unreliable there")
-
-
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo's runs and results store.")] = Path("runs/demo"),
     suite: Annotated[str, typer.Option(help="Suite to evaluate on: seen-pgd (fast), seen (AutoAttack), ...")
                      ] = "seen-pgd",
-    n_examples: Annotated[int, typer.Option(help="Size of the fixed, seeded test subset.")] = 200,
+    n_examples: Annotated[int, N_EXAMPLES] = 200,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Change the smoke preset for both runs: section.field=value (e.g. train.epochs=1).")] = None,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    progress: Progress = True,
 ) -> None:
     """The main job end to end on the embedded synthetic data: train MAX and RoME+MAX (smoke preset), evaluate
     both, print the leaderboard. Re-running continues where an interrupted demo stopped."""
-    from rome_bench.demo import describe, estimate_seconds, plan_demo, run_demo
+    from rome_bench.demo import demo as run_demo
 
-    plan = plan_demo(out, suite, n_examples, list(set_ or []))
-    typer.echo(describe(plan))
-    typer.echo(f"estimated time on this machine: about {_minutes(estimate_seconds(plan))} "
-               "(timed just now on one training step and one evaluation batch per model)")
-    text = run_demo(plan, progress, typer.echo)
-    typer.echo(text)
-    typer.echo(f"demo done: runs in {plan.out}, results in {plan.store_path} "
-               f"(rome-bench leaderboard --suite {plan.suite} --store {plan.store_path})")
-
-
-def _minutes(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+    run_demo(out, suite, n_examples, list(set_ or []), progress, typer.echo)
 
 
 @app.command()
 def leaderboard(
-    suite: Annotated[str, typer.Option(help="Threat suite, e.g. seen.")] = "seen",
+    suite: Suite = "seen",
     format_: Annotated[str, typer.Option("--format", help="md | csv | json | tex | html (a self-contained page: "
                                                           "give --out DIR, it writes DIR/index.html)")] = "md",
-    dataset: Annotated[str | None, typer.Option(help="Only this dataset (e.g. cifar10, synthetic).")] = None,
+    dataset: DatasetFilter = None,
     reference: Annotated[list[str] | None, typer.Option(
         help="Add rows reported by a paper, e.g. rome-paper-table1 (a name in leaderboards/ or a path), or "
              "RobustBench's numbers for a model: robustbench:[<dataset>/][Linf|L2|corruptions/]<name>.")] = None,
-    store: Annotated[Path | None, typer.Option(help="SQLite results store (default: in the cache dir).")] = None,
+    store: Store = None,
     costs: Annotated[bool, typer.Option(
         help="Add each threat's wall time and forward/backward passes (md, csv, json, html).")] = False,
     out: Annotated[Path | None, typer.Option(
@@ -698,46 +281,9 @@ def leaderboard(
     ] = False,
 ) -> None:
     """Print the leaderboard of a suite: per-threat, Avg and per-example Union accuracy, sorted by Union."""
-    from rome_bench.evaluation.store import ResultStore
-    from rome_bench.evaluation.suites import SUITES
+    from rome_bench.evaluation.render import publish_leaderboard
 
-    chosen = SUITES.get(suite)
-    with ResultStore(_existing_store(store)) as results:
-        _print_leaderboard(results, chosen.name, dataset, format_, list(reference or []), costs, out, detail)
-
-
-def _existing_store(store: Path | None) -> Path:
-    if store is not None and not store.exists():
-        raise RomeBenchError(f"results store {store} does not exist; run rome-bench eval --store {store} first")
-    return store or default_store()
-
-
-def _print_leaderboard(results: ResultStore, suite: str, dataset: str | None, format_: str,
-                       references: list[str], costs: bool = False, out: Path | None = None,
-                       detail: bool = False) -> None:
-    from rome_bench.checkpoint import atomic_write_text
-    from rome_bench.evaluation.leaderboard import build_leaderboard
-    from rome_bench.evaluation.reference import load_reference
-    from rome_bench.evaluation.render import COST_FORMATS, PAGE_FORMATS, RENDERERS, output_path
-    from rome_bench.evaluation.suites import SUITES
-
-    if format_ not in RENDERERS:
-        raise ConfigError(f"unknown format '{format_}'; choose one of: {', '.join(RENDERERS)}")
-    if costs and format_ not in COST_FORMATS:
-        raise ConfigError(f"--format {format_} has no cost columns (it follows the paper's tables); drop --costs, "
-                          f"or use --format {' | '.join(COST_FORMATS)} for them")
-    if format_ in PAGE_FORMATS and out is None:
-        raise ConfigError(f"--format {format_} writes a web page; give --out DIR (it writes DIR/index.html)")
-    chosen = SUITES.get(suite).detailed() if detail else SUITES.get(suite)
-    reference_rows = [row for name in references for row in load_reference(name)]
-    rows = build_leaderboard(results, chosen, dataset, reference_rows)
-    text = RENDERERS[format_](rows, chosen, costs=costs, store=results)
-    if out is None:
-        typer.echo(text)
-        return
-    path = output_path(format_, out)
-    atomic_write_text(path, text if text.endswith("\n") else text + "\n")
-    typer.echo(f"leaderboard ({format_}) -> {path}")
+    typer.echo(publish_leaderboard(store, suite, dataset, format_, list(reference or []), costs, out, detail))
 
 
 @app.command()
@@ -747,63 +293,27 @@ def compare(
     suite: Annotated[str, typer.Option(help="Suite both sides were evaluated with, e.g. seen.")] = "seen",
     column: Annotated[str, typer.Option(help="union (per example, every threat) or one of the suite's columns.")
                       ] = "union",
-    store: Annotated[Path | None, typer.Option(help="SQLite results store (default: in the cache dir).")] = None,
+    store: Store = None,
     data_dir: Annotated[str | None, typer.Option(help="Where the runs' test data is.")] = None,
 ) -> None:
     """Paired difference a − b on the same examples: paired bootstrap 95% interval and McNemar per seed pair."""
-    import torch
+    from rome_bench.evaluation.paired import compare_runs
 
-    from rome_bench.checkpoint import read_run_config
-    from rome_bench.data import load_dataset
-    from rome_bench.evaluation.paired import common_vectors, paired_difference, render_difference, robust_by_example
-    from rome_bench.evaluation.runner import load_run
-    from rome_bench.evaluation.store import ResultStore
-    from rome_bench.evaluation.suites import SUITES
-
-    chosen = SUITES.get(suite)
-    runs = [*a, *b]
-    configs = [read_run_config(run) for run in runs]
-    datasets = {config.data.dataset for config in configs}
-    if len(datasets) != 1:
-        raise ConfigError(f"--a and --b runs must share one dataset; got {', '.join(sorted(datasets))}")
-    data = load_dataset(datasets.pop(), "test", data_dir)
-    cpu = torch.device("cpu")
-    with ResultStore(_existing_store(store)) as results:
-        per_model = [robust_by_example(results, chosen, load_run(run, data.info, cpu).model_hash, data.fingerprint,
-                                       column) for run in runs]
-    examples, vectors = common_vectors(per_model)
-    if not examples:
-        raise RomeBenchError("the runs have no evaluated examples in common; evaluate them on the same examples")
-    outcome = paired_difference(vectors[:len(a)], vectors[len(a):])
-    name_a, name_b = configs[0].method, configs[len(a)].method
-    if name_a == name_b:
-        name_a, name_b = "a", "b"
-    typer.echo(render_difference(name_a, name_b, column, outcome))
+    typer.echo(compare_runs(a, b, suite, column, store, data_dir))
 
 
 @app.command()
 def export(
     out: Annotated[Path, typer.Option(help="File to write, .csv (or .parquet, with pyarrow): one row per (model, "
                                            "example), one column per threat.")],
-    suite: Annotated[str, typer.Option(help="Threat suite, e.g. seen.")] = "seen",
-    dataset: Annotated[str | None, typer.Option(help="Only this dataset (e.g. cifar10, synthetic).")] = None,
-    store: Annotated[Path | None, typer.Option(help="SQLite results store (default: in the cache dir).")] = None,
+    suite: Suite = "seen",
+    dataset: DatasetFilter = None,
+    store: Store = None,
 ) -> None:
     """Export the per-example matrix (examples × threats, plus union) of every completed run, for pandas."""
-    from rome_bench.checkpoint import atomic_write_bytes, atomic_write_text
-    from rome_bench.evaluation.export import matrix_csv, matrix_parquet
-    from rome_bench.evaluation.store import ResultStore
-    from rome_bench.evaluation.suites import SUITES
+    from rome_bench.evaluation.export import export_matrix
 
-    chosen = SUITES.get(suite)
-    with ResultStore(_existing_store(store)) as results:
-        if out.suffix == ".parquet":
-            atomic_write_bytes(out, matrix_parquet(results, chosen, dataset))
-            typer.echo(f"per-example matrix -> {out} (pandas.read_parquet)")
-            return
-        text = matrix_csv(results, chosen, dataset)
-    atomic_write_text(out, text)
-    typer.echo(f"{text.count(chr(10)) - 1} example rows -> {out} (pandas.read_csv)")
+    typer.echo(export_matrix(out, suite, dataset, store))
 
 
 @app.command()
@@ -812,44 +322,17 @@ def check(
         help="Reference file, e.g. leaderboards/reference/synthetic-micro.json (or its name).")],
     store: Annotated[Path | None, typer.Option(help="Reuse this store (default: a fresh temporary one).")] = None,
     data_dir: Annotated[str | None, typer.Option(help="Where the checks' data is.")] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    device: Annotated[str, DEVICE] = "auto",
     update: Annotated[bool, typer.Option(help="Write the re-measured counts into the reference file.")] = False,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    progress: Progress = True,
 ) -> None:
     """Re-evaluate the referenced models and fail (exit 1) when a count moves beyond re-measurement noise
     (±max(2 examples, 0.5%))."""
-    import tempfile
+    from rome_bench.evaluation.regression import render_results, run_checks
 
-    from rome_bench.device import resolve_device
-    from rome_bench.evaluation.regression import (
-        check_fingerprint,
-        compare,
-        measure_check,
-        read_reference,
-        render_results,
-        updated_entry,
-        write_reference,
-    )
-    from rome_bench.evaluation.store import ResultStore
-
-    document = read_reference(reference)
-    base = Path(document["_path"]).parent
-    torch_device = resolve_device(device)
-    outcomes = []
-    with tempfile.TemporaryDirectory() as scratch, ResultStore(store or Path(scratch) / "check.sqlite") as results:
-        for index, entry in enumerate(document["checks"]):
-            row, fingerprint = measure_check(entry, base, results, torch_device, data_dir, progress)
-            if update:
-                document["checks"][index] = updated_entry(entry, row, fingerprint)
-                continue
-            check_fingerprint(entry, fingerprint)
-            if "correct" not in entry:
-                raise ConfigError(f"check {entry['name']} has no reference numbers yet; "
-                                  f"run rome-bench check --reference {reference} --update")
-            outcomes += compare(entry, row)
+    checks, outcomes = run_checks(reference, store, device, data_dir, update, progress)
     if update:
-        write_reference(document)
-        typer.echo(f"updated {len(document['checks'])} check(s) in {reference}")
+        typer.echo(f"updated {checks} check(s) in {reference}")
         return
     typer.echo(render_results(outcomes))
     failed = [outcome for outcome in outcomes if not outcome.passed]
@@ -860,36 +343,14 @@ def check(
 
 
 @app.command("list")
-def list_entries(
+def list_command(
     kind: Annotated[str, typer.Argument(
         help="threats | models | methods (= recipes) | families | routing-losses | datasets | suites | presets")],
 ) -> None:
     """List registered entries with their metadata."""
-    from rome_bench.data import DATASETS
-    from rome_bench.evaluation.suites import SUITES
-    from rome_bench.models import FAMILIES, MODELS
-    from rome_bench.presets import PRESETS
-    from rome_bench.threats import THREATS
-    from rome_bench.training import recipes as _recipes  # noqa: F401  (registers the built-in recipes)
-    from rome_bench.training.recipe import RECIPES
-    from rome_bench.training.routing import ROUTING_LOSSES
+    from rome_bench.api import list_entries
 
-    if kind == "presets":
-        for name in PRESETS:
-            typer.echo(name)
-        return
-    registries = {"threats": THREATS, "models": MODELS, "methods": RECIPES, "recipes": RECIPES, "families": FAMILIES,
-                  "routing-losses": ROUTING_LOSSES, "datasets": DATASETS, "suites": SUITES}
-    if kind not in registries:
-        raise ConfigError(f"unknown kind '{kind}'; choose one of: {', '.join([*registries, 'presets'])}")
-    for entry in registries[kind].entries():
-        extra = {"default_weight": entry.obj.default_weight} if kind == "routing-losses" else {}
-        metadata = {**entry.metadata, **extra}
-        details = ", ".join(f"{k}={v}" for k, v in metadata.items())
-        typer.echo(f"{entry.name:16s} {details}")
-        if kind == "suites":  # the exact parameters, at the cifar10 preset's ε
-            for threat in entry.obj.build(PRESETS["cifar10"]().threats):
-                typer.echo(f"{'':16s}   {threat!r}")
+    typer.echo("\n".join(list_entries(kind)))
 
 
 plot_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Figures from trained runs.")
@@ -902,21 +363,10 @@ def plot_training(
     out: Annotated[Path, typer.Option(help="Figure file (.png, .pdf or .svg).")] = Path("training-curves.png"),
 ) -> None:
     """Union robustness against training wall-clock time for several runs (paper Fig. 8)."""
-    from rome_bench.checkpoint import read_run_config, read_training_curve
-    from rome_bench.evaluation.plots import plot_training_curves
+    from rome_bench.api import plot_training
 
-    curves = {}
-    for run_dir in run:
-        records = read_training_curve(run_dir)
-        if not records:
-            raise ConfigError(f"{run_dir} has no training curve; train it with --eval-every N (e.g. 50)")
-        curves[f"{read_run_config(run_dir).method} ({run_dir.name})"] = records
-    written = plot_training_curves(curves, out, "union robustness vs training time")
-    for label, records in curves.items():
-        last = records[-1]
-        typer.echo(f"{label}: step {last['step']}, {last['wall_seconds'] / 60:.1f} min, union "
-                   f"{100 * last['accuracy']['union']:.1f}% (n={last['n']})")
-    typer.echo(f"training curves -> {written}")
+    written, lines = plot_training(run, out)
+    typer.echo("\n".join([*lines, f"training curves -> {written}"]))
 
 
 analyze_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
@@ -930,22 +380,19 @@ def analyze_gating(
     suite: Annotated[str, typer.Option(help="Threat suite whose threats are compared: seen, seen-pgd, ...")] = "seen",
     n_examples: Annotated[int, typer.Option(help="Size of the fixed, seeded test subset (half trains the "
                                                  "threat classifier, half tests it).")] = 200,
-    batch_size: Annotated[int, typer.Option()] = 128,
-    store: Annotated[Path | None, typer.Option(help="SQLite results store (default: in the cache dir).")] = None,
+    batch_size: BatchSize = 128,
+    store: Store = None,
     out: Annotated[Path | None, typer.Option(help="Folder for the figures (default: RUN/figures).")] = None,
-    data_dir: Annotated[str | None, typer.Option(help="Where the test data is, if not where training read it.")] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    data_dir: TestDataDir = None,
+    device: Annotated[str, DEVICE] = "auto",
     map_images: Annotated[int, typer.Option(help="Images in the per-patch activation map figure (0: none).")] = 4,
     seed: Annotated[int, typer.Option(help="Seeds the subset, the attacks and the classifier's split.")] = 0,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    progress: Progress = True,
 ) -> None:
     """Routing divergence and held-out threat classifier of a run's gates, stored for the leaderboard, plus the
     KDE (paper Fig. 3) and per-patch activation (Fig. 7) figures."""
-    from rome_bench.data import evaluation_indices
-    from rome_bench.device import resolve_device
-    from rome_bench.evaluation.gating_analysis import analyse_run, render_report
-    from rome_bench.evaluation.store import ResultStore
-    from rome_bench.evaluation.suites import SUITES
+    from rome_bench.api import analyse_gating
+    from rome_bench.evaluation.gating_analysis import render_report
 
     if batch_size < 1:
         raise ConfigError("--batch-size must be >= 1")
@@ -953,32 +400,15 @@ def analyze_gating(
         raise ConfigError("--n-examples must be >= 2: half the examples train the threat classifier, half test it")
     if map_images < 0:
         raise ConfigError("--map-images must be >= 0")
-    chosen = SUITES.get(suite)
-    torch_device = resolve_device(device)
-    loaded, data = _load_model_and_data(run, None, None, "cifar10", data_dir, torch_device)
-    ids = evaluation_indices(len(data.dataset), n_examples, seed)  # type: ignore[attr-defined]
-    threats = chosen.build(loaded.config.threats)  # type: ignore[attr-defined]
-    with ResultStore(store or default_store()) as results:
-        report = analyse_run(loaded, chosen.name, threats, data, ids, results, batch_size,  # type: ignore[arg-type]
-                             torch_device, out or run / "figures", progress, seed, map_images)
-        typer.echo(render_report(report))
-        typer.echo(f"score stored in {results.path}: the leaderboard's Routing div. and Gate clf. columns")
-
-
-def default_store() -> Path:
-    from rome_bench.data import cache_dir
-
-    return cache_dir() / "results.sqlite"
-
-
-def _click_error_classes() -> tuple[type[Exception], type[Exception]]:
-    """(UsageError, ClickException) of the click that typer runs on (typer ≥ 0.2x vendors its own copy)."""
-    bases = {cls.__name__: cls for cls in typer.BadParameter.__mro__}
-    return bases["UsageError"], bases["ClickException"]
+    report, stored = analyse_gating(run, suite, n_examples, batch_size, store, out, data_dir, device, map_images, seed,
+                                    progress)
+    typer.echo(render_report(report))
+    typer.echo(f"score stored in {stored}: the leaderboard's Routing div. and Gate clf. columns")
 
 
 def main() -> None:
-    usage_error, click_exception = _click_error_classes()
+    bases = {cls.__name__: cls for cls in typer.BadParameter.__mro__}  # the click that typer runs on (or vendors)
+    usage_error, click_exception = bases["UsageError"], bases["ClickException"]
     try:
         code = app(standalone_mode=False)
     except usage_error as error:  # a bad flag or value: one line that names it

@@ -26,7 +26,7 @@ from rome_bench.checkpoint import (
     load_tensors_with_sidecar,
     read_run_config,
 )
-from rome_bench.config import RunConfig, apply_override, validate
+from rome_bench.config import RunConfig
 from rome_bench.data import evaluation_indices, fetch_batch, load_dataset
 from rome_bench.device import resolve_device
 from rome_bench.errors import CheckpointError, ConfigError
@@ -35,8 +35,9 @@ from rome_bench.evaluation.store import ResultStore
 from rome_bench.evaluation.suites import SUITES
 from rome_bench.models import create_model
 from rome_bench.presets import preset
-from rome_bench.training.optim import build_optimizer
-from rome_bench.training.recipe import Batch, StepContext, build_recipe
+from rome_bench.training.distributed import Distributed
+from rome_bench.training.overrides import resolve_config
+from rome_bench.training.recipe import Batch
 from rome_bench.training.trainer import Trainer, train_step
 
 DEMO_METHODS: dict[str, tuple[str, str]] = {"max": ("max", "plain"), "rome+max": ("max", "rome")}  # recipe, family
@@ -72,12 +73,8 @@ def plan_demo(out: Path, suite: str = DEMO_SUITE, n_examples: int = DEMO_EXAMPLE
         raise ConfigError("--n-examples must be >= 1")
     configs = {}
     for method, (recipe, family) in DEMO_METHODS.items():
-        config = preset(DEMO_PRESET)
-        for assignment in [*(overrides or []), f"train.recipe={recipe}", f"model.family={family}"]:
-            config = apply_override(config, assignment, check=False)
-        if family != preset(DEMO_PRESET).model.family:  # the preset's options are its family's (RoME's)
-            config = apply_override(config, "model.options={}", check=False)
-        validate(config)
+        config = resolve_config(preset(DEMO_PRESET), [*(overrides or []), f"train.recipe={recipe}",
+                                                      f"model.family={family}"])
         if run_state(out / method) != "new" and read_run_config(out / method).to_dict() != config.to_dict():
             raise CheckpointError(f"{out / method} holds a {method} run with other settings than this demo's; give "
                                   f"another --out, the same --set flags as before, or delete {out / method}")
@@ -103,20 +100,18 @@ def total_steps(config: RunConfig) -> int:
     return config.train.epochs * -(-train_size // config.train.batch_size)
 
 
-def time_training_step(config: RunConfig) -> float:
-    """Seconds of one training step of ``config``'s method on a fresh model (the second of two, after warm-up)."""
-    recipe = build_recipe(config.train.recipe, config.train.options, config.threats, config.train.attack)
-    device = resolve_device(config.train.device)
+def time_training_step(config: RunConfig, run_dir: Path) -> float:
+    """Seconds of one training step of ``config``'s method on a fresh model (the second of two, after warm-up),
+    set up as the trainer of ``run_dir`` sets it up (routing loss included); nothing is written."""
+    trainer = Trainer(config, run_dir, progress=False, distributed=Distributed())
+    device = trainer.device
     data = load_dataset(config.data.dataset, "train", config.data.data_dir, size=config.train.batch_size)
-    model = create_model(config.model, data.info).to(device)
-    parameters = recipe.parameters(model)
-    optimizer = build_optimizer(parameters, config.train)
-    ctx = StepContext(model, parameters, None)
+    _, optimizer, ctx = trainer.setup(data)
     images, labels = (t.to(device) for t in fetch_batch(data.dataset, list(range(len(data.dataset)))))
     elapsed = 0.0
     for step in range(2):
         started = time.perf_counter()
-        train_step(recipe, ctx, optimizer, Batch(images, labels, step, 0))
+        train_step(trainer.recipe, ctx, optimizer, Batch(images, labels, step, 0))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         elapsed = time.perf_counter() - started
@@ -165,7 +160,7 @@ def estimate_seconds(plan: DemoPlan) -> float:
         state = run_state(run_dir)
         if state != "done":
             remaining = total_steps(config) - (steps_done(run_dir) if state == "resume" else 0)
-            seconds += max(remaining, 0) * time_training_step(config)
+            seconds += max(remaining, 0) * time_training_step(config, run_dir)
         if (left := evaluation_left(plan, method)) > 0:
             seconds += left * time_evaluation(config, plan.suite, plan.n_examples)
     return seconds
@@ -219,3 +214,21 @@ def run_demo(plan: DemoPlan, progress: bool = True, echo: Callable[[str], None] 
         echo(f"[{stages}/{stages}] leaderboard")
         rows = [row for row in build_leaderboard(results, suite, dataset) if row.model_hash in hashes]
         return RENDERERS["md"](rows, suite)
+
+
+def demo(out: Path, suite: str = DEMO_SUITE, n_examples: int = DEMO_EXAMPLES, overrides: list[str] | None = None,
+         progress: bool = True, echo: Callable[[str], None] = print) -> DemoPlan:
+    """``rome-bench demo``: plan, say what will happen and how long it should take here, run, and print the
+    leaderboard and where the runs and results are."""
+    plan = plan_demo(out, suite, n_examples, overrides)
+    echo(describe(plan))
+    echo(f"estimated time on this machine: about {_minutes(estimate_seconds(plan))} "
+         "(timed just now on one training step and one evaluation batch per model)")
+    echo(run_demo(plan, progress, echo))
+    echo(f"demo done: runs in {plan.out}, results in {plan.store_path} "
+         f"(rome-bench leaderboard --suite {plan.suite} --store {plan.store_path})")
+    return plan
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"

@@ -6,13 +6,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rome_bench.cli import resolve_config
 from rome_bench.data import load_dataset
 from rome_bench.errors import ConfigError
 from rome_bench.models import create_model
 from rome_bench.presets import preset
 from rome_bench.training.attacks import training_threats
 from rome_bench.training.batched import BatchedPGD, batched_attack_inputs
+from rome_bench.training.overrides import resolve_config
 from rome_bench.training.recipe import Batch, StepContext, build_recipe
 from rome_bench.training.recipes.mat import adversarial_inputs, all_threats_every_example
 from rome_bench.training.trainer import Trainer

@@ -14,7 +14,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rome_bench.cli import resolve_config
 from rome_bench.data import load_dataset
 from rome_bench.evaluation.runner import attack_precision, verify_threat_output
 from rome_bench.evaluation.suites import SUITES
@@ -25,6 +24,7 @@ from rome_bench.presets import preset
 from rome_bench.threats import THREATS, Threat
 from rome_bench.training import recipes as _recipes  # noqa: F401  (registers every recipe)
 from rome_bench.training.attacks import training_threats
+from rome_bench.training.overrides import resolve_config
 from rome_bench.training.recipe import RECIPES
 from rome_bench.training.trainer import Trainer
 from tests.test_precision import bf16_unsupported

@@ -13,10 +13,10 @@ import torch
 from safetensors.torch import load_file
 
 from rome_bench.checkpoint import TrainingState
-from rome_bench.cli import resolve_config, torchrun_command
 from rome_bench.errors import ConfigError
 from rome_bench.presets import preset
-from rome_bench.training.distributed import Distributed, check_batches, local_slice, rank_seed
+from rome_bench.training.distributed import Distributed, check_batches, local_slice, rank_seed, torchrun_command
+from rome_bench.training.overrides import resolve_config
 from rome_bench.training.trainer import Trainer, augment_batch
 
 # RoME with the diversification loss over the global batch's threat groups, and augmentation; training PGD from the

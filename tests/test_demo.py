@@ -4,8 +4,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rome_bench.demo import plan_demo, run_demo, run_state
+from rome_bench.data import fetch_batch, load_dataset
+from rome_bench.demo import plan_demo, run_demo, run_state, time_training_step
 from rome_bench.evaluation.store import ResultStore
+from rome_bench.training.recipe import Batch
+from rome_bench.training.trainer import Trainer, train_step
 from tests.test_cli import assert_one_line_error
 from tests.test_training import Killed, kill_at
 
@@ -77,3 +80,18 @@ def test_bad_demo_flags_fail_cleanly_and_write_nothing(cli_main, tmp_path, flags
     result = cli_main("demo", "--out", str(tmp_path / "demo"), *flags)
     assert_one_line_error(result, needle)
     assert not (tmp_path / "demo").exists()
+
+
+def test_the_demo_times_the_trainers_own_step_with_the_routing_loss(tmp_path):
+    """Trainer.setup builds what fit trains with and what the demo times: rome+max's step adds its routing loss."""
+    plan = plan_demo(tmp_path / "demo", n_examples=8, overrides=TINY)
+    for method, routed in (("max", False), ("rome+max", True)):
+        config = plan.configs[method]
+        trainer = Trainer(config, plan.run_dir(method), progress=False)
+        data = load_dataset(config.data.dataset, "train", config.data.data_dir, size=config.train.batch_size)
+        _, optimizer, ctx = trainer.setup(data)
+        images, labels = fetch_batch(data.dataset, list(range(len(data.dataset))))
+        result = train_step(trainer.recipe, ctx, optimizer, Batch(images, labels, 0, 0))
+        assert ("routing" in result.logs) is routed, method
+        assert time_training_step(config, plan.run_dir(method)) > 0
+    assert not plan.out.exists(), "setting up and timing a step writes nothing"

@@ -12,7 +12,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rome_bench.cli import resolve_config
 from rome_bench.data import load_dataset
 from rome_bench.errors import CheckpointError, ConfigError
 from rome_bench.evaluation.reference import load_reference
@@ -23,6 +22,7 @@ from rome_bench.models.mixture import expert_heads, find_mixture
 from rome_bench.presets import preset
 from rome_bench.threats import LinfPGD
 from rome_bench.threats.fgsm import FGSM
+from rome_bench.training.overrides import resolve_config
 from rome_bench.training.recipe import Batch, StepContext, build_recipe
 from rome_bench.training.recipes.dwf_experts import RandomizedAttackOptions
 from rome_bench.training.trainer import Trainer

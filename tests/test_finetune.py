@@ -13,7 +13,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rome_bench.checkpoint import load_final_weights, read_run_config
-from rome_bench.cli import resolve_config
 from rome_bench.data import load_dataset
 from rome_bench.errors import CheckpointError
 from rome_bench.models import create_model
@@ -21,6 +20,7 @@ from rome_bench.models.rome import LoRAExpertMixture
 from rome_bench.presets import preset
 from rome_bench.training import trainer as trainer_module
 from rome_bench.training.finetune import backbone_keys
+from rome_bench.training.overrides import resolve_config
 from rome_bench.training.trainer import Trainer
 
 TINY = ["model.backbone=vit_micro", "data.train_size=32", "train.batch_size=16", "train.epochs=1",

@@ -43,11 +43,11 @@ def test_random_draws_one_threat_per_example_uniformly():
 @pytest.mark.parametrize("name", ["max", "avg", "random"])
 def test_the_family_not_the_recipe_decides_whether_the_model_has_gates(name):
     """rome+X is recipe X on family rome: the same recipe object, only the model carries gated experts."""
-    from rome_bench.cli import expand_method
     from rome_bench.data import load_dataset
     from rome_bench.models import create_model
     from rome_bench.models import gates as gate_outputs
     from rome_bench.presets import preset
+    from rome_bench.training.overrides import expand_method
 
     assert expand_method(f"train.method=rome+{name}") == [f"train.recipe={name}", "model.family=rome"]
     assert expand_method(f"train.method={name}") == [f"train.recipe={name}", "model.family=plain"]

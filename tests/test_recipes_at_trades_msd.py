@@ -8,7 +8,6 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from rome_bench.cli import resolve_config
 from rome_bench.config import ThreatsConfig
 from rome_bench.data import load_dataset
 from rome_bench.errors import ConfigError
@@ -17,6 +16,7 @@ from rome_bench.presets import preset
 from rome_bench.threats import THREATS, LinfPGD, project_l2_box
 from rome_bench.threats.msd import MSD, UnionBudget
 from rome_bench.training import recipes as _recipes  # noqa: F401  (registers the recipes)
+from rome_bench.training.overrides import resolve_config
 from rome_bench.training.recipe import Batch, StepContext, build_recipe
 from rome_bench.training.recipes.trades import TradesKLAttack, trades_kl
 from rome_bench.training.routing import build_routing_loss

@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rome_bench.cli import resolve_config
 from rome_bench.data import load_dataset
 from rome_bench.errors import ConfigError
 from rome_bench.models import create_model
 from rome_bench.presets import preset
+from rome_bench.training.overrides import resolve_config
 from rome_bench.training.recipe import Batch, StepContext, build_recipe
 from rome_bench.training.recipes.eat import L1, LINF, l1_probability
 from rome_bench.training.recipes.ramp import gradient_projection, logit_pairing_loss, most_vulnerable_pair

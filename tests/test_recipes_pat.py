@@ -6,13 +6,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rome_bench.cli import expand_method, resolve_config
 from rome_bench.data import load_dataset
 from rome_bench.errors import ConfigError
 from rome_bench.models import create_model
 from rome_bench.presets import preset
 from rome_bench.threats.lpips_distance import LPIPS
 from rome_bench.threats.perceptual import margin_loss
+from rome_bench.training.overrides import expand_method, resolve_config
 from rome_bench.training.recipe import Batch, StepContext, build_recipe, parse_options
 from rome_bench.training.recipes import pat
 from rome_bench.training.recipes.pat import FastLagrangePerceptualAttack, FastLagrangeVariation, PATVRRecipe

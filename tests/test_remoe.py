@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from timm.layers import Mlp
 from typer.testing import CliRunner
 
-from rome_bench.cli import app, resolve_config
+from rome_bench.cli import app
 from rome_bench.config import _typed_value
 from rome_bench.data import load_dataset
 from rome_bench.errors import ConfigError
@@ -34,6 +34,7 @@ from rome_bench.models.remoe import (
     scatter_to_patches,
 )
 from rome_bench.presets import preset
+from rome_bench.training.overrides import resolve_config
 from rome_bench.training.recipe import Batch, StepContext, build_recipe
 from rome_bench.training.recipes.remoe import (
     adaptive_beta,

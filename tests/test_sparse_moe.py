@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rome_bench.cli import resolve_config
 from rome_bench.config import TrainConfig, apply_override
 from rome_bench.data import load_dataset
 from rome_bench.errors import ConfigError
@@ -32,6 +31,7 @@ from rome_bench.models.sparse_moe import (
 from rome_bench.presets import preset
 from rome_bench.threats import LinfAPGD, LinfPGD
 from rome_bench.training.optim import build_optimizer, learning_rate
+from rome_bench.training.overrides import resolve_config
 from rome_bench.training.routing import entropy_balance, routing_loss_for, switch_balance
 from tests.test_cli import assert_one_line_error
 

@@ -4,11 +4,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rome_bench.cli import resolve_config
 from rome_bench.config import apply_override
 from rome_bench.errors import CheckpointError
 from rome_bench.presets import preset
 from rome_bench.training.optim import learning_rate
+from rome_bench.training.overrides import resolve_config
 from rome_bench.training.trainer import Trainer, augment_batch
 
 

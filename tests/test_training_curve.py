@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from rome_bench.checkpoint import read_training_curve
-from rome_bench.cli import resolve_config
 from rome_bench.presets import preset
+from rome_bench.training.overrides import resolve_config
 from rome_bench.training.trainer import Trainer
 from tests.test_training import Killed, kill_at
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rome_bench.errors import ConfigError
@@ -84,3 +85,21 @@ def matrix_parquet(store: ResultStore, suite: Suite, dataset: str | None = None)
     buffer = io.BytesIO()
     matrix_frame(store, suite, dataset).to_parquet(buffer, index=False)
     return buffer.getvalue()
+
+
+def export_matrix(out: Path, suite: str = "seen", dataset: str | None = None, store: Path | None = None) -> str:
+    """``rome-bench export``: the per-example matrix of every completed run of ``suite`` in ``store`` (which must
+    exist; None: the default store) written atomically to ``out``, Parquet for a .parquet name, else CSV; what was
+    written, in one line."""
+    from rome_bench.checkpoint import atomic_write_bytes, atomic_write_text
+    from rome_bench.evaluation.store import existing_store
+    from rome_bench.evaluation.suites import SUITES
+
+    chosen = SUITES.get(suite)
+    with ResultStore(existing_store(store)) as results:
+        if out.suffix == ".parquet":
+            atomic_write_bytes(out, matrix_parquet(results, chosen, dataset))
+            return f"per-example matrix -> {out} (pandas.read_parquet)"
+        text = matrix_csv(results, chosen, dataset)
+    atomic_write_text(out, text)
+    return f"{text.count(chr(10)) - 1} example rows -> {out} (pandas.read_csv)"

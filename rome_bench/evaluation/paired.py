@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -135,3 +136,36 @@ def common_vectors(per_model: list[dict[int, bool]]) -> tuple[list[int], list[np
     """The examples every model has results on (sorted) and each model's 0/1 vector over them."""
     common = sorted(set.intersection(*(set(results) for results in per_model)))
     return common, [np.array([results[i] for i in common], dtype=bool) for results in per_model]
+
+
+def compare_runs(a: list[Path], b: list[Path], suite: str = "seen", column: str = "union", store: Path | None = None,
+                 data_dir: str | None = None) -> str:
+    """``rome-bench compare``: the paired difference a − b between two groups of runs (the seeds of two methods,
+    paired in order) on the examples every run was evaluated on, read from ``store`` and rendered."""
+    import torch
+
+    from rome_bench.checkpoint import read_run_config
+    from rome_bench.data import load_dataset
+    from rome_bench.evaluation.runner import load_run
+    from rome_bench.evaluation.store import existing_store
+    from rome_bench.evaluation.suites import SUITES
+
+    chosen = SUITES.get(suite)
+    runs = [*a, *b]
+    configs = [read_run_config(run) for run in runs]
+    datasets = {config.data.dataset for config in configs}
+    if len(datasets) != 1:
+        raise ConfigError(f"--a and --b runs must share one dataset; got {', '.join(sorted(datasets))}")
+    data = load_dataset(datasets.pop(), "test", data_dir)
+    cpu = torch.device("cpu")
+    with ResultStore(existing_store(store)) as results:
+        per_model = [robust_by_example(results, chosen, load_run(run, data.info, cpu).model_hash, data.fingerprint,
+                                       column) for run in runs]
+    examples, vectors = common_vectors(per_model)
+    if not examples:
+        raise RomeBenchError("the runs have no evaluated examples in common; evaluate them on the same examples")
+    outcome = paired_difference(vectors[:len(a)], vectors[len(a):])
+    name_a, name_b = configs[0].method, configs[len(a)].method
+    if name_a == name_b:
+        name_a, name_b = "a", "b"
+    return render_difference(name_a, name_b, column, outcome)

@@ -138,3 +138,32 @@ def check_fingerprint(entry: dict[str, Any], fingerprint: str) -> None:
     if expected and expected != fingerprint:
         raise RomeBenchError(f"check {entry['name']}: the reference was measured on data {expected[:12]}…, "
                              f"this data is {fingerprint[:12]}…; point --data-dir at the same copy")
+
+
+def run_checks(reference: Path, store: Path | None, device: str, data_dir: str | None = None,
+               update: bool = False, progress: bool = True) -> tuple[int, list[CheckResult]]:
+    """``rome-bench check``: re-measure every check of a reference file in ``store`` (None: a temporary one) and
+    compare each count with its reference; with ``update``, write the re-measured counts into the file instead.
+    Returns the number of checks and the comparisons (none with ``update``)."""
+    import tempfile
+
+    from rome_bench.device import resolve_device
+
+    document = read_reference(reference)
+    base = Path(document["_path"]).parent
+    torch_device = resolve_device(device)
+    outcomes: list[CheckResult] = []
+    with tempfile.TemporaryDirectory() as scratch, ResultStore(store or Path(scratch) / "check.sqlite") as results:
+        for index, entry in enumerate(document["checks"]):
+            row, fingerprint = measure_check(entry, base, results, torch_device, data_dir, progress)
+            if update:
+                document["checks"][index] = updated_entry(entry, row, fingerprint)
+                continue
+            check_fingerprint(entry, fingerprint)
+            if "correct" not in entry:
+                raise ConfigError(f"check {entry['name']} has no reference numbers yet; "
+                                  f"run rome-bench check --reference {reference} --update")
+            outcomes += compare(entry, row)
+    if update:
+        write_reference(document)
+    return len(document["checks"]), outcomes

@@ -11,11 +11,13 @@ import csv
 import dataclasses
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from rome_bench.errors import ConfigError
 from rome_bench.evaluation.latex import render_latex
+from rome_bench.evaluation.leaderboard import build_leaderboard
 from rome_bench.evaluation.store import GatingScore, ResultStore
 from rome_bench.evaluation.suites import Suite
 from rome_bench.evaluation.table import (
@@ -155,8 +157,49 @@ PAGE_FORMATS = frozenset({"html"})  # written as <out>/index.html (or <out> when
 COST_FORMATS = ("md", "csv", "json", "html")  # the formats that render --costs (tex follows the paper's tables)
 
 
+def render_leaderboard(store: ResultStore, suite: Suite, dataset: str | None = None, format_: str = "md",
+                       references: Sequence[str] = (), costs: bool = False) -> str:
+    """The leaderboard of ``suite`` in ``format_``: the rows measured in ``store`` (of ``dataset``, or every dataset)
+    and the rows of the ``references`` (paper tables, RobustBench's numbers), sorted by Union."""
+    from rome_bench.evaluation.reference import load_reference  # loads the model zoo's names: only when asked
+
+    if format_ not in RENDERERS:
+        raise ConfigError(f"unknown format '{format_}'; choose one of: {', '.join(RENDERERS)}")
+    reference_rows = [row for name in references for row in load_reference(name)]
+    rows = build_leaderboard(store, suite, dataset, reference_rows)
+    return RENDERERS[format_](rows, suite, costs=costs, store=store)
+
+
 def output_path(format_: str, out: Path) -> Path:
     """Where ``--out`` puts a format's output: a page goes into a directory unless ``out`` names an .html file."""
     if format_ in PAGE_FORMATS and out.suffix != ".html":
         return out / "index.html"
     return out
+
+
+def publish_leaderboard(store: Path | None, suite: str, dataset: str | None = None, format_: str = "md",
+                        references: Sequence[str] = (), costs: bool = False, out: Path | None = None,
+                        detail: bool = False) -> str:
+    """``rome-bench leaderboard``: the suite's table (``detail``: pooled columns expanded into their threats) from
+    ``store`` (which must exist; None: the default store), to print, or written atomically to ``out`` (a page
+    format: into that directory), in which case where it went, in one line."""
+    from rome_bench.checkpoint import atomic_write_text
+    from rome_bench.evaluation.store import existing_store
+    from rome_bench.evaluation.suites import SUITES
+
+    chosen = SUITES.get(suite)
+    with ResultStore(existing_store(store)) as results:
+        if format_ not in RENDERERS:
+            raise ConfigError(f"unknown format '{format_}'; choose one of: {', '.join(RENDERERS)}")
+        if costs and format_ not in COST_FORMATS:
+            raise ConfigError(f"--format {format_} has no cost columns (it follows the paper's tables); drop "
+                              f"--costs, or use --format {' | '.join(COST_FORMATS)} for them")
+        if format_ in PAGE_FORMATS and out is None:
+            raise ConfigError(f"--format {format_} writes a web page; give --out DIR (it writes DIR/index.html)")
+        text = render_leaderboard(results, chosen.detailed() if detail else chosen, dataset, format_, references,
+                                  costs)
+        if out is None:
+            return text
+        path = output_path(format_, out)
+        atomic_write_text(path, text if text.endswith("\n") else text + "\n")
+    return f"leaderboard ({format_}) -> {path}"

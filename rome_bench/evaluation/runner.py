@@ -32,7 +32,7 @@ from rome_bench.evaluation.validity import batch_model_flags, refresh_computed_f
 from rome_bench.models import build_family, content_hash, create_model, model_identity
 from rome_bench.models.autocast import attack_model, autocast_attacks
 from rome_bench.models.external import state_dict_mismatch
-from rome_bench.models.gates import set_inference_variant
+from rome_bench.models.gates import fixed_expert, fixed_expert_variant, gating_modules, set_inference_variant
 from rome_bench.provenance import evaluation_provenance
 from rome_bench.threats import Clean, Threat
 
@@ -98,6 +98,30 @@ def with_gating_variant(run: LoadedRun, variant: str) -> LoadedRun:
     model_hash = hashlib.sha256(f"{run.model_hash}/gating-variant={variant}".encode()).hexdigest()
     metadata = {**run.metadata, "gating_variant": variant}
     return dataclasses.replace(run, metadata=metadata, model_hash=model_hash)
+
+
+def route_variants(model: nn.Module, route_to_expert: str) -> list[str | None]:
+    """The fixed-expert variants ``--route-to-expert K|all`` asks for, checked against the model's gates."""
+    modules = gating_modules(model)
+    if not modules:
+        raise ConfigError("--route-to-expert needs a model with gates; this one has none "
+                          "(see rome-bench list families)")
+    experts = min(module.num_experts for module in modules)
+    if route_to_expert == "all":
+        return [fixed_expert_variant(k) for k in range(experts)]
+    if not route_to_expert.isdigit() or int(route_to_expert) >= experts:
+        raise ConfigError(f"--route-to-expert takes an expert index 0..{experts - 1} or 'all' "
+                          f"(got '{route_to_expert}')")
+    return [fixed_expert_variant(int(route_to_expert))]
+
+
+def variant_suffix(variant: str | None) -> str:
+    """What a gating variant's row adds to its label: ' [expert K]', ' [experts removed]', ' [random gating]', …"""
+    if variant is None:
+        return ""
+    if (expert := fixed_expert(variant)) is not None:
+        return f" [expert {expert}]"
+    return " [experts removed]" if variant == "removed" else f" [{variant} gating]"
 
 
 def load_external_run(source: str, weights: Path | None, config: RunConfig, device: torch.device) -> LoadedRun:

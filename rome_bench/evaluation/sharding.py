@@ -13,12 +13,18 @@ batch of a single-process run, seeded the same way (``runner.batch_seed``: the t
 example). Attacks draw their randomness per batch (our PGD's random starts, pyautoattack's seeded draws), so an
 example's result depends on its batch-mates; batch-aligned shards make a sharded run store exactly the per-example
 results of a single-process run.
+
+:class:`ShardingRequest` is the eval command's orchestration: its sharding flags checked, and the steps they ask for
+run by an executor of ``executors.py`` (this process, the ranks of a torchrun launch, or a Slurm job array that
+re-runs the command line once per unfinished shard), then merged by the single writer.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,9 +34,21 @@ import torch
 
 from rome_bench.data import LoadedDataset
 from rome_bench.errors import ConfigError
+from rome_bench.evaluation.executors import (
+    EXECUTORS,
+    barrier,
+    default_executor,
+    parse_submitit_parameters,
+    process_group,
+    rank_device,
+    submit_array,
+    torchrun_rank,
+    wait_for,
+)
 from rome_bench.evaluation.runner import LoadedRun, check_model_output, evaluate_threats
-from rome_bench.evaluation.store import ResultStore
+from rome_bench.evaluation.store import FULL, ResultStore
 from rome_bench.evaluation.validity import refresh_computed_flags
+from rome_bench.provenance import evaluation_provenance
 from rome_bench.threats import Threat
 
 
@@ -161,3 +179,167 @@ def merge_shards(plan: ShardPlan, main: ResultStore, run: LoadedRun, label: str)
             path.unlink()
     refresh_computed_flags(main, plan.model_hash, plan.dataset)
     return merged
+
+
+Row = tuple[Callable[[], LoadedRun], str]  # a leaderboard row: its model (made when its turn comes), label
+ShardJob = Callable[[str, list[str]], None]  # job(cwd, argv): one Slurm task, the eval command line argv in cwd
+
+
+@dataclass(frozen=True)
+class ShardingRequest:
+    """The eval command's sharding flags, checked: how many shards, who evaluates them, and which step this is."""
+
+    shards: int | None
+    executor: str
+    shard_index: int | None
+    merge: bool
+    wait: bool
+    slurm: list[str]
+    cluster: str
+
+    @classmethod
+    def from_flags(cls, shards: int | None, executor: str | None, shard_index: int | None, merge: bool, wait: bool,
+                   slurm: list[str], cluster: str, unsharded_only: bool = False) -> ShardingRequest | None:
+        """None for an unsharded evaluation (no sharding flag given, not under torchrun); ``unsharded_only``: the
+        evaluation asked for runs unsharded only (--union-only, --eps-scale), so a sharding flag is an error."""
+        chosen = executor or default_executor()
+        if chosen not in EXECUTORS:
+            raise ConfigError(f"--executor takes {' | '.join(EXECUTORS)} (got '{chosen}')")
+        if (wait or slurm) and chosen != "slurm":
+            raise ConfigError("--wait and --slurm go with --executor slurm")
+        if shards is None and shard_index is None and not merge and chosen == "local":
+            return None
+        if chosen == "torchrun" and torchrun_rank() is None:
+            raise ConfigError("--executor torchrun runs under torchrun: torchrun --nproc-per-node N -m rome_bench eval "
+                              "...")
+        if chosen == "torchrun" and (shard_index is not None or merge):
+            raise ConfigError("under torchrun the ranks evaluate and merge every shard: drop --shard-index and --merge")
+        if chosen != "torchrun" and shards is None:
+            raise ConfigError(f"--executor {chosen}, --shard-index and --merge need --shards N")
+        if shards is not None and shards < 1:
+            raise ConfigError("--shards must be >= 1")
+        if shard_index is not None and merge:
+            raise ConfigError("--shard-index evaluates one shard, --merge merges them all: give one of them")
+        if shard_index is not None and shards is not None and not 0 <= shard_index < shards:
+            raise ConfigError(f"--shard-index takes 0..{shards - 1} for --shards {shards} (got {shard_index})")
+        if unsharded_only:
+            raise ConfigError("--union-only and --eps-scale run unsharded: drop --shards, --executor, --shard-index "
+                              "and --merge")
+        return cls(shards, chosen, shard_index, merge, wait, slurm, cluster)
+
+    def device(self, device: torch.device) -> torch.device:
+        """The device of this process: under torchrun, the rank's own GPU."""
+        launch = torchrun_rank()
+        return rank_device(device, launch[2]) if self.executor == "torchrun" and launch is not None else device
+
+    def evaluate(self, rows: list[Row], suite: str, threats: list[Threat], data: LoadedDataset, ids: list[int],
+                 store: Path, batch_size: int, device: torch.device, progress: bool, complete: bool,
+                 echo: Callable[[str], None] = print, job: ShardJob | None = None, argv: Sequence[str] = ()) -> None:
+        """Evaluate the shards by this request's executor, then merge them (one writer), or do the one step asked.
+
+        For Slurm, each array task runs ``job(cwd, [*argv, "--executor", "slurm", "--shard-index", I])``: the eval
+        command line ``argv`` again, restricted to one unfinished shard (submitit pickles ``job`` by name).
+        """
+        def plan_of(run: LoadedRun, shards: int) -> ShardPlan:
+            return ShardPlan.cut(store, run.model_hash, threats, data.fingerprint, ids, shards, batch_size)
+
+        if self.executor == "torchrun":
+            self._torchrun(rows, plan_of, threats, data, store, device, progress, suite, complete, echo)
+            return
+        shards = int(self.shards)  # type: ignore[arg-type]
+        if self.shard_index is not None:
+            for make, row_label in rows:
+                run = make()
+                run_shard(plan_of(run, shards), self.shard_index, run, threats, data, device, row_label,
+                          self._provenance(run, device, shards), progress)
+            echo(f"evaluated shard {self.shard_index} of {shards} -> {store.name}.units; merge with --merge once "
+                 f"every shard is")
+            return
+        if self.executor == "slurm" and not self.merge:
+            with open_read_only(store) as main:
+                pending = sorted({i for make, _ in rows for i in plan_of(make(), shards).pending(main)})
+            if not pending:
+                echo(f"every shard of {shards} is finished: nothing to submit")
+            else:
+                if job is None:
+                    raise ConfigError("--executor slurm needs the command line its tasks re-run (job and argv)")
+                folder = store.with_name(store.name + ".units") / "slurm"
+                arguments = [(os.getcwd(), [*argv, "--executor", "slurm", "--shard-index", str(i)]) for i in pending]
+                jobs = submit_array(job, arguments, folder, self.cluster, parse_submitit_parameters(self.slurm))
+                echo(f"submitted {len(jobs)} shard jobs of {shards} (job {jobs[0].job_id}…; logs in {folder})")
+                if not self.wait:
+                    echo("merge them once they are done: the same command with --merge instead of --executor slurm")
+                    return
+                wait_for(jobs, pending)
+        if self.executor == "local" and not self.merge:
+            for make, row_label in rows:
+                run = make()
+                plan = plan_of(run, shards)
+                with open_read_only(store) as main:
+                    pending = plan.pending(main)
+                for index in pending:
+                    run_shard(plan, index, run, threats, data, device, row_label, self._provenance(run, device, 1),
+                              progress)
+        self._merge(rows, plan_of, shards, data, store, suite, complete, echo)
+
+    def _torchrun(self, rows: list[Row], plan_of: Callable[[LoadedRun, int], ShardPlan], threats: list[Threat],
+                  data: LoadedDataset, store: Path, device: torch.device, progress: bool, suite: str,
+                  complete: bool, echo: Callable[[str], None]) -> None:
+        """Rank r evaluates shards r, r + N, …; after a barrier rank 0 alone merges them into the store."""
+        rank, world, _ = torchrun_rank()  # type: ignore[misc]
+        shards = self.shards or world
+        with process_group():
+            for make, row_label in rows:
+                run = make()
+                plan = plan_of(run, shards)
+                for index in range(rank, shards, world):
+                    run_shard(plan, index, run, threats, data, device, row_label,
+                              self._provenance(run, device, world), progress and rank == 0)
+            barrier()
+            if rank == 0:
+                self._merge(rows, plan_of, shards, data, store, suite, complete, echo)
+
+    def _merge(self, rows: list[Row], plan_of: Callable[[LoadedRun, int], ShardPlan], shards: int,
+               data: LoadedDataset, store: Path, suite: str, complete: bool, echo: Callable[[str], None]) -> None:
+        """The single writer: every row's finished shards into the store, then its suite run and the leaderboard."""
+        from rome_bench.evaluation.render import render_leaderboard
+        from rome_bench.evaluation.suites import SUITES
+
+        with ResultStore(store) as results:
+            for make, row_label in rows:
+                run = make()
+                plan = plan_of(run, shards)
+                units = merge_shards(plan, results, run, row_label)
+                if complete:
+                    results.record_suite_run(run.model_hash, suite, data.fingerprint, data.info.name,
+                                             list(plan.threat_keys), [i for ids in plan.shards for i in ids],
+                                             datetime.now(timezone.utc).isoformat(timespec="seconds"), FULL)
+                echo(f"merged {units} units of {shards} shards of {row_label} on suite '{suite}' -> {store}")
+            if complete:
+                echo(render_leaderboard(results, SUITES.get(suite), data.info.name))
+            else:
+                echo("only some threats were run: the suite's leaderboard row appears once all have been")
+
+    def _provenance(self, run: LoadedRun, device: torch.device, world_size: int) -> dict[str, object]:
+        return {**evaluation_provenance(run.model, device, world_size, self.executor), "shards": self.shards}
+
+
+def open_read_only(store: Path) -> ResultStore | _NoStore:
+    """The main store opened for reading (shard workers and submitters never write it); a stand-in if it is absent."""
+    return ResultStore(store, read_only=True) if store.exists() else _NoStore()
+
+
+class _NoStore:
+    """An absent store: no results, nothing not applicable."""
+
+    def __enter__(self) -> _NoStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def stored_example_ids(self, *key: str) -> set[int]:
+        return set()
+
+    def not_applicable(self, *key: str) -> str | None:
+        return None

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rome_bench.errors import StoreError
+from rome_bench.errors import RomeBenchError, StoreError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -416,3 +416,17 @@ class ResultStore:
         if row is None:
             return None
         return GatingScore(*row[:8], per_layer=json.loads(row[8]), threats=json.loads(row[9]), created=row[10])
+
+
+def default_store() -> Path:
+    """The results store every command uses without --store: results.sqlite in the cache dir."""
+    from rome_bench.data import cache_dir
+
+    return cache_dir() / "results.sqlite"
+
+
+def existing_store(store: Path | None) -> Path:
+    """The store a reading command opens: ``store``, which must exist (reading never creates one), else the default."""
+    if store is not None and not store.exists():
+        raise RomeBenchError(f"results store {store} does not exist; run rome-bench eval --store {store} first")
+    return store or default_store()

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from rome_bench.config import ThreatsConfig
+from rome_bench.errors import ConfigError
 from rome_bench.registry import Registry
 from rome_bench.threats import CORRUPTIONS, THREATS, Threat, cifar10_c_threats, seen_threats
 
@@ -180,3 +182,14 @@ register_suite(Suite(
     description="clean + ℓ∞ APGD-CE with 20 iterations, 1 restart, seed 0, at the run's ε: the sparse-MoE paper's APGD",
     show_avg=False,
 ))
+
+
+def with_corruptions_dir(threats: list[Threat], folder: Path) -> list[Threat]:
+    """The suite's threats with every corruption threat reading its images from ``folder`` (CIFAR-10-C files)."""
+    if not folder.is_dir():
+        raise ConfigError(f"--corruptions-dir {folder} is not a folder; give the folder of CIFAR-10-C's .npy files")
+    rebuilt = [type(t)(**{**t.params(), "corruptions_dir": str(folder)}) if "corruptions_dir" in t.params() else t
+               for t in threats]
+    if rebuilt == threats:
+        raise ConfigError("--corruptions-dir was given but the selected threats include no corruption threat")
+    return rebuilt

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 from rome_bench.data import LoadedDataset
-from rome_bench.evaluation.plots import SweepPoint
+from rome_bench.errors import ConfigError
+from rome_bench.evaluation.plots import SweepPoint, plot_accuracy_vs_eps
 from rome_bench.evaluation.runner import LoadedRun, evaluate_run
 from rome_bench.evaluation.store import ResultStore, SweepPointRecord
 from rome_bench.evaluation.table import wilson_interval
@@ -75,3 +78,38 @@ def render_sweep_table(series: dict[str, list[SweepPoint]]) -> str:
                          f"({100 * point.low:.1f}–{100 * point.high:.1f}) | "
                          f"{'⚠ accuracy rose with ε' if point.flagged else 'ok'} |")
     return "\n".join(lines)
+
+
+MAX_EPS_SCALE = 100.0  # far beyond any sweep; NaN and infinity fail this range too
+
+
+def parse_scales(text: str) -> list[float]:
+    """'0.25,0.5,1' -> [0.25, 0.5, 1.0]; every scale must be a positive number, each given once."""
+    try:
+        scales = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError as error:
+        raise ConfigError(f"--eps-scale takes comma-separated positive numbers, e.g. 0.5,1,2 (got '{text}')") from error
+    if not scales or not all(0 < scale <= MAX_EPS_SCALE for scale in scales) or len(set(scales)) != len(scales):
+        raise ConfigError(f"--eps-scale takes distinct numbers in (0, {MAX_EPS_SCALE:g}], e.g. 0.5,1,2 (got '{text}')")
+    return sorted(scales)
+
+
+def default_plot_path(run: Path | None, suite: str, dataset: str) -> Path:
+    """Where a sweep's figure goes unless --plot says: RUN/figures/ (the current folder's for a module)."""
+    folder = run if run is not None else Path(".")
+    return folder / "figures" / f"eps-sweep-{suite}-{dataset}.png"
+
+
+def sweep_and_report(run: LoadedRun, suite: str, threats: list[Threat], scales: list[float], data: LoadedDataset,
+                     ids: list[int], store: ResultStore, batch_size: int, device: torch.device, label: str,
+                     progress: bool, plot_path: Path, echo: Callable[[str], None] = print) -> Path:
+    """:func:`run_eps_sweep`, then its table and a warning where accuracy rose with ε (through ``echo``) and its
+    figure at ``plot_path``; the figure's path."""
+    run_eps_sweep(run, suite, threats, scales, data, ids, store, batch_size, device, label, progress)
+    series = sweep_series(store, run.model_hash, suite, data.fingerprint)
+    echo(render_sweep_table(series))
+    written = plot_accuracy_vs_eps(series, plot_path, f"{label}: robust accuracy vs ε ({suite} suite)")
+    echo(f"ε sweep of {label} ({len(ids)} examples, scales {scales}) -> {store.path}; plot -> {written}")
+    if any(point.flagged for points in series.values() for point in points):
+        echo("warning: accuracy rose with ε for some threat (flagged above): the attack is unreliable there")
+    return written

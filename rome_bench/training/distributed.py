@@ -17,6 +17,9 @@ A run of W processes trains one model on the same global batches as one process 
 * A recipe's batch-level decisions use ``StepContext.global_sum`` / ``rank0_value`` (RAMP's threat pair and
   pairing set, E-AT's norm draw and running counts).
 
+``rome-bench train --nproc N`` launches this itself: :func:`launch_processes` runs the same command line again under
+torchrun (:func:`torchrun_command`).
+
 Not global (per rank, documented in the README): BatchNorm batch statistics, the sparse MoE's per-batch capacity
 and routing-noise scale.
 """
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -233,3 +237,25 @@ def check_batches(num_examples: int, batch_size: int, world_size: int) -> None:
 def rank_seed(seed: int, rank: int, step: int) -> int:
     """The global-RNG seed of rank ``rank`` > 0 when it starts (step 0) or resumes at ``step`` on another world size."""
     return (seed * RANK_SEED_STRIDE + rank) * 1_000_003 + step
+
+
+def launch_processes(nproc: int, argv: list[str]) -> int:
+    """Run this ``rome-bench`` command line again under torchrun with ``nproc`` local processes; its exit code."""
+    import subprocess
+
+    return subprocess.run(torchrun_command(nproc, argv), check=False).returncode
+
+
+def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
+    """``python -m torch.distributed.run --standalone --nproc-per-node=N -m rome_bench ARGV`` without --nproc."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            kept.append(arg)
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m",
+            "rome_bench", *kept]

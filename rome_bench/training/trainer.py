@@ -178,19 +178,7 @@ class Trainer:
         data = group.main_first(lambda: load_dataset(config.data.dataset, "train", config.data.data_dir,
                                                      size=config.data.train_size, seed=config.train.seed))
         check_batches(len(data.dataset), config.train.batch_size, self.world_size)
-        torch.manual_seed(config.train.seed)
-        model = create_model(config.model, data.info)
-        self.expert_records = load_expert_runs(model, self.family, config, data.info)
-        if config.model.init_from:
-            load_initial_weights(model, config.model, data.info)
-        model = model.to(self.device)
-        group.broadcast_model(model)
-        if self.rank > 0:  # rank 0 keeps the one-process stream; the others draw their own
-            torch.manual_seed(rank_seed(config.train.seed, self.rank, 0))
-        parameters = self.recipe.parameters(model)
-        optimizer = build_optimizer(parameters, config.train)
-        ctx = StepContext(model, parameters, self._routing_loss(self.recipe.routing_groups()), group,
-                          config.train.precision)
+        model, optimizer, ctx = self.setup(data)
         costs = CostMeter(model, self.device, backward="grad-enabled").start()
         curve = TrainingCurve(config, self.run_dir, self.device) if config.train.eval_every and self.writes else None
         if not resume:
@@ -198,6 +186,30 @@ class Trainer:
         global_step = self._restore(model, optimizer, costs) if resume else 0
         self._loop(ctx, optimizer, data, global_step, costs, curve, on_step)
         return self._save_final(model, data, costs)
+
+    def setup(self, data: LoadedDataset) -> tuple[nn.Module, torch.optim.Optimizer, StepContext]:
+        """What :meth:`fit` trains with: the model, the optimiser and the step context, built from the config.
+
+        The model is created under ``train.seed`` (so every rank builds the same one), gets its expert runs
+        (DWF, MORE) and ``model.init_from`` weights, moves to the trainer's device and is shared by every rank;
+        the optimiser covers the recipe's parameters; the step context carries λ·(the family's routing loss).
+        ``rome-bench demo`` times a step on exactly this set-up.
+        """
+        config = self.config
+        torch.manual_seed(config.train.seed)
+        model = create_model(config.model, data.info)
+        self.expert_records = load_expert_runs(model, self.family, config, data.info)
+        if config.model.init_from:
+            load_initial_weights(model, config.model, data.info)
+        model = model.to(self.device)
+        self.distributed.broadcast_model(model)
+        if self.rank > 0:  # rank 0 keeps the one-process stream; the others draw their own
+            torch.manual_seed(rank_seed(config.train.seed, self.rank, 0))
+        parameters = self.recipe.parameters(model)
+        optimizer = build_optimizer(parameters, config.train)
+        ctx = StepContext(model, parameters, self._routing_loss(self.recipe.routing_groups()), self.distributed,
+                          config.train.precision)
+        return model, optimizer, ctx
 
     def _start_run_dir(self, must_clear: bool) -> None:
         if must_clear:

@@ -45,7 +45,4 @@ def model_identity(config: ModelConfig) -> str:
 def legacy_rome_section(section: dict[str, Any]) -> dict[str, Any]:
     """A stored ``model.rome`` section with every setting filled in, as the old config parser gave it; ``top_k``
     left out when dense (as before it existed)."""
-    settings = dataclasses.asdict(parse_options("model.rome", RomeOptions, section, "model.rome"))
-    if not settings["top_k"]:
-        settings.pop("top_k")
-    return settings
+    return parse_options("model.rome", RomeOptions, section, "model.rome").legacy_section()

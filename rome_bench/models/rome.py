@@ -88,6 +88,14 @@ class RomeOptions:
             if getattr(self, name) is None:
                 object.__setattr__(self, name, "none")
 
+    def legacy_section(self) -> dict[str, Any]:
+        """Every setting, as the model hash covered the old ``model.rome`` section: ``top_k`` left out when dense (as
+        before it existed)."""
+        settings = dataclasses.asdict(self)
+        if not settings["top_k"]:
+            settings.pop("top_k")
+        return settings
+
     def check(self) -> None:
         """One ConfigError line for the first setting no RoME model can use."""
         for ok, message in self._checks():
@@ -369,7 +377,4 @@ class RomeFamily(ModelFamily):
     def identity_fields(self, fields: dict[str, Any]) -> dict[str, Any]:
         """Hashed as before the settings moved from ``model.rome`` to ``model.options``: all of them, under
         ``rome``, with ``top_k`` left out when dense (as before it existed)."""
-        settings = dataclasses.asdict(self.options)
-        if not settings["top_k"]:
-            settings.pop("top_k")
-        return {**{k: v for k, v in fields.items() if k != "options"}, "rome": settings}
+        return {**{k: v for k, v in fields.items() if k != "options"}, "rome": self.options.legacy_section()}

@@ -21,6 +21,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
 from rome_bench.checkpoint import read_training_curve
+from rome_bench.evaluation.comparability import column_specs, group_note, spec_line, tables
 from rome_bench.evaluation.plots import (
     Bar,
     ModelPoint,
@@ -71,6 +72,10 @@ class PageTable:
     dataset: str
     headers: list[tuple[str, str]]  # (title, 'number' | 'text')
     rows: list[PageRow]
+    hints: list[str]  # per header, its hover text (a threat column's: its specification)
+    threats: str = ""  # the table's threat specification, per column
+    note: str = ""  # why a dataset's second or later table stands apart (never ranked with another)
+    group: int = 0
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 def _accuracy_cell(row: Row, column: str) -> PageCell:
+    """An accuracy with its interval; its hover text says what produced it (attack, norm, ε, steps)."""
     value = row.values.get(column)
     text = cell_text(row, column)
     if column in row.not_applicable or value is None or math.isnan(value):
@@ -99,6 +105,8 @@ def _accuracy_cell(row: Row, column: str) -> PageCell:
         tooltip += f", 95% Wilson interval {100 * interval[0]:.1f}–{100 * interval[1]:.1f}"
     if count is not None:
         tooltip += f" ({count.correct}/{count.total} correct)"
+    if column in row.specs:
+        tooltip += f"; {row.specs[column].text()}"
     return PageCell(f"{100 * value:.1f}", value, value, interval, tooltip)
 
 
@@ -141,14 +149,24 @@ def _evaluation_provenance(store: ResultStore, model_hash: str, fingerprint: str
 
 def _tooltip(row: Row, suite: Suite, store: ResultStore | None) -> str:
     lines = [f"{key}: {value}" for key, value in _provenance(row, store).items()]
+    lines += [f"{suite.titles.get(column, column)}: {spec.text()}" for column, spec in row.specs.items()]
+    if row.attack_differs:
+        lines.append("attack: not the suite's (not ranked with rows measured by it)")
     if row.source == "measured":
         lines.append(f"validity flags: {flags_text(row, suite)}")
     return "\n".join(lines)
 
 
+def _hints(rows: list[Row], suite: Suite, titles: list[str]) -> list[str]:
+    """Each header's hover text: 'sort by …', with a threat column's specification."""
+    specs = {suite.titles.get(column, column): spec for column, spec in column_specs(rows, suite).items() if spec}
+    return [f"sort by {title}" + (f"; {specs[title].text()}" if title in specs else "") for title in titles]
+
+
 def page_table(rows: list[Row], suite: Suite, dataset: str, store: ResultStore | None = None,
-               costs: bool = False) -> PageTable:
-    """The terminal table's rows for one dataset, as cells with sort values and drawable intervals."""
+               costs: bool = False, group: int = 0) -> PageTable:
+    """The terminal table's rows for one dataset and comparison group, as cells with sort values and drawable
+    intervals, with the threats' specification (``threats``) and why it stands apart (``note``, group > 0)."""
     columns = table_columns(suite, rows)
     gating = has_gating(rows)
     headers = [("Method", "text"), ("n", "number")] + [(title, "number") for _, title in columns]
@@ -168,7 +186,8 @@ def page_table(rows: list[Row], suite: Suite, dataset: str, store: ResultStore |
         if costs:
             cells += [PageCell(text, text) for text in (train_cost_text(row), costs_text(row, suite))]
         page_rows.append(PageRow(row.label, row.source != "measured", cells, _tooltip(row, suite, store)))
-    return PageTable(dataset, headers, page_rows)
+    return PageTable(dataset, headers, page_rows, _hints(rows, suite, [title for title, _ in headers]),
+                     spec_line(rows, suite), group_note(group, rows), group)
 
 
 def _figure(name: str, title: str, caption: str, figure: Any) -> PageFigure:
@@ -239,10 +258,12 @@ def training_curves(rows: list[Row], store: ResultStore) -> PageFigure | None:
 
 
 def page_figures(rows: list[Row], suite: Suite, store: ResultStore | None) -> list[PageFigure]:
+    """Per dataset and comparison group (never one Pareto front across budgets), union vs clean and per-threat
+    accuracy; with ``store``, the stored ε sweeps and training curves."""
     figures: list[PageFigure] = []
-    for dataset in sorted({row.dataset for row in rows}):
-        table = [row for row in rows if row.dataset == dataset]
-        figures += [f for f in (union_vs_clean(table, dataset), per_threat(table, suite, dataset)) if f]
+    for dataset, group, table in tables(rows):
+        name = dataset if group == 0 else f"{dataset}-{group}"
+        figures += [f for f in (union_vs_clean(table, name), per_threat(table, suite, name)) if f]
     if store is not None:
         figures += eps_sweeps(rows, suite, store)
         figures += [f for f in (training_curves(rows, store),) if f]
@@ -256,8 +277,7 @@ def _environment() -> Environment:
 
 def render_html(rows: list[Row], suite: Suite, costs: bool = False, store: ResultStore | None = None) -> str:
     """The whole page; with ``store``, figures of stored ε sweeps and training curves and rows' provenance too."""
-    tables = [page_table([r for r in rows if r.dataset == dataset], suite, dataset, store, costs)
-              for dataset in sorted({row.dataset for row in rows})]
+    pages = [page_table(table, suite, dataset, store, costs, group) for dataset, group, table in tables(rows)]
     template = _environment().get_template("leaderboard.html.j2")
-    return template.render(suite=suite.name, tables=tables, figures=page_figures(rows, suite, store),
+    return template.render(suite=suite.name, tables=pages, figures=page_figures(rows, suite, store),
                            created=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))

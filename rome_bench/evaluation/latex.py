@@ -1,6 +1,8 @@
 """Leaderboards as paper-ready LaTeX tables: one booktabs ``table`` float per dataset.
 
-* Columns follow ``render_markdown``: Method, the suite's columns, Avg, Union (``table.table_columns``).
+* Columns follow ``render_markdown``: Method, the suite's columns, Avg, Union (``table.table_columns``); the
+  caption states each threat column's specification (attack, norm, ε, steps, restarts). Rows measured under
+  another specification (``comparability.py``) get a table float of their own, so bold never ranks across budgets.
 * Cells are accuracies in percent with one decimal; the best value of each column on a dataset is bold
   (compared as printed, so printed ties are all bold); missing values print as ``--``.
 * A measured cell carries ``±h``, the half-width (high − low) / 2 of its 95% Wilson interval (the interval itself
@@ -16,8 +18,9 @@ from __future__ import annotations
 import math
 import re
 
+from rome_bench.evaluation.comparability import group_note, spec_line, tables
 from rome_bench.evaluation.suites import Suite
-from rome_bench.evaluation.table import Row, gating_texts, has_gating, table_columns
+from rome_bench.evaluation.table import Row, gating_texts, has_gating, reported_attack, table_columns
 
 _ESCAPES = {
     "\\": r"\textbackslash{}",
@@ -32,7 +35,7 @@ _ESCAPES = {
     "^": r"\textasciicircum{}",
 }
 _SYMBOLS = {"ℓ": r"$\ell$", "∞": r"$\infty$", "ε": r"$\varepsilon$", "±": r"$\pm$", "×": r"$\times$", "–": "--",
-            "—": "---"}
+            "—": "---", "·": r"$\cdot$", "∪": r"$\cup$", "≠": r"$\neq$"}
 _NORM = re.compile(r"ℓ(∞|\d+|p)")
 _MEASURED = "measured"
 _INTERVAL_NOTE = "% intervals are 95% Wilson score intervals, shown as +/- half-width; rows without one have none"
@@ -95,15 +98,21 @@ def _label(row: Row) -> str:
     return label if row.source == _MEASURED else label + r"$^\dagger$"
 
 
-def _caption(rows: list[Row], suite: Suite, dataset: str) -> str:
-    """The caption: suite, dataset, the measured rows' n, and the dagger's meaning when used."""
+def _caption(rows: list[Row], suite: Suite, dataset: str, group: int) -> str:
+    """The caption: suite, dataset, the threats' specification, the measured rows' n, the dagger's meaning (with
+    the attack the source used) when used, and why a table after the dataset's first stands apart."""
     caption = f"{latex_escape(suite.name)} suite on {latex_escape(dataset)}: accuracy (\\%)"
+    if note := group_note(group, rows):
+        caption += f" ({latex_escape(note)})"
+    caption += f"; threats: {latex_escape(spec_line(rows, suite))}"
     sizes = sorted({row.n for row in rows if row.n is not None})
     if sizes:
         caption += f", $n = {', '.join(str(size) for size in sizes)}$ test examples"
     caption += "; $\\pm$: half-width of the 95\\% Wilson interval"
     if any(row.source != _MEASURED for row in rows):
-        caption += "; $^\\dagger$: reported by its source, not measured here"
+        attacks = sorted({attack for row in rows if (attack := reported_attack(row))})
+        used = f" with {latex_escape(', '.join(attacks))}" if attacks else ""
+        caption += f"; $^\\dagger$: reported by its source{used}, not measured here"
     if has_gating(rows):
         chances = sorted({f"{100 * row.gating.chance:.1f}" for row in rows if row.gating is not None})
         caption += ("; Routing div.: mean distance between the threats' mean gate vectors (0: threat-agnostic "
@@ -116,14 +125,14 @@ def _gating_cells(row: Row) -> list[str]:
     return [text.replace("–", "--") for text in gating_texts(row)]
 
 
-def _table(rows: list[Row], suite: Suite, dataset: str) -> list[str]:
-    """The lines of one dataset's table float."""
+def _table(rows: list[Row], suite: Suite, dataset: str, group: int = 0) -> list[str]:
+    """The lines of one table float: a dataset's rows of one comparison group (bold: the best of these only)."""
     columns = table_columns(suite)
     gating = has_gating(rows)
     extra_titles = ["Routing div.", r"Gate clf. (\%)"] if gating else []
     best = {column: _best(rows, column) for column, _ in columns}
-    key = re.sub(r"[^A-Za-z0-9-]+", "-", f"{suite.name}-{dataset}").strip("-")
-    lines = [r"\begin{table}[t]", r"\centering", f"\\caption{{{_caption(rows, suite, dataset)}}}",
+    key = re.sub(r"[^A-Za-z0-9-]+", "-", f"{suite.name}-{dataset}").strip("-") + (f"-{group}" if group else "")
+    lines = [r"\begin{table}[t]", r"\centering", f"\\caption{{{_caption(rows, suite, dataset, group)}}}",
              f"\\label{{tab:{key}}}", _INTERVAL_NOTE,
              f"\\begin{{tabular}}{{l{'r' * (len(columns) + len(extra_titles))}}}", r"\toprule",
              " & ".join(["Method", *(latex_escape(title) for _, title in columns), *extra_titles]) + r" \\",
@@ -134,9 +143,9 @@ def _table(rows: list[Row], suite: Suite, dataset: str) -> list[str]:
 
 
 def render_latex(rows: list[Row], suite: Suite) -> str:
-    """Booktabs tables (one ``table`` float per dataset, rows in the given order); needs only ``booktabs``."""
-    datasets = sorted({row.dataset for row in rows})
-    if not datasets:
+    """Booktabs tables (one ``table`` float per dataset and comparison group, rows in the given order); needs only
+    ``booktabs``."""
+    if not rows:
         return f"% no results for suite '{suite.name}' yet; run rome-bench eval first\n"
-    blocks = ["\n".join(_table([r for r in rows if r.dataset == dataset], suite, dataset)) for dataset in datasets]
+    blocks = ["\n".join(_table(table, suite, dataset, group)) for dataset, group, table in tables(rows)]
     return "\n\n".join(blocks) + "\n"

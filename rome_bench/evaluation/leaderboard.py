@@ -8,8 +8,9 @@ output formats.
   (never the minimum of the per-threat accuracies, which overstates it).
 * Avg is the mean of the threat columns; its interval pools the threats' n·P outcomes (approximate, since the
   outcomes of one example under different threats are correlated).
-* Rows are sorted by dataset, then by Union (best first); reference rows (numbers reported by a paper or by
-  RobustBench) carry no n and no interval, and sort last when they report no Union.
+* Rows are sorted by dataset, then by Union (best first), within comparison groups (``comparability.py``): rows
+  measured under another threat specification (ε, attack, steps) are never ranked together; reference rows
+  (numbers reported by a paper or by RobustBench) carry no n and no interval, and sort last when they report no Union.
 * A union-only run (``--union-only``, a cascade) fills Nat and Union only; its per-threat cells show "–".
 * The Flags column lists the validity flags stored for the row's threats (see ``validity.py``).
 * A pooled column (``Suite.aggregates``: Com. Corr. over 75 corruption × severity threats, Percep. ℓp over five
@@ -29,9 +30,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from rome_bench.evaluation.comparability import assign_groups
+from rome_bench.evaluation.specs import ThreatSpec, pooled_spec, stored_spec
 from rome_bench.evaluation.store import FULL, UNION_ONLY, BatchCost, ResultStore, SuiteRun
 from rome_bench.evaluation.suites import Suite
-from rome_bench.evaluation.table import Cell, ReferenceRow, Row, reference_row
+from rome_bench.evaluation.table import PARTIAL, Cell, ReferenceRow, Row, reference_row
 
 
 def union_cell(per_threat: list[dict[int, bool]], example_ids: list[int]) -> Cell:
@@ -91,6 +94,19 @@ def _merged_cost(store: ResultStore, run: SuiteRun, keys: list[str]) -> BatchCos
     return BatchCost(*(sum(getattr(cost, f.name) for cost in costs) for f in dataclasses.fields(BatchCost)))
 
 
+def column_keys(store: ResultStore, run: SuiteRun, suite: Suite) -> dict[str, list[str]]:
+    """Per threat column of the suite, the run's threat keys it pools (those that do not apply included)."""
+    columns = {key: store.threat_column(key) for key in run.threat_keys}
+    keys = {column: [key for key in run.threat_keys if columns[key] in suite.members(column)]
+            for column in suite.columns if column != "nat"}
+    return {column: found for column, found in keys.items() if found}
+
+
+def column_spec(store: ResultStore, keys: list[str]) -> ThreatSpec:
+    """What a column's stored threats measured, from their recorded names and parameters."""
+    return pooled_spec([stored_spec(store.threat_name(key), store.threat_params(key)) for key in keys])
+
+
 def union_with_cell(store: ResultStore, run: SuiteRun, suite: Suite, own: list[dict[int, bool]]) -> Cell | None:
     """Union over this run's threats and those of a complete run of one of ``suite.union_with`` on the same
     model, dataset and examples (the first such suite found); None when there is none."""
@@ -127,6 +143,7 @@ def measured_row(store: ResultStore, run: SuiteRun, suite: Suite) -> Row | None:
         if full or column == "nat":
             cells[column] = pooled_cell([r for m in members for r in stored.results[m]], run.example_ids)
     cells["union"] = union_cell(everything, run.example_ids)
+    spec_keys = column_keys(store, run, suite)
     threat_columns = [c for c in cells if c not in ("nat", "union")]
     if full and suite.show_avg and threat_columns:
         cells["avg"] = Cell(sum(cells[c].correct for c in threat_columns), sum(cells[c].total for c in threat_columns))
@@ -138,7 +155,23 @@ def measured_row(store: ResultStore, run: SuiteRun, suite: Suite) -> Row | None:
                flags={c: f for c, keys in keys_of.items() if (f := _merged_flags(store, run, keys))},
                costs={c: cost for c, keys in keys_of.items() if (cost := _merged_cost(store, run, keys))},
                mode=run.mode, model_hash=run.model_hash, counts=cells, not_applicable=not_applicable,
-               fingerprint=run.dataset)
+               fingerprint=run.dataset,
+               specs={c: column_spec(store, keys) for c, keys in spec_keys.items()},
+               spec_keys={c: tuple(sorted(keys)) for c, keys in spec_keys.items()})
+
+
+def partial_row(store: ResultStore, run: SuiteRun, suite: Suite) -> Row | None:
+    """A row from a run of only some of the suite's threats: their columns, without Avg or Union (which would
+    stand for the whole suite); None when some of its results are missing."""
+    row = measured_row(store, run, suite)
+    if row is None:
+        return None
+    for column in ("avg", "union", "union-all"):
+        row.values.pop(column, None)
+        row.intervals.pop(column, None)
+        row.counts.pop(column, None)
+    row.mode = PARTIAL
+    return row
 
 
 def build_leaderboard(store: ResultStore, suite: Suite, dataset: str | None = None,
@@ -154,4 +187,4 @@ def build_leaderboard(store: ResultStore, suite: Suite, dataset: str | None = No
     for reference in references or []:
         if dataset is None or reference.dataset == dataset:
             rows.append(reference_row(reference))
-    return sorted(rows, key=lambda row: (row.dataset, -row.values.get("union", -1.0)))
+    return assign_groups(sorted(rows, key=lambda row: (row.dataset, -row.values.get("union", -1.0))), suite)

@@ -12,11 +12,14 @@ from pathlib import Path
 
 from rome_bench.errors import RomeBenchError
 from rome_bench.evaluation.robustbench_info import robustbench_rows
+from rome_bench.evaluation.specs import ThreatSpec, reference_spec
 from rome_bench.evaluation.table import ReferenceRow
 from rome_bench.jsonfiles import JSONFileError, read_json
 from rome_bench.models.robustbench_zoo import is_zoo_source
 
 LEADERBOARDS_DIR = Path(__file__).resolve().parents[2] / "leaderboards"
+UNSPECIFIED_ATTACK = "attack not stated"
+AGGREGATE_COLUMNS = ("nat", "avg", "union", "union-all")
 
 
 def available_references() -> list[str]:
@@ -51,8 +54,20 @@ def paper_rows(name_or_path: str) -> list[ReferenceRow]:
         values = {column: _percent(entry, column, path) for column in document["columns"] if column in entry}
         rows.append(ReferenceRow(label, entry["method"], entry["dataset"], values,
                                  f"{document['source']} ({document['name']})",
-                                 {column: titles[column] for column in values if column in titles}))
+                                 {column: titles[column] for column in values if column in titles},
+                                 _specs(document, entry["dataset"], values), document.get("protocol")))
     return rows
+
+
+def _specs(document: dict, dataset: str, values: dict[str, float]) -> dict[str, ThreatSpec]:
+    """The attack and ε behind each reported threat column, from the file's ``attack`` (one name, or one per
+    column) and ``threat_model``; 'attack not stated' when the file does not say."""
+    attack = document.get("attack") or UNSPECIFIED_ATTACK
+    eps = ((document.get("threat_model") or {}).get(dataset) or {}).get("eps") or {}
+    def named(column: str) -> str:
+        return attack if isinstance(attack, str) else attack.get(column, UNSPECIFIED_ATTACK)
+
+    return {column: reference_spec(column, named(column), eps) for column in values if column not in AGGREGATE_COLUMNS}
 
 
 def _percent(entry: dict, column: str, path: Path) -> float:

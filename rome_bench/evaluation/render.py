@@ -16,6 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from rome_bench.errors import ConfigError
+from rome_bench.evaluation.comparability import (
+    NOT_RECORDED,
+    column_specs,
+    group_note,
+    spec_line,
+    tables,
+    threat_columns,
+)
 from rome_bench.evaluation.latex import render_latex
 from rome_bench.evaluation.leaderboard import build_leaderboard
 from rome_bench.evaluation.store import GatingScore, ResultStore
@@ -39,14 +47,16 @@ GATING_CSV_COLUMNS = ["routing_divergence", "gate_classifier_accuracy", "gate_cl
 
 
 def render_markdown(rows: list[Row], suite: Suite, costs: bool = False) -> str:
-    """One Markdown table per dataset; with ``costs``, a training-cost and an evaluation-cost column."""
+    """One Markdown table per dataset and comparison group, each under a line stating its threats' specification
+    (attack, norm, ε, steps, restarts); with ``costs``, a training-cost and an evaluation-cost column."""
     lines: list[str] = []
-    for dataset in sorted({row.dataset for row in rows}):
-        table = [r for r in rows if r.dataset == dataset]
+    for dataset, group, table in tables(rows):
         columns = table_columns(suite, table)
         gating = has_gating(table)
         titles = [title for _, title in columns] + (list(gating_titles(table)) if gating else [])
-        lines += [f"### {suite.name} suite on {dataset} — accuracy % (95% Wilson interval)", ""]
+        note = group_note(group, table)
+        lines += [f"### {suite.name} suite on {dataset} — accuracy % (95% Wilson interval)"
+                  + (f" — {note}" if note else ""), "", f"Threats: {spec_line(table, suite)}", ""]
         extra = " Train cost | Eval cost |" if costs else ""
         lines.append("| Method | n | " + " | ".join(titles) + f" | Flags | Source |{extra}")
         lines.append("|---|---:|" + "---:|" * len(titles) + "---|---|" + ("---|---|" if costs else ""))
@@ -59,8 +69,16 @@ def render_markdown(rows: list[Row], suite: Suite, costs: bool = False) -> str:
     return "\n".join(lines) if lines else f"no results for suite '{suite.name}' yet; run rome-bench eval first"
 
 
+def row_specs(row: Row, suite: Suite) -> dict[str, str]:
+    """Per threat column, what produced the row's number ('not recorded' where unknown)."""
+    return {column: row.specs[column].text() if column in row.specs else NOT_RECORDED
+            for column in threat_columns(suite)}
+
+
 def render_csv(rows: list[Row], suite: Suite, costs: bool = False) -> str:
-    """One record per row: accuracy and Wilson bounds per column (empty where missing), raw costs and gating."""
+    """One record per row: accuracy and Wilson bounds per column (empty where missing), raw costs and gating, then
+    its comparison ``group`` (rows of different groups on a dataset were measured differently: never rank them
+    together) and per threat column ``<column>_threat``, what produced the number (attack, norm, ε, steps)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     columns = [c for c, _ in table_columns(suite, rows)]
@@ -76,7 +94,7 @@ def render_csv(rows: list[Row], suite: Suite, costs: bool = False) -> str:
             record += _cost_record(row, suite)
         if gating:
             record += _gating_record(row.gating)
-        writer.writerow(record)
+        writer.writerow([*record, row.group, *row_specs(row, suite).values()])
     return buffer.getvalue()
 
 
@@ -90,7 +108,7 @@ def _csv_header(columns: list[str], suite: Suite, costs: bool, gating: bool) -> 
             header += [f"{column}_seconds", f"{column}_forward_images", f"{column}_backward_images"]
     if gating:
         header += GATING_CSV_COLUMNS
-    return header
+    return [*header, "group", *(f"{column}_threat" for column in threat_columns(suite))]
 
 
 def _cost_record(row: Row, suite: Suite) -> list[Any]:
@@ -117,12 +135,18 @@ def _gating_json(score: GatingScore | None) -> dict[str, Any] | None:
 
 
 def render_json(rows: list[Row], suite: Suite, costs: bool = False) -> str:
-    """The suite, its columns and every row's accuracies, intervals and flags (costs and gating when asked/known)."""
+    """The suite, its columns, its tables (one per dataset and comparison group, with each threat column's
+    specification) and every row's accuracies, intervals, flags, group and threat specifications (costs and gating
+    when asked/known)."""
     gating = has_gating(rows)
-    payload = {"suite": suite.name, "columns": [c for c, _ in table_columns(suite, rows)], "rows": [
+    payload = {"suite": suite.name, "columns": [c for c, _ in table_columns(suite, rows)], "tables": [
+        {"dataset": dataset, "group": group, "note": group_note(group, table) or None,
+         "threats": {c: spec.text() if spec else None for c, spec in column_specs(table, suite).items()}}
+        for dataset, group, table in tables(rows)], "rows": [
         {"label": row.label, "method": row.method, "dataset": row.dataset, "n": row.n, "source": row.source,
          "mode": row.mode, "accuracy": row.values, "wilson95": {c: list(v) for c, v in row.intervals.items()},
-         "flags": row.flags,
+         "flags": row.flags, "group": row.group, "threats": row_specs(row, suite),
+         "attack_differs_from_suite": row.attack_differs,
          **({"costs": {c: dataclasses.asdict(v) for c, v in row.costs.items()}, "train_cost": row.train_cost}
             if costs else {}),
          **({"gating": _gating_json(row.gating)} if gating else {})}

@@ -387,6 +387,13 @@ class ResultStore:
             raise KeyError(threat_key)
         return json.loads(row[0])
 
+    def threat_name(self, threat_key: str) -> str:
+        """The registry name a threat key was recorded under (KeyError for an unknown key)."""
+        row = self._connection.execute("SELECT name FROM threats WHERE threat_key=?", (threat_key,)).fetchone()
+        if row is None:
+            raise KeyError(threat_key)
+        return row[0]
+
     def threat_column(self, threat_key: str) -> str:
         row = self._connection.execute("SELECT column_name FROM threats WHERE threat_key=?", (threat_key,)).fetchone()
         if row is None:

@@ -15,10 +15,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from rome_bench.evaluation.specs import ThreatSpec
 from rome_bench.evaluation.store import UNION_ONLY, BatchCost, GatingScore
 from rome_bench.evaluation.suites import Suite
 
 Z_95 = 1.959963984540054
+PARTIAL = "partial"  # the mode of a row of only some of a suite's threats (``benchmark(threat_model=…)``)
 
 
 def wilson_interval(successes: int, trials: int, z: float = Z_95) -> tuple[float, float]:
@@ -60,6 +62,8 @@ class ReferenceRow:
     # titles of the file's own columns under another protocol than any suite's (e.g. a paper's PGD-20): such a
     # column is printed after the suite's columns; a column without a title shows only where a suite has it
     titles: dict[str, str] = field(default_factory=dict)
+    specs: dict[str, ThreatSpec] = field(default_factory=dict)  # column -> the attack and ε that produced it
+    protocol: str | None = None  # the suite whose attacks the source used (e.g. seen: AutoAttack), if it says
 
 
 @dataclass
@@ -83,12 +87,24 @@ class Row:
     train_cost: dict[str, Any] | None = None  # training wall time, device and images (runs trained since recipes)
     titles: dict[str, str] = field(default_factory=dict)  # reference rows: titled columns of their own protocol
     fingerprint: str | None = None  # the dataset fingerprint of a measured row's examples
+    specs: dict[str, ThreatSpec] = field(default_factory=dict)  # threat column -> what it measured
+    spec_keys: dict[str, tuple[str, ...]] = field(default_factory=dict)  # threat column -> its stored threat keys
+    protocol: str | None = None  # reference rows: the suite whose attacks produced them, when the source says
+    group: int = 0  # comparison group within its dataset (comparability.py): 0 ranks first, others apart
+    attack_differs: bool = False  # a reported row produced by other attacks than the suite's
+
+
+def reported_attack(row: Row) -> str | None:
+    """The attacks a reported row's source used (e.g. 'AutoAttack-standard'), or None when it does not say."""
+    attacks = sorted({spec.attack for spec in row.specs.values()})
+    return ", ".join(attacks) if row.source != "measured" and attacks else None
 
 
 def reference_row(reference: ReferenceRow) -> Row:
     """A reported row as a leaderboard row: no n, no intervals, its own titled columns."""
     return Row(label=reference.label, method=reference.method, dataset=reference.dataset, n=None,
-               values=dict(reference.values), source=reference.source, titles=dict(reference.titles))
+               values=dict(reference.values), source=reference.source, titles=dict(reference.titles),
+               specs=dict(reference.specs), protocol=reference.protocol)
 
 
 def table_columns(suite: Suite, rows: list[Row] | None = None) -> list[tuple[str, str]]:
@@ -119,8 +135,12 @@ def cell_text(row: Row, column: str) -> str:
 
 
 def source_text(row: Row) -> str:
-    """Where the row comes from, marked '(union only)' for a union-only run."""
-    return row.source + (" (union only)" if row.mode == UNION_ONLY else "")
+    """Where the row comes from, marked '(union only)' for a union-only run; a reported row names its attack, and
+    says so when that is not the suite's (e.g. 'reported by the paper (…); AutoAttack-standard ≠ suite')."""
+    text = row.source + {UNION_ONLY: " (union only)", PARTIAL: " (some threats only)"}.get(row.mode, "")
+    if (attack := reported_attack(row)) is not None:
+        text += f"; {attack}" + (" ≠ suite" if row.attack_differs else "")
+    return text
 
 
 def flags_text(row: Row, suite: Suite) -> str:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from rome_bench.api import load_model, plan, test_data
+from rome_bench.api import load_run, plan, test_data
 from rome_bench.data import fetch_batch
 from rome_bench.device import resolve_device
 from rome_bench.evaluation.runner import attack_precision, batch_seed, full_precision, verify_threat_output
@@ -102,7 +102,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    loaded = load_model(args.run, device=str(device))
+    loaded = load_run(args.run, device=str(device))
     data = test_data(loaded)
     planned, ids = plan(loaded, SUITES.get(args.suite), data, args.n_examples, [n for n in args.only.split(",") if n])
     images, labels = (tensor.to(device) for tensor in fetch_batch(data.dataset, ids))

@@ -1,29 +1,30 @@
-"""The Python API: rome-bench's protocol from a notebook, results as pandas DataFrames.
+"""The Python API, shaped like RobustBench's and torchattacks': load a model, benchmark it, read the results.
 
     import rome_bench
 
-    model = rome_bench.load_model("runs/rome+max-smoke")          # a run directory, or "file.py:Class"
-    results = rome_bench.benchmark(model, suite="seen-pgd", n_examples=100, store="results.sqlite")
-    results.leaderboard()                                           # the rows `rome-bench leaderboard` prints
-    results.to_pandas()                                             # long: model, threat, column, example_id, correct
-    results.matrix()                                                # wide: one row per (model, example)
-    results.union(["pgd-l1", "pgd-linf"])                          # per-example worst case over any threat subset
+    model = rome_bench.load_model("runs/rome+max-smoke")   # an nn.Module on [0, 1] images; model.rome_bench: its run
+    logits = model(images)                                  # callable like any classifier
+    results = rome_bench.benchmark(model, threat_model="Linf", eps=8 / 255, n_examples=100, store="results.sqlite")
+    results                                                 # in a notebook: the leaderboard, 95% Wilson intervals
+    results.leaderboard()                                   # the rows `rome-bench leaderboard` prints
+    results.to_pandas()                                     # long: model, threat, column, example_id, correct
+    results.union(["pgd-l1", "pgd-linf"])                   # per-example worst case over any threat subset
 
 ``benchmark`` runs exactly what ``rome-bench eval`` runs (the same suites, seeds, per-example store and resume:
 results already in the store are not recomputed), and ``rome-bench eval`` is built on the same functions: it loads
 its model and test data with ``load_run_with_data`` (``--run``) or ``load_module_with_data`` (``--model``,
-``--model-file``). A bare
-``nn.Module`` taking [0, 1] images is accepted too; its ε and dataset come from ``preset``.
+``--model-file``). Any ``nn.Module`` taking [0, 1] images is accepted; its ε and dataset come from ``preset``
+unless ``eps`` and ``dataset`` say otherwise. ε overrides change the threats' parameters, hence their store keys:
+results at different budgets never mix, and leaderboards never rank them together.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
 import torch
 from torch import nn
@@ -31,27 +32,89 @@ from torch import nn
 from rome_bench.device import resolve_device
 from rome_bench.errors import ConfigError
 from rome_bench.presets import preset as preset_config
+from rome_bench.results import Results
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from rome_bench.data import LoadedDataset
     from rome_bench.evaluation.gating_analysis import GatingReport
     from rome_bench.evaluation.runner import LoadedRun
     from rome_bench.evaluation.sharding import Row, ShardingRequest, ShardJob
-    from rome_bench.evaluation.store import ResultStore, SuiteRun
+    from rome_bench.evaluation.store import ResultStore
     from rome_bench.evaluation.suites import Suite
+    from rome_bench.registry import Registry
     from rome_bench.threats import Threat
 
-LONG_COLUMNS = ["model", "model_hash", "dataset", "threat", "threat_key", "column", "example_id", "correct"]
-
-
 def load_model(source: str | Path, weights: str | Path | None = None, preset: str = "cifar10",
-               device: str | torch.device = "auto", model_dir: str | Path | None = None) -> LoadedRun:
-    """A model to benchmark: a run directory written by ``rome-bench train``; ``robustbench:<name>`` or
-    ``robustbench:<threat_model>/<name>`` (RobustBench's zoo, checkpoints in ``model_dir``, RobustBench's layout);
-    or ``FILE.py:Class`` / ``module:Class`` (an nn.Module taking [0, 1] images, with optional ``weights``). Zoo and
-    module models are evaluated under ``preset``'s dataset and ε."""
+               device: str | torch.device = "auto", model_dir: str | Path | None = None) -> nn.Module:
+    """A classifier to benchmark or to attack: an ``nn.Module`` taking images in [0, 1] and returning logits.
+
+    Its normalisation is inside it, as in RobustBench's and torchattacks' models. What rome-bench knows about it
+    (run config, content hash, method, source) stays reachable as ``model.rome_bench`` (a ``LoadedRun``, which
+    :func:`load_run` returns directly), and :func:`benchmark` uses it.
+
+    Parameters
+    ----------
+    source : str or Path
+        A run directory written by ``rome-bench train``; ``robustbench:<name>`` or
+        ``robustbench:<threat_model>/<name>`` (RobustBench's zoo, checkpoints in ``model_dir``); or ``FILE.py:Class``
+        / ``module:Class`` (an ``nn.Module`` taking [0, 1] images).
+    weights : str or Path, optional
+        Weights (.safetensors or .pt) for a ``FILE.py:Class`` source.
+    preset : str, default "cifar10"
+        For zoo and module sources: the preset whose dataset and ε they are evaluated under.
+    device : str or torch.device, default "auto"
+        Where the model goes (``auto``: CUDA when available).
+    model_dir : str or Path, optional
+        RobustBench checkpoints, laid out ``<dir>/<dataset>/<threat_model>/<name>.pt``.
+
+    Returns
+    -------
+    torch.nn.Module
+        The model in eval mode, with the run's metadata as ``model.rome_bench``.
+
+    Raises
+    ------
+    ConfigError
+        When ``source`` is neither a run directory nor a module or zoo source.
+
+    Examples
+    --------
+    >>> model = rome_bench.load_model("runs/rome+max-smoke")  # doctest: +SKIP
+    >>> logits = model(torch.rand(8, 3, 32, 32))              # doctest: +SKIP
+    >>> model.rome_bench.config.threats.eps                   # doctest: +SKIP
+    {'l1': 12.0, 'l2': 0.5, 'linf': 0.03137254901960784}
+    """
+    return as_module(load_run(source, weights, preset, device, model_dir))
+
+
+def as_module(loaded: LoadedRun) -> nn.Module:
+    """The loaded run's model, in eval mode, carrying the run as ``model.rome_bench``."""
+    model = loaded.model.eval()
+    model.__dict__["rome_bench"] = loaded  # a plain attribute: not a submodule, not in the state dict
+    return model
+
+
+def load_run(source: str | Path, weights: str | Path | None = None, preset: str = "cifar10",
+             device: str | torch.device = "auto", model_dir: str | Path | None = None) -> LoadedRun:
+    """What :func:`load_model` loads, as rome-bench holds it: the model with its config, hash, method and source.
+
+    Parameters
+    ----------
+    source, weights, preset, device, model_dir
+        As for :func:`load_model`.
+
+    Returns
+    -------
+    LoadedRun
+        ``.model`` (the ``nn.Module``), ``.config`` (its ``RunConfig``: dataset, ε, steps), ``.model_hash``,
+        ``.source`` and ``.method`` (None for a model not trained by rome-bench).
+
+    Examples
+    --------
+    >>> run = rome_bench.load_run("runs/rome+max-smoke")  # doctest: +SKIP
+    >>> run.method, run.model_hash[:8]                      # doctest: +SKIP
+    ('rome+max', '1a2b3c4d')
+    """
     from rome_bench.models.robustbench_zoo import is_zoo_source
 
     torch_device = _device(device)
@@ -137,38 +200,117 @@ def wrap_module(model: nn.Module, preset: str = "cifar10", label: str | None = N
 
 def benchmark(model: LoadedRun | nn.Module | str | Path, suite: str = "seen", n_examples: int | None = None,
               dataset: str | None = None, data_dir: str | None = None, store: str | Path | None = None,
-              device: str = "auto", batch_size: int = 128, threats: Sequence[str] = (), label: str | None = None,
-              preset: str = "cifar10", progress: bool = True, precision: str = "fp32",
-              compile_backend: str | None = None) -> Results:
-    """Evaluate ``model`` on every threat of ``suite`` over a fixed seeded test subset; per-example results go to
-    ``store`` (a SQLite file; None = a temporary one that lives as long as the returned :class:`Results`).
-    ``precision="bf16"`` runs the attacks under bf16 autocast (classification stays fp32); ``compile_backend``
-    (e.g. ``"inductor"``) evaluates a ``torch.compile``d model at ``batch_size`` rows (``models/compiled.py``)."""
+              device: str | torch.device = "auto", batch_size: int = 128, threats: Sequence[str] = (),
+              label: str | None = None, preset: str = "cifar10", progress: bool = True, precision: str = "fp32",
+              compile_backend: str | None = None, threat_model: str | None = None,
+              eps: float | Mapping[str, float] | None = None) -> Results:
+    """Evaluate a model on a suite's threats over a fixed seeded test subset, as ``rome-bench eval`` does.
+
+    Any ``nn.Module`` taking images in [0, 1] works, as with RobustBench's ``benchmark``; a model from
+    :func:`load_model` brings its run's dataset, ε and steps. Per-example results go to ``store``; results already
+    there are not recomputed.
+
+    Suites (``rome-bench list suites`` gives their exact threats): ``seen`` (AutoAttack-standard ℓ1/ℓ2/ℓ∞, the
+    paper's protocol), ``seen-plus``, ``seen-rand``, ``seen-apgd`` (APGD-CE then APGD-T), ``seen-pgd`` (PGD with
+    the run's eval steps), ``seen-pgd10``, ``unseen`` (corruptions, perceptual and other unseen threats),
+    ``adaptive`` (PGD, GMA and their union), ``dwf``, ``pgd20``, ``apgd20``.
+
+    Parameters
+    ----------
+    model : nn.Module or str or Path or LoadedRun
+        The classifier (normalisation inside; logits out), or a source :func:`load_model` accepts.
+    suite : str, default "seen"
+        The threat suite, one of those listed above.
+    n_examples : int, optional
+        Test examples (a fixed seeded subset); default: the config's ``data.eval_examples``.
+    dataset : str, optional
+        The test set (``rome-bench list datasets``); default: the model's (the preset's for a bare module).
+    data_dir : str, optional
+        Where the dataset is read from.
+    store : str or Path, optional
+        The SQLite results store; default: a temporary one that lives as long as the returned :class:`Results`.
+    device : str or torch.device, default "auto"
+        Where to evaluate (``auto``: CUDA when available).
+    batch_size : int, default 128
+        Examples per attack batch.
+    threats : sequence of str, optional
+        Only these threats of the suite (registry names, e.g. ``pgd-linf``); clean always runs.
+    label : str, optional
+        The model's row label in leaderboards.
+    preset : str, default "cifar10"
+        For a bare module: the preset whose dataset, ε and steps to use.
+    progress : bool, default True
+        Show progress bars.
+    precision : {"fp32", "bf16"}, default "fp32"
+        ``bf16`` runs the model's passes inside attacks under bf16 autocast (classification stays fp32).
+    compile_backend : str, optional
+        ``torch.compile`` the model with this backend (e.g. ``inductor``) for ``batch_size`` rows.
+    threat_model : {"Linf", "L2", "L1"}, optional
+        RobustBench's name (or ``linf``, ``l2``, ``l1``): only the suite's threats of this norm (and clean).
+    eps : float or dict of str to float, optional
+        The budget: one number for ``threat_model``'s norm, or ε per norm (``{"linf": 4/255, "l2": 0.25}``).
+        It is part of each threat's parameters and store key: leaderboards never rank it with other budgets.
+
+    Returns
+    -------
+    Results
+        The stored results of this model on the suite; in a notebook it displays as its leaderboard.
+
+    Raises
+    ------
+    ConfigError
+        On an unknown suite, threat, threat model or dataset, or an ε that is not a positive number.
+
+    Examples
+    --------
+    >>> net = ImageClassifier(MODELS.get("vit_micro")(num_classes=10, image_size=32, patch_size=8),
+    ...                       mean=(0.5,) * 3, std=(0.25,) * 3)                            # doctest: +SKIP
+    >>> results = rome_bench.benchmark(net, suite="seen-pgd", threat_model="Linf", eps=8 / 255, n_examples=16,
+    ...                                preset="smoke", progress=False)                    # doctest: +SKIP
+    >>> results.leaderboard()                                                            # doctest: +SKIP
+    """
+    from rome_bench.evaluation.budgets import budgets, norm_threats, with_eps
     from rome_bench.evaluation.suites import SUITES
 
-    loaded = model if _is_loaded(model) else (
-        wrap_module(model, preset, label) if isinstance(model, nn.Module) else load_model(model, preset=preset))
+    norm, eps_by_norm = budgets(threat_model, eps)
+    loaded = with_eps(_loaded(model, preset, label), eps_by_norm)
     chosen = SUITES.get(suite)
-    torch_device = resolve_device(device)
+    torch_device = _device(device)
     loaded.model.to(torch_device).eval()
     if compile_backend is not None:
         from rome_bench.evaluation.runner import compiled_run
 
         loaded = compiled_run(loaded, compile_backend, batch_size)
     data = test_data(loaded, dataset, data_dir)
+    only = [*threats, *norm_threats(loaded, chosen, norm)]
     owner = None if store is not None else tempfile.TemporaryDirectory(prefix="rome-bench-")
     store_path = Path(store) if store is not None else Path(owner.name) / "results.sqlite"  # type: ignore[union-attr]
-    planned, ids = plan(loaded, chosen, data, n_examples, threats)
+    planned, ids = plan(loaded, chosen, data, n_examples, only)
     from rome_bench.evaluation.runner import attack_precision
-    from rome_bench.evaluation.store import ResultStore
+    from rome_bench.evaluation.store import ResultStore, SuiteRun
 
     with ResultStore(store_path) as results, attack_precision(precision, torch_device):
         evaluate_into(results, loaded, chosen.name, planned, data, ids, label or default_label(loaded), batch_size,
-                      torch_device, progress, complete=not threats)
-    return Results(store_path, chosen.name, data.info.name, [loaded.model_hash], owner)
+                      torch_device, progress, complete=not only)
+    partial = [SuiteRun(loaded.model_hash, chosen.name, data.fingerprint, data.info.name,
+                        [threat.key for threat in planned], ids, label or default_label(loaded), loaded.method)]
+    return Results(store_path, chosen.name, data.info.name, [loaded.model_hash], owner, partial if only else [])
 
 
-def _is_loaded(model: object) -> bool:
+def _loaded(model: LoadedRun | nn.Module | str | Path, preset: str, label: str | None) -> LoadedRun:
+    """The model as a LoadedRun: as given, the run a :func:`load_model` module carries, a bare module wrapped
+    under ``preset``, or a source loaded."""
+    if _is_loaded(model):
+        return model
+    if isinstance(model, nn.Module):
+        attached = getattr(model, "rome_bench", None)
+        if _is_loaded(attached) and attached.model is model:
+            return attached
+        return wrap_module(model, preset, label)
+    return load_run(cast("str | Path", model), preset=preset)
+
+
+def _is_loaded(model: object) -> TypeGuard[LoadedRun]:
     from rome_bench.evaluation.runner import LoadedRun
 
     return isinstance(model, LoadedRun)
@@ -284,11 +426,6 @@ def select_threats(threats: list[Threat], names: list[str], suite: str) -> list[
     return [threat for threat in threats if threat.name == "clean" or threat.name in names]
 
 
-def threat_name(threat_key: str) -> str:
-    """The registry name in a threat key (``pgd-linf:1a2b…`` -> ``pgd-linf``)."""
-    return threat_key.rsplit(":", 1)[0]
-
-
 def analyse_gating(run: str | Path, suite: str = "seen", n_examples: int = 200, batch_size: int = 128,
                    store: str | Path | None = None, out: str | Path | None = None, data_dir: str | None = None,
                    device: str = "auto", map_images: int = 4, seed: int = 0, progress: bool = True
@@ -345,8 +482,9 @@ def list_entries(kind: str) -> list[str]:
 
     if kind == "presets":
         return list(PRESETS)
-    registries = {"threats": THREATS, "models": MODELS, "methods": RECIPES, "recipes": RECIPES, "families": FAMILIES,
-                  "routing-losses": ROUTING_LOSSES, "datasets": DATASETS, "suites": SUITES}
+    registries: dict[str, Registry[Any]] = {
+        "threats": THREATS, "models": MODELS, "methods": RECIPES, "recipes": RECIPES, "families": FAMILIES,
+        "routing-losses": ROUTING_LOSSES, "datasets": DATASETS, "suites": SUITES}
     if kind not in registries:
         raise ConfigError(f"unknown kind '{kind}'; choose one of: {', '.join([*registries, 'presets'])}")
     lines = []
@@ -358,106 +496,3 @@ def list_entries(kind: str) -> list[str]:
         if kind == "suites":  # the exact parameters, at the cifar10 preset's ε
             lines += [f"{'':16s}   {threat!r}" for threat in entry.obj.build(PRESETS["cifar10"]().threats)]
     return lines
-
-
-@dataclass
-class Results:
-    """Stored results of one or more models on one suite: a view on the SQLite store, read on demand."""
-
-    store_path: Path
-    suite: str
-    dataset: str  # the dataset's name (e.g. cifar10)
-    model_hashes: list[str]
-    _owner: Any = None  # keeps a temporary store alive
-
-    @classmethod
-    def from_store(cls, store: str | Path, suite: str, dataset: str | None = None) -> Results:
-        """Every model with a completed run of ``suite`` in an existing store (as ``rome-bench leaderboard``)."""
-        from rome_bench.evaluation.store import ResultStore
-
-        with ResultStore(store) as results:
-            runs = results.suite_runs(suite, dataset)
-        if not runs:
-            raise ConfigError(f"no completed '{suite}' run in {store}; run rome-bench eval --suite {suite} first")
-        return cls(Path(store), suite, dataset or runs[0].dataset_name, [run.model_hash for run in runs])
-
-    def _runs(self, results: ResultStore) -> list[SuiteRun]:
-        wanted = set(self.model_hashes)
-        return [run for run in results.suite_runs(self.suite, self.dataset) if run.model_hash in wanted]
-
-    def to_pandas(self) -> pd.DataFrame:
-        """Long format, one row per (model, threat, example): model, model_hash, dataset, threat, threat_key, column,
-        example_id, correct. Threats that do not apply to a model, and examples a union-only cascade skipped, have
-        no rows."""
-        import pandas as pd
-
-        from rome_bench.evaluation.store import ResultStore
-
-        records = []
-        with ResultStore(self.store_path) as results:
-            for run in self._runs(results):
-                for key in run.threat_keys:
-                    if results.not_applicable(run.model_hash, key, run.dataset):
-                        continue
-                    correct = results.correctness(run.model_hash, key, run.dataset)
-                    name, column = threat_name(key), results.threat_column(key)
-                    records.extend((run.label, run.model_hash, run.dataset_name, name, key, column, i, correct[i])
-                                   for i in run.example_ids if i in correct)
-        frame = pd.DataFrame.from_records(records, columns=LONG_COLUMNS)
-        return frame.astype({"correct": bool, "example_id": int})
-
-    def matrix(self) -> pd.DataFrame:
-        """Wide format: one row per (model, example), one column per threat (1 robust, 0 not, missing = not attacked
-        or not applicable), and ``union`` (robust under every stored threat of the suite)."""
-        from rome_bench.evaluation.export import matrix_frame
-        from rome_bench.evaluation.store import ResultStore
-
-        with ResultStore(self.store_path) as results:
-            frame = matrix_frame(results, self._suite(), self.dataset)
-        frame = frame[frame["model_hash"].isin(self.model_hashes)]
-        return frame.rename(columns={"label": "model"}).set_index(["model", "example_id"])
-
-    def leaderboard(self, references: Sequence[str] = ()) -> pd.DataFrame:
-        """The leaderboard rows (accuracy in %, union per example), as ``rome-bench leaderboard`` prints them."""
-        import pandas as pd
-
-        rows = self.rows(references)
-        suite = self._suite()
-        from rome_bench.evaluation.table import table_columns
-
-        columns = [column for column, _ in table_columns(suite, rows)]
-        records = [{"model": row.label, "source": row.source, "n": row.n,
-                    **{column: 100 * row.values[column] if column in row.values else None for column in columns}}
-                   for row in rows]
-        return pd.DataFrame.from_records(records, columns=["model", "source", "n", *columns])
-
-    def rows(self, references: Sequence[str] = ()) -> list[Any]:
-        """The leaderboard's :class:`~rome_bench.evaluation.table.Row` objects (with intervals, flags, costs)."""
-        from rome_bench.evaluation.leaderboard import build_leaderboard
-        from rome_bench.evaluation.reference import load_reference
-        from rome_bench.evaluation.store import ResultStore
-
-        reference_rows = [row for name in references for row in load_reference(name)]
-        with ResultStore(self.store_path) as results:
-            rows = build_leaderboard(results, self._suite(), self.dataset, reference_rows)
-        wanted = set(self.model_hashes)
-        return [row for row in rows if row.model_hash is None or row.model_hash in wanted]
-
-    def union(self, threats: Sequence[str]) -> pd.Series:
-        """Per model, the fraction of examples robust to every threat named (threat names or columns), computed per
-        example; an example a threat did not attack because it was already misclassified clean counts as broken."""
-        long = self.to_pandas()
-        if long.empty:
-            raise ConfigError(f"no stored results for suite '{self.suite}'")
-        chosen = long[long["threat"].isin(threats) | long["column"].isin(threats)]
-        unknown = [name for name in threats if name not in set(long["threat"]) | set(long["column"])]
-        if unknown:
-            known = ", ".join(sorted(set(long["threat"])))
-            raise ConfigError(f"threat '{unknown[0]}' has no results in suite '{self.suite}'; stored: {known}")
-        robust = chosen.groupby(["model", "example_id"])["correct"].all()
-        return robust.groupby(level="model").mean().rename("union")
-
-    def _suite(self) -> Suite:
-        from rome_bench.evaluation.suites import SUITES
-
-        return SUITES.get(self.suite)

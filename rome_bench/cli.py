@@ -144,6 +144,10 @@ def evaluate(
         help="Only the Union column: each threat attacks only the examples still robust to the earlier ones.")] = False,
     eps_scale: Annotated[str | None, typer.Option(
         help="ε sweep: comma-separated multiples of each threat's ε, e.g. 0.25,0.5,1,1.5,2.")] = None,
+    eps: Annotated[list[str] | None, typer.Option(
+        "--eps", metavar="NORM=VALUE",
+        help="The ε of one norm instead of the run's or preset's (repeatable): --eps linf=4/255 --eps l2=0.25. "
+             "It is in the threats' store keys; leaderboards never rank rows of different ε together.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Where to write the ε-sweep PNG (default: in the run dir).")] = None,
     model_file: Annotated[str | None, typer.Option(
         help="Evaluate any nn.Module taking [0,1] images: FILE.py:Name or package.module:Name.")] = None,
@@ -203,6 +207,7 @@ def evaluate(
     """Evaluate a trained run (or --model-file) on every threat of a suite; results go to the store per example."""
     from rome_bench.api import evaluate_rows, load_module_with_data, load_run_with_data, plan, variant_rows
     from rome_bench.device import resolve_device
+    from rome_bench.evaluation.budgets import parse_eps_overrides, with_eps
     from rome_bench.evaluation.runner import attack_precision, compiled_run
     from rome_bench.evaluation.sharding import ShardingRequest
     from rome_bench.evaluation.store import default_store
@@ -220,6 +225,7 @@ def evaluate(
     if union_only and eps_scale:
         raise ConfigError("--union-only and --eps-scale exclude each other: a sweep needs every threat's column")
     scales = parse_scales(eps_scale) if eps_scale else None
+    budgets = parse_eps_overrides(eps or [])
     chosen_suite = SUITES.get(suite)
     sharding = ShardingRequest.from_flags(shards, executor, shard_index, merge, wait, slurm or [], cluster,
                                           unsharded_only=union_only or scales is not None)
@@ -229,6 +235,7 @@ def evaluate(
         raise ConfigError("--gating-variant and --route-to-expert exclude each other: give one")
     loaded, data = (load_run_with_data(run, torch_device, data_dir) if run is not None else
                     load_module_with_data(str(model_file), weights, preset_name, torch_device, model_dir, data_dir))
+    loaded = with_eps(loaded, budgets)
     if compile_backend is not None:
         loaded = compiled_run(loaded, compile_backend, batch_size)
     rows = variant_rows(loaded, label, gating_variant, route_to_expert)
@@ -411,7 +418,7 @@ def main() -> None:
     usage_error, click_exception = bases["UsageError"], bases["ClickException"]
     try:
         code = app(standalone_mode=False)
-    except usage_error as error:  # a bad flag or value: one line that names it
+    except usage_error as error:  # type: ignore[misc]  # a bad flag or value: one line that names it
         if type(error).__name__ == "NoArgsIsHelpError":
             print(error.format_message())  # type: ignore[attr-defined]
             sys.exit(0)
@@ -419,7 +426,7 @@ def main() -> None:
         hint = f" (see rome-bench {context.info_name} --help)" if context is not None and context.parent else ""
         print(f"error: {error.format_message()}{hint}", file=sys.stderr)  # type: ignore[attr-defined]
         sys.exit(2)
-    except click_exception as error:
+    except click_exception as error:  # type: ignore[misc]
         print(f"error: {error.format_message()}", file=sys.stderr)  # type: ignore[attr-defined]
         sys.exit(error.exit_code)  # type: ignore[attr-defined]
     except RomeBenchError as error:

@@ -163,7 +163,7 @@ def _from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:
             if not isinstance(value, dict):
                 raise ConfigError(f"config field '{prefix}{name}' is a section: set its fields, e.g. "
                                   f"{prefix}{name}.{dataclasses.fields(hint)[0].name}=…, not '{value}'")
-            kwargs[name] = _from_dict(hint, value, f"{prefix}{name}.")
+            kwargs[name] = _from_dict(hint, value, f"{prefix}{name}.")  # type: ignore[arg-type]
         else:
             kwargs[name] = _typed_value(f"{prefix}{name}", hint, value)
     return cls(**kwargs)
@@ -200,7 +200,7 @@ def _typed_value(path: str, hint: Any, value: Any) -> Any:
     expected = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}[hint]
     if not isinstance(value, expected) or (hint is not bool and isinstance(value, bool)):
         raise ConfigError(f"config field '{path}' must be {_TYPE_NAMES[hint]}, got {value!r}")
-    return float(value) if hint is float else value
+    return float(value) if hint is float else value  # type: ignore[arg-type]
 
 
 _TYPE_NAMES: dict[type, str] = {bool: "true or false", int: "an integer", float: "a number", str: "a text value"}

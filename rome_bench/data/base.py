@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import platformdirs
 import torch
@@ -69,11 +69,19 @@ class ImageTensorDataset(Dataset):
         return ImageTensorDataset(self.images[index], self.labels[index])
 
 
+class SizedDataset(Protocol):
+    """What rome-bench needs of a dataset: a length and items (a torch ``Dataset`` promises no ``__len__``)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Any: ...
+
+
 @dataclass(frozen=True)
 class LoadedDataset:
     """A dataset split ready to use, with what identifies it."""
 
-    dataset: Dataset  # items (float image in [0,1], int label); no normalisation ever
+    dataset: SizedDataset  # items (float image in [0,1], int label); no normalisation ever
     info: DatasetInfo
     fingerprint: str  # sha256 hex of source + split + selected indices
     source: str  # where the data came from, for people
@@ -95,7 +103,7 @@ dataset in ``torch.utils.data.Subset``. Register with::
 """
 
 
-def fetch_batch(dataset: Dataset, indices: Sequence[int] | Tensor) -> tuple[Tensor, Tensor]:
+def fetch_batch(dataset: SizedDataset, indices: Sequence[int] | Tensor) -> tuple[Tensor, Tensor]:
     """Images (float in [0,1]) and int64 labels of ``indices``; in-memory datasets use their fast ``batch``."""
     batch = getattr(dataset, "batch", None)
     if callable(batch):
@@ -135,7 +143,7 @@ def load_dataset(
     if callable(select):
         dataset = select(indices)
     else:
-        dataset = full.dataset if indices is None else Subset(full.dataset, indices)
+        dataset = full.dataset if indices is None else Subset(full.dataset, indices)  # type: ignore[arg-type]
     fingerprint = digest("dataset", name, split, full.fingerprint, indices)
     return LoadedDataset(dataset, full.info, fingerprint, full.source)
 

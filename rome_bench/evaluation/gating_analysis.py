@@ -325,7 +325,7 @@ def plot_mean_gates(collection: GateCollection, path: Path) -> Path:
             axes.set_title(collection.layers[index], fontsize="small")
             axes.set_xticks(range(experts), [str(k + 1) for k in range(experts)], fontsize="x-small")
             axes.set_yticks(range(conditions), collection.labels if index % columns == 0 else [], fontsize="x-small")
-        figure.colorbar(image, ax=grid_axes, shrink=0.9, label="mean gating weight")
+        figure.colorbar(image, ax=grid_axes, shrink=0.9, label="mean gating weight")  # type: ignore[arg-type]
         figure.supxlabel("expert")
         figure.suptitle(f"Mean token-averaged gates per condition (n={len(collection.example_ids)})")
         _save_atomically(figure, Path(path))
@@ -408,7 +408,7 @@ def plot_activation_maps(maps: ActivationMaps, path: Path) -> Path:
             for axes in row:
                 axes.set_xticks([])
                 axes.set_yticks([])
-        figure.colorbar(image, ax=grid_axes, shrink=0.3, label="fused gating weight")
+        figure.colorbar(image, ax=grid_axes, shrink=0.3, label="fused gating weight")  # type: ignore[arg-type]
         figure.suptitle(f"Per-patch expert activations, threat in the outlined region ({maps.layer})")
         _save_atomically(figure, Path(path))
     finally:

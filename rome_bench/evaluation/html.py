@@ -230,7 +230,7 @@ def per_threat(rows: list[Row], suite: Suite, dataset: str) -> PageFigure | None
 
 def eps_sweeps(rows: list[Row], suite: Suite, store: ResultStore) -> list[PageFigure]:
     """One figure per measured model with a stored ε sweep of this suite."""
-    figures = []
+    figures: list[PageFigure] = []
     for row in rows:
         if row.source != "measured" or not row.model_hash or not row.fingerprint:
             continue

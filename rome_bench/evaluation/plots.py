@@ -199,7 +199,7 @@ def per_threat_figure(bars: dict[str, dict[str, Bar]], columns: list[str], title
         if with_interval:
             axes.errorbar([100 * bar.value for _, bar in with_interval], [y for y, _ in with_interval],
                           xerr=whiskers([bar.value for _, bar in with_interval],
-                                        [bar.interval for _, bar in with_interval]),
+                                        [bar.interval for _, bar in with_interval]),  # type: ignore[misc]
                           fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
     axes.set_yticks(range(len(labels)), labels, fontsize=7)
     axes.invert_yaxis()

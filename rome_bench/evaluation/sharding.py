@@ -257,7 +257,7 @@ class ShardingRequest:
             return
         if self.executor == "slurm" and not self.merge:
             with open_read_only(store) as main:
-                pending = sorted({i for make, _ in rows for i in plan_of(make(), shards).pending(main)})
+                pending = sorted({i for make, _ in rows for i in plan_of(make(), shards).pending(main)})  # type: ignore[arg-type]
             if not pending:
                 echo(f"every shard of {shards} is finished: nothing to submit")
             else:
@@ -276,7 +276,7 @@ class ShardingRequest:
                 run = make()
                 plan = plan_of(run, shards)
                 with open_read_only(store) as main:
-                    pending = plan.pending(main)
+                    pending = plan.pending(main)  # type: ignore[arg-type]
                 for index in pending:
                     run_shard(plan, index, run, threats, data, device, row_label, self._provenance(run, device, 1),
                               progress)

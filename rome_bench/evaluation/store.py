@@ -422,7 +422,9 @@ class ResultStore:
         row = self._connection.execute(query, [*arguments, PREFERRED_GATING_SUITE]).fetchone()
         if row is None:
             return None
-        return GatingScore(*row[:8], per_layer=json.loads(row[8]), threats=json.loads(row[9]), created=row[10])
+        model_hash, suite_name, fingerprint, name, n_examples, divergence, accuracy, chance, *rest = row
+        return GatingScore(model_hash, suite_name, fingerprint, name, n_examples, divergence, accuracy, chance,
+                           per_layer=json.loads(rest[0]), threats=json.loads(rest[1]), created=rest[2])
 
 
 def default_store() -> Path:

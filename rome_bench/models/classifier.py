@@ -11,6 +11,9 @@ from torch import nn
 class ImageClassifier(nn.Module):
     """Normalise [0,1] images with the dataset's mean/std, then run the backbone."""
 
+    mean: torch.Tensor  # buffers, (1, C, 1, 1)
+    std: torch.Tensor
+
     def __init__(self, backbone: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
         self.backbone = backbone

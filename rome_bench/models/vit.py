@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from timm.models.vision_transformer import VisionTransformer
 
 from rome_bench.models.registry import MODELS
@@ -17,7 +19,7 @@ VIT_SIZES: dict[str, dict[str, int]] = {
 
 def _make_vit_builder(size: dict[str, int]):
     def build(num_classes: int, image_size: int, patch_size: int, **overrides: int) -> VisionTransformer:
-        kwargs = {**size, **overrides}
+        kwargs: dict[str, Any] = {**size, **overrides}
         return VisionTransformer(img_size=image_size, patch_size=patch_size, num_classes=num_classes, **kwargs)
 
     return build

@@ -192,9 +192,9 @@ def snow(images: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndar
     flakes = (np.clip(flakes, 0, 1) * 255).astype(np.uint8)  # the reference's 8-bit PIL 'L' image
     angles = rng.uniform(-135, -45, size=batch)
     layers = np.stack([compat.motion_blur(layer, radius=radius, sigma=sigma, angle=angle)
-                       for layer, angle in zip(flakes, angles, strict=True)])
+                       for layer, angle in zip(flakes, angles, strict=True)])  # type: ignore[call-overload]
     layers = (np.clip(np.round(layers), 0, 255) / 255.0)[..., None]
-    grey = (x @ np.float32([0.299, 0.587, 0.114]))[..., None]  # cv2's RGB2GRAY weights
+    grey = (x @ np.float32([0.299, 0.587, 0.114]))[..., None]  # type: ignore[arg-type, operator]  # cv2's RGB2GRAY weights
     whitened = keep * x + (1 - keep) * np.maximum(x, grey * 1.5 + 0.5)
     return np.clip(whitened + layers + np.rot90(layers, k=2, axes=(1, 2)), 0, 1) * 255
 
@@ -260,14 +260,14 @@ def elastic_transform(images: np.ndarray, severity: int, rng: np.random.Generato
     """Random affine warp (corner jitter) then a smooth random displacement field (α, σ scaled by the image size)."""
     _, height, width, channels = images.shape
     alpha, sigma, jitter = (value * height for value in ELASTIC[severity - 1])
-    centre = np.float32((height, width)) // 2
+    centre = np.float32((height, width)) // 2  # type: ignore[arg-type]
     third = min(height, width) // 3
-    anchors = np.float32([centre + third, [centre[0] + third, centre[1] - third], centre - third])
+    anchors = np.float32([centre + third, [centre[0] + third, centre[1] - third], centre - third])  # type: ignore[arg-type, index]
     grid = np.indices((height, width, channels), dtype=np.float32)
     out = np.empty(images.shape, dtype=np.float64)
     for i, image in enumerate(_unit(images).astype(np.float32)):
         moved = anchors + rng.uniform(-jitter, jitter, size=anchors.shape).astype(np.float32)
-        warp = cv2.getAffineTransform(anchors, moved)
+        warp = cv2.getAffineTransform(anchors, moved)  # type: ignore[call-overload]
         image = cv2.warpAffine(image, warp, (width, height), borderMode=cv2.BORDER_REFLECT_101)
         dx, dy = (
             (ndimage.gaussian_filter(rng.uniform(-1, 1, size=(height, width)), sigma, mode="reflect", truncate=3)
@@ -372,6 +372,9 @@ class CommonCorruption(Threat):
     """A CIFAR-10-C common corruption at one severity (Hendrycks & Dietterich 2019), generated or loaded."""
 
     uses_example_ids: ClassVar[bool] = True
+    corruption: str
+    severity: int
+    corruptions_dir: str | None
 
     def __init__(self, corruption: str, severity: int, corruptions_dir: str | None = None) -> None:
         if corruption not in CORRUPTIONS:

@@ -107,7 +107,7 @@ class PerceptualAttack(Threat):
                 "projection_overshoot": self.projection_overshoot, "projection_steps": self.projection_steps,
                 "bisection_steps": self.bisection_steps}
 
-    def budget(self) -> Budget:
+    def budget(self) -> Budget | None:
         return LPIPSBudget(self.bound, self._distance)
 
     def _attacked(self, model: nn.Module) -> nn.Module:

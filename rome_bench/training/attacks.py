@@ -10,6 +10,8 @@ would stop pushing an example as soon as it is wrong, which makes a weaker train
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from rome_bench.config import NORMS, ThreatsConfig
 from rome_bench.errors import ConfigError
 from rome_bench.threats import L1PGD, L2PGD, THREATS, LinfPGD, Threat
@@ -29,7 +31,8 @@ def training_threat(config: ThreatsConfig, norm: str, attack: str) -> Threat:
             return L1PGD(eps, steps, step_size, start, keep_adversarial=False, sparsity=config.l1_sparsity)
         return (L2PGD if norm == "l2" else LinfPGD)(eps, steps, step_size, start, keep_adversarial=False)
     if attack == "apgd":
-        return THREATS.get(TRAINING_APGD.format(norm=norm))(eps=eps, steps=config.apgd_steps[norm])
+        make: Callable[..., Threat] = THREATS.get(TRAINING_APGD.format(norm=norm))
+        return make(eps=eps, steps=config.apgd_steps[norm])
     raise ConfigError(f"unknown training attack '{attack}'; choose pgd or apgd")
 
 

@@ -120,7 +120,7 @@ def per_threat_means(values: torch.Tensor, threat_ids: torch.Tensor) -> torch.Te
 def global_means(gate: DualScaleGateOutput, threat_ids: torch.Tensor, projection: torch.Tensor | None,
                  distance: str) -> torch.Tensor:
     """v̄^p of Eq. 7 (P, K' or K): per-threat mean global gate, projected, softmaxed for sym-kl/wasserstein1."""
-    means = per_threat_means(gate.global_, threat_ids)  # mean of v·P = (mean of v)·P: P is linear
+    means = per_threat_means(gate.global_, threat_ids)  # type: ignore[arg-type]  # mean of v·P = (mean of v)·P: P is linear
     if projection is None:
         return means
     projected = means @ projection.to(means)
@@ -133,11 +133,11 @@ def diversification_loss(gates: list[DualScaleGateOutput], threat_ids: torch.Ten
     require_output(gates, DualScaleGateOutput, "the diversification loss")  # type: ignore[arg-type]
     measure = resolve_distance(distance)
     if threat_ids.unique().numel() < 2:
-        return gates[0].local.new_zeros(())
-    total = gates[0].local.new_zeros(())
+        return gates[0].local.new_zeros(())  # type: ignore[union-attr]
+    total = gates[0].local.new_zeros(())  # type: ignore[union-attr]
     for gate in gates:
-        local_means = per_threat_means(gate.local, threat_ids)  # (P, T, K)
-        tokens = gate.local.shape[1]
+        local_means = per_threat_means(gate.local, threat_ids)  # type: ignore[arg-type]  # (P, T, K)
+        tokens = gate.local.shape[1]  # type: ignore[union-attr]
         total = total - pairwise_distance_sum(local_means, measure) / tokens
         total = total - pairwise_distance_sum(global_means(gate, threat_ids, projection, distance), measure)
     return total / len(gates)
@@ -167,7 +167,7 @@ class DiversificationLoss(nn.Module):
                    getattr(options, "div_distance", "l2"), getattr(options, "div_projection", True))
 
     def forward(self, gates: list[GateOutput], threat_ids: torch.Tensor) -> torch.Tensor:
-        return self.weight * diversification_loss(gates, threat_ids, self.projection, self.distance)
+        return self.weight * diversification_loss(gates, threat_ids, self.projection, self.distance)  # type: ignore[arg-type]
 
     def extra_repr(self) -> str:
         return f"weight={self.weight}, distance={self.distance}, projection={self.projection is not None}"

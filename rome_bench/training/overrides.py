@@ -9,6 +9,7 @@ mean", before anything is written. This lives in ``training/`` because it reads 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 from rome_bench.config import RunConfig, apply_override, split_method, validate
@@ -80,7 +81,7 @@ FAMILY_OPTION_FLAGS: dict[str, str] = {
 }
 
 
-def family_option_assignments(flags: dict[str, object]) -> list[str]:
+def family_option_assignments(flags: Mapping[str, object]) -> list[str]:
     """``model.options.NAME=VALUE`` for each family-option flag given (None: not given); ``--experts ffn`` puts the
     experts on the MLP unless ``--expert-layers`` says otherwise."""
     flags = dict(flags)
@@ -91,7 +92,7 @@ def family_option_assignments(flags: dict[str, object]) -> list[str]:
     return [f"model.options.{FAMILY_OPTION_FLAGS[flag]}={value}" for flag, value in flags.items() if value is not None]
 
 
-def check_family_option_flags(flags: dict[str, object], family: str, recipe: str) -> None:
+def check_family_option_flags(flags: Mapping[str, object], family: str, recipe: str) -> None:
     """A family-option flag that the chosen family has no option for is one line naming the flag and the way out."""
     import dataclasses
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -140,7 +140,7 @@ class StepContext:
         result.logs["routing"] = float(routing.detach())
         return result
 
-    def global_sum(self, values: list[float]) -> list[float]:
+    def global_sum(self, values: Sequence[float]) -> list[float]:
         """Each value summed over the training processes (the values themselves in one process): batch statistics
         of the global batch, e.g. RAMP's per-threat adversarial accuracies."""
         return self.distributed.sum_floats([float(value) for value in values])

@@ -113,7 +113,9 @@ class Results:
         return frame.rename(columns={"label": "model"}).set_index(["model", "example_id"])
 
     def leaderboard(self, references: Sequence[str] = ()) -> pd.DataFrame:
-        """The leaderboard rows (accuracy in %, union per example), as ``rome-bench leaderboard`` prints them."""
+        """The leaderboard rows (accuracy in %, union per example), as ``rome-bench leaderboard`` prints them;
+        ``group`` numbers the comparison groups of a dataset (rows measured under other threat specifications, e.g.
+        another ε, are in another group: never rank rows of different groups together)."""
         import pandas as pd
 
         rows = self.rows(references)
@@ -121,10 +123,10 @@ class Results:
         from rome_bench.evaluation.table import table_columns
 
         columns = [column for column, _ in table_columns(suite, rows)]
-        records = [{"model": row.label, "source": row.source, "n": row.n,
+        records = [{"model": row.label, "source": row.source, "n": row.n, "group": row.group,
                     **{column: 100 * row.values[column] if column in row.values else None for column in columns}}
                    for row in rows]
-        return pd.DataFrame.from_records(records, columns=["model", "source", "n", *columns])
+        return pd.DataFrame.from_records(records, columns=["model", "source", "n", "group", *columns])
 
     def _repr_html_(self) -> str:
         """The leaderboard as an HTML table for notebooks: accuracy % with 95% Wilson intervals, one table per

@@ -86,6 +86,7 @@ def test_benchmark_takes_threat_model_and_eps_and_keys_them(source: tuple[str, P
     assert [(p["eps"], p["steps"]) for p in map(json.loads, stored_params(store, "pgd-linf"))] == [(0.001, steps)]
     board = results.leaderboard()  # ℓ∞ only: no Union, which would stand for the whole suite
     assert board.loc[0, "linf"] >= 0 and board.loc[0, "union"] is None and board.loc[0, "l1"] is None
+    assert board.loc[0, "group"] == 0
     assert "ε=0.001" in results._repr_html_() and "(some threats only)" in results._repr_html_()
 
 

@@ -153,3 +153,13 @@ def test_eps_texts() -> None:
         parse_eps("eight")
     reported = ThreatSpec("AutoAttack-standard", "l1", 12.0, reported=True)
     assert reported.text() == "AutoAttack-standard ℓ1 ε=12 (reported)"
+
+
+def test_the_api_frame_and_notebook_view_keep_budgets_apart(store_path: Path) -> None:
+    from rome_bench.results import Results
+
+    results = Results.from_store(store_path, "seen-pgd")
+    board = results.leaderboard()
+    assert dict(zip(board["model"], board["group"], strict=True)) == {"strong": 0, "weak": 0, "tiny-eps": 1}
+    page = results._repr_html_()
+    assert page.count("<table>") == 2 and page.index("strong") < page.index("not ranked") < page.index("tiny-eps")

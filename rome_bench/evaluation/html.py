@@ -41,6 +41,7 @@ from rome_bench.evaluation.table import (
     gating_texts,
     gating_titles,
     has_gating,
+    metric_rule,
     source_text,
     table_columns,
     train_cost_text,
@@ -259,5 +260,6 @@ def render_html(rows: list[Row], suite: Suite, costs: bool = False, store: Resul
     tables = [page_table([r for r in rows if r.dataset == dataset], suite, dataset, store, costs)
               for dataset in sorted({row.dataset for row in rows})]
     template = _environment().get_template("leaderboard.html.j2")
-    return template.render(suite=suite.name, tables=tables, figures=page_figures(rows, suite, store),
+    return template.render(suite=suite.name, rule=metric_rule(suite), tables=tables,
+                           figures=page_figures(rows, suite, store),
                            created=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))

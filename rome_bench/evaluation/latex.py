@@ -17,7 +17,7 @@ import math
 import re
 
 from rome_bench.evaluation.suites import Suite
-from rome_bench.evaluation.table import Row, gating_texts, has_gating, table_columns
+from rome_bench.evaluation.table import Row, gating_texts, has_gating, metric_rule, table_columns
 
 _ESCAPES = {
     "\\": r"\textbackslash{}",
@@ -96,7 +96,7 @@ def _label(row: Row) -> str:
 
 
 def _caption(rows: list[Row], suite: Suite, dataset: str) -> str:
-    """The caption: suite, dataset, the measured rows' n, and the dagger's meaning when used."""
+    """The caption: suite, dataset, the measured rows' n, the dagger's meaning when used, what a cell counts."""
     caption = f"{latex_escape(suite.name)} suite on {latex_escape(dataset)}: accuracy (\\%)"
     sizes = sorted({row.n for row in rows if row.n is not None})
     if sizes:
@@ -108,7 +108,7 @@ def _caption(rows: list[Row], suite: Suite, dataset: str) -> str:
         chances = sorted({f"{100 * row.gating.chance:.1f}" for row in rows if row.gating is not None})
         caption += ("; Routing div.: mean distance between the threats' mean gate vectors (0: threat-agnostic "
                     f"routing); Gate clf.: held-out threat classifier on the gates (chance {'/'.join(chances)}\\%)")
-    return caption + "."
+    return f"{caption}. {latex_escape(metric_rule(suite))}"
 
 
 def _gating_cells(row: Row) -> list[str]:

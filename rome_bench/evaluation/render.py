@@ -28,6 +28,7 @@ from rome_bench.evaluation.table import (
     gating_texts,
     gating_titles,
     has_gating,
+    metric_rule,
     source_text,
     table_columns,
     train_cost_text,
@@ -46,7 +47,8 @@ def render_markdown(rows: list[Row], suite: Suite, costs: bool = False) -> str:
         columns = table_columns(suite, table)
         gating = has_gating(table)
         titles = [title for _, title in columns] + (list(gating_titles(table)) if gating else [])
-        lines += [f"### {suite.name} suite on {dataset} — accuracy % (95% Wilson interval)", ""]
+        lines += [f"### {suite.name} suite on {dataset} — accuracy % (95% Wilson interval)", "",
+                  metric_rule(suite), ""]
         extra = " Train cost | Eval cost |" if costs else ""
         lines.append("| Method | n | " + " | ".join(titles) + f" | Flags | Source |{extra}")
         lines.append("|---|---:|" + "---:|" * len(titles) + "---|---|" + ("---|---|" if costs else ""))

@@ -207,6 +207,8 @@ def plan(loaded: LoadedRun, suite: Suite, data: LoadedDataset, n_examples: int |
         raise ConfigError("n_examples must be >= 1")
     ids = evaluation_indices(len(data.dataset), n_examples or loaded.config.data.eval_examples)
     threats = select_threats(suite.build(loaded.config.threats), list(only), suite.name)
+    for threat in threats:  # a missing file (AlexNet-LPIPS's weights) fails before a store is opened
+        threat.require()
     return (threats if corruptions_dir is None else with_corruptions_dir(threats, Path(corruptions_dir))), ids
 
 

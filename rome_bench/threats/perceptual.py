@@ -109,7 +109,7 @@ class PerceptualAttack(Threat):
     """'alexnet' or 'self' for the registered PPGD and LPA threats, whose names carry it; None where the ``lpips``
     argument chooses (PAT's Fast-LPA, which may also take 'auto')."""
 
-    def __init__(self, bound: float, steps: int, lpips: str, step_size: float | None, decay_step_size: bool,
+    def __init__(self, bound: float, steps: int, lpips: str | None, step_size: float | None, decay_step_size: bool,
                  kappa: float, projection: str, projection_overshoot: float, projection_steps: int,
                  bisection_steps: int) -> None:
         if bound <= 0 or steps < 1:
@@ -121,7 +121,7 @@ class PerceptualAttack(Threat):
                               f"projection_overshoot >= 0")
         self.bound = float(bound)
         self.steps = int(steps)
-        self.lpips = resolve_lpips_backbone(lpips) if self.network is None else self._own_network(lpips)
+        self.lpips = resolve_lpips_backbone(str(lpips)) if self.network is None else self._own_network(lpips)
         self.decay_step_size = bool(decay_step_size)
         default_step = self.bound if self.decay_step_size else 2 * self.bound / self.steps
         self.step_size = float(step_size) if step_size is not None else default_step

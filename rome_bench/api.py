@@ -212,8 +212,9 @@ def benchmark(model: LoadedRun | nn.Module | str | Path, suite: str = "seen", n_
 
     Suites (``rome-bench list suites`` gives their exact threats): ``seen`` (AutoAttack-standard ℓ1/ℓ2/ℓ∞, the
     paper's protocol), ``seen-plus``, ``seen-rand``, ``seen-apgd`` (APGD-CE then APGD-T), ``seen-pgd`` (PGD with
-    the run's eval steps), ``seen-pgd10``, ``unseen`` (corruptions, perceptual and other unseen threats),
-    ``adaptive`` (PGD, GMA and their union), ``dwf``, ``pgd20``, ``apgd20``.
+    the run's eval steps), ``seen-pgd10``, ``unseen`` (corruptions, perceptual and other unseen threats; PPGD and
+    LPA with AlexNet-LPIPS, the paper's), ``unseen-self`` (the same with the model's own LPIPS), ``adaptive``
+    (PGD, GMA and their union), ``dwf``, ``pgd20``, ``apgd20``.
 
     Parameters
     ----------
@@ -349,6 +350,8 @@ def plan(loaded: LoadedRun, suite: Suite, data: LoadedDataset, n_examples: int |
         raise ConfigError("n_examples must be >= 1")
     ids = evaluation_indices(len(data.dataset), n_examples or loaded.config.data.eval_examples)
     threats = select_threats(suite.build(loaded.config.threats), list(only), suite.name)
+    for threat in threats:  # a missing file (AlexNet-LPIPS's weights) fails before a store is opened
+        threat.require()
     return (threats if corruptions_dir is None else with_corruptions_dir(threats, Path(corruptions_dir))), ids
 
 

@@ -9,7 +9,9 @@ Entries are added with a decorator::
 
 Third-party packages add entries through the entry-point group ``rome_bench.<kind>`` (for example
 ``rome_bench.threats``); each entry point names a module or object, which is imported the first time
-the registry is read, so that its decorators run.
+the registry is read, so that its decorators run. The groups: ``rome_bench.threats``, ``rome_bench.models``,
+``rome_bench.recipes`` (training methods; ``rome_bench.methods``, the CLI's word for them, is read too),
+``rome_bench.datasets``, ``rome_bench.suites``, ``rome_bench.families`` and ``rome_bench.routing_losses``.
 
 Tests that register a throwaway entry do it inside ``with REGISTRY.scoped():``, which leaves the registry as it was.
 """
@@ -40,9 +42,11 @@ class Entry(Generic[T]):
 class Registry(Generic[T]):
     """A named collection of objects, filled by decorator and by entry points."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, *aliases: str) -> None:
+        """``kind`` names the entry-point group ``rome_bench.<kind>``; each of ``aliases`` adds one more group."""
         self.kind = kind
         self.entry_point_group = f"rome_bench.{kind}"
+        self.entry_point_groups = (self.entry_point_group, *(f"rome_bench.{alias}" for alias in aliases))
         self._entries: dict[str, Entry[T]] = {}
         self._plugins_loaded = False
 
@@ -113,11 +117,11 @@ class Registry(Generic[T]):
         if self._plugins_loaded:
             return
         self._plugins_loaded = True
-        for entry_point in entry_points(group=self.entry_point_group):
+        for entry_point in (point for group in self.entry_point_groups for point in entry_points(group=group)):
             try:
                 entry_point.load()
             except Exception as error:  # a broken plugin must not hide the built-in entries
                 raise RomeBenchError(
-                    f"plugin '{entry_point.name}' in entry-point group {self.entry_point_group} "
+                    f"plugin '{entry_point.name}' in entry-point group {entry_point.group} "
                     f"failed to load ({error}); fix or uninstall the package that provides it"
                 ) from error

@@ -4,6 +4,7 @@ skip guard (``tests/skip_guard.py``)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,33 @@ class CliResult:
 
     def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
         self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def write_fake_alexnet(hub: Path) -> dict[str, torch.Tensor]:
+    """A stand-in for torchvision's ImageNet AlexNet file in torch.hub dir ``hub``: random weights of its shapes."""
+    from rome_bench.threats.lpips_distance import ALEXNET_CHECKPOINT
+
+    generator = torch.Generator().manual_seed(0)
+    shapes = {0: (64, 3, 11, 11), 3: (192, 64, 5, 5), 6: (384, 192, 3, 3), 8: (256, 384, 3, 3), 10: (256, 256, 3, 3)}
+    state = {}
+    for index, shape in shapes.items():
+        fan_in = shape[1] * shape[2] * shape[3]
+        state[f"features.{index}.weight"] = torch.randn(shape, generator=generator) / fan_in**0.5
+        state[f"features.{index}.bias"] = torch.zeros(shape[0])
+    (hub / "checkpoints").mkdir(parents=True, exist_ok=True)
+    torch.save(state, hub / "checkpoints" / ALEXNET_CHECKPOINT)
+    return state
+
+
+@pytest.fixture
+def fake_alexnet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, torch.Tensor]]:
+    """TORCH_HOME with a random-weights AlexNet file, so the AlexNet-LPIPS threats run offline (no download ever)."""
+    from rome_bench.threats.lpips_distance import _alexnet_lpips
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    state = write_fake_alexnet(tmp_path / "torch" / "hub")
+    yield state
+    _alexnet_lpips.cache_clear()
 
 
 @pytest.fixture

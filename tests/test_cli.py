@@ -214,7 +214,7 @@ def test_bad_eps_scale_fails_cleanly(cli_main, trained_run, tmp_path):
     assert not (tmp_path / "s.db").exists()
 
 
-def test_unseen_suite_end_to_end_with_union_over_seen_and_unseen(cli_main, trained_run, tmp_path):
+def test_unseen_suite_end_to_end_with_union_over_seen_and_unseen(cli_main, trained_run, tmp_path, fake_alexnet):
     store = tmp_path / "results.sqlite"
     for suite in ("seen-apgd", "unseen"):
         result = cli_main("eval", "--run", str(trained_run), "--suite", suite, "--n-examples", "6", "--store",

@@ -97,11 +97,11 @@ def test_eval_compile_stores_the_eager_results_and_records_the_backend(tmp_path,
 def test_own_feature_lpips_threats_apply_and_run_the_eager_model() -> None:
     """PPGD with the model's own LPIPS hooks its blocks, which a compiled graph would not fire: under --compile it
     stays applicable (it was n/a) and attacks the eager model, so it stores what an eager evaluation stores."""
-    from rome_bench.threats import PerceptualPGD
+    from rome_bench.threats import SelfPerceptualPGD
 
     model = micro(rome=False)
     compiled = FixedBatchCompiled(model, batch_size=4, backend="eager")
-    threat = PerceptualPGD(bound=0.5, steps=2, lpips="self", projection_steps=1, bisection_steps=2)
+    threat = SelfPerceptualPGD(bound=0.5, steps=2, lpips="self", projection_steps=1, bisection_steps=2)
     assert threat.applicable(compiled)
     images, labels = torch.rand(4, 3, 32, 32), torch.arange(4)
     results = []

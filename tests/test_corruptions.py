@@ -180,7 +180,8 @@ def test_registered_and_rebuilt_from_params():
     threat = CommonCorruption("fog", 3)
     assert CommonCorruption.tag == "unseen" and CommonCorruption.column == "corr"
     copy = type(threat)(**threat.params())
-    assert copy.params() == {"corruption": "fog", "severity": 3, "corruptions_dir": None} and copy.key == threat.key
+    assert copy.params() == {"corruption": "fog", "severity": 3, "corruptions_dir": None, "given_clean": False}
+    assert copy.key == threat.key
 
 
 def test_cifar10_c_threats_lists_all_75():

@@ -1,7 +1,8 @@
 """The gating-misrouting attack: within budget, moves gates toward the least likely expert, is plain ℓ∞ PGD without
-its misrouting term, and stored as "not applicable" on models without gates. GMA itself can leave robust examples
-that PGD breaks (its misrouting term pulls away from the classification loss; ``rome_bench/threats/gma.py``), so
-GMA∪PGD is the evaluation at least as strong as plain ℓ∞ PGD with the same budget: per example."""
+its misrouting term, and on models without gates is its CE term alone (ℓ∞ PGD), flagged ``ce-only-no-gates``.
+GMA itself can leave robust examples that PGD breaks (its misrouting term pulls away from the classification loss;
+``rome_bench/threats/gma.py``), so GMA∪PGD is the evaluation at least as strong as plain ℓ∞ PGD with the same
+budget: per example."""
 
 import copy
 
@@ -12,7 +13,13 @@ from rome_bench.evaluation.runner import evaluate_threats
 from rome_bench.evaluation.store import ResultStore
 from rome_bench.models.rome import LoRAExpertMixture, RomeOptions, add_rome_experts
 from rome_bench.threats import Clean, LinfPGD
-from rome_bench.threats.gma import GatingMisrouting, GatingMisroutingOrPGD, misrouting_loss, model_gates
+from rome_bench.threats.gma import (
+    CE_ONLY_FLAG,
+    GatingMisrouting,
+    GatingMisroutingOrPGD,
+    misrouting_loss,
+    model_gates,
+)
 from tests.measures import fooled
 
 
@@ -88,20 +95,38 @@ def test_gma_union_is_at_least_as_strong_as_plain_pgd_with_the_same_budget(gated
     assert not missed, f"GMA∪PGD leaves robust examples {missed} that PGD breaks"
 
 
-def test_gma_is_not_applicable_without_gates_and_stored_as_such(tmp_path, undefended_model, gated_model,
-                                                                 synthetic_test):
+def test_gma_on_a_model_without_gates_is_its_ce_term_flagged_as_such(undefended_model, correct_batch):
+    """No gates: the misrouting term is empty, so GMA is ℓ∞ PGD with the same settings and start, and says so."""
+    images, labels = correct_batch[0][:16], correct_batch[1][:16]
+    gma = GatingMisrouting(eps=1.5 / 255, steps=10)
+    torch.manual_seed(0)
+    attacked = gma(undefended_model, images, labels)
+    torch.manual_seed(0)
+    assert torch.equal(attacked, LinfPGD(1.5 / 255, steps=10)(undefended_model, images, labels))
+    assert gma.call_flags() == {CE_ONLY_FLAG: 16}
+    union = GatingMisroutingOrPGD(eps=1.5 / 255, steps=10)
+    union(undefended_model, images, labels)
+    assert union.call_flags() == {CE_ONLY_FLAG: 16}
+
+
+def test_gma_on_a_gated_model_raises_no_ce_only_flag(gated_model, correct_batch):
+    gma = GatingMisrouting(steps=1)
+    gma(gated_model, *correct_batch)
+    assert gma.call_flags() == {}
+
+
+def test_gma_gives_a_number_on_a_plain_model_and_replaces_an_old_na_mark(tmp_path, undefended_model,
+                                                                         synthetic_test):
     threat = GatingMisrouting(steps=2)
-    assert not threat.applicable(undefended_model)
-    assert threat.applicable(gated_model)
+    ids, data = list(range(8)), synthetic_test.fingerprint
     with ResultStore(tmp_path / "r.sqlite") as store:
-        evaluate_threats(undefended_model, "plain", [Clean(), threat], synthetic_test, list(range(8)), store, 8,
+        store.mark_not_applicable("plain", threat.key, data, "gma does not apply to this model")  # older store
+        evaluate_threats(undefended_model, "plain", [Clean(), threat], synthetic_test, ids, store, 8,
                          torch.device("cpu"), progress=False)
-        assert store.not_applicable("plain", threat.key, synthetic_test.fingerprint)
-        assert store.correctness("plain", threat.key, synthetic_test.fingerprint) == {}
-        evaluate_threats(gated_model, "gated", [Clean(), threat], synthetic_test, list(range(8)), store, 8,
-                         torch.device("cpu"), progress=False)
-        assert store.not_applicable("gated", threat.key, synthetic_test.fingerprint) is None
-        assert len(store.correctness("gated", threat.key, synthetic_test.fingerprint)) == 8
+        assert store.not_applicable("plain", threat.key, data) is None
+        assert len(store.correctness("plain", threat.key, data)) == 8
+        clean = sum(store.correctness("plain", Clean().key, data).values())
+        assert store.flags("plain", threat.key, data) == {CE_ONLY_FLAG: clean}  # the clean-correct ones attacked
 
 
 @pytest.mark.parametrize("eps", [1 / 255, 2 / 255])

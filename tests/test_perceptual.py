@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import pytest
 import torch
 from torch import nn
 
 from rome_bench.errors import ConfigError
+from rome_bench.evaluation.runner import evaluate_threats
+from rome_bench.evaluation.store import ResultStore
+from rome_bench.threats import Clean
 from rome_bench.threats.base import THREATS
-from rome_bench.threats.lpa import LagrangePerceptual
-from rome_bench.threats.lpips_distance import ALEXNET_CHECKPOINT, LPIPS, LPIPSBudget, _alexnet_lpips
-from rome_bench.threats.ppgd import PerceptualPGD
+from rome_bench.threats.lpa import AlexNetLagrangePerceptual, LagrangePerceptual, SelfLagrangePerceptual
+from rome_bench.threats.lpips_distance import ALEXNET_CHECKPOINT, LPIPS, LPIPSBudget
+from rome_bench.threats.perceptual import stored_column
+from rome_bench.threats.ppgd import AlexNetPerceptualPGD, SelfPerceptualPGD
 from tests import reference_libs
 from tests.measures import fooled
 
-ATTACKS = {"ppgd": PerceptualPGD, "lpa": LagrangePerceptual}
+ATTACKS = {"ppgd": SelfPerceptualPGD, "lpa": SelfLagrangePerceptual}
 REDUCED = {"ppgd": {"steps": 5}, "lpa": {"steps": 10, "binary_steps": 3}}  # paper settings are 20 (x5) iterations
 
 
@@ -42,19 +47,25 @@ def attacked(undefended_model, batch):
     return results
 
 
-def test_registered_with_paper_defaults():
-    for name, cls in ATTACKS.items():
-        entry = THREATS.entry(name)
-        assert entry.obj is cls and entry.metadata["tag"] == "unseen" and entry.metadata["column"] == name
+@pytest.mark.parametrize("network", ["alexnet", "self"])
+def test_registered_with_paper_defaults_and_the_network_in_name_and_key(network):
+    classes = {"alexnet": (AlexNetPerceptualPGD, AlexNetLagrangePerceptual),
+               "self": (SelfPerceptualPGD, SelfLagrangePerceptual)}[network]
+    for family, cls in zip(("ppgd", "lpa"), classes, strict=True):
+        entry = THREATS.entry(f"{family}-{network}")  # builds without the AlexNet file: only running needs it
+        column = family if network == "alexnet" else f"{family}-self"
+        assert entry.obj is cls and entry.metadata["tag"] == "unseen" and entry.metadata["column"] == column
         threat = cls()
         params = threat.params()
-        assert params["bound"] == 0.25 and params["steps"] == 20
-        assert params["lpips"] in ("self", "alexnet"), "'auto' must be resolved at construction"
-        assert type(threat)(**params).params() == params
-    assert PerceptualPGD().step_size == pytest.approx(2 * 0.25 / 20)  # reference default, no decay
-    assert LagrangePerceptual().params()["binary_steps"] == 5
-    with pytest.raises(ConfigError, match="backbone"):
-        PerceptualPGD(lpips="vgg")
+        assert params["bound"] == 0.25 and params["steps"] == 20 and params["lpips"] == network
+        assert type(threat)(**params).params() == params and threat.key.startswith(f"{family}-{network}:")
+    assert SelfPerceptualPGD().step_size == pytest.approx(2 * 0.25 / 20)  # reference default, no decay
+    assert SelfLagrangePerceptual().params()["binary_steps"] == 5
+    with pytest.raises(ConfigError, match=r"ppgd-alexnet \| ppgd-self"):
+        SelfPerceptualPGD(lpips="alexnet")
+    with pytest.raises(ConfigError, match=r"lpa-alexnet \| lpa-self"):
+        LagrangePerceptual(lpips="self")  # the family alone names no network
+    assert "ppgd" not in THREATS.names() and "lpa" not in THREATS.names()
 
 
 @pytest.mark.parametrize("name", ["ppgd", "lpa"])
@@ -88,7 +99,7 @@ def test_deterministic_under_a_seed(name, attacked, undefended_model, batch):
 def test_ppgd_more_steps_never_weaker(undefended_model, batch):
     """Fixed step size: every iterate of a short run is an iterate of a longer one, and the first hit is kept."""
     images, labels = batch
-    hits = [fooled(undefended_model, run(PerceptualPGD(0.15, steps=steps, step_size=0.0375, lpips="self"),
+    hits = [fooled(undefended_model, run(SelfPerceptualPGD(0.15, steps=steps, step_size=0.0375, lpips="self"),
                                          undefended_model, images, labels), labels) for steps in (1, 3, 6)]
     for fewer, more in itertools.pairwise(hits):
         assert not (fewer & ~more).any(), "an example fooled with fewer steps must stay fooled"
@@ -98,7 +109,7 @@ def test_ppgd_more_steps_never_weaker(undefended_model, batch):
 def test_lpa_more_binary_steps_never_weaker(undefended_model, batch):
     """LPA's outer iterations: each stage ends with a projected candidate, so later stages only add successes."""
     images, labels = batch
-    outputs = [run(LagrangePerceptual(0.15, steps=3, binary_steps=stages, lpips="self"), undefended_model, images,
+    outputs = [run(SelfLagrangePerceptual(0.15, steps=3, binary_steps=stages, lpips="self"), undefended_model, images,
                    labels) for stages in (1, 2, 3)]
     hits = [fooled(undefended_model, output, labels) for output in outputs]
     for fewer, more in itertools.pairwise(hits):
@@ -118,7 +129,7 @@ def test_projection_reaches_the_bound_and_keeps_inside_points(projection, undefe
     with torch.no_grad():
         clean_embedding = distance.embed(images)
         assert (distance(images, far) > 0.25).all()
-    threat = PerceptualPGD(projection=projection, lpips="self")
+    threat = SelfPerceptualPGD(projection=projection, lpips="self")
     projected, failed = threat.project(distance, images, clean_embedding, far)
     with torch.no_grad():
         measured = distance(images, projected)
@@ -145,7 +156,7 @@ def test_failed_projection_returns_the_clean_image_and_is_flagged(name, undefend
     assert threat.call_flags() == {"projection-failed": int(returned_clean.sum())}
     check = threat.budget().check(images, output)
     assert (check.measured <= check.limit).all()
-    assert PerceptualPGD(lpips="self").call_flags() == {}
+    assert SelfPerceptualPGD(lpips="self").call_flags() == {}
 
 
 def test_self_lpips_matches_perceptual_advex(undefended_model, batch):
@@ -170,13 +181,15 @@ def test_self_lpips_needs_transformer_blocks(batch):
     with pytest.raises(ConfigError, match="needs the model"):
         LPIPS("self")
     with pytest.raises(ConfigError, match=r"backbone\.blocks"):
-        PerceptualPGD(steps=1, lpips="self")(cnn, images[:2], labels[:2])
+        SelfPerceptualPGD(steps=1, lpips="self")(cnn, images[:2], labels[:2])
     with pytest.raises(ConfigError, match="after the threat has run"):
         LPIPSBudget(0.25, None).check(images, images)
 
 
-def test_alexnet_lpips_only_from_local_weights(tmp_path, monkeypatch, undefended_model, batch):
-    """'auto' picks AlexNet-LPIPS only when torchvision's weights are cached; they are never downloaded."""
+def test_alexnet_lpips_is_never_replaced_and_a_missing_file_is_one_line(tmp_path, monkeypatch, undefended_model,
+                                                                          synthetic_test):
+    """Without the AlexNet file an AlexNet threat fails before anything is stored, naming the file and where it
+    goes; nothing is downloaded, and nothing falls back to the model's own LPIPS."""
 
     def no_download(*args, **kwargs):
         raise AssertionError("LPIPS must never download weights")
@@ -184,35 +197,44 @@ def test_alexnet_lpips_only_from_local_weights(tmp_path, monkeypatch, undefended
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    assert PerceptualPGD().lpips == "self" and LPIPS("auto", undefended_model).backbone == "self"
+    threat = AlexNetPerceptualPGD(steps=2)
+    assert threat.lpips == "alexnet"
+    where = re.escape(f"{ALEXNET_CHECKPOINT} in {tmp_path / 'hub' / 'checkpoints'} ")
+    with pytest.raises(ConfigError, match=f"^ppgd-alexnet needs .*{where}"):
+        threat.require()
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        with pytest.raises(ConfigError) as error:
+            evaluate_threats(undefended_model, "m", [Clean(), AlexNetLagrangePerceptual()], synthetic_test, [0, 1],
+                             store, 2, torch.device("cpu"), progress=False)
+        assert store.correctness("m", Clean().key, synthetic_test.fingerprint) == {}  # not even clean ran
+    assert "\n" not in str(error.value) and "--suite unseen-self" in str(error.value)
+    SelfPerceptualPGD().require()  # self-LPIPS needs no file
     with pytest.raises(ConfigError, match=ALEXNET_CHECKPOINT):
         LPIPS("alexnet")
 
-    torch.manual_seed(0)  # a stand-in for torchvision's ImageNet AlexNet: random weights of the same shapes
-    shapes = {0: (64, 3, 11, 11), 3: (192, 64, 5, 5), 6: (384, 192, 3, 3), 8: (256, 384, 3, 3), 10: (256, 256, 3, 3)}
-    state = {}
-    for index, shape in shapes.items():
-        state[f"features.{index}.weight"] = torch.randn(shape) / (shape[1] * shape[2] * shape[3]) ** 0.5
-        state[f"features.{index}.bias"] = torch.zeros(shape[0])
-    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
-    torch.save(state, tmp_path / "hub" / "checkpoints" / ALEXNET_CHECKPOINT)
-    try:
-        threat = PerceptualPGD(steps=2)
-        assert threat.lpips == "alexnet"
-        distance = LPIPS("alexnet")
-        assert torch.equal(distance.net.net.slice1[0].weight, state["features.0.weight"])
-        images, labels = batch[0][:4], batch[1][:4]
-        torch.manual_seed(1)
-        noisy = (images + 0.05 * torch.randn_like(images)).clamp(0, 1)
-        with torch.no_grad():
-            lpips_value = distance.net(images, noisy, normalize=True).flatten()  # the lpips package's own forward
-            assert torch.allclose(distance(images, noisy).square(), lpips_value, rtol=1e-4, atol=1e-7)
-        output = run(threat, undefended_model, images, labels)
-        check = threat.budget().check(images, output)
-        assert "alexnet" in check.description and (check.measured <= check.limit).all()
-        assert output.min() >= 0 and output.max() <= 1
-    finally:
-        _alexnet_lpips.cache_clear()
+
+def test_alexnet_lpips_runs_from_local_weights(fake_alexnet, undefended_model, batch):
+    threat = AlexNetPerceptualPGD(steps=2)
+    threat.require()
+    distance = LPIPS("alexnet")
+    assert torch.equal(distance.net.net.slice1[0].weight, fake_alexnet["features.0.weight"])
+    images, labels = batch[0][:4], batch[1][:4]
+    torch.manual_seed(1)
+    noisy = (images + 0.05 * torch.randn_like(images)).clamp(0, 1)
+    with torch.no_grad():
+        lpips_value = distance.net(images, noisy, normalize=True).flatten()  # the lpips package's own forward
+        assert torch.allclose(distance(images, noisy).square(), lpips_value, rtol=1e-4, atol=1e-7)
+    output = run(threat, undefended_model, images, labels)
+    check = threat.budget().check(images, output)
+    assert "alexnet" in check.description and (check.measured <= check.limit).all()
+    assert output.min() >= 0 and output.max() <= 1
+
+
+def test_results_stored_under_the_old_names_go_to_their_networks_column():
+    assert stored_column("ppgd", "ppgd", {"lpips": "self"}) == "ppgd-self"
+    assert stored_column("lpa", "lpa", {"lpips": "self"}) == "lpa-self"
+    assert stored_column("ppgd", "ppgd", {"lpips": "alexnet"}) == "ppgd"
+    assert stored_column("ppgd-self", "ppgd-self", {"lpips": "self"}) == "ppgd-self"
 
 
 @pytest.mark.parametrize("name", ["ppgd", "lpa"])
@@ -274,6 +296,6 @@ def _feature_model(reference, model: nn.Module) -> nn.Module:
 
 def test_self_lpips_threats_are_not_applicable_to_models_without_blocks(undefended_model):
     convnet = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(10))
-    for threat in (PerceptualPGD(lpips="self"), LagrangePerceptual(lpips="self")):
+    for threat in (SelfPerceptualPGD(lpips="self"), SelfLagrangePerceptual(lpips="self")):
         assert threat.applicable(undefended_model)
         assert not threat.applicable(convnet)

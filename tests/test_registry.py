@@ -76,6 +76,29 @@ def test_entry_points_add_entries(tmp_path, monkeypatch):
         sys.modules.pop("my_threats", None)
 
 
+@pytest.mark.parametrize("group", ["rome_bench.recipes", "rome_bench.methods"])
+def test_a_training_method_plugin_loads_from_either_group(tmp_path, monkeypatch, group):
+    """Training methods are recipes in code and methods on the command line: both entry-point groups are read."""
+    (tmp_path / "my_method.py").write_text(textwrap.dedent("""
+        from rome_bench.training.recipe import RECIPES
+
+        RECIPES.add("plugin-method", object)
+    """))
+    info = tmp_path / "my_method-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: my-method\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[{group}]\nplugin-method = my_method\n")
+    from rome_bench.training.recipe import RECIPES
+
+    try:
+        with RECIPES.scoped(reload_plugins=True):
+            monkeypatch.syspath_prepend(str(tmp_path))
+            assert "plugin-method" in RECIPES.names()
+        assert "plugin-method" not in RECIPES.names()
+    finally:
+        sys.modules.pop("my_method", None)
+
+
 def test_readme_threat_example_registers(tmp_path):
     """The 'add a threat' example in the README runs as written."""
     from pathlib import Path

@@ -84,3 +84,19 @@ def test_union_all_joins_the_seen_run_of_the_same_model_and_examples(tmp_path):
         assert row.values["union-all"] == expected
         assert row.values["union-all"] <= row.values["union"]
         assert all(row.values["union-all"] <= sum(r.values()) / len(ids) for r in seen)
+
+
+def test_ppgd_stored_under_its_old_name_shows_in_the_column_of_its_network(tmp_path):
+    """Before the network joined the name, 'ppgd' silently used self-LPIPS without the AlexNet file: such results
+    read as PPGD (self), never under the AlexNet column."""
+    suite = Suite(name="perceptual", build=lambda threats: [], columns=("nat", "ppgd", "ppgd-self"),
+                  titles={"nat": "Nat", "ppgd": "PPGD (AlexNet)", "ppgd-self": "PPGD (self)"}, description="test",
+                  show_avg=False)
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        ids = [0, 1, 2, 3]
+        keys = [add_threat(store, "m", "clean:0", "nat", ids, [True] * 4),
+                add_threat(store, "m", "ppgd:old", "ppgd", ids, [True, False, False, False], {"lpips": "self"})]
+        store.record_model("m", "m", "max", None, {})
+        store.record_suite_run("m", "perceptual", "data", "synthetic", keys, ids, "2026-01-01T00:00:00")
+        (row,) = build_leaderboard(store, suite)
+    assert "ppgd" not in row.values and row.values["ppgd-self"] == 0.25 and row.values["union"] == 0.25

@@ -42,6 +42,7 @@ from rome_bench.evaluation.table import (
     gating_texts,
     gating_titles,
     has_gating,
+    metric_rule,
     source_text,
     table_columns,
     train_cost_text,
@@ -279,5 +280,6 @@ def render_html(rows: list[Row], suite: Suite, costs: bool = False, store: Resul
     """The whole page; with ``store``, figures of stored ε sweeps and training curves and rows' provenance too."""
     pages = [page_table(table, suite, dataset, store, costs, group) for dataset, group, table in tables(rows)]
     template = _environment().get_template("leaderboard.html.j2")
-    return template.render(suite=suite.name, tables=pages, figures=page_figures(rows, suite, store),
+    return template.render(suite=suite.name, rule=metric_rule(suite), tables=pages,
+                           figures=page_figures(rows, suite, store),
                            created=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))

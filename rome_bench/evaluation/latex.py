@@ -20,7 +20,7 @@ import re
 
 from rome_bench.evaluation.comparability import group_note, spec_line, tables
 from rome_bench.evaluation.suites import Suite
-from rome_bench.evaluation.table import Row, gating_texts, has_gating, reported_attack, table_columns
+from rome_bench.evaluation.table import Row, gating_texts, has_gating, metric_rule, reported_attack, table_columns
 
 _ESCAPES = {
     "\\": r"\textbackslash{}",
@@ -100,7 +100,7 @@ def _label(row: Row) -> str:
 
 def _caption(rows: list[Row], suite: Suite, dataset: str, group: int) -> str:
     """The caption: suite, dataset, the threats' specification, the measured rows' n, the dagger's meaning (with
-    the attack the source used) when used, and why a table after the dataset's first stands apart."""
+    the attack the source used) when used, why a table after the dataset's first stands apart, what a cell counts."""
     caption = f"{latex_escape(suite.name)} suite on {latex_escape(dataset)}: accuracy (\\%)"
     if note := group_note(group, rows):
         caption += f" ({latex_escape(note)})"
@@ -117,7 +117,7 @@ def _caption(rows: list[Row], suite: Suite, dataset: str, group: int) -> str:
         chances = sorted({f"{100 * row.gating.chance:.1f}" for row in rows if row.gating is not None})
         caption += ("; Routing div.: mean distance between the threats' mean gate vectors (0: threat-agnostic "
                     f"routing); Gate clf.: held-out threat classifier on the gates (chance {'/'.join(chances)}\\%)")
-    return caption + "."
+    return f"{caption}. {latex_escape(metric_rule(suite))}"
 
 
 def _gating_cells(row: Row) -> list[str]:

@@ -15,7 +15,18 @@ output formats.
 * The Flags column lists the validity flags stored for the row's threats (see ``validity.py``).
 * A pooled column (``Suite.aggregates``: Com. Corr. over 75 corruption × severity threats, Percep. ℓp over five
   UAR threats) shows the mean accuracy over its threats; its interval pools their outcomes like Avg's.
-* A threat that cannot attack a model (GMA on a model without gates) shows "n/a" and is left out of the unions.
+* Com. Corr. (and every column of threats that are not ``given_clean``) is plain accuracy on the perturbed images:
+  an example wrong clean but right corrupted counts there; the union still requires clean and every threat.
+  Corruption results stored before that rule were conditioned on clean (P(clean ∧ corrupted correct)); their
+  cells carry the flag ``clean-conditioned×k``, k the (corruption, example) pairs counted wrong unevaluated
+  because the clean image was wrong. Re-running ``rome-bench eval`` computes them under the new key.
+* PPGD and LPA carry their LPIPS network in their names (``ppgd-alexnet`` in the PPGD (AlexNet) column,
+  ``ppgd-self`` in PPGD (self), likewise LPA). Results stored under the older names ``ppgd``/``lpa`` read as
+  what their stored ``lpips`` parameter says: AlexNet ones in the AlexNet columns, self ones in the self columns
+  (so under the ``unseen`` suite an older self-LPIPS run shows "–" for PPGD and LPA, never an AlexNet label).
+* A threat that cannot attack a model (PPGD/LPA with the model's own LPIPS on a model without transformer
+  blocks) shows "n/a" and is left out of the unions. GMA on a model without gates is its CE term alone, flagged
+  ``ce-only-no-gates``.
 * Suites with ``union_with`` (the unseen suite) add "Union (all)": per example over this suite's threats and
   those of a stored run of the named suite (e.g. ``seen``) on the same examples; "–" until that run exists.
 * Gating columns ("Routing div.", "Gate clf. %"): for models with a stored gating score on the same dataset
@@ -35,6 +46,15 @@ from rome_bench.evaluation.specs import ThreatSpec, pooled_spec, stored_spec
 from rome_bench.evaluation.store import FULL, UNION_ONLY, BatchCost, ResultStore, SuiteRun
 from rome_bench.evaluation.suites import Suite
 from rome_bench.evaluation.table import PARTIAL, Cell, ReferenceRow, Row, reference_row
+from rome_bench.threats.corruptions import clean_conditioned
+from rome_bench.threats.perceptual import stored_column
+
+LEGACY_FLAG = "clean-conditioned"
+
+
+def threat_name(key: str) -> str:
+    """The registry name in a threat key (``pgd-linf:1a2b…`` -> ``pgd-linf``)."""
+    return key.rsplit(":", 1)[0]
 
 
 def union_cell(per_threat: list[dict[int, bool]], example_ids: list[int]) -> Cell:
@@ -70,7 +90,7 @@ def stored_threats(store: ResultStore, model_hash: str, dataset: str, keys: list
     """The stored results of the threats ``keys`` grouped by column (``dataset`` is the data fingerprint)."""
     stored = StoredThreats()
     for key in keys:
-        column = store.threat_column(key)
+        column = stored_column(threat_name(key), store.threat_column(key), store.threat_params(key))
         if store.not_applicable(model_hash, key, dataset):
             stored.not_applicable.add(column)
             continue
@@ -85,6 +105,27 @@ def _merged_flags(store: ResultStore, run: SuiteRun, keys: list[str]) -> dict[st
         for flag, count in store.flags(run.model_hash, key, run.dataset).items():
             merged[flag] = merged.get(flag, 0) + count
     return merged
+
+
+def _clean_conditioned(store: ResultStore, run: SuiteRun, keys: list[str], clean: dict[int, bool]) -> int:
+    """(threat, example) pairs that corruptions stored under the older rule counted wrong, unevaluated, because
+    the clean image was wrong (0 when the keys hold no such corruption)."""
+    legacy = [key for key in keys if clean_conditioned(threat_name(key), store.threat_params(key))]
+    return len(legacy) * sum(not clean.get(i, False) for i in run.example_ids)
+
+
+def _row_flags(store: ResultStore, run: SuiteRun, keys_of: dict[str, list[str]],
+               clean: dict[int, bool] | None) -> dict[str, dict[str, int]]:
+    """Column -> its threats' stored flags, plus ``clean-conditioned`` where a full run (``clean`` given) holds
+    corruptions stored under the older rule."""
+    flags = {}
+    for column, keys in keys_of.items():
+        merged = _merged_flags(store, run, keys)
+        if clean is not None and (count := _clean_conditioned(store, run, keys, clean)):
+            merged[LEGACY_FLAG] = count
+        if merged:
+            flags[column] = merged
+    return flags
 
 
 def _merged_cost(store: ResultStore, run: SuiteRun, keys: list[str]) -> BatchCost | None:
@@ -152,7 +193,7 @@ def measured_row(store: ResultStore, run: SuiteRun, suite: Suite) -> Row | None:
     return Row(label=run.label, method=run.method, dataset=run.dataset_name, n=len(run.example_ids),
                values={c: cell.accuracy for c, cell in cells.items()},
                intervals={c: cell.interval for c, cell in cells.items()},
-               flags={c: f for c, keys in keys_of.items() if (f := _merged_flags(store, run, keys))},
+               flags=_row_flags(store, run, keys_of, (stored.results.get("nat") or [{}])[0] if full else None),
                costs={c: cost for c, keys in keys_of.items() if (cost := _merged_cost(store, run, keys))},
                mode=run.mode, model_hash=run.model_hash, counts=cells, not_applicable=not_applicable,
                fingerprint=run.dataset,

@@ -36,6 +36,7 @@ from rome_bench.evaluation.table import (
     gating_texts,
     gating_titles,
     has_gating,
+    metric_rule,
     source_text,
     table_columns,
     train_cost_text,
@@ -56,7 +57,8 @@ def render_markdown(rows: list[Row], suite: Suite, costs: bool = False) -> str:
         titles = [title for _, title in columns] + (list(gating_titles(table)) if gating else [])
         note = group_note(group, table)
         lines += [f"### {suite.name} suite on {dataset} — accuracy % (95% Wilson interval)"
-                  + (f" — {note}" if note else ""), "", f"Threats: {spec_line(table, suite)}", ""]
+                  + (f" — {note}" if note else ""), "", f"Threats: {spec_line(table, suite)}", "",
+                  metric_rule(suite), ""]
         extra = " Train cost | Eval cost |" if costs else ""
         lines.append("| Method | n | " + " | ".join(titles) + f" | Flags | Source |{extra}")
         lines.append("|---|---:|" + "---:|" * len(titles) + "---|---|" + ("---|---|" if costs else ""))

@@ -1,9 +1,13 @@
 """The evaluation runner: every threat of a suite on the same examples, verified, stored per example.
 
-An example counts as robust to a threat only if the model classifies it correctly both clean and perturbed
-(as in AutoAttack and RobustBench), so no threat column can exceed natural accuracy; only clean-correct
-examples are attacked. Every threat's output is verified here, not by the threat: finite, in [0, 1], and within
-the threat's declared budget; a violation is a ThreatOutputError naming the threat and the worst example.
+An example counts as robust to an adversarial threat only if the model classifies it correctly both clean and
+perturbed (as in AutoAttack and RobustBench), so no such column can exceed natural accuracy; only clean-correct
+examples are attacked. A threat with ``given_clean`` False (common corruptions) is applied to every example and
+stores the prediction on the perturbed image itself, so its column is plain accuracy on the perturbed images
+(CIFAR-10-C's metric); the union, per example over every stored threat including clean, still requires clean.
+
+Every threat's output is verified here, not by the threat: finite, in [0, 1], and within the threat's declared
+budget; a violation is a ThreatOutputError naming the threat and the worst example.
 """
 
 from __future__ import annotations
@@ -249,6 +253,8 @@ def evaluate_threats(model: nn.Module, model_hash: str, threats: list[Threat], d
     """
     if not threats or not isinstance(threats[0], Clean):
         raise ValueError("the first threat of an evaluation must be 'clean'")
+    for threat in threats:  # a missing file (AlexNet-LPIPS's weights) fails here, before anything is stored
+        threat.require()
     earlier: list[dict[int, bool]] = []  # results of the threats so far that apply: the cascade's filter
     for threat in threats:
         store.record_threat(threat.key, threat.name, threat.column, threat.tag, threat.params())
@@ -259,10 +265,11 @@ def evaluate_threats(model: nn.Module, model_hash: str, threats: list[Threat], d
                 tqdm.write(f"{threat.name}: not applicable to this model (stored as n/a)")
             continue
         stored = store.progress(model_hash, threat.key, data.fingerprint, threats[0].key)
+        if stored.not_applicable is not None:  # marked by an older rome-bench (GMA without gates): it applies now
+            store.clear_not_applicable(model_hash, threat.key, data.fingerprint)
         todo = _examples_to_attack(stored, example_ids, earlier if union_only else [])
         added = _evaluate_examples(model, model_hash, threat, data, todo, stored, store, batch_size, device, progress)
-        if stored.not_applicable is None:  # a threat the store already holds as n/a stays out of the cascade
-            earlier.append({**stored.done, **added})
+        earlier.append({**stored.done, **added})
 
 
 def _evaluate_examples(model: nn.Module, model_hash: str, threat: Threat, data: LoadedDataset, todo: list[int],
@@ -312,8 +319,9 @@ def _evaluate_batch(model: nn.Module, threat: Threat, images: torch.Tensor, labe
 
 def _correct_under_threat(model: nn.Module, threat: Threat, images: torch.Tensor, labels: torch.Tensor,
                           ids: list[int], clean_correct: dict[int, bool]) -> tuple[torch.Tensor, int]:
-    """Only clean-correct examples are attacked; the others count as not robust."""
-    attacked = torch.tensor([clean_correct[i] for i in ids], dtype=torch.bool)
+    """Only clean-correct examples are attacked, the others counting as not robust; a threat that is not
+    ``given_clean`` (a common corruption) perturbs every example."""
+    attacked = torch.tensor([clean_correct[i] or not threat.given_clean for i in ids], dtype=torch.bool)
     correct = torch.zeros(len(ids), dtype=torch.bool)
     if attacked.any():
         chosen = attacked.nonzero().squeeze(1)

@@ -277,6 +277,9 @@ class ResultStore:
                                              f"SELECT {RESULT_COLUMNS} FROM unit.results {where}", scope)
                     self._connection.execute(f"INSERT INTO costs SELECT * FROM unit.costs {where} {ADD_COSTS}", scope)
                     self._connection.execute(f"INSERT INTO flags SELECT * FROM unit.flags {where} {ADD_FLAGS}", scope)
+                    self._connection.execute(  # results for a threat marked n/a by an older rome-bench clear it
+                        f"DELETE FROM not_applicable {where} AND EXISTS (SELECT 1 FROM unit.results {where})",
+                        scope + scope)
                     self._connection.execute(
                         f"INSERT OR REPLACE INTO not_applicable SELECT * FROM unit.not_applicable {where}", scope)
                     self._connection.execute(
@@ -302,6 +305,12 @@ class ResultStore:
         with self._connection:
             self._connection.execute("INSERT OR REPLACE INTO not_applicable VALUES (?, ?, ?, ?)",
                                      (model_hash, threat_key, dataset, reason))
+
+    def clear_not_applicable(self, model_hash: str, threat_key: str, dataset: str) -> None:
+        """Forget a not-applicable mark (an older rome-bench's, for a threat that applies to the model now)."""
+        with self._connection:
+            self._connection.execute("DELETE FROM not_applicable WHERE model_hash=? AND threat_key=? AND dataset=?",
+                                     (model_hash, threat_key, dataset))
 
     def not_applicable(self, model_hash: str, threat_key: str, dataset: str) -> str | None:
         """Why the threat does not apply to the model, or None when it does."""

@@ -104,22 +104,24 @@ register_seen_suite(
     "suite, ~1 min for 500 examples of a cifar10-cpu model on 2 cores")
 
 
-def unseen_threats(linf_eps: float) -> list[Threat]:
+def unseen_threats(linf_eps: float, lpips: str = "alexnet") -> list[Threat]:
     """The paper's unseen threats with its CIFAR-10 settings (Sec. A1), in Table 2's column order.
 
-    75 corruption × severity threats, SparseFool ℓ0, Fog/Snow/Gabor/Elastic/JPEG-ℓ∞ (Percep. ℓp), PPGD, LPA,
-    the 8×8 patch, StAdv, ReColorAdv, and GMA at the run's ℓ∞ ε (8/255 on CIFAR-10, as in the paper).
+    75 corruption × severity threats, SparseFool ℓ0, Fog/Snow/Gabor/Elastic/JPEG-ℓ∞ (Percep. ℓp), PPGD and LPA
+    under the ``lpips`` network (``ppgd-alexnet``: the paper's; ``ppgd-self``: the model's own), the 8×8 patch,
+    StAdv, ReColorAdv, and GMA at the run's ℓ∞ ε (8/255 on CIFAR-10, as in the paper).
     """
     return [
         *cifar10_c_threats(),
-        *(threat(name) for name in ("sparsefool-l0", "fog", "snow", "gabor", "elastic", "jpeg-linf", "ppgd", "lpa",
-                                    "patch", "stadv", "recoloradv")),
+        *(threat(name) for name in ("sparsefool-l0", "fog", "snow", "gabor", "elastic", "jpeg-linf",
+                                    f"ppgd-{lpips}", f"lpa-{lpips}", "patch", "stadv", "recoloradv")),
         threat("gma", eps=linf_eps),
     ]
 
 
 UNSEEN_TITLES = {
-    "nat": "Nat", "corr": "Com. Corr.", "l0": "ℓ0", "percep": "Percep. ℓp", "ppgd": "PPGD", "lpa": "LPA",
+    "nat": "Nat", "corr": "Com. Corr.", "l0": "ℓ0", "percep": "Percep. ℓp", "ppgd": "PPGD (AlexNet)",
+    "lpa": "LPA (AlexNet)", "ppgd-self": "PPGD (self)", "lpa-self": "LPA (self)",
     "patch": "Adv. Patch", "stadv": "StAdv", "recoloradv": "ReColorAdv", "gma": "GMA",
     "fog": "Fog", "snow": "Snow", "gabor": "Gabor", "elastic": "Elastic", "jpeg": "JPEG-ℓ∞",
     **{f"corr/{name}": name.replace("_", " ") for name in CORRUPTIONS},
@@ -131,7 +133,21 @@ register_suite(Suite(
     columns=("nat", "corr", "l0", "percep", "ppgd", "lpa", "patch", "stadv", "recoloradv", "gma"),
     titles=UNSEEN_TITLES,
     description="clean + the paper's unseen threats (Table 2, CIFAR-10 settings): 15 corruptions × 5 severities, "
-                "SparseFool ℓ0, Fog/Snow/Gabor/Elastic/JPEG-ℓ∞, PPGD, LPA, 8×8 patch, StAdv, ReColorAdv, GMA",
+                "SparseFool ℓ0, Fog/Snow/Gabor/Elastic/JPEG-ℓ∞, PPGD and LPA under AlexNet-LPIPS (needs "
+                "alexnet-owt-7be5be79.pth in torch.hub's cache), 8×8 patch, StAdv, ReColorAdv, GMA",
+    aggregates={"corr": tuple(f"corr/{name}" for name in CORRUPTIONS),
+                "percep": ("fog", "snow", "gabor", "elastic", "jpeg")},
+    show_avg=False,
+    union_with=("seen", "seen-apgd", "seen-plus", "seen-pgd"),
+))
+
+register_suite(Suite(
+    name="unseen-self",
+    build=lambda threats: [threat("clean"), *unseen_threats(threats.eps["linf"], lpips="self")],
+    columns=("nat", "corr", "l0", "percep", "ppgd-self", "lpa-self", "patch", "stadv", "recoloradv", "gma"),
+    titles=UNSEEN_TITLES,
+    description="the unseen suite with PPGD and LPA under the model's own LPIPS (ppgd-self, lpa-self: its "
+                "Transformer blocks' features) instead of the paper's AlexNet-LPIPS; no AlexNet file needed",
     aggregates={"corr": tuple(f"corr/{name}" for name in CORRUPTIONS),
                 "percep": ("fog", "snow", "gabor", "elastic", "jpeg")},
     show_avg=False,

@@ -120,6 +120,19 @@ def table_columns(suite: Suite, rows: list[Row] | None = None) -> list[tuple[str
     return columns + list(own.items())
 
 
+def metric_rule(suite: Suite) -> str:
+    """What a cell counts, printed under every format's header: threat columns need clean and perturbed correct,
+    a corruption column (``corr``, ``corr/…``) is plain accuracy on the corrupted images, GMA without gates is
+    CE only, Union needs all."""
+    rule = "A threat column counts an example only if it is correct both clean and perturbed"
+    if any(column == "corr" or column.startswith("corr/") for column in suite.columns):
+        rule += ("; Com. Corr. is plain accuracy on the corrupted images (CIFAR-10-C's metric, clean-correct or "
+                 "not; a clean-conditioned flag marks corruptions stored under the older clean-and-corrupted rule)")
+    if any(column.startswith("gma") for column in suite.columns):
+        rule += ("; on a model without gates GMA is its CE term alone (ℓ∞ PGD), flagged ce-only-no-gates")
+    return rule + "; Union counts an example only if it is correct clean and under every threat of the suite."
+
+
 def cell_text(row: Row, column: str) -> str:
     """An accuracy in percent with its interval, e.g. '91.2 (88.1–93.7)'; without one for reference rows; '–' when
     missing or NaN, 'n/a' when the column's threats cannot attack the model."""

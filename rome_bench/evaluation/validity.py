@@ -8,8 +8,9 @@ shown in the leaderboard's Flags column:
   (use AutoAttack's ``rand`` version); ``zero-gradient`` — clean-correct examples whose input gradient of the
   cross-entropy is zero or vanishing (< 1e-12 in ℓ1), so gradient attacks cannot move them;
 * raised by a threat itself (``Threat.call_flags``): ``black-box-success`` — Square succeeded where every
-  white-box attack of AutoAttack failed; pyautoattack's own zero-gradient warning (``zero-gradient``) and any
-  other warning it logs (``autoattack-warning``);
+  white-box attack of AutoAttack failed; ``ce-only-no-gates`` — examples GMA attacked with its CE term alone
+  because the model has no gates (so it is ℓ∞ PGD there); pyautoattack's own zero-gradient warning
+  (``zero-gradient``) and any other warning it logs (``autoattack-warning``);
 * computed from stored results (:func:`refresh_computed_flags`): ``eps-non-monotone`` — accuracy rose with ε
   (same threat, its other parameters equal, e.g. in a sweep); ``steps-non-monotone`` — accuracy rose with more
   steps (same threat, same ε); ``weaker-than-other`` — examples this threat left robust but another ℓp threat of

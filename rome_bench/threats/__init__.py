@@ -33,7 +33,7 @@ from rome_bench.threats.fog import Fog
 from rome_bench.threats.functional import ReColorAdv, StAdv
 from rome_bench.threats.gabor import Gabor
 from rome_bench.threats.gma import GatingMisrouting
-from rome_bench.threats.lpa import LagrangePerceptual
+from rome_bench.threats.lpa import AlexNetLagrangePerceptual, LagrangePerceptual, SelfLagrangePerceptual
 from rome_bench.threats.pgd import (
     DEFAULT_L1_SPARSITY,
     L1PGD,
@@ -45,7 +45,7 @@ from rome_bench.threats.pgd import (
     project_l2_box_sorted,
     seen_threats,
 )
-from rome_bench.threats.ppgd import PerceptualPGD
+from rome_bench.threats.ppgd import AlexNetPerceptualPGD, PerceptualPGD, SelfPerceptualPGD
 from rome_bench.threats.snow import Snow
 from rome_bench.threats.sparse import AdversarialPatch, SparseFool
 from rome_bench.threats.uar_geometric import Elastic, JPEGLinf
@@ -60,6 +60,8 @@ __all__ = [
     "PGD",
     "THREATS",
     "AdversarialPatch",
+    "AlexNetLagrangePerceptual",
+    "AlexNetPerceptualPGD",
     "AutoAttackThreat",
     "Budget",
     "BudgetCheck",
@@ -79,6 +81,8 @@ __all__ = [
     "LpBudget",
     "PerceptualPGD",
     "ReColorAdv",
+    "SelfLagrangePerceptual",
+    "SelfPerceptualPGD",
     "Snow",
     "SparseFool",
     "StAdv",

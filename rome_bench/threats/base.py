@@ -120,6 +120,10 @@ class Threat(ABC):
     column: ClassVar[str] = "unregistered"
     uses_example_ids: ClassVar[bool] = False
     """When True the runner also passes ``example_ids=[...]`` (dataset indices), e.g. to look up stored images."""
+    given_clean: bool = True
+    """True (adversarial threats): an example counts only if correct clean and perturbed, and only clean-correct
+    examples are attacked. False (common corruptions): every example is perturbed and its own prediction counts,
+    so the column is plain accuracy on the perturbed images (the union still requires clean)."""
 
     @abstractmethod
     def params(self) -> dict[str, Any]:
@@ -131,6 +135,11 @@ class Threat(ABC):
 
     @abstractmethod
     def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor: ...
+
+    def require(self) -> None:
+        """Raise ConfigError, in one line, unless what the threat needs besides the model is at hand (a weights
+        file, …); the runner asks every threat before it evaluates anything. Nothing is needed by default."""
+        return
 
     def applicable(self, model: nn.Module) -> bool:
         """Whether the threat can attack this model at all (e.g. a gating attack needs gates); True by default."""

@@ -7,6 +7,13 @@ contrast, elastic_transform, pixelate and jpeg_compression, each at severities 1
 ``corruption`` with column ``corr``). The accuracy under a corruption is an average, not a worst case: the model
 is never queried.
 
+The metric is CIFAR-10-C's: plain accuracy on the corrupted images. Every example is corrupted, clean-correct or
+not, and its own prediction is stored (``given_clean=False``, ``Threat.given_clean``), so a model right on a
+corrupted image but wrong on its clean image counts in Com. Corr.; the leaderboard's union still requires clean
+and every threat. ``given_clean=True`` gives the older P(clean ∧ corrupted correct) under its own key. Stores
+written before this choice hold corruption results whose parameters lack ``given_clean``: those were computed
+with the older rule, and the leaderboard flags their cells ``clean-conditioned`` (see ``leaderboard.py``).
+
 Two ways to get the corrupted images:
 
 * ``corruptions_dir`` names the published CIFAR-10-C ``.npy`` files (``<corruption>.npy``: uint8, shape
@@ -376,7 +383,8 @@ class CommonCorruption(Threat):
     severity: int
     corruptions_dir: str | None
 
-    def __init__(self, corruption: str, severity: int, corruptions_dir: str | None = None) -> None:
+    def __init__(self, corruption: str, severity: int, corruptions_dir: str | None = None,
+                 given_clean: bool = False) -> None:
         if corruption not in CORRUPTIONS:
             raise ConfigError(f"unknown corruption '{corruption}'; valid: {', '.join(CORRUPTIONS)}")
         if isinstance(severity, bool) or not isinstance(severity, numbers.Integral) or severity not in SEVERITIES:
@@ -386,11 +394,13 @@ class CommonCorruption(Threat):
         # Stored per corruption (its 5 severities pooled); the unseen suite's Com. Corr. column pools all 15.
         self.column = f"corr/{corruption}"  # type: ignore[misc]
         self.corruptions_dir = None if corruptions_dir is None else str(corruptions_dir)
+        self.given_clean = bool(given_clean)
         if self.corruptions_dir is not None:
             open_stored(self.corruptions_dir, corruption)  # fail early on a missing or malformed file
 
     def params(self) -> dict[str, Any]:
-        return {"corruption": self.corruption, "severity": self.severity, "corruptions_dir": self.corruptions_dir}
+        return {"corruption": self.corruption, "severity": self.severity, "corruptions_dir": self.corruptions_dir,
+                "given_clean": self.given_clean}
 
     def budget(self) -> Budget:
         return UnboundedBudget(f"common corruption {self.corruption} severity {self.severity}: no norm bound")
@@ -420,6 +430,12 @@ class CommonCorruption(Threat):
         rows = (self.severity - 1) * per_severity + ids
         check_stored_labels(str(self.corruptions_dir), rows, labels)
         return _to_tensor(stored[rows], images)
+
+
+def clean_conditioned(name: str, params: dict[str, Any]) -> bool:
+    """Whether a stored threat is a corruption whose results count only clean-correct examples: stored with
+    ``given_clean=True``, or before the parameter existed (when that was the rule)."""
+    return name == CommonCorruption.name and bool(params.get("given_clean", True))
 
 
 def cifar10_c_threats(corruptions_dir: str | None = None) -> list[CommonCorruption]:

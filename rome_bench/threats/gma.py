@@ -14,8 +14,11 @@ maximises the classification loss, the second pulls every token's gate toward it
   formula leaves open whether it is re-computed per step; a fixed target gives the attack a stable direction);
 * as for every evaluation PGD, each example keeps its first misclassified iterate.
 
-The threat applies to models with gating modules (``has_gates(model)``); for any other model
-the runner stores it as "not applicable".
+On a model without gates (RANDOM/AVG/MAX's plain ViT, Table 2 gives them a GMA number) the misrouting term is
+empty and L_GMA is its CE term alone: GMA is then exactly ℓ∞ PGD with the same ε, steps, step size and start.
+It runs, and says so: every such call raises the validity flag ``ce-only-no-gates`` (examples attacked), which
+the leaderboard's Flags column shows beside the GMA cell, and the leaderboard's header states the rule. Stores
+written before this rule hold GMA on such models as "not applicable"; a new evaluation replaces that mark.
 
 GMA follows the paper's loss, which can leave examples robust that plain ℓ∞ PGD on the same budget breaks (the
 misrouting term pulls away from the classification loss; measured on the committed ``cifar10-smoke-rome-max``
@@ -33,13 +36,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rome_bench.errors import ConfigError
 from rome_bench.models.gates import gates as read_gates
-from rome_bench.models.gates import has_gates
 from rome_bench.threats.base import Budget, LpBudget, Threat, register_threat
 from rome_bench.threats.pgd import LinfPGD
 
 GATE_FLOOR = 1e-12
+CE_ONLY_FLAG = "ce-only-no-gates"
 
 
 def model_gates(model: nn.Module) -> list[torch.Tensor]:
@@ -63,27 +65,29 @@ class GatingMisrouting(LinfPGD):
         super().__init__(eps, steps, step_size, random_start, keep_adversarial)
         self.gate_weight = float(gate_weight)
         self._targets: list[torch.Tensor] = []
+        self._flags: dict[str, int] = {}
 
     def params(self) -> dict[str, Any]:
         return {**super().params(), "gate_weight": self.gate_weight}
 
-    def applicable(self, model: nn.Module) -> bool:
-        return has_gates(model)
+    def call_flags(self) -> dict[str, int]:
+        """``ce-only-no-gates``: the examples of the last call attacked with the CE term alone (no gates)."""
+        return dict(self._flags)
 
     def prepare(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> None:
         with torch.no_grad():
             model(images)
             gates = model_gates(model)
-        if not gates:
-            raise ConfigError("gma needs a model whose forward pass records gates; this one records none")
         self._targets = [gate.argmin(dim=-1) for gate in gates]
+        self._flags = {} if gates else {CE_ONLY_FLAG: len(images)}
 
     def objective(self, model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor]:
         logits = model(inputs)
-        classification = F.cross_entropy(logits, labels, reduction="none")
-        misrouting = misrouting_loss(model_gates(model), self._targets)
-        return logits, (classification - self.gate_weight * misrouting).sum()
+        loss = F.cross_entropy(logits, labels, reduction="none")
+        if self._targets:  # without gates the misrouting term is empty: CE alone
+            loss = loss - self.gate_weight * misrouting_loss(model_gates(model), self._targets)
+        return logits, loss.sum()
 
 
 @register_threat("gma-union", tag="unseen", column="gma-union")
@@ -102,8 +106,8 @@ class GatingMisroutingOrPGD(Threat):
     def budget(self) -> Budget:
         return LpBudget("linf", self.gma.eps)
 
-    def applicable(self, model: nn.Module) -> bool:
-        return self.gma.applicable(model)
+    def call_flags(self) -> dict[str, int]:
+        return self.gma.call_flags()
 
     def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         result = self.gma(model, images, labels)

@@ -26,14 +26,15 @@ from rome_bench.threats.lpips_distance import LPIPS
 from rome_bench.threats.perceptual import FirstSuccess, PerceptualAttack, flat_norms, margin_loss
 
 
-@register_threat("lpa", tag="unseen", column="lpa")
 class LagrangePerceptual(PerceptualAttack):
     """Lagrangian perceptual attack (Laidlaw et al. 2021): margin loss + growing LPIPS penalty, then projection."""
 
-    def __init__(self, bound: float = 0.25, steps: int = 20, lpips: str = "auto", step_size: float | None = None,
+    def __init__(self, bound: float = 0.25, steps: int = 20, lpips: str | None = None, step_size: float | None = None,
                  decay_step_size: bool = True, binary_steps: int = 5, h: float = 0.1, kappa: float = 1.0,
                  initial_penalty: float = 0.01, penalty_factor: float = 10.0, projection: str = "newtons",
                  projection_overshoot: float = 0.1, projection_steps: int = 10, bisection_steps: int = 10) -> None:
+        if self.network is None:
+            raise ConfigError("lpa is registered with its LPIPS network in its name: lpa-alexnet | lpa-self")
         super().__init__(bound, steps, lpips, step_size, decay_step_size, kappa, projection, projection_overshoot,
                          projection_steps, bisection_steps)
         if binary_steps < 1 or h <= 0 or initial_penalty < 0 or penalty_factor < 1:
@@ -90,3 +91,17 @@ class LagrangePerceptual(PerceptualAttack):
             rate = torch.linalg.vector_norm(embedding - distance.embed(images - self.h * unit), dim=1) / self.h
             stepped = (images - per_example(step / (rate + 1e-8), unit) * unit).clamp(0, 1)
         return stepped.detach(), lpips.detach()
+
+
+@register_threat("lpa-alexnet", tag="unseen", column="lpa")
+class AlexNetLagrangePerceptual(LagrangePerceptual):
+    """LPA under AlexNet-LPIPS (the paper's; needs torchvision's AlexNet file in torch.hub's cache)."""
+
+    network = "alexnet"
+
+
+@register_threat("lpa-self", tag="unseen", column="lpa-self")
+class SelfLagrangePerceptual(LagrangePerceptual):
+    """LPA under the evaluated model's own LPIPS (its Transformer blocks' features; not the paper's)."""
+
+    network = "self"

@@ -9,8 +9,10 @@ features of a network (:class:`LPIPS`), and the budget that checks it (:class:`L
   shipped with the package) with d = √LPIPS, i.e. φ scales each unit feature by √w. Its AlexNet trunk comes from
   torchvision's cached ImageNet weights (``torch.hub.get_dir()/checkpoints/alexnet-owt-7be5be79.pth``); it is used
   only when that file exists, and nothing is ever downloaded.
-* ``"auto"`` (default): ``"alexnet"`` when its weights are local, else ``"self"``; resolved when a threat is built,
-  so ``params()`` (and the stored results) name the network actually used.
+* ``"auto"``: ``"alexnet"`` when its weights are local, else ``"self"``; only PAT's training attack takes it (its run
+  records the network it resolved to). The evaluation threats never do: the network is part of their registered
+  name (``ppgd-alexnet``, ``ppgd-self``, ``lpa-alexnet``, ``lpa-self``; ``perceptual.py``), so a missing AlexNet
+  file is an error naming it, never a silent switch to ``"self"``.
 
 Deviation from perceptual-advex: the ``"alexnet"`` distance is the standard (ImageNet AlexNet, learned weights)
 LPIPS; Laidlaw et al. evaluate CIFAR-10 with an AlexNet trained on CIFAR without learned weights (``alexnet_cifar``),
@@ -45,6 +47,13 @@ def alexnet_checkpoint() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_CHECKPOINT
 
 
+def missing_alexnet(user: str, instead: str) -> str:
+    """The one-line error for a missing AlexNet file: which file, where to put it, and the alternative."""
+    return (f"{user} needs torchvision's ImageNet AlexNet weights {ALEXNET_CHECKPOINT} in "
+            f"{alexnet_checkpoint().parent} (torch.hub's cache, moved by TORCH_HOME; rome-bench never downloads "
+            f"them): copy the file there, or {instead}")
+
+
 def resolve_lpips_backbone(backbone: str) -> str:
     """'auto' -> 'alexnet' when its weights are cached locally, else 'self'; 'alexnet' requires those weights."""
     if backbone not in LPIPS_BACKBONES:
@@ -53,8 +62,7 @@ def resolve_lpips_backbone(backbone: str) -> str:
     if backbone == "auto":
         return "alexnet" if available else "self"
     if backbone == "alexnet" and not available:
-        raise ConfigError(f"LPIPS 'alexnet' needs torchvision's AlexNet weights at {alexnet_checkpoint()} "
-                          "(rome-bench never downloads them): copy them there, or use lpips='self'")
+        raise ConfigError(missing_alexnet("LPIPS 'alexnet'", "use lpips='self'"))
     return backbone
 
 
@@ -102,7 +110,9 @@ def _alexnet_lpips(checkpoint: str) -> nn.Module:
     """The lpips package's AlexNet-LPIPS with its trunk loaded from a local torchvision checkpoint (no download)."""
     import lpips
 
-    with warnings.catch_warnings():
+    # fork_rng: building the network draws its random initial weights, which must not move the global RNG (a
+    # threat's first call would otherwise start from other random draws than its later ones)
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
         warnings.simplefilter("ignore")  # torchvision's deprecation of ``pretrained=`` inside lpips
         network = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False)
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)

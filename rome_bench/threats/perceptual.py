@@ -2,6 +2,15 @@
 "Perceptual Adversarial Robustness" (ICLR 2021): :class:`PerceptualAttack`, the margin loss, the projection onto the
 LPIPS ball and the first-success rule.
 
+The LPIPS network is part of each registered threat's name and key: ``ppgd-alexnet`` and ``lpa-alexnet`` (the
+paper's AlexNet-LPIPS, columns "ppgd" and "lpa" of the ``unseen`` suite) and ``ppgd-self`` and ``lpa-self`` (the
+evaluated model's own features, columns "ppgd-self" and "lpa-self" of the ``unseen-self`` suite). An AlexNet threat
+without ``alexnet-owt-7be5be79.pth`` in torch.hub's cache fails before anything is evaluated, in one line naming the
+file (``Threat.require``); it never falls back to self-LPIPS. Results stored by older rome-bench under ``ppgd`` and
+``lpa`` (whose "auto" network was resolved when built and kept in their ``lpips`` parameter) stay readable: the
+leaderboard shows those computed with self-LPIPS in the ``-self`` columns (:func:`stored_column`), and a new
+evaluation stores its results under the new names.
+
 Both attacks maximise the margin loss max(κ, max_{k≠y} z_k − z_y) (κ = 1) inside an LPIPS ball
 {x' : d(x, x') ≤ bound} intersected with [0,1], d the distance of ``lpips_distance.py``. The RoME paper (Sec. A1) uses
 an LPIPS bound of 0.25 and 20 iterations for both; those are the defaults. Everything else follows perceptual-advex's
@@ -27,7 +36,7 @@ monotone in iterations (each attack's module lists its own):
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +45,14 @@ from torch import nn
 from rome_bench.errors import ConfigError
 from rome_bench.models.autocast import plain_model
 from rome_bench.threats.base import Budget, Threat, per_example
-from rome_bench.threats.lpips_distance import LPIPS, LPIPSBudget, resolve_lpips_backbone, transformer_blocks
+from rome_bench.threats.lpips_distance import (
+    LPIPS,
+    LPIPSBudget,
+    alexnet_checkpoint,
+    missing_alexnet,
+    resolve_lpips_backbone,
+    transformer_blocks,
+)
 
 PROJECTIONS = ("newtons", "bisection")
 START_STD = 0.01
@@ -74,10 +90,26 @@ class FirstSuccess:
         self.found[rows] = True
 
 
+NETWORKS = ("alexnet", "self")
+LEGACY_NAMES = ("ppgd", "lpa")  # the names PPGD and LPA were stored under before the network joined them
+
+
+def stored_column(name: str, column: str, params: dict[str, Any]) -> str:
+    """The leaderboard column of a stored threat: its own, except that PPGD and LPA stored under their older names
+    with self-LPIPS go to the self columns (``ppgd-self``, ``lpa-self``), not to the AlexNet ones."""
+    if name in LEGACY_NAMES and params.get("lpips") == "self":
+        return f"{name}-self"
+    return column
+
+
 class PerceptualAttack(Threat):
     """Shared parts of PPGD and LPA: the LPIPS distance, projection onto the LPIPS ball, budget and flags."""
 
-    def __init__(self, bound: float, steps: int, lpips: str, step_size: float | None, decay_step_size: bool,
+    network: ClassVar[str | None] = None
+    """'alexnet' or 'self' for the registered PPGD and LPA threats, whose names carry it; None where the ``lpips``
+    argument chooses (PAT's Fast-LPA, which may also take 'auto')."""
+
+    def __init__(self, bound: float, steps: int, lpips: str | None, step_size: float | None, decay_step_size: bool,
                  kappa: float, projection: str, projection_overshoot: float, projection_steps: int,
                  bisection_steps: int) -> None:
         if bound <= 0 or steps < 1:
@@ -89,7 +121,7 @@ class PerceptualAttack(Threat):
                               f"projection_overshoot >= 0")
         self.bound = float(bound)
         self.steps = int(steps)
-        self.lpips = resolve_lpips_backbone(lpips)
+        self.lpips = resolve_lpips_backbone(str(lpips)) if self.network is None else self._own_network(lpips)
         self.decay_step_size = bool(decay_step_size)
         default_step = self.bound if self.decay_step_size else 2 * self.bound / self.steps
         self.step_size = float(step_size) if step_size is not None else default_step
@@ -106,6 +138,20 @@ class PerceptualAttack(Threat):
                 "decay_step_size": self.decay_step_size, "kappa": self.kappa, "projection": self.projection,
                 "projection_overshoot": self.projection_overshoot, "projection_steps": self.projection_steps,
                 "bisection_steps": self.bisection_steps}
+
+    def _own_network(self, lpips: str | None) -> str:
+        """The network of this registered threat; ``lpips`` may only repeat it (as ``params()`` does)."""
+        if lpips not in (None, self.network):
+            family = self.name.rsplit("-", 1)[0]
+            raise ConfigError(f"{self.name} uses LPIPS '{self.network}' (its name says so), not '{lpips}'; choose "
+                              f"the threat by name: {' | '.join(f'{family}-{network}' for network in NETWORKS)}")
+        return str(self.network)
+
+    def require(self) -> None:
+        """An AlexNet-LPIPS threat needs torchvision's AlexNet file in torch.hub's cache: one line naming it."""
+        if self.lpips == "alexnet" and not alexnet_checkpoint().is_file():
+            raise ConfigError(missing_alexnet(self.name, "evaluate the self-LPIPS threats instead (--suite "
+                                                         "unseen-self: the model's own features, not the paper's)"))
 
     def budget(self) -> Budget | None:
         return LPIPSBudget(self.bound, self._distance)

@@ -28,14 +28,15 @@ CG_TOLERANCE = 0.1
 FLAT_GRADIENT = 1e-4
 
 
-@register_threat("ppgd", tag="unseen", column="ppgd")
 class PerceptualPGD(PerceptualAttack):
     """Perceptual PGD (Laidlaw et al. 2021): LPIPS-steepest ascent steps by conjugate gradient, projected."""
 
-    def __init__(self, bound: float = 0.25, steps: int = 20, lpips: str = "auto", step_size: float | None = None,
+    def __init__(self, bound: float = 0.25, steps: int = 20, lpips: str | None = None, step_size: float | None = None,
                  decay_step_size: bool = False, cg_iterations: int = 5, h: float = 1e-3, kappa: float = 1.0,
                  projection: str = "newtons", projection_overshoot: float = 0.1, projection_steps: int = 10,
                  bisection_steps: int = 10) -> None:
+        if self.network is None:
+            raise ConfigError("ppgd is registered with its LPIPS network in its name: ppgd-alexnet | ppgd-self")
         super().__init__(bound, steps, lpips, step_size, decay_step_size, kappa, projection, projection_overshoot,
                          projection_steps, bisection_steps)
         if cg_iterations < 1 or h <= 0:
@@ -117,3 +118,17 @@ class PerceptualPGD(PerceptualAttack):
                 residual = torch.where(keep, new_residual, residual)
                 direction = torch.where(keep, new_direction, direction)
         return solution.detach()
+
+
+@register_threat("ppgd-alexnet", tag="unseen", column="ppgd")
+class AlexNetPerceptualPGD(PerceptualPGD):
+    """PPGD under AlexNet-LPIPS (the paper's; needs torchvision's AlexNet file in torch.hub's cache)."""
+
+    network = "alexnet"
+
+
+@register_threat("ppgd-self", tag="unseen", column="ppgd-self")
+class SelfPerceptualPGD(PerceptualPGD):
+    """PPGD under the evaluated model's own LPIPS (its Transformer blocks' features; not the paper's)."""
+
+    network = "self"

@@ -248,7 +248,7 @@ class Recipe(ABC):
         """Restore :meth:`state_dict`'s tensors."""
 
 
-RECIPES: Registry[type[Recipe]] = Registry("recipes")
+RECIPES: Registry[type[Recipe]] = Registry("recipes", "methods")  # plugins: rome_bench.recipes or .methods
 
 
 def register_recipe(name: str, citation: str) -> Callable[[type[Recipe]], type[Recipe]]:

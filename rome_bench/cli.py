@@ -73,8 +73,9 @@ def train(
     ] = None,
     div_distance: Annotated[str | None, typer.Option(
         help="Distance of the diversification loss: l2 | cosine | sym-kl | wasserstein1.")] = None,
-    div_projection: Annotated[bool | None, typer.Option(
-        "--div-projection/--no-div-projection", help="Project global gates to K' dims in L_div (Eq. 7).")] = None,
+    div_projection: Annotated[str | None, typer.Option(
+        help="K -> K' projection of the global gates in L_div (Eq. 7): trainable (one per gated layer, default) | "
+             "fixed (one seeded random matrix, older runs) | none.")] = None,
     eps_l1: Annotated[float | None, typer.Option()] = None,
     eps_l2: Annotated[float | None, typer.Option()] = None,
     eps_linf: Annotated[float | None, typer.Option()] = None,

@@ -82,8 +82,9 @@ class DualScaleGating(ExpertGate):
         """v·Pᵀ + b (images, K') for L_div in a training-mode forward; None without a projection or in eval mode."""
         if self.div_projection is None or not self.training:
             return None
-        weight, bias = self.div_projection.weight, self.div_projection.bias
-        if not self.train_projection:
+        weight: torch.Tensor = self.div_projection.weight
+        bias: torch.Tensor = self.div_projection.bias
+        if not self.train_projection:  # detached as well as frozen: L_div's gradient never reaches it
             weight, bias = weight.detach(), bias.detach()
         return F.linear(global_, weight, bias)
 

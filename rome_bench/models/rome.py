@@ -76,25 +76,27 @@ class RomeOptions:
     num_experts: int = 4
     rank: int = 16  # LoRA rank r, or the adapter's bottleneck width
     targets: tuple[str, ...] = ("qkv", "proj")  # ViT: ⊆ qkv,proj,fc1,fc2; WRN: ⊆ conv1,conv2; ffn experts: ("mlp",)
-    gating: str = "dual"  # none | local | global | dual | dual-inverted | dual-learned | dual-cls
+    gating: str | None = "dual"  # none | local | global | dual | dual-inverted | dual-learned | dual-cls
     # hidden width of the gating MLPs; 0 = one Linear per branch, which is what the paper's parameter counts imply
     # (Table 6: 88.85M = ViT-B 85.15M + LoRA 3.54M + 24 gated layers × (2 Linear d→K + a K→K' Linear))
     gate_hidden: int = 0
     beta_s: float = 4.0
     beta_b: float = 2.0
-    routing_loss: str = "diversification"  # a routing-loss registry name, or none
+    routing_loss: str | None = "diversification"  # a routing-loss registry name, or none
     routing_weight: float | None = None  # λ of the routing loss; None = that loss's default (0.1 div, 0.5 balance)
     div_distance: str = "l2"  # l2 | cosine | sym-kl | wasserstein1 (Table A5; checked by the diversification loss)
-    # Eq. 7's projection of the global gates for L_div-global: trainable (a K -> K' Linear per gated layer, owned by
-    # the gate), fixed (one seeded random K x K' matrix for all layers, runs before it existed) or none (Table 4's w/o)
-    div_projection: str = "per-layer"
+    # Eq. 7's projection of the global gates for L_div-global (training/diversification.py): per-layer (a K -> K'
+    # Linear on each gate, counted and saved, not trained: L_div would grow it without bound), trainable (the same,
+    # trained by L_div), fixed (one seeded K x K' matrix for all layers: older runs) or none (Table 4's w/o)
+    div_projection: str | None = "per-layer"
     projection_dim: int = 100  # K' of that projection
     top_k: int = 0  # ffn experts only: 0 = dense (all K per token); k < K = sparse top-k dispatch (Table 6: 2 of 4)
     conv_lora: str = "loralib"  # conv experts (WRN/ResNet): loralib's ConvLoRA (scaled α/r) | im2col (older runs)
     conv_lora_alpha: float = 1.0  # α of the loralib layout's α/r scale (loralib's default 1)
 
     def __post_init__(self) -> None:
-        for name in ("gating", "routing_loss"):  # --set writes the choice "none" as None
+        # --set writes the choice "none" as None where the options do not hold the name yet (hence the | None)
+        for name in ("gating", "routing_loss", "div_projection"):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, "none")
 
@@ -105,7 +107,8 @@ class RomeOptions:
         settings = dataclasses.asdict(self)
         if not settings["top_k"]:
             settings.pop("top_k")
-        settings["div_projection"] = {"fixed": True, "none": False}.get(self.div_projection, self.div_projection)
+        old_names: dict[str | None, bool] = {"fixed": True, "none": False}
+        settings["div_projection"] = old_names.get(self.div_projection, self.div_projection)
         if self.conv_lora == "im2col":
             settings.pop("conv_lora")
             settings.pop("conv_lora_alpha")

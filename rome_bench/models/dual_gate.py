@@ -7,9 +7,10 @@ the ablations compare (Table 4), and how the gates are recorded.
 (``none``: uniform 1/K; ``local``: β = 0; ``global``: β = 1; ``dual``: fixed β(l); ``dual-inverted``: β(L + 1 − l);
 ``dual-learned``: a learnable β, σ of a logit initialised at β(l); ``dual-cls``: the token gate's CLS summary), the
 mixing, and the record (local, global and fused gates; with one branch only, the missing one is recorded as the other's
-summary, so routing losses always find both) and, for L_div's trainable reading (``div_projection`` trainable), the
-layer's own K → K' projection of its global gate (Eq. 7): an ``nn.Linear`` off the routing path whose output, v·Pᵀ + b
-per image, is recorded as ``projected`` in training mode only (inference never computes it).
+summary, so routing losses always find both) and, for ``div_projection`` per-layer (frozen: L_div's gradient does not
+reach it) or trainable, the layer's own K → K' projection of its global gate (Eq. 7): an ``nn.Linear`` off the routing
+path, initialised from its own seed, whose output v·Pᵀ + b per image is recorded as ``projected`` in training mode only
+(inference never computes it).
 Its subclasses compute u and v from their layer's input:
 :class:`DualScaleGate` here for the Transformers' linears (tokens), ``ConvDualScaleGate`` in ``models/wrn.py`` for
 convolutions (output positions).

@@ -67,8 +67,8 @@ def run(reading: str, steps: int, report: list[int]) -> None:
             norms = [float(m.div_projection.weight.detach().norm()) for m in gating_modules(model)
                      if m.div_projection is not None]
             norm = sum(norms) / len(norms) if norms else float(loss_fn.matrix.norm())
-            print(f"{reading:9s} step {step:4d}  λ·L_div {float(loss):+.4e}  L_div-global {float(global_term):+.4e}  "
-                  f"mean ‖P‖_F {norm:.3f}")
+            print(f"{reading:9s} step {step:4d}  λ·L_div {float(loss.detach()):+.4e}  "
+                  f"L_div-global {float(global_term):+.4e}  mean ‖P‖_F {norm:.3f}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from rome_bench.evaluation.sharding import Row, ShardingRequest, ShardJob
     from rome_bench.evaluation.store import ResultStore
     from rome_bench.evaluation.suites import Suite
+    from rome_bench.models.describe import ModelDescription
     from rome_bench.registry import Registry
     from rome_bench.threats import Threat
 
@@ -468,6 +469,20 @@ def plot_training(runs: Sequence[str | Path], out: str | Path = "training-curves
     lasts = {label: records[-1] for label, records in curves.items()}
     return written, [f"{label}: step {last['step']}, {last['wall_seconds'] / 60:.1f} min, union "
                      f"{100 * last['accuracy']['union']:.1f}% (n={last['n']})" for label, last in lasts.items()]
+
+
+def describe(method: str = "rome+max", preset: str | None = None,
+             assignments: Sequence[str] = ()) -> ModelDescription:
+    """Parameters by part (total, backbone, experts, gates, L_div projections) and forward multiply-adds per image of
+    the model ``rome-bench train --method METHOD --preset PRESET`` with ``assignments`` would train; built on the CPU,
+    no data read (paper Table 6, Table A4: :mod:`rome_bench.models.describe`)."""
+    from rome_bench.models.describe import describe_model
+    from rome_bench.models.family import with_stored_options
+    from rome_bench.training.overrides import resolve_config
+
+    config = with_stored_options(resolve_config(preset_config(preset or "cifar10"),
+                                                [f"train.method={method}", *assignments]))
+    return describe_model(config.model, config.data.dataset)
 
 
 def list_entries(kind: str) -> list[str]:

@@ -62,23 +62,42 @@ def load_final_weights(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str
 # Before model.options, RoME's settings were the section model.rome, present in every run whatever its family.
 LEGACY_SECTION = "rome"
 LEGACY_SECTION_NAMES = {"lambda_div": "routing_weight"}  # older names inside that section
+# RoME options whose default changed: a RoME config stored without them was trained with these values (new runs
+# always store them: RomeFamily.stored_options). div_projection was a bool before: true = fixed, false = none.
+ROME_OPTIONS_BEFORE: dict[str, Any] = {"div_projection": "fixed", "conv_lora": "im2col"}
+DIV_PROJECTION_FROM_BOOL = {True: "fixed", False: "none"}
 
 
 def upgrade_stored_config(data: dict[str, Any]) -> dict[str, Any]:
-    """A stored config in today's layout: ``train.method`` split (``config.upgrade_legacy``), and the old
+    """A stored config in today's layout: ``train.method`` split (``config.upgrade_legacy``), the old
     ``model.rome`` section moved into ``model.options`` for a RoME run, or kept in ``model.legacy_identity`` for
-    any other family (whose model hash covered it)."""
+    any other family (whose model hash covered it), and a RoME run's options from before a default changed read
+    with the old values (:func:`upgrade_rome_options`)."""
     data = upgrade_legacy(data)
     model = data.get("model")
-    if not isinstance(model, dict) or not isinstance(model.get(LEGACY_SECTION), dict):
+    if not isinstance(model, dict):
         return data
     model = dict(model)
-    section = {LEGACY_SECTION_NAMES.get(name, name): value for name, value in model.pop(LEGACY_SECTION).items()}
-    if model.get("family", ModelConfig().family) == LEGACY_SECTION:
-        model["options"] = {**section, **(model.get("options") or {})}
-    else:
-        model["legacy_identity"] = {**(model.get("legacy_identity") or {}), LEGACY_SECTION: section}
+    is_rome = model.get("family", ModelConfig().family) == LEGACY_SECTION
+    if isinstance(model.get(LEGACY_SECTION), dict):
+        section = {LEGACY_SECTION_NAMES.get(name, name): value for name, value in model.pop(LEGACY_SECTION).items()}
+        if is_rome:
+            model["options"] = {**section, **(model.get("options") or {})}
+        else:
+            model["legacy_identity"] = {**(model.get("legacy_identity") or {}),
+                                        LEGACY_SECTION: upgrade_rome_options(section)}
+    if is_rome and isinstance(model.get("options", {}), dict):
+        model["options"] = upgrade_rome_options(model.get("options") or {})
     return {**data, "model": model}
+
+
+def upgrade_rome_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Stored RoME options with the old values of the options added since (:data:`ROME_OPTIONS_BEFORE`) filled in,
+    and the old boolean ``div_projection`` as its name."""
+    upgraded = {**ROME_OPTIONS_BEFORE, **options}
+    if isinstance(upgraded["div_projection"], bool):
+        upgraded["div_projection"] = DIV_PROJECTION_FROM_BOOL[upgraded["div_projection"]]
+    return upgraded
 
 
 def run_model_hash(content: str, identity: str) -> str:

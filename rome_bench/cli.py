@@ -73,8 +73,9 @@ def train(
     ] = None,
     div_distance: Annotated[str | None, typer.Option(
         help="Distance of the diversification loss: l2 | cosine | sym-kl | wasserstein1.")] = None,
-    div_projection: Annotated[bool | None, typer.Option(
-        "--div-projection/--no-div-projection", help="Project global gates to K' dims in L_div (Eq. 7).")] = None,
+    div_projection: Annotated[str | None, typer.Option(
+        help="K -> K' projection of the global gates in L_div (Eq. 7): trainable (one per gated layer, default) | "
+             "fixed (one seeded random matrix, older runs) | none.")] = None,
     eps_l1: Annotated[float | None, typer.Option()] = None,
     eps_l2: Annotated[float | None, typer.Option()] = None,
     eps_linf: Annotated[float | None, typer.Option()] = None,
@@ -347,6 +348,34 @@ def check(
         typer.echo(f"{len(failed)} of {len(outcomes)} numbers left their tolerance", err=True)
         raise typer.Exit(1)
     typer.echo(f"all {len(outcomes)} numbers within tolerance")
+
+
+@app.command()
+def describe(
+    method: Annotated[str, typer.Option(help="A method as train takes it: rome+max, max, …")] = "rome+max",
+    preset_name: Annotated[str | None, typer.Option("--preset", help="Preset (default cifar10).")] = None,
+    backbone: Annotated[str | None, typer.Option(help="Model registry name, e.g. vit_base.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Dataset whose image size and classes to build for.")] = None,
+    experts: Annotated[str | None, typer.Option(help="lora | ffn | adapter.")] = None,
+    num_experts: Annotated[int | None, typer.Option(help="Number of experts K.")] = None,
+    top_k: Annotated[int | None, typer.Option(help="ffn experts: top-k dispatch (0 = dense).")] = None,
+    rank: Annotated[int | None, typer.Option(help="LoRA rank r.")] = None,
+    expert_layers: Annotated[str | None, typer.Option(help="Subset of qkv,proj,fc1,fc2 (WRN: conv1,conv2).")] = None,
+    gating: Annotated[str | None, typer.Option(help="Gating variant (default dual).")] = None,
+    routing_loss: Annotated[str | None, typer.Option(help="A routing loss or none.")] = None,
+    div_projection: Annotated[str | None, typer.Option(help="per-layer | trainable | fixed | none.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Any config field: section.field=value.")] = None,
+) -> None:
+    """Print a model's parameters (total, backbone, experts, gates, L_div projections) and GFLOPs per image."""
+    from rome_bench.api import describe as describe_model
+    from rome_bench.training.overrides import family_option_assignments, flag_assignments
+
+    switches = {"experts": experts, "num_experts": num_experts, "top_k": top_k, "rank": rank,
+                "expert_layers": expert_layers, "gating": gating, "routing_loss": routing_loss,
+                "div_projection": div_projection}
+    assignments = [*flag_assignments(backbone=backbone, dataset=dataset), *family_option_assignments(switches)]
+    for line in describe_model(method, preset_name, [*assignments, *(set_ or [])]).lines():
+        typer.echo(line)
 
 
 @app.command("list")

@@ -34,6 +34,7 @@ from rome_bench.evaluation.runner import evaluate_run, load_run
 from rome_bench.evaluation.store import ResultStore
 from rome_bench.evaluation.suites import SUITES
 from rome_bench.models import create_model
+from rome_bench.models.family import with_stored_options
 from rome_bench.presets import preset
 from rome_bench.training.distributed import Distributed
 from rome_bench.training.overrides import resolve_config
@@ -73,8 +74,8 @@ def plan_demo(out: Path, suite: str = DEMO_SUITE, n_examples: int = DEMO_EXAMPLE
         raise ConfigError("--n-examples must be >= 1")
     configs = {}
     for method, (recipe, family) in DEMO_METHODS.items():
-        config = resolve_config(preset(DEMO_PRESET), [*(overrides or []), f"train.recipe={recipe}",
-                                                      f"model.family={family}"])
+        config = with_stored_options(resolve_config(preset(DEMO_PRESET), [*(overrides or []), f"train.recipe={recipe}",
+                                                                          f"model.family={family}"]))
         if run_state(out / method) != "new" and read_run_config(out / method).to_dict() != config.to_dict():
             raise CheckpointError(f"{out / method} holds a {method} run with other settings than this demo's; give "
                                   f"another --out, the same --set flags as before, or delete {out / method}")

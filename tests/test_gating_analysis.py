@@ -38,6 +38,7 @@ from rome_bench.evaluation.runner import LoadedRun, load_run
 from rome_bench.evaluation.store import GatingScore, ResultStore
 from rome_bench.evaluation.suites import SUITES
 from rome_bench.models import MODELS, ImageClassifier, create_model
+from rome_bench.models.family import with_stored_options
 from rome_bench.models.rome import LoRAExpertMixture, RomeOptions, add_rome_experts
 from rome_bench.presets import preset
 from rome_bench.threats import L2PGD, Clean, LinfPGD
@@ -271,7 +272,7 @@ def write_run(run_dir: Path, method: str) -> Path:
                 if layer is not None:
                     layer.weight.data.normal_(0, 1.0, generator=generator)
     run_dir.mkdir(parents=True)
-    (run_dir / "config.json").write_text(config.to_json())
+    (run_dir / "config.json").write_text(with_stored_options(config).to_json())  # as the trainer writes it
     save_tensors_with_sidecar(run_dir, MODEL_STEM, model.state_dict(), {"epoch": 1})
     return run_dir
 

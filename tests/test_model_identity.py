@@ -54,4 +54,5 @@ def test_another_familys_old_rome_section_is_kept_for_its_hash_only():
 
 def test_the_old_lambda_div_name_is_upgraded():
     stored = {"model": {"family": "rome", "rome": {"lambda_div": 0.3}}}
-    assert upgrade_stored_config(stored)["model"]["options"] == {"routing_weight": 0.3}
+    options = upgrade_stored_config(stored)["model"]["options"]
+    assert options["routing_weight"] == 0.3 and "lambda_div" not in options

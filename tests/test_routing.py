@@ -32,7 +32,7 @@ from rome_bench.training.routing import (
 )
 
 THREATS = torch.arange(3).repeat_interleave(2)  # 6 examples, 2 per threat
-PROJECTIONS = [True, False]
+PROJECTIONS = ["fixed", "none"]  # the loss-side readings; the gate-owned ones: tests/test_div_projection.py
 
 
 def gate(fused: torch.Tensor, global_: torch.Tensor | None = None, local: torch.Tensor | None = None) -> GateOutput:
@@ -189,7 +189,7 @@ def test_projected_global_gates_are_softmaxed_only_for_probability_distances():
 @pytest.mark.parametrize("projection", PROJECTIONS)
 @pytest.mark.parametrize("distance", list(DISTANCES))
 def test_diversification_is_zero_alike_and_more_negative_further_apart(distance, projection):
-    matrix = fixed_projection(4, 100) if projection else None
+    matrix = fixed_projection(4, 100) if projection == "fixed" else None
     alike = per_threat_gates(torch.softmax(torch.randn(1, 4), -1).expand(3, 4))
     assert float(diversification_loss([alike], THREATS, matrix, distance)) == 0.0
     base = torch.full((4,), 0.25)
@@ -219,7 +219,7 @@ def test_diversification_step_moves_threat_means_apart(distance, projection):
         with torch.no_grad():
             gates = gate(local_logits.softmax(-1), global_logits.softmax(-1))
             local_means = per_threat_means(gates.local, THREATS)
-            compared = global_means(gates, THREATS, loss_fn.projection, distance)
+            compared = global_means(gates, THREATS, loss_fn.matrix, distance)
             own = (float(pairwise_distance_sum(local_means, measure)), float(pairwise_distance_sum(compared, measure)))
             l2 = (float(pairwise_squared_distance_sum(local_means)),
                   float(pairwise_squared_distance_sum(per_threat_means(gates.global_, THREATS))))
@@ -241,15 +241,16 @@ def test_default_diversification_equals_the_paper_loss_times_its_weight():
     expected = sum(-pairwise_squared_distance_sum(per_threat_means(layer.local, THREATS)) / 5
                    - pairwise_squared_distance_sum(per_threat_means(layer.global_ @ projection, THREATS))
                    for layer in layers) / 2
-    loss = build_routing_loss(RomeOptions(), num_threats=3)
-    assert isinstance(loss, DiversificationLoss) and loss.distance == "l2" and loss.projection is not None
+    loss = build_routing_loss(RomeOptions(div_projection="fixed"), num_threats=3)
+    assert isinstance(loss, DiversificationLoss) and loss.distance == "l2" and loss.matrix is not None
     assert torch.allclose(loss(layers, THREATS), 0.1 * expected, rtol=1e-5)
     assert torch.allclose(diversification_loss(layers, THREATS, projection), expected, rtol=1e-5)
 
 
 def test_diversification_saves_nothing_and_rejects_unknown_distances():
     assert not DiversificationLoss(4, 100, 0.1).state_dict()
-    assert not DiversificationLoss(4, 100, 0.1, projection=False).state_dict()
+    assert not DiversificationLoss(4, 100, 0.1, projection="none").state_dict()
+    assert not DiversificationLoss(4, 100, 0.1, projection="per-layer").state_dict()  # the model owns those
     with pytest.raises(ConfigError, match="choose one of"):
         DiversificationLoss(4, 100, 0.1, distance="l3")
 
@@ -309,10 +310,11 @@ def test_built_load_balance_is_half_at_uniform_gates():
 
 
 def test_build_passes_distance_and_projection():
-    loss = build_routing_loss(RomeOptions(div_distance="sym-kl", div_projection=False, projection_dim=7), 3)
-    assert loss.distance == "sym-kl" and loss.projection is None
-    loss = build_routing_loss(RomeOptions(div_distance="cosine", projection_dim=7), 3)
-    assert loss.distance == "cosine" and loss.projection.shape == (4, 7)
+    loss = build_routing_loss(RomeOptions(div_distance="sym-kl", div_projection="none", projection_dim=7), 3)
+    assert loss.distance == "sym-kl" and loss.projection == "none" and loss.matrix is None
+    loss = build_routing_loss(RomeOptions(div_distance="cosine", div_projection="fixed", projection_dim=7), 3)
+    assert loss.distance == "cosine" and loss.matrix.shape == (4, 7)
+    assert build_routing_loss(RomeOptions(), 3).projection == "per-layer"  # the default: the gates' own
 
 
 def test_gate_classification_needs_one_expert_per_threat():

@@ -24,9 +24,9 @@ def load(run: Path):
 @pytest.mark.parametrize("switches,expected", [
     (["--experts", "ffn", "--top-k", "2", "--gating", "global", "--routing-loss", "load-balance"],
      {"expert_type": "ffn", "targets": ["mlp"], "gating": "global", "routing_loss": "load-balance", "top_k": 2}),
-    (["--set", "model.backbone=wrn_micro", "--div-distance", "wasserstein1", "--no-div-projection", "--gating",
+    (["--set", "model.backbone=wrn_micro", "--div-distance", "wasserstein1", "--div-projection", "none", "--gating",
       "dual-inverted"],
-     {"div_distance": "wasserstein1", "div_projection": False, "gating": "dual-inverted"}),
+     {"div_distance": "wasserstein1", "div_projection": "none", "gating": "dual-inverted"}),
     (["--experts", "adapter", "--rank", "3", "--expert-layers", "qkv,fc2", "--gating", "local"],
      {"expert_type": "adapter", "rank": 3, "targets": ["qkv", "fc2"], "gating": "local"}),
 ], ids=["ffn", "wrn", "adapter"])

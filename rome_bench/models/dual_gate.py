@@ -7,7 +7,11 @@ the ablations compare (Table 4), and how the gates are recorded.
 (``none``: uniform 1/K; ``local``: β = 0; ``global``: β = 1; ``dual``: fixed β(l); ``dual-inverted``: β(L + 1 − l);
 ``dual-learned``: a learnable β, σ of a logit initialised at β(l); ``dual-cls``: the token gate's CLS summary), the
 mixing, and the record (local, global and fused gates; with one branch only, the missing one is recorded as the other's
-summary, so routing losses always find both). Its subclasses compute u and v from their layer's input:
+summary, so routing losses always find both) and, for ``div_projection`` per-layer (frozen: L_div's gradient does not
+reach it) or trainable, the layer's own K → K' projection of its global gate (Eq. 7): an ``nn.Linear`` off the routing
+path, initialised from its own seed, whose output v·Pᵀ + b per image is recorded as ``projected`` in training mode only
+(inference never computes it).
+Its subclasses compute u and v from their layer's input:
 :class:`DualScaleGate` here for the Transformers' linears (tokens), ``ConvDualScaleGate`` in ``models/wrn.py`` for
 convolutions (output positions).
 """
@@ -15,12 +19,15 @@ convolutions (output positions).
 from __future__ import annotations
 
 import math
+import zlib
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from rome_bench.models.gates import DualScaleGateOutput, ExpertGate
+
+PROJECTION_SEED = 1234  # the per-layer L_div projections' (training/diversification.py's fixed one uses it too)
 
 
 def beta_schedule(layer: int, num_layers: int, s: float = 4.0, b: float = 2.0) -> float:
@@ -53,12 +60,34 @@ class DualScaleGating(ExpertGate):
         self.uses_local = gating not in ("none", "global")
         self.uses_global = gating not in ("none", "local")
 
-    def init_beta(self, beta: float) -> None:
-        """β of this layer: fixed, or for ``dual-learned`` a parameter σ(logit) starting at ``beta``. Subclasses call
-        it after creating their branches (the parameters' order in the state dict)."""
+    def init_beta(self, beta: float, projection_dim: int = 0, train_projection: bool = True) -> None:
+        """β of this layer: fixed, or for ``dual-learned`` a parameter σ(logit) starting at ``beta``; then the K → K'
+        projection of L_div (``projection_dim`` = K', 0 = none; ``train_projection`` False: L_div's gradient does
+        not reach it). Subclasses call it after creating their branches (the parameters' order in the state dict)."""
         self.beta_logit = nn.Parameter(torch.tensor(math.log(beta / (1 - beta)))) if self.gating == "dual-learned" \
             else None
         self.fixed_beta = beta
+        self.div_projection = self._projection(projection_dim) if projection_dim else None
+        self.train_projection = train_projection
+        if self.div_projection is not None and not train_projection:
+            self.div_projection.requires_grad_(False)  # a frozen parameter: counted and saved, never trained
+
+    def _projection(self, projection_dim: int) -> nn.Linear:
+        """nn.Linear(K, K') initialised as nn.Linear is, from its own seed (PROJECTION_SEED and the layer's name), so
+        the rest of the model draws the same initial weights with or without it."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(PROJECTION_SEED + zlib.crc32(self.name.encode()))
+            return nn.Linear(self.num_experts, projection_dim)
+
+    def project(self, global_: torch.Tensor) -> torch.Tensor | None:
+        """v·Pᵀ + b (images, K') for L_div in a training-mode forward; None without a projection or in eval mode."""
+        if self.div_projection is None or not self.training:
+            return None
+        weight: torch.Tensor = self.div_projection.weight
+        bias: torch.Tensor = self.div_projection.bias
+        if not self.train_projection:  # detached as well as frozen: L_div's gradient never reaches it
+            weight, bias = weight.detach(), bias.detach()
+        return F.linear(global_, weight, bias)
 
     @property
     def beta(self) -> float | torch.Tensor:
@@ -83,8 +112,9 @@ class DualScaleGating(ExpertGate):
     def _record(self, local: torch.Tensor, global_: torch.Tensor, fused: torch.Tensor) -> torch.Tensor:
         """Apply the inference variant, record the gates in image layout, return the per-row gates to use."""
         fused = self.varied(fused)
+        projected = self.project(global_)
         self.record(DualScaleGateOutput(self._image_tokens(fused), self.layer, self.name,
-                                        local=self._image_tokens(local), global_=global_))
+                                        local=self._image_tokens(local), global_=global_, projected=projected))
         return fused
 
     def _image_tokens(self, values: torch.Tensor) -> torch.Tensor:
@@ -116,14 +146,14 @@ class DualScaleGate(DualScaleGating):
     """
 
     def __init__(self, dim_in: int, num_experts: int, hidden: int, beta: float, layer: int, name: str,
-                 gating: str = "dual", group: int = 1) -> None:
+                 gating: str = "dual", group: int = 1, projection_dim: int = 0, train_projection: bool = True) -> None:
         super().__init__(num_experts, layer, name, gating, group)
         self.width = hidden or num_experts
         self.local_in = nn.Linear(dim_in, self.width) if self.uses_local else None
         self.global_in = nn.Linear(dim_in, self.width) if self.uses_global else None
         self.local_out = nn.Linear(hidden, num_experts) if hidden and self.uses_local else None
         self.global_out = nn.Linear(hidden, num_experts) if hidden and self.uses_global else None
-        self.init_beta(beta)
+        self.init_beta(beta, projection_dim, train_projection)
 
     def first_layer(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Stacked weight (w_local + w_global × d_in) and bias of the first layers in use (may be empty)."""

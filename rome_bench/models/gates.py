@@ -52,10 +52,12 @@ class GateOutput:
 
 @dataclass
 class DualScaleGateOutput(GateOutput):
-    """RoME's dual-scale gates: per-token ``local`` u (B, T, K) and image-level ``global_`` v (B, K) beside g."""
+    """RoME's dual-scale gates: per-token ``local`` u (B, T, K) and image-level ``global_`` v (B, K) beside g, and
+    in training mode the layer's own K → K' projection of v (B, K') when it has one (``div_projection`` trainable)."""
 
     local: torch.Tensor | None = None
     global_: torch.Tensor | None = None
+    projected: torch.Tensor | None = None
 
 
 def fixed_expert_variant(expert: int) -> str:

@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rome_bench.checkpoint import ROME_OPTIONS_BEFORE
 from rome_bench.config import MAX_EXPERTS, ModelConfig
 from rome_bench.errors import ConfigError
 from rome_bench.models.classifier import ImageClassifier
@@ -58,6 +59,11 @@ if TYPE_CHECKING:
 EXPERT_TYPES: tuple[str, ...] = ("lora", "ffn", "adapter")
 EXPERT_LAYERS: tuple[str, ...] = ("qkv", "proj", "fc1", "fc2", "conv1", "conv2")  # conv*: WideResNet / ResNet blocks
 GATINGS: tuple[str, ...] = ("none", "local", "global", "dual", "dual-inverted", "dual-learned", "dual-cls")
+# Eq. 7's K -> K' projection of the global gates (training/diversification.py says which reading each is)
+DIV_PROJECTIONS: tuple[str, ...] = ("per-layer", "trainable", "fixed", "none")
+GATE_OWNED_PROJECTIONS: frozenset[str] = frozenset({"per-layer", "trainable"})
+# the conv experts' factorisation (models/wrn.py): loralib's ConvLoRA, or rank-r on the im2col patch (older runs)
+CONV_LORA_LAYOUTS: tuple[str, ...] = ("loralib", "im2col")
 
 
 @dataclass(frozen=True)
@@ -70,31 +76,51 @@ class RomeOptions:
     num_experts: int = 4
     rank: int = 16  # LoRA rank r, or the adapter's bottleneck width
     targets: tuple[str, ...] = ("qkv", "proj")  # ViT: ⊆ qkv,proj,fc1,fc2; WRN: ⊆ conv1,conv2; ffn experts: ("mlp",)
-    gating: str = "dual"  # none | local | global | dual | dual-inverted | dual-learned | dual-cls
+    gating: str | None = "dual"  # none | local | global | dual | dual-inverted | dual-learned | dual-cls
     # hidden width of the gating MLPs; 0 = one Linear per branch, which is what the paper's parameter counts imply
-    # (Table 6: 88.85M = ViT-B 85.15M + LoRA 3.54M + 24 gated layers × (2 Linear d→K + a K→K' map))
+    # (Table 6: 88.85M = ViT-B 85.15M + LoRA 3.54M + 24 gated layers × (2 Linear d→K + a K→K' Linear))
     gate_hidden: int = 0
     beta_s: float = 4.0
     beta_b: float = 2.0
-    routing_loss: str = "diversification"  # a routing-loss registry name, or none
+    routing_loss: str | None = "diversification"  # a routing-loss registry name, or none
     routing_weight: float | None = None  # λ of the routing loss; None = that loss's default (0.1 div, 0.5 balance)
     div_distance: str = "l2"  # l2 | cosine | sym-kl | wasserstein1 (Table A5; checked by the diversification loss)
-    div_projection: bool = True  # project global gates K -> K' for L_div-global (Eq. 7); False = Table 4's w/o
+    # Eq. 7's projection of the global gates for L_div-global (training/diversification.py): per-layer (a K -> K'
+    # Linear on each gate, counted and saved, not trained: L_div would grow it without bound), trainable (the same,
+    # trained by L_div), fixed (one seeded K x K' matrix for all layers: older runs) or none (Table 4's w/o)
+    div_projection: str | None = "per-layer"
     projection_dim: int = 100  # K' of that projection
     top_k: int = 0  # ffn experts only: 0 = dense (all K per token); k < K = sparse top-k dispatch (Table 6: 2 of 4)
+    conv_lora: str = "loralib"  # conv experts (WRN/ResNet): loralib's ConvLoRA (scaled α/r) | im2col (older runs)
+    conv_lora_alpha: float = 1.0  # α of the loralib layout's α/r scale (loralib's default 1)
 
     def __post_init__(self) -> None:
-        for name in ("gating", "routing_loss"):  # --set writes the choice "none" as None
+        # --set writes the choice "none" as None where the options do not hold the name yet (hence the | None)
+        for name in ("gating", "routing_loss", "div_projection"):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, "none")
 
     def legacy_section(self) -> dict[str, Any]:
         """Every setting, as the model hash covered the old ``model.rome`` section: ``top_k`` left out when dense (as
-        before it existed)."""
+        before it existed), ``div_projection`` fixed/none as the old true/false, the conv layout and its α left out
+        when im2col (as before they existed)."""
         settings = dataclasses.asdict(self)
         if not settings["top_k"]:
             settings.pop("top_k")
+        old_names: dict[str | None, bool] = {"fixed": True, "none": False}
+        settings["div_projection"] = old_names.get(self.div_projection, self.div_projection)
+        if self.conv_lora == "im2col":
+            settings.pop("conv_lora")
+            settings.pop("conv_lora_alpha")
         return settings
+
+    @property
+    def gate_projection_dim(self) -> int:
+        """K' of the projection each gate owns (``div_projection`` per-layer or trainable, routing loss
+        diversification, gates that are not uniform), else 0."""
+        owned = self.div_projection in GATE_OWNED_PROJECTIONS and self.routing_loss == "diversification" and \
+            self.gating != "none"  # uniform gates: L_div is 0
+        return self.projection_dim if owned else 0
 
     def check(self) -> None:
         """One ConfigError line for the first setting no RoME model can use."""
@@ -123,6 +149,11 @@ class RomeOptions:
             (self.routing_loss != "switch" or self.top_k > 0,
              "routing loss switch reads a top-k router's dispatch: add --experts ffn --top-k K, or use load-balance"),
             (self.projection_dim >= 1, "model.options.projection_dim must be >= 1"),
+            (self.div_projection in DIV_PROJECTIONS, f"model.options.div_projection must be one of "
+                                                     f"{', '.join(DIV_PROJECTIONS)} (got '{self.div_projection}')"),
+            (self.conv_lora in CONV_LORA_LAYOUTS, f"model.options.conv_lora must be one of "
+                                                  f"{', '.join(CONV_LORA_LAYOUTS)} (got '{self.conv_lora}')"),
+            (self.conv_lora_alpha > 0, "model.options.conv_lora_alpha must be > 0"),
             (0 <= self.top_k <= self.num_experts,
              f"model.options.top_k must be between 0 (dense) and num_experts = {self.num_experts} (got {self.top_k})"),
             (self.top_k == 0 or self.expert_type == "ffn",
@@ -335,7 +366,8 @@ def add_rome_experts(backbone: nn.Module, config: RomeOptions) -> nn.Module:
 
 
 def _gate(config: RomeOptions, dim_in: int, beta: float, layer: int, name: str, group: int) -> DualScaleGate:
-    return DualScaleGate(dim_in, config.num_experts, config.gate_hidden, beta, layer, name, config.gating, group)
+    return DualScaleGate(dim_in, config.num_experts, config.gate_hidden, beta, layer, name, config.gating, group,
+                         config.gate_projection_dim, config.div_projection == "trainable")
 
 
 def _add_linear_experts(site: ExpertSite, target: str, config: RomeOptions, beta: float) -> None:
@@ -373,6 +405,11 @@ class RomeFamily(ModelFamily):
         if self.options.routing_loss == "none":
             return None
         return RoutingChoice(self.options.routing_loss, self.options.routing_weight)
+
+    def stored_options(self, given: dict[str, Any]) -> dict[str, Any]:
+        """The options given, plus those whose default changed (``checkpoint.ROME_OPTIONS_BEFORE``) always: a stored
+        config without them was written before the change and is read with the old values."""
+        return super().stored_options({**dict.fromkeys(ROME_OPTIONS_BEFORE), **given})
 
     def identity_fields(self, fields: dict[str, Any]) -> dict[str, Any]:
         """Hashed as before the settings moved from ``model.rome`` to ``model.options``: all of them, under

@@ -5,14 +5,26 @@ The network has RobustBench's ``WideResNet`` parameter names (``conv1``, ``block
 RobustBench and TRADES state dicts load as they are (``sub_block1=True`` adds TRADES' unused ``sub_block1``). The head
 pools with ``adaptive_avg_pool2d(·, 1)``, which equals RobustBench's ``avg_pool2d(·, 8)`` on 32x32 images.
 
-RoME on a convolution W (C_out × C_in × kh × kw) with K experts of rank r (Eq. 2 per output position p):
+RoME on a convolution W (C_out × C_in × k × k) with K experts of rank r (Eq. 2 per output position p):
 
-    o_p = (W * x)_p + Σ_k g_{p,k} (ΔW_k * x)_p,   ΔW_k = reshape(B_k A_k, C_out × C_in × kh × kw)
-    A_k ∈ R^{r × C_in·kh·kw} (kaiming-uniform per expert),  B_k ∈ R^{C_out × r} (0 at init: the model starts as W)
+    o_p = (W * x)_p + Σ_k g_{p,k} (ΔW_k * x)_p,   ΔW_k = s · reshape(B_k A_k, C_out × C_in × k × k)
 
-computed fused: one conv with all A_k stacked (K·r output channels, the base conv's stride/padding/dilation), the
-result multiplied per position by the gates repeated over r, then one 1×1 conv with all B_k (C_out × K·r). This equals
-the sum above because (B_k A_k) * x = B_k (A_k * x) channel-wise.
+with A_k kaiming-uniform per expert and B_k = 0 at init (the model starts as W), in one of two factorisations
+(``model.options.conv_lora``):
+
+* ``loralib`` (the default; the paper's footnote 3 cites microsoft/LoRA's ``loralib/layers.py``, whose ``Conv2d``
+  this follows): A_k ∈ R^{r·k × C_in·k}, B_k ∈ R^{C_out·k × r·k}, s = α/r (``conv_lora_alpha``, loralib's default
+  α = 1). B_k A_k (C_out·k × C_in·k) is reshaped row-major to the kernel, so ΔW_k has rank ≤ r·k as that matrix, and
+  r·k²·(C_in + C_out) parameters per expert. With per-position gates the experts cannot be merged into W as loralib
+  merges its one, and building every ΔW_k for a conv costs K× the base conv; computed instead on the im2col patches
+  (``F.unfold``, k²·C_in values per position: memory, not FLOPs), whose k chunks of C_in·k values each A_k maps to
+  r·k values, then all B_k in one product: K·r·k²·(k·C_in + C_out) multiply-adds per position (WRN-28-10, K = 4,
+  r = 16: 10.18 GMACs/image against the backbone's 5.24; im2col: 6.60; ΔW_k built: 33.06).
+* ``im2col`` (runs before the option existed; older configs are read as it): A_k ∈ R^{r × C_in·k·k} acts on the
+  im2col patch, B_k ∈ R^{C_out × r}, s = 1: ΔW_k has rank ≤ r as a C_out × C_in·k·k matrix, r·(C_in·k² + C_out)
+  parameters per expert. Computed fused: one conv with all A_k stacked (K·r output channels, the base conv's
+  stride/padding/dilation), the result multiplied per position by the gates repeated over r, then one 1×1 conv with
+  all B_k (C_out × K·r); (B_k A_k) * x = B_k (A_k * x) channel-wise.
 
 Dual-scale gates (Eq. 3-5), one gate vector per OUTPUT position p of the conv:
 
@@ -196,8 +208,9 @@ def _wrap_conv(block: nn.Module, target: str, name: str, config: RomeOptions, be
     if not isinstance(base, nn.Conv2d):
         raise ConfigError(f"{name} is {type(base).__name__}, not nn.Conv2d: this {architecture} already has experts")
     gate = ConvDualScaleGate(base.in_channels, config.num_experts, config.gate_hidden, beta, layer, name,
-                             config.gating)
-    setattr(block, target, ConvLoRAExpertMixture(base, config.num_experts, config.rank, gate))
+                             config.gating, config.gate_projection_dim, config.div_projection == "trainable")
+    setattr(block, target, ConvLoRAExpertMixture(base, config.num_experts, config.rank, gate, config.conv_lora,
+                                                 config.conv_lora_alpha))
 
 
 class ConvDualScaleGate(DualScaleGating):
@@ -208,7 +221,7 @@ class ConvDualScaleGate(DualScaleGating):
     """
 
     def __init__(self, dim_in: int, num_experts: int, hidden: int, beta: float, layer: int, name: str,
-                 gating: str = "dual") -> None:
+                 gating: str = "dual", projection_dim: int = 0, train_projection: bool = True) -> None:
         if gating not in CONV_GATINGS:
             hint = ": a CNN has no CLS token" if gating == "dual-cls" else ""
             raise ConfigError(f"gating '{gating}' is not available for conv experts{hint}; choose one of "
@@ -216,7 +229,7 @@ class ConvDualScaleGate(DualScaleGating):
         super().__init__(num_experts, layer, name, gating)
         self.local_mlp = _gate_mlp(dim_in, hidden, num_experts, conv=True) if self.uses_local else None
         self.global_mlp = _gate_mlp(dim_in, hidden, num_experts, conv=False) if self.uses_global else None
-        self.init_beta(beta)
+        self.init_beta(beta, projection_dim, train_projection)
 
     def forward(self, x: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
         local = self.local_gate(x, out_size) if self.uses_local else None
@@ -249,34 +262,46 @@ def _as_maps(tokens: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
 
 
 class ConvLoRAExpertMixture(nn.Module):
-    """A Conv2d plus K gated conv-LoRA experts (Eq. 2 per output position); B = 0 at init, so it starts as the base."""
+    """A Conv2d plus K gated conv-LoRA experts (Eq. 2 per output position) in the ``layout`` of the module docstring
+    (``loralib`` or ``im2col``); B = 0 at init, so it starts as the base."""
 
-    def __init__(self, base: nn.Conv2d, num_experts: int, rank: int, gate: ConvDualScaleGate) -> None:
+    def __init__(self, base: nn.Conv2d, num_experts: int, rank: int, gate: ConvDualScaleGate,
+                 layout: str = "im2col", alpha: float = 1.0) -> None:
         super().__init__()
         if base.groups != 1:
             raise ConfigError(f"conv-LoRA experts need groups = 1; this conv has groups = {base.groups}")
         if base.padding_mode != "zeros":
             raise ConfigError(f"conv-LoRA experts need padding_mode 'zeros'; this conv has '{base.padding_mode}'")
+        kernel_h, kernel_w = base.kernel_size
+        if layout == "loralib" and kernel_h != kernel_w:
+            raise ConfigError(f"loralib's ConvLoRA needs a square kernel; this conv's is {kernel_h}x{kernel_w}: "
+                              f"set model.options.conv_lora=im2col")
         self.base = base
         self.num_experts = num_experts
         self.rank = rank
-        kernel_h, kernel_w = base.kernel_size
-        self.lora_A = nn.Parameter(torch.empty(num_experts * rank, base.in_channels * kernel_h * kernel_w))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_channels, num_experts * rank))
-        for expert_A in self.lora_A.data.split(rank):
+        self.layout = layout
+        side = kernel_h if layout == "loralib" else 1  # loralib: r·k rows of A per expert, C_in·k columns
+        self.inner = rank * side
+        self.scale = alpha / rank if layout == "loralib" else 1.0
+        columns = base.in_channels * kernel_h * kernel_w // side  # loralib: C_in·k; im2col: C_in·kh·kw
+        self.lora_A = nn.Parameter(torch.empty(num_experts * self.inner, columns))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_channels * side, num_experts * self.inner))
+        for expert_A in self.lora_A.data.split(self.inner):
             nn.init.kaiming_uniform_(expert_A, a=math.sqrt(5))
         self.gate = gate
 
     def down_kernel(self) -> torch.Tensor:
-        """All A_k as one conv kernel (K·r, C_in, kh, kw)."""
+        """im2col layout: all A_k as one conv kernel (K·r, C_in, kh, kw)."""
         return self.lora_A.view(len(self.lora_A), self.base.in_channels, *self.base.kernel_size)
 
     def delta_weight(self, expert: int) -> torch.Tensor:
-        """ΔW_k = B_k A_k reshaped to the base kernel (C_out, C_in, kh, kw)."""
-        rows = slice(expert * self.rank, (expert + 1) * self.rank)
-        return (self.lora_B[:, rows] @ self.lora_A[rows]).view_as(self.base.weight)
+        """ΔW_k = s · B_k A_k reshaped to the base kernel (C_out, C_in, kh, kw)."""
+        rows = slice(expert * self.inner, (expert + 1) * self.inner)
+        return self.scale * (self.lora_B[:, rows] @ self.lora_A[rows]).view_as(self.base.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.layout == "loralib":
+            return self._loralib(x)
         base = self.base
         down = F.conv2d(x, self.down_kernel(), None, base.stride, base.padding, base.dilation)  # (B, K·r, H', W')
         batch, _, height, width = down.shape
@@ -285,8 +310,23 @@ class ConvLoRAExpertMixture(nn.Module):
         up = F.conv2d(mixed.view(batch, -1, height, width), self.lora_B[:, :, None, None])
         return base(x) + up
 
+    def _loralib(self, x: torch.Tensor) -> torch.Tensor:
+        """Σ_k g_k (ΔW_k * x) without building ΔW_k: output o's kernel, flattened like an im2col patch, is rows
+        o·k … o·k + k − 1 of B_k A_k side by side, so (ΔW_k * x)_o = Σ_q B_k[o·k + q] · (A_k · patch chunk q), where
+        chunk q is the q-th of the patch's k pieces of C_in·k values."""
+        base, side, experts = self.base, self.base.kernel_size[0], self.num_experts
+        output = base(x)
+        batch, _, height, width = output.shape
+        patches = F.unfold(x, base.kernel_size, base.dilation, base.padding, base.stride)  # (B, C_in·k·k, H'·W')
+        chunks = patches.view(batch, side, -1, height * width)  # (B, k, C_in·k, H'·W')
+        down = torch.einsum("jc,bqcl->bqjl", self.lora_A, chunks)  # (B, k, K·r·k, H'·W'): every A_k, every chunk
+        gates = self.gate(x, (height, width)).flatten(2)  # (B, K, H'·W')
+        mixed = down.view(batch, side, experts, self.inner, -1) * gates.view(batch, 1, experts, 1, -1)
+        up = torch.einsum("oqm,bqml->bol", self.lora_B.view(base.out_channels, side, -1), mixed.flatten(2, 3))
+        return output + self.scale * up.view_as(output)
+
     def extra_repr(self) -> str:
-        return f"num_experts={self.num_experts}, rank={self.rank}"
+        return f"num_experts={self.num_experts}, rank={self.rank}, layout={self.layout}, scale={self.scale:g}"
 
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"silu": nn.SiLU, "relu": nn.ReLU}

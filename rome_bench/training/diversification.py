@@ -22,10 +22,26 @@ Choices the paper leaves open, made here and configurable:
 
 * Σ_{p≠q} runs over ordered pairs, as written (each unordered pair counts twice).
 * L counts gated layers: with experts on qkv and proj, every block contributes two layers, each with its own gate.
-* The projection P: K → K' (K' = 100) is a fixed random linear map (nn.Linear's default initialisation drawn
-  from a fixed seed), not trained. The loss is linear in the scale of P, so a trained P would drive it to -∞;
-  fixed, the loss is bounded because gates lie on the simplex. ``projection=None`` drops it (Table 4's
-  "w/o projection layer"): the global term then compares the K-dim mean global gates.
+* The projection P: K → K' (K' = 100), ``model.options.div_projection``:
+
+  - ``per-layer`` (the default): each gated layer owns an ``nn.Linear(K, K')`` (on its gate, so it is in the model's
+    parameters, state dict and parameter count, as the paper's counts have it: Table 6's 88.85M and Table A4's
+    2.44/1.26/6.28/3.70/7.54/9.98M hold only with 24 such maps, ``rome-bench describe``), but L_div's gradient does
+    not reach it: it stays at nn.Linear's initialisation, a random map per layer. The paper says "a linear layer"
+    that "is used for computing diversification loss and does not affect routing" and names no other loss for it,
+    so L_div would be its only teacher, and L_div is unbounded in it:
+  - ``trainable``: the same layers, trained by L_div. The loss is quadratic in the scale of P, so it falls without
+    bound by growing P rather than by moving the threats' gates apart. Measured (bench/div_projection_growth.py,
+    λ·L_div alone, AdamW lr 1e-3, wd 0.05, micro ViT): mean ‖P‖_F 5.6 → 7.1 → 9.9 → 14.6 → 22.3 and
+    L_div-global −4e-4 → −42 → −315 → −1132 → −3141 at steps 0/100/200/400/800, while with ``per-layer`` L_div-global
+    levels off (−16 → −36 → −51 → −61) as the gates approach the simplex's corners. Kept for the literal reading.
+  - ``fixed``: one matrix shared by every layer, drawn from a fixed seed (nn.Linear's default bound), not part of
+    the model: what runs before ``div_projection`` took these names were trained with (stored as ``true``, or not
+    stored at all: checkpoint.upgrade_stored_config reads both as ``fixed``).
+  - ``none``: no projection (Table 4's "w/o projection layer"): the global term compares the K-dim mean global gates.
+
+  The bounded readings keep L_div ≥ −(1/L)·Σ_l 2n(n−1)·(1 + σ_max(P_l)²) for n threats (σ_max = 1 for none): two
+  points of the simplex are at most √2 apart.
 * sym-kl and wasserstein1 need probability vectors. Mean gates are (the mean of softmaxes lies on the simplex),
   but a projected mean v̄·P is not, so with the projection on these two distances compare softmax(v̄·P) over K'.
   l2 and cosine use v̄·P as it is.
@@ -42,9 +58,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from rome_bench.errors import ConfigError
+from rome_bench.models.dual_gate import PROJECTION_SEED
 from rome_bench.models.gates import DualScaleGateOutput, GateOutput, require_output
 
-PROJECTION_SEED = 1234
+OWNED = "owned"  # the gates' own projections (div_projection per-layer or trainable): recorded as gate.projected
+PROJECTIONS: tuple[str, ...] = ("per-layer", "trainable", "fixed", "none")  # model.options.div_projection
 LOG_CLAMP = 1e-8
 
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -117,18 +135,33 @@ def per_threat_means(values: torch.Tensor, threat_ids: torch.Tensor) -> torch.Te
     return torch.stack([values[threat_ids == threat].mean(dim=0) for threat in present])
 
 
-def global_means(gate: DualScaleGateOutput, threat_ids: torch.Tensor, projection: torch.Tensor | None,
+def global_means(gate: DualScaleGateOutput, threat_ids: torch.Tensor, projection: torch.Tensor | str | None,
                  distance: str) -> torch.Tensor:
-    """v̄^p of Eq. 7 (P, K' or K): per-threat mean global gate, projected, softmaxed for sym-kl/wasserstein1."""
-    means = per_threat_means(gate.global_, threat_ids)  # type: ignore[arg-type]  # mean of v·P = (mean of v)·P: P is linear
-    if projection is None:
-        return means
-    projected = means @ projection.to(means)
+    """v̄^p of Eq. 7 (P, K' or K): per-threat mean global gate, projected, softmaxed for sym-kl/wasserstein1.
+
+    ``projection``: the fixed K × K' matrix, ``"owned"`` (each gate's own projection, recorded as
+    ``gate.projected``) or None (no projection)."""
+    if projection == OWNED:
+        projected = per_threat_means(layer_projection(gate), threat_ids)
+    elif isinstance(projection, torch.Tensor):
+        means = per_threat_means(gate.global_, threat_ids)  # mean of v·P = (mean of v)·P: P is linear
+        projected = means @ projection.to(means)
+    else:
+        return per_threat_means(gate.global_, threat_ids)
     return projected.softmax(dim=-1) if distance in PROBABILITY_DISTANCES else projected
 
 
-def diversification_loss(gates: list[DualScaleGateOutput], threat_ids: torch.Tensor, projection: torch.Tensor | None,
-                         distance: str = "l2") -> torch.Tensor:
+def layer_projection(gate: DualScaleGateOutput) -> torch.Tensor:
+    """The layer's projected global gates (B, K'); a one-line ConfigError when its gate has no projection."""
+    if gate.projected is None:
+        raise ConfigError(f"div_projection per-layer/trainable needs every gate's own K -> K' projection in a "
+                          f"training-mode forward; layer {gate.name} recorded none (a model built with div_projection "
+                          f"fixed or none, or run in eval mode): build the loss from the model's own options")
+    return gate.projected
+
+
+def diversification_loss(gates: list[DualScaleGateOutput], threat_ids: torch.Tensor,
+                         projection: torch.Tensor | str | None, distance: str = "l2") -> torch.Tensor:
     """L_div of Eq. 8 for the gates of one forward pass over examples labelled with ``threat_ids``."""
     require_output(gates, DualScaleGateOutput, "the diversification loss")  # type: ignore[arg-type]
     measure = resolve_distance(distance)
@@ -144,30 +177,36 @@ def diversification_loss(gates: list[DualScaleGateOutput], threat_ids: torch.Ten
 
 
 class DiversificationLoss(nn.Module):
-    """λ·L_div with its fixed projection as a buffer (saved with nothing: it is rebuilt from the seed)."""
+    """λ·L_div. ``projection``: ``per-layer`` or ``trainable`` (each gate's own, owned by the model), ``fixed`` (a
+    buffer saved with nothing: it is rebuilt from the seed) or ``none``."""
 
     default_weight = 0.1  # λ when the family gives none (paper Sec. 5.1)
-    projection: torch.Tensor | None
+    matrix: torch.Tensor | None
 
     def __init__(self, num_experts: int, projection_dim: int, weight: float, distance: str = "l2",
-                 projection: bool = True) -> None:
+                 projection: str = "fixed") -> None:
         super().__init__()
         resolve_distance(distance)
+        if projection not in PROJECTIONS:
+            raise ConfigError(f"unknown div_projection '{projection}' (model.options.div_projection): choose one of "
+                              f"{', '.join(PROJECTIONS)}")
         self.weight = weight
         self.distance = distance
-        matrix = fixed_projection(num_experts, projection_dim) if projection else None
-        self.register_buffer("projection", matrix, persistent=False)
+        self.projection = projection
+        matrix = fixed_projection(num_experts, projection_dim) if projection == "fixed" else None
+        self.register_buffer("matrix", matrix, persistent=False)
 
     @classmethod
     def from_options(cls, options: Any, num_threats: int, weight: float) -> DiversificationLoss:
         """The loss a family's options ask for (K; RoME's ``div_distance``, ``div_projection`` and
-        ``projection_dim``, else l2 with the K → 100 projection), with weight λ."""
+        ``projection_dim``, else l2 with the fixed K → 100 projection), with weight λ."""
         del num_threats  # any number of threats ≥ 2 works; fewer gives 0
         return cls(options.num_experts, getattr(options, "projection_dim", 100), weight,
-                   getattr(options, "div_distance", "l2"), getattr(options, "div_projection", True))
+                   getattr(options, "div_distance", "l2"), getattr(options, "div_projection", "fixed"))
 
     def forward(self, gates: list[GateOutput], threat_ids: torch.Tensor) -> torch.Tensor:
-        return self.weight * diversification_loss(gates, threat_ids, self.projection, self.distance)  # type: ignore[arg-type]
+        projection = self.matrix if self.projection == "fixed" else None if self.projection == "none" else OWNED
+        return self.weight * diversification_loss(gates, threat_ids, projection, self.distance)
 
     def extra_repr(self) -> str:
-        return f"weight={self.weight}, distance={self.distance}, projection={self.projection is not None}"
+        return f"weight={self.weight}, distance={self.distance}, projection={self.projection}"

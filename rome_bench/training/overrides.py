@@ -87,8 +87,6 @@ def family_option_assignments(flags: Mapping[str, object]) -> list[str]:
     flags = dict(flags)
     if flags.get("experts") == "ffn" and flags.get("expert_layers") is None:
         flags["expert_layers"] = "mlp"
-    if isinstance(flags.get("div_projection"), bool):
-        flags["div_projection"] = str(flags["div_projection"]).lower()
     return [f"model.options.{FAMILY_OPTION_FLAGS[flag]}={value}" for flag, value in flags.items() if value is not None]
 
 

@@ -48,13 +48,16 @@ LONG_COLUMNS = ["model", "model_hash", "dataset", "threat", "threat_key", "colum
 
 def load_model(source: str | Path, weights: str | Path | None = None, preset: str = "cifar10",
                device: str | torch.device = "auto", model_dir: str | Path | None = None) -> LoadedRun:
-    """A model to benchmark: a run directory written by ``rome-bench train``; ``robustbench:<name>`` or
-    ``robustbench:<threat_model>/<name>`` (RobustBench's zoo, checkpoints in ``model_dir``, RobustBench's layout);
-    or ``FILE.py:Class`` / ``module:Class`` (an nn.Module taking [0, 1] images, with optional ``weights``). Zoo and
-    module models are evaluated under ``preset``'s dataset and ε."""
+    """A model to benchmark: a run directory written by ``rome-bench train``; ``hf:ORG/NAME`` (a folder written
+    by ``rome-bench export-model``, from the Hugging Face Hub or its cache; ``hf:PATH``: a local one);
+    ``robustbench:<name>`` or ``robustbench:<threat_model>/<name>`` (RobustBench's zoo, checkpoints in
+    ``model_dir``, RobustBench's layout); or ``FILE.py:Class`` / ``module:Class`` (an nn.Module taking [0, 1]
+    images, with optional ``weights``). Zoo and module models are evaluated under ``preset``'s dataset and ε."""
     from rome_bench.models.robustbench_zoo import is_zoo_source
 
     torch_device = _device(device)
+    if (folder := shared_model_folder(source)) is not None:
+        return load_run_with_data(folder, torch_device)[0]
     if not is_zoo_source(source) and Path(source).is_dir():
         return load_run_with_data(source, torch_device)[0]
     if not is_zoo_source(source) and ":" not in str(source):
@@ -98,9 +101,18 @@ def load_module_with_data(source: str | Path, weights: str | Path | None = None,
     from rome_bench.data import load_dataset
 
     torch_device = _device(device)
+    if (folder := shared_model_folder(source)) is not None:  # a shared run carries its own dataset and ε
+        return load_run_with_data(folder, torch_device, data_dir)
     config = preset_config(preset)
     data = load_dataset(config.data.dataset, "test", data_dir or config.data.data_dir)
     return load_module(source, weights, preset, torch_device, model_dir), data
+
+
+def shared_model_folder(source: str | Path) -> Path | None:
+    """The local run folder of a shared model source ``hf:…`` (``models/hub.py``); None for any other source."""
+    from rome_bench.models.hub import is_hub_source, resolve_hub_source
+
+    return resolve_hub_source(source) if is_hub_source(source) else None  # type: ignore[arg-type]
 
 
 def _device(device: str | torch.device) -> torch.device:
@@ -180,7 +192,10 @@ def default_label(loaded: LoadedRun) -> str:
     from rome_bench.models.robustbench_zoo import PREFIX, is_zoo_source
 
     if loaded.method is not None:
-        return f"{loaded.method} ({Path(str(loaded.source)).name})"
+        folder = Path(str(loaded.source))
+        if folder.parent.name == "snapshots" and folder.parents[1].name.startswith("models--"):  # the HF cache's
+            return f"{loaded.method} (hf:{folder.parents[1].name.removeprefix('models--').replace('--', '/')})"
+        return f"{loaded.method} ({folder.name})"
     if is_zoo_source(str(loaded.source)):
         threat_model, _, name = str(loaded.source).removeprefix(PREFIX).rpartition("/")
         return f"robustbench ({name}, {threat_model})"

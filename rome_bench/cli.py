@@ -148,8 +148,10 @@ def evaluate(
     model_file: Annotated[str | None, typer.Option(
         help="Evaluate any nn.Module taking [0,1] images: FILE.py:Name or package.module:Name.")] = None,
     model: Annotated[str | None, typer.Option(
-        help="A model by source: robustbench:<name> or robustbench:<threat_model>/<name> (RobustBench's zoo, "
-             "threat model Linf | L2 | corruptions, default Linf), or FILE.py:Name like --model-file.")] = None,
+        help="A model by source: hf:ORG/NAME (a model shared with rome-bench export-model, from the Hugging Face "
+             "Hub or its cache; hf:PATH a local copy), robustbench:<name> or robustbench:<threat_model>/<name> "
+             "(RobustBench's zoo, threat model Linf | L2 | corruptions, default Linf), or FILE.py:Name like "
+             "--model-file.")] = None,
     model_dir: Annotated[Path | None, typer.Option(
         help="RobustBench checkpoints, laid out <dir>/<dataset>/<threat_model>/<name>.pt (default "
              "$ROME_BENCH_ROBUSTBENCH_DIR or ./models); a missing file is downloaded when the network allows.")
@@ -269,7 +271,7 @@ def leaderboard(
                                                           "give --out DIR, it writes DIR/index.html)")] = "md",
     dataset: DatasetFilter = None,
     reference: Annotated[list[str] | None, typer.Option(
-        help="Add rows reported by a paper, e.g. rome-paper-table1 (a name in leaderboards/ or a path), or "
+        help="Add rows reported by a paper, e.g. rome-paper-table1 (a name in rome_bench/references/ or a path), or "
              "RobustBench's numbers for a model: robustbench:[<dataset>/][Linf|L2|corruptions/]<name>.")] = None,
     store: Store = None,
     costs: Annotated[bool, typer.Option(
@@ -316,10 +318,31 @@ def export(
     typer.echo(export_matrix(out, suite, dataset, store))
 
 
+@app.command("export-model")
+def export_model(
+    run: Annotated[Path, typer.Argument(help="Run directory written by rome-bench train.")],
+    out: Annotated[Path, typer.Option(help="Folder to write (model.safetensors, model.json, config.json, "
+                                           "README.md); upload it to the Hugging Face Hub as it is.")],
+    store: Annotated[Path | None, typer.Option(
+        help="Results store whose rows for these weights go into the model card (default: the default store, "
+             "when it exists).")] = None,
+    repo_id: Annotated[str | None, typer.Option(help="ORG/NAME the card's examples load it as.")] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing, non-empty --out.")] = False,
+) -> None:
+    """Write a run as a Hugging Face Hub model folder, with a model card of its measured rows; load it back with
+    --model hf:ORG/NAME (or hf:PATH)."""
+    from rome_bench.evaluation.model_card import export_model as write_folder
+
+    exported = write_folder(run, out, store, repo_id, force)
+    read = f"{len(exported.suites)} measured suite row(s) from {exported.store}" if exported.store else \
+        "no results store: the card has no measured rows (give --store)"
+    typer.echo(f"exported {run} -> {exported.folder} ({read})")
+
+
 @app.command()
 def check(
     reference: Annotated[Path, typer.Option(
-        help="Reference file, e.g. leaderboards/reference/synthetic-micro.json (or its name).")],
+        help="Reference file, a name (synthetic-micro, cifar10-cpu) or a path.")],
     store: Annotated[Path | None, typer.Option(help="Reuse this store (default: a fresh temporary one).")] = None,
     data_dir: Annotated[str | None, typer.Option(help="Where the checks' data is.")] = None,
     device: Annotated[str, DEVICE] = "auto",

@@ -33,6 +33,7 @@ from torch import nn
 
 from rome_bench.errors import ConfigError
 from rome_bench.models.autocast import plain_model
+from rome_bench.optional import require
 from rome_bench.threats.base import Budget, BudgetCheck
 
 ALEXNET_CHECKPOINT = "alexnet-owt-7be5be79.pth"
@@ -100,7 +101,7 @@ def normalize_flatten_features(features: list[torch.Tensor],
 @lru_cache(maxsize=2)
 def _alexnet_lpips(checkpoint: str) -> nn.Module:
     """The lpips package's AlexNet-LPIPS with its trunk loaded from a local torchvision checkpoint (no download)."""
-    import lpips
+    lpips = require("lpips", "unseen", "AlexNet-LPIPS")
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torchvision's deprecation of ``pretrained=`` inside lpips

@@ -313,7 +313,7 @@ def analyse_gating(run: str | Path, suite: str = "seen", n_examples: int = 200, 
     map figures in ``out``, default RUN/figures). The report and the store's path."""
     from rome_bench.data import evaluation_indices
     from rome_bench.evaluation.gating_analysis import analyse_run
-    from rome_bench.evaluation.store import ResultStore, default_store
+    from rome_bench.evaluation.store import ResultStore, store_or_default
     from rome_bench.evaluation.suites import SUITES
 
     chosen = SUITES.get(suite)
@@ -321,7 +321,7 @@ def analyse_gating(run: str | Path, suite: str = "seen", n_examples: int = 200, 
     loaded, data = load_run_with_data(run, torch_device, data_dir)
     ids = evaluation_indices(len(data.dataset), n_examples, seed)
     threats = chosen.build(loaded.config.threats)
-    with ResultStore(store or default_store()) as results:
+    with ResultStore(store_or_default(store)) as results:
         report = analyse_run(loaded, chosen.name, threats, data, ids, results, batch_size, torch_device,
                              Path(out or Path(run) / "figures"), progress, seed, map_images)
     return report, results.path
@@ -335,6 +335,7 @@ def plot_training(runs: Sequence[str | Path], out: str | Path = "training-curves
 
     curves = {}
     for run_dir in map(Path, runs):
+        read_run_config(run_dir)  # not a run directory: one line that says so, before its curve is looked for
         records = read_training_curve(run_dir)
         if not records:
             raise ConfigError(f"{run_dir} has no training curve; train it with --eval-every N (e.g. 50)")

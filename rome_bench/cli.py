@@ -9,19 +9,45 @@ import os
 import sqlite3
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from rome_bench.errors import ConfigError, RomeBenchError
 from rome_bench.presets import PRESETS
 
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
-                  no_args_is_help=True, help="Train and evaluate models against multiple adversarial threats.")
+                  no_args_is_help=True, context_settings=HELP_OPTIONS,
+                  help="Train and evaluate models against multiple adversarial threats.")
+# Metavars as click prints them (TEXT, INT, PATH), not typer's Python types (<str>, <list[str]>): see main().
+METAVARS = {"str": "TEXT", "int": "INT", "float": "FLOAT", "path": "PATH", "bool": "BOOL"}
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from rome_bench import __version__
+
+        typer.echo(f"rome-bench {__version__}")
+        raise typer.Exit()
+
+
+def _auto_progress(value: bool | None) -> bool:
+    """--progress / --no-progress as given, else on exactly when stderr (where the bars go) is a terminal."""
+    return sys.stderr.isatty() if value is None else value
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option(
+        "--version", is_eager=True, callback=_show_version, help="Print rome-bench's version and exit.")] = False,
+          ) -> None:
+    """Train and evaluate models against multiple adversarial threats."""
 
 # Flags that several commands share, each declared once (typer copies an option's settings into every command).
-Store = Annotated[Path | None, typer.Option(help="SQLite results store (default: in the cache dir).")]
-Progress = Annotated[bool, typer.Option(help="Show progress bars.")]
+Store = Annotated[Path | None, typer.Option(help="SQLite results store (default: ./rome-bench.sqlite, one per "
+                                                "directory, or $ROME_BENCH_STORE).")]
+Progress = Annotated[bool | None, typer.Option(
+    callback=_auto_progress, help="Show progress bars (default: when stderr is a terminal).")]
 DEVICE = typer.Option(help="auto | cpu | cuda | cuda:N")
 N_EXAMPLES = typer.Option(help="Size of the fixed, seeded test subset.")
 BatchSize = Annotated[int, typer.Option()]
@@ -88,14 +114,14 @@ def train(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Any config field: section.field=value.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
     force: Annotated[bool, typer.Option(help="Overwrite an existing run in --out.")] = False,
-    progress: Progress = True,
+    progress: Progress = None,
     nproc: Annotated[int | None, typer.Option(
         help="Train data-parallel over N processes on this machine (one per GPU, or CPU processes with gloo): "
              "runs torchrun --standalone --nproc-per-node N; --batch-size stays the global batch.")] = None,
 ) -> None:
     """Train a model with a multi-perturbation adversarial training recipe."""
     from rome_bench.models.family import with_stored_options
-    from rome_bench.training.distributed import launch_processes
+    from rome_bench.training.distributed import check_world_batch, launch_processes
     from rome_bench.training.overrides import (
         check_family_option_flags,
         family_option_assignments,
@@ -126,6 +152,7 @@ def train(
         raise ConfigError(f"--nproc must be >= 1, got {nproc}")
     if nproc is not None and nproc > 1 and "WORLD_SIZE" not in os.environ:
         check_run_dir(run_dir, config, resume, force)  # the common mistakes fail here, once, before the launch
+        check_world_batch(config.train.batch_size, nproc)
         raise typer.Exit(launch_processes(nproc, sys.argv[1:]))
     trainer = Trainer(config, run_dir, progress=progress)
     final = trainer.fit(resume=resume, force=force)
@@ -164,7 +191,7 @@ def evaluate(
     data_dir: TestDataDir = None,
     device: Annotated[str, DEVICE] = "auto",
     label: Annotated[str | None, typer.Option(help="Row label in leaderboards (default: method + run name).")] = None,
-    progress: Progress = True,
+    progress: Progress = None,
     corruptions_dir: Annotated[Path | None, typer.Option(
         help="Folder with the CIFAR-10-C .npy files: the corruption threats load them instead of generating.")] = None,
     gating_variant: Annotated[str | None, typer.Option(
@@ -207,7 +234,7 @@ def evaluate(
     from rome_bench.device import resolve_device
     from rome_bench.evaluation.runner import attack_precision, compiled_run
     from rome_bench.evaluation.sharding import ShardingRequest
-    from rome_bench.evaluation.store import default_store
+    from rome_bench.evaluation.store import store_or_default
     from rome_bench.evaluation.suites import SUITES
     from rome_bench.evaluation.sweep import default_plot_path, parse_scales
 
@@ -236,7 +263,7 @@ def evaluate(
     rows = variant_rows(loaded, label, gating_variant, route_to_expert)
     threats, ids = plan(loaded, chosen_suite, data, n_examples, threat or [], corruptions_dir)
     with arithmetic:
-        evaluate_rows(rows, chosen_suite, threats, data, ids, store or default_store(), batch_size, torch_device,
+        evaluate_rows(rows, chosen_suite, threats, data, ids, store_or_default(store), batch_size, torch_device,
                       progress, not threat, union_only, scales, plot or default_plot_path(run, suite, data.info.name),
                       typer.echo, sharding, run_shard_job, sys.argv[1:])
 
@@ -255,7 +282,7 @@ def demo(
     n_examples: Annotated[int, N_EXAMPLES] = 200,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Change the smoke preset for both runs: section.field=value (e.g. train.epochs=1).")] = None,
-    progress: Progress = True,
+    progress: Progress = None,
 ) -> None:
     """The main job end to end on the embedded synthetic data: train MAX and RoME+MAX (smoke preset), evaluate
     both, print the leaderboard. Re-running continues where an interrupted demo stopped."""
@@ -267,8 +294,9 @@ def demo(
 @app.command()
 def leaderboard(
     suite: Suite = "seen",
-    format_: Annotated[str, typer.Option("--format", help="md | csv | json | tex | html (a self-contained page: "
-                                                          "give --out DIR, it writes DIR/index.html)")] = "md",
+    format_: Annotated[str | None, typer.Option("--format", help="md | csv | json | tex | html (a self-contained "
+                                                                 "page: give --out DIR, it writes DIR/index.html); "
+                                                                 "default md, drawn as tables on a terminal")] = None,
     dataset: DatasetFilter = None,
     reference: Annotated[list[str] | None, typer.Option(
         help="Add rows reported by a paper, e.g. rome-paper-table1 (a name in rome_bench/references/ or a path), or "
@@ -285,7 +313,17 @@ def leaderboard(
     """Print the leaderboard of a suite: per-threat, Avg and per-example Union accuracy, sorted by Union."""
     from rome_bench.evaluation.render import publish_leaderboard
 
-    typer.echo(publish_leaderboard(store, suite, dataset, format_, list(reference or []), costs, out, detail))
+    text = publish_leaderboard(store, suite, dataset, format_ or "md", list(reference or []), costs, out, detail)
+    if format_ is None and out is None and stdout_is_terminal():
+        from rome_bench.evaluation.terminal import print_markdown_tables
+
+        print_markdown_tables(text)
+    else:
+        typer.echo(text)
+
+
+def stdout_is_terminal() -> bool:
+    return sys.stdout.isatty()
 
 
 @app.command()
@@ -347,7 +385,7 @@ def check(
     data_dir: Annotated[str | None, typer.Option(help="Where the checks' data is.")] = None,
     device: Annotated[str, DEVICE] = "auto",
     update: Annotated[bool, typer.Option(help="Write the re-measured counts into the reference file.")] = False,
-    progress: Progress = True,
+    progress: Progress = None,
 ) -> None:
     """Re-evaluate the referenced models and fail (exit 1) when a count moves beyond re-measurement noise
     (±max(2 examples, 0.5%))."""
@@ -376,7 +414,8 @@ def list_command(
     typer.echo("\n".join(list_entries(kind)))
 
 
-plot_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Figures from trained runs.")
+plot_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, context_settings=HELP_OPTIONS,
+                       help="Figures from trained runs.")
 app.add_typer(plot_app, name="plot")
 
 
@@ -392,7 +431,7 @@ def plot_training(
     typer.echo("\n".join([*lines, f"training curves -> {written}"]))
 
 
-analyze_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+analyze_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, context_settings=HELP_OPTIONS,
                           help="Analyse trained runs: how their gates route the threats.")
 app.add_typer(analyze_app, name="analyze")
 
@@ -410,7 +449,7 @@ def analyze_gating(
     device: Annotated[str, DEVICE] = "auto",
     map_images: Annotated[int, typer.Option(help="Images in the per-patch activation map figure (0: none).")] = 4,
     seed: Annotated[int, typer.Option(help="Seeds the subset, the attacks and the classifier's split.")] = 0,
-    progress: Progress = True,
+    progress: Progress = None,
 ) -> None:
     """Routing divergence and held-out threat classifier of a run's gates, stored for the leaderboard, plus the
     KDE (paper Fig. 3) and per-patch activation (Fig. 7) figures."""
@@ -429,11 +468,29 @@ def analyze_gating(
     typer.echo(f"score stored in {stored}: the leaderboard's Routing div. and Gate clf. columns")
 
 
+def plain_metavars(command: Any) -> None:
+    """Give every option of ``command`` and its subcommands click's metavar for its type (TEXT, INT, PATH, …)."""
+    for param in command.params:
+        if getattr(param, "is_flag", False) or param.metavar is not None:
+            continue
+        bare = param.bare_type()  # typer's name of the type: str, int, path, list[str], …
+        element = bare.removeprefix("list[").removesuffix("]").lower()
+        metavar = METAVARS.get(element, element.upper())
+        if param.param_type_name == "option":
+            param.metavar = metavar
+        else:  # an argument keeps its name (KIND, RUN) in the usage line; its help row shows the type after it
+            param.display_type_rich = lambda ctx=None, shown=metavar: shown
+    for sub in getattr(command, "commands", {}).values():
+        plain_metavars(sub)
+
+
 def main() -> None:
     bases = {cls.__name__: cls for cls in typer.BadParameter.__mro__}  # the click that typer runs on (or vendors)
     usage_error, click_exception = bases["UsageError"], bases["ClickException"]
+    command = typer.main.get_command(app)
+    plain_metavars(command)
     try:
-        code = app(standalone_mode=False)
+        code = command(standalone_mode=False, prog_name="rome-bench")
     except usage_error as error:  # a bad flag or value: one line that names it
         if type(error).__name__ == "NoArgsIsHelpError":
             print(error.format_message())  # type: ignore[attr-defined]

@@ -43,7 +43,7 @@ def test_optional_module_imports_on_first_use_and_reports_a_missing_one(monkeypa
     assert optional_module("json", "unseen", "json things").dumps([1]) == "[1]"
     monkeypatch.setitem(sys.modules, "cv2", None)
     with pytest.raises(MissingExtraError, match=r"common corruptions needs the \[unseen\] extra.*cannot import cv2"):
-        optional_module("cv2", "unseen", "common corruptions").resize
+        _ = optional_module("cv2", "unseen", "common corruptions").resize
     with pytest.raises(MissingExtraError) as caught:
         require("cv2", "unseen", "x")
     assert "\n" not in str(caught.value)

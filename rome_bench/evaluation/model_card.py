@@ -19,7 +19,7 @@ from typing import Any
 from rome_bench.checkpoint import load_final_weights, read_run_config, run_model_hash
 from rome_bench.errors import CheckpointError
 from rome_bench.evaluation.leaderboard import measured_row
-from rome_bench.evaluation.store import ResultStore, SuiteRun, default_store, existing_store
+from rome_bench.evaluation.store import ResultStore, SuiteRun, existing_store
 from rome_bench.evaluation.suites import SUITES
 from rome_bench.evaluation.table import Row, cell_text, table_columns
 from rome_bench.models.classifier import state_hash
@@ -60,8 +60,8 @@ def export_model(run_dir: Path, out: Path, store: Path | None = None, repo_id: s
     model_hash = run_model_hash(state_hash(tensors), model_identity(config.model))
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise CheckpointError(f"{out} exists and is not empty; give another --out, or --force to replace it")
-    chosen = store if store is not None else (default_store() if default_store().exists() else None)
-    suites = measured_suites(existing_store(chosen), model_hash) if chosen is not None else []
+    chosen = existing_store(store, optional=True)
+    suites = measured_suites(chosen, model_hash) if chosen is not None else []
     card = model_card(run_dir.name, config.method, config.preset, metadata, model_hash, suites, repo_id)
     _write_folder(run_dir, out, card, force)
     return ExportedModel(out, model_hash, chosen, suites)

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -418,15 +420,33 @@ class ResultStore:
         return GatingScore(*row[:8], per_layer=json.loads(row[8]), threats=json.loads(row[9]), created=row[10])
 
 
+DEFAULT_STORE_NAME = "rome-bench.sqlite"
+STORE_VARIABLE = "ROME_BENCH_STORE"
+
+
 def default_store() -> Path:
-    """The results store every command uses without --store: results.sqlite in the cache dir."""
-    from rome_bench.data import cache_dir
+    """The results store every command uses without --store: ``$ROME_BENCH_STORE`` if set, else
+    ``./rome-bench.sqlite``, one per project directory (the directory a command runs in), never one global file."""
+    return Path(os.environ.get(STORE_VARIABLE) or DEFAULT_STORE_NAME)
 
-    return cache_dir() / "results.sqlite"
+
+def store_or_default(store: str | Path | None) -> Path:
+    """``store``, or the default store, said on stderr when used (so results never land somewhere unseen)."""
+    if store is not None:
+        return Path(store)
+    path = default_store()
+    print(f"results store: {path.absolute()} (the default here; --store FILE for another)", file=sys.stderr)
+    return path
 
 
-def existing_store(store: Path | None) -> Path:
-    """The store a reading command opens: ``store``, which must exist (reading never creates one), else the default."""
+def existing_store(store: Path | None, optional: bool = False) -> Path | None:
+    """The store a reading command opens: ``store``, which must exist (reading never creates one), else the default
+    store, which must exist too, unless ``optional`` (then None when it does not)."""
     if store is not None and not store.exists():
         raise RomeBenchError(f"results store {store} does not exist; run rome-bench eval --store {store} first")
-    return store or default_store()
+    if store is None and not default_store().exists():
+        if optional:
+            return None
+        raise RomeBenchError(f"no results store here: {default_store()} does not exist (the default store is per "
+                             f"directory); run rome-bench eval in this directory first, or give --store FILE")
+    return store_or_default(store)

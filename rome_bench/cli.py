@@ -520,6 +520,10 @@ def main() -> None:
     except (KeyboardInterrupt, typer.Abort):
         print("interrupted: checkpoints and stored results written so far are intact", file=sys.stderr)
         sys.exit(130)
+    from rome_bench.evaluation.store import default_store_used
+
+    if (used := default_store_used()) is not None:
+        print(f"results store: {used} (the default, one per directory; --store FILE for another)", file=sys.stderr)
     sys.exit(code if isinstance(code, int) else 0)
 
 

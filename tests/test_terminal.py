@@ -84,15 +84,27 @@ def test_reading_commands_never_create_a_store(cli_main, monkeypatch, tmp_path) 
     assert not list(tmp_path.iterdir())
 
 
-def test_the_default_store_is_per_directory_and_said_when_used(monkeypatch, tmp_path, capsys) -> None:
+def test_the_default_store_is_per_directory_and_said_when_used(cli_main, monkeypatch, tmp_path) -> None:
+    from rome_bench.evaluation import store
+
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv(STORE_VARIABLE)
-    assert store_or_default(None) == Path(DEFAULT_STORE_NAME)
-    assert f"results store: {tmp_path / DEFAULT_STORE_NAME}" in capsys.readouterr().err
+    monkeypatch.setattr(store, "_DEFAULT_USED", [])
     assert store_or_default(tmp_path / "given.sqlite") == tmp_path / "given.sqlite"
-    assert capsys.readouterr().err == ""
+    assert store.default_store_used() is None
+    assert store_or_default(None) == Path(DEFAULT_STORE_NAME)
+    assert store.default_store_used() == tmp_path / DEFAULT_STORE_NAME
+    assert store.default_store_used() is None, "said once"
     monkeypatch.setenv(STORE_VARIABLE, str(tmp_path / "env.sqlite"))
     assert store_or_default(None) == tmp_path / "env.sqlite"
+    store.default_store_used()
+    with store.ResultStore(tmp_path / "env.sqlite"):  # an empty store, where the default points
+        pass
+    shown = cli_main("leaderboard", "--reference", "rome-paper-table1")
+    assert shown.returncode == 0 and shown.stderr == f"results store: {tmp_path / 'env.sqlite'} (the default, one " \
+                                                     f"per directory; --store FILE for another)\n"
+    failed = cli_main("leaderboard", "--format", "nope")
+    assert failed.returncode == 2 and failed.stderr.count("\n") == 1, failed.stderr
 
 
 def _one_line(result: subprocess.CompletedProcess | object, *needles: str) -> None:

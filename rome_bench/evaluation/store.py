@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import sqlite3
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -430,13 +429,23 @@ def default_store() -> Path:
     return Path(os.environ.get(STORE_VARIABLE) or DEFAULT_STORE_NAME)
 
 
+_DEFAULT_USED: list[Path] = []  # the default stores this process opened, for default_store_used()
+
+
 def store_or_default(store: str | Path | None) -> Path:
-    """``store``, or the default store, said on stderr when used (so results never land somewhere unseen)."""
+    """``store``, or the default store, remembered for :func:`default_store_used` (the CLI says which, once the
+    command succeeded, so results never land somewhere unseen and an error stays one line)."""
     if store is not None:
         return Path(store)
-    path = default_store()
-    print(f"results store: {path.absolute()} (the default here; --store FILE for another)", file=sys.stderr)
-    return path
+    _DEFAULT_USED.append(default_store().absolute())
+    return default_store()
+
+
+def default_store_used() -> Path | None:
+    """The default store used since the last call, the latest one (None: every store was given explicitly)."""
+    used = _DEFAULT_USED[-1] if _DEFAULT_USED else None
+    _DEFAULT_USED.clear()
+    return used
 
 
 def existing_store(store: Path | None, optional: bool = False) -> Path | None:

@@ -244,7 +244,7 @@ def evaluate(
         raise ConfigError("--n-examples must be >= 1")
     if sum(source is not None for source in (run, model_file, model)) != 1:
         raise ConfigError("give exactly one of --run DIR (a rome-bench run), --model-file FILE.py:Name or "
-                          "--model robustbench:<name>")
+                          "--model hf:ORG/NAME | robustbench:<name>")
     model_file = model_file or model
     if union_only and eps_scale:
         raise ConfigError("--union-only and --eps-scale exclude each other: a sweep needs every threat's column")

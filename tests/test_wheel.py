@@ -9,6 +9,7 @@ model, and ``leaderboard --reference rome-paper-table1`` runs whole (about 30 s 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -34,8 +35,10 @@ def build_wheel(folder: Path) -> Path:
             shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
             shutil.copy(ROOT / name, source / name)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(folder / "dist"), str(source)], check=True, capture_output=True, timeout=300)
+    # with this interpreter's setuptools when it has one (offline), else pip fetches the build requirements
+    isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q", "-w", str(folder / "dist"),
+                    str(source)], check=True, capture_output=True, timeout=300)
     return next((folder / "dist").glob("rome_bench-*.whl"))
 
 

@@ -9,10 +9,11 @@ import os
 import sqlite3
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
+from rome_bench.cli_support import auto_progress, plain_metavars, show_version
 from rome_bench.errors import ConfigError, RomeBenchError
 from rome_bench.presets import PRESETS
 
@@ -20,34 +21,20 @@ HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
                   no_args_is_help=True, context_settings=HELP_OPTIONS,
                   help="Train and evaluate models against multiple adversarial threats.")
-# Metavars as click prints them (TEXT, INT, PATH), not typer's Python types (<str>, <list[str]>): see main().
-METAVARS = {"str": "TEXT", "int": "INT", "float": "FLOAT", "path": "PATH", "bool": "BOOL"}
-
-
-def _show_version(value: bool) -> None:
-    if value:
-        from rome_bench import __version__
-
-        typer.echo(f"rome-bench {__version__}")
-        raise typer.Exit()
-
-
-def _auto_progress(value: bool | None) -> bool:
-    """--progress / --no-progress as given, else on exactly when stderr (where the bars go) is a terminal."""
-    return sys.stderr.isatty() if value is None else value
 
 
 @app.callback()
 def _root(version: Annotated[bool, typer.Option(
-        "--version", is_eager=True, callback=_show_version, help="Print rome-bench's version and exit.")] = False,
+        "--version", is_eager=True, callback=show_version, help="Print rome-bench's version and exit.")] = False
           ) -> None:
     """Train and evaluate models against multiple adversarial threats."""
+
 
 # Flags that several commands share, each declared once (typer copies an option's settings into every command).
 Store = Annotated[Path | None, typer.Option(help="SQLite results store (default: ./rome-bench.sqlite, one per "
                                                 "directory, or $ROME_BENCH_STORE).")]
 Progress = Annotated[bool | None, typer.Option(
-    callback=_auto_progress, help="Show progress bars (default: when stderr is a terminal).")]
+    callback=auto_progress, help="Show progress bars (default: when stderr is a terminal).")]
 DEVICE = typer.Option(help="auto | cpu | cuda | cuda:N")
 N_EXAMPLES = typer.Option(help="Size of the fixed, seeded test subset.")
 BatchSize = Annotated[int, typer.Option()]
@@ -466,22 +453,6 @@ def analyze_gating(
                                     progress)
     typer.echo(render_report(report))
     typer.echo(f"score stored in {stored}: the leaderboard's Routing div. and Gate clf. columns")
-
-
-def plain_metavars(command: Any) -> None:
-    """Give every option of ``command`` and its subcommands click's metavar for its type (TEXT, INT, PATH, …)."""
-    for param in command.params:
-        if getattr(param, "is_flag", False) or param.metavar is not None:
-            continue
-        bare = param.bare_type()  # typer's name of the type: str, int, path, list[str], …
-        element = bare.removeprefix("list[").removesuffix("]").lower()
-        metavar = METAVARS.get(element, element.upper())
-        if param.param_type_name == "option":
-            param.metavar = metavar
-        else:  # an argument keeps its name (KIND, RUN) in the usage line; its help row shows the type after it
-            param.display_type_rich = lambda ctx=None, shown=metavar: shown
-    for sub in getattr(command, "commands", {}).values():
-        plain_metavars(sub)
 
 
 def main() -> None:

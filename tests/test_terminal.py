@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from rome_bench import cli
+from rome_bench.cli_support import auto_progress
 from rome_bench.errors import ConfigError
 from rome_bench.evaluation.regression import REFERENCE_DIR
 from rome_bench.evaluation.store import DEFAULT_STORE_NAME, STORE_VARIABLE, store_or_default
@@ -44,11 +45,11 @@ def test_metavars_read_like_click_types(cli_main) -> None:
 
 def test_progress_bars_follow_stderr_unless_told(monkeypatch) -> None:
     monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal
-    assert cli._auto_progress(None) is False and cli._auto_progress(True) is True
+    assert auto_progress(None) is False and auto_progress(True) is True
     terminal = io.StringIO()
     terminal.isatty = lambda: True  # type: ignore[method-assign]
     monkeypatch.setattr(sys, "stderr", terminal)
-    assert cli._auto_progress(None) is True and cli._auto_progress(False) is False
+    assert auto_progress(None) is True and auto_progress(False) is False
 
 
 def test_the_leaderboard_is_tables_on_a_terminal_and_markdown_otherwise(cli_main, monkeypatch, tmp_path) -> None:

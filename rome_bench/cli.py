@@ -140,7 +140,8 @@ def train(
     if nproc is not None and nproc > 1 and "WORLD_SIZE" not in os.environ:
         check_run_dir(run_dir, config, resume, force)  # the common mistakes fail here, once, before the launch
         check_world_batch(config.train.batch_size, nproc)
-        raise typer.Exit(launch_processes(nproc, sys.argv[1:]))
+        # the ranks' stderr is a pipe (see launch_processes): progress as decided here, on this terminal
+        raise typer.Exit(launch_processes(nproc, [*sys.argv[1:], "--progress" if progress else "--no-progress"]))
     trainer = Trainer(config, run_dir, progress=progress)
     final = trainer.fit(resume=resume, force=force)
     if trainer.rank == 0:

@@ -23,9 +23,15 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_mar
                   help="Train and evaluate models against multiple adversarial threats.")
 
 
+def _show_version(value: bool) -> None:
+    from rome_bench import __version__
+
+    show_version(value, __version__)
+
+
 @app.callback()
 def _root(version: Annotated[bool, typer.Option(
-        "--version", is_eager=True, callback=show_version, help="Print rome-bench's version and exit.")] = False
+        "--version", is_eager=True, callback=_show_version, help="Print rome-bench's version and exit.")] = False
           ) -> None:
     """Train and evaluate models against multiple adversarial threats."""
 

@@ -12,12 +12,10 @@ import typer
 METAVARS = {"str": "TEXT", "int": "INT", "float": "FLOAT", "path": "PATH", "bool": "BOOL"}
 
 
-def show_version(value: bool) -> None:
-    """--version: print the version and stop."""
+def show_version(value: bool, version: str) -> None:
+    """--version: print ``version`` and stop."""
     if value:
-        from rome_bench import __version__
-
-        typer.echo(f"rome-bench {__version__}")
+        typer.echo(f"rome-bench {version}")
         raise typer.Exit()
 
 

@@ -5,7 +5,7 @@ The first compiled call (the compilation itself) is timed apart; then the attack
 each time is the median of ``--repeats``. Robust counts are printed for both (they may differ only where float
 rounding flips a decision at a boundary).
 
-    python bench/compile_speed.py --run leaderboards/reference/models/cifar10-smoke-rome-max --threads 1
+    python bench/compile_speed.py --run rome_bench/references/reference/models/cifar10-smoke-rome-max --threads 1
     python bench/compile_speed.py --run runs/rome+max-cifar10 --device cuda --n-examples 1000 --batch-size 500
 """
 
@@ -44,7 +44,8 @@ def equality(eager: torch.nn.Module, compiled: torch.nn.Module, images: torch.Te
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=Path, default=Path("leaderboards/reference/models/cifar10-smoke-rome-max"))
+    parser.add_argument("--run", type=Path,
+                        default=Path("rome_bench/references/reference/models/cifar10-smoke-rome-max"))
     parser.add_argument("--backend", default="inductor")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--n-examples", type=int, default=100)

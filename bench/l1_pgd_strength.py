@@ -33,7 +33,7 @@ from rome_bench.errors import RomeBenchError
 from rome_bench.evaluation.runner import load_run
 from rome_bench.threats import L1APGD, L1PGD
 
-REFERENCE_MODELS = Path(__file__).resolve().parents[1] / "leaderboards" / "reference" / "models"
+REFERENCE_MODELS = Path(__file__).resolve().parents[1] / "rome_bench" / "references" / "reference" / "models"
 DEFAULT_RUNS = (REFERENCE_MODELS / "synthetic-micro-max", REFERENCE_MODELS / "cifar10-smoke-rome-max")
 
 

@@ -6,7 +6,7 @@ is what each library's output leaves correct (own PGD keeps the first adversaria
 returns the last one, so own is at least as strong at equal steps).
 rome-bench's ℓ2 projection is the exact one onto ball ∩ box; torchattacks scales onto the ball, then clips.
 
-    python bench/pgd_vs_torchattacks.py --run leaderboards/reference/models/cifar10-smoke-rome-max --threads 1
+    python bench/pgd_vs_torchattacks.py --run rome_bench/references/reference/models/cifar10-smoke-rome-max --threads 1
     python bench/pgd_vs_torchattacks.py --linear --repeats 30  # each library's own per-step cost: a linear model
 
 ``--linear`` swaps the run's model for a seeded flatten + linear classifier, whose forward and backward cost next to
@@ -30,7 +30,7 @@ from rome_bench.data import evaluation_indices, fetch_batch, load_dataset
 from rome_bench.evaluation.runner import load_run
 from rome_bench.threats import L2PGD, LinfPGD, project_l2_box
 
-REFERENCE_RUN = Path("leaderboards/reference/models/cifar10-smoke-rome-max")
+REFERENCE_RUN = Path("rome_bench/references/reference/models/cifar10-smoke-rome-max")
 
 
 def timed(attack: Callable[[], torch.Tensor]) -> tuple[float, torch.Tensor]:

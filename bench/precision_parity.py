@@ -91,7 +91,8 @@ def paired_difference(fp32: torch.Tensor, bf16: torch.Tensor) -> tuple[float, fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", type=Path, default=Path("leaderboards/reference/models/cifar10-smoke-rome-max"))
+    parser.add_argument("--run", type=Path,
+                        default=Path("rome_bench/references/reference/models/cifar10-smoke-rome-max"))
     parser.add_argument("--suite", default="seen", help="the threats to compare (default: AutoAttack-standard)")
     parser.add_argument("--only", default="", help="comma-separated threat names of the suite (default: all)")
     parser.add_argument("--device", default="auto")

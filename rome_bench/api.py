@@ -56,8 +56,10 @@ def load_model(source: str | Path, weights: str | Path | None = None, preset: st
     Parameters
     ----------
     source : str or Path
-        A run directory written by ``rome-bench train``; ``robustbench:<name>`` or
-        ``robustbench:<threat_model>/<name>`` (RobustBench's zoo, checkpoints in ``model_dir``); or ``FILE.py:Class``
+        A run directory written by ``rome-bench train``; ``hf:ORG/NAME`` (a folder written by
+        ``rome-bench export-model``, from the Hugging Face Hub or its cache; ``hf:PATH``: a local one);
+        ``robustbench:<name>`` or ``robustbench:<threat_model>/<name>`` (RobustBench's zoo, checkpoints in
+        ``model_dir``); or ``FILE.py:Class``
         / ``module:Class`` (an ``nn.Module`` taking [0, 1] images).
     weights : str or Path, optional
         Weights (.safetensors or .pt) for a ``FILE.py:Class`` source.
@@ -119,6 +121,8 @@ def load_run(source: str | Path, weights: str | Path | None = None, preset: str 
     from rome_bench.models.robustbench_zoo import is_zoo_source
 
     torch_device = _device(device)
+    if (folder := shared_model_folder(source)) is not None:
+        return load_run_with_data(folder, torch_device)[0]
     if not is_zoo_source(source) and Path(source).is_dir():
         return load_run_with_data(source, torch_device)[0]
     if not is_zoo_source(source) and ":" not in str(source):
@@ -162,9 +166,18 @@ def load_module_with_data(source: str | Path, weights: str | Path | None = None,
     from rome_bench.data import load_dataset
 
     torch_device = _device(device)
+    if (folder := shared_model_folder(source)) is not None:  # a shared run carries its own dataset and ε
+        return load_run_with_data(folder, torch_device, data_dir)
     config = preset_config(preset)
     data = load_dataset(config.data.dataset, "test", data_dir or config.data.data_dir)
     return load_module(source, weights, preset, torch_device, model_dir), data
+
+
+def shared_model_folder(source: str | Path) -> Path | None:
+    """The local run folder of a shared model source ``hf:…`` (``models/hub.py``); None for any other source."""
+    from rome_bench.models.hub import is_hub_source, resolve_hub_source
+
+    return resolve_hub_source(source) if is_hub_source(source) else None  # type: ignore[arg-type]
 
 
 def _device(device: str | torch.device) -> torch.device:
@@ -324,7 +337,10 @@ def default_label(loaded: LoadedRun) -> str:
     from rome_bench.models.robustbench_zoo import PREFIX, is_zoo_source
 
     if loaded.method is not None:
-        return f"{loaded.method} ({Path(str(loaded.source)).name})"
+        folder = Path(str(loaded.source))
+        if folder.parent.name == "snapshots" and folder.parents[1].name.startswith("models--"):  # the HF cache's
+            return f"{loaded.method} (hf:{folder.parents[1].name.removeprefix('models--').replace('--', '/')})"
+        return f"{loaded.method} ({folder.name})"
     if is_zoo_source(str(loaded.source)):
         threat_model, _, name = str(loaded.source).removeprefix(PREFIX).rpartition("/")
         return f"robustbench ({name}, {threat_model})"
@@ -439,7 +455,7 @@ def analyse_gating(run: str | Path, suite: str = "seen", n_examples: int = 200, 
     map figures in ``out``, default RUN/figures). The report and the store's path."""
     from rome_bench.data import evaluation_indices
     from rome_bench.evaluation.gating_analysis import analyse_run
-    from rome_bench.evaluation.store import ResultStore, default_store
+    from rome_bench.evaluation.store import ResultStore, store_or_default
     from rome_bench.evaluation.suites import SUITES
 
     chosen = SUITES.get(suite)
@@ -447,7 +463,7 @@ def analyse_gating(run: str | Path, suite: str = "seen", n_examples: int = 200, 
     loaded, data = load_run_with_data(run, torch_device, data_dir)
     ids = evaluation_indices(len(data.dataset), n_examples, seed)
     threats = chosen.build(loaded.config.threats)
-    with ResultStore(store or default_store()) as results:
+    with ResultStore(store_or_default(store)) as results:
         report = analyse_run(loaded, chosen.name, threats, data, ids, results, batch_size, torch_device,
                              Path(out or Path(run) / "figures"), progress, seed, map_images)
     return report, results.path
@@ -461,6 +477,7 @@ def plot_training(runs: Sequence[str | Path], out: str | Path = "training-curves
 
     curves = {}
     for run_dir in map(Path, runs):
+        read_run_config(run_dir)  # not a run directory: one line that says so, before its curve is looked for
         records = read_training_curve(run_dir)
         if not records:
             raise ConfigError(f"{run_dir} has no training curve; train it with --eval-every N (e.g. 50)")

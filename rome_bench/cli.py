@@ -13,15 +13,34 @@ from typing import Annotated
 
 import typer
 
+from rome_bench.cli_support import auto_progress, plain_metavars, show_version
 from rome_bench.errors import ConfigError, RomeBenchError
 from rome_bench.presets import PRESETS
 
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None,
-                  no_args_is_help=True, help="Train and evaluate models against multiple adversarial threats.")
+                  no_args_is_help=True, context_settings=HELP_OPTIONS,
+                  help="Train and evaluate models against multiple adversarial threats.")
+
+
+def _show_version(value: bool) -> None:
+    from rome_bench import __version__
+
+    show_version(value, __version__)
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option(
+        "--version", is_eager=True, callback=_show_version, help="Print rome-bench's version and exit.")] = False
+          ) -> None:
+    """Train and evaluate models against multiple adversarial threats."""
+
 
 # Flags that several commands share, each declared once (typer copies an option's settings into every command).
-Store = Annotated[Path | None, typer.Option(help="SQLite results store (default: in the cache dir).")]
-Progress = Annotated[bool, typer.Option(help="Show progress bars.")]
+Store = Annotated[Path | None, typer.Option(help="SQLite results store (default: ./rome-bench.sqlite, one per "
+                                                "directory, or $ROME_BENCH_STORE).")]
+Progress = Annotated[bool | None, typer.Option(
+    callback=auto_progress, help="Show progress bars (default: when stderr is a terminal).")]
 DEVICE = typer.Option(help="auto | cpu | cuda | cuda:N")
 N_EXAMPLES = typer.Option(help="Size of the fixed, seeded test subset.")
 BatchSize = Annotated[int, typer.Option()]
@@ -89,14 +108,14 @@ def train(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Any config field: section.field=value.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
     force: Annotated[bool, typer.Option(help="Overwrite an existing run in --out.")] = False,
-    progress: Progress = True,
+    progress: Progress = None,
     nproc: Annotated[int | None, typer.Option(
         help="Train data-parallel over N processes on this machine (one per GPU, or CPU processes with gloo): "
              "runs torchrun --standalone --nproc-per-node N; --batch-size stays the global batch.")] = None,
 ) -> None:
     """Train a model with a multi-perturbation adversarial training recipe."""
     from rome_bench.models.family import with_stored_options
-    from rome_bench.training.distributed import launch_processes
+    from rome_bench.training.distributed import check_world_batch, launch_processes
     from rome_bench.training.overrides import (
         check_family_option_flags,
         family_option_assignments,
@@ -127,7 +146,9 @@ def train(
         raise ConfigError(f"--nproc must be >= 1, got {nproc}")
     if nproc is not None and nproc > 1 and "WORLD_SIZE" not in os.environ:
         check_run_dir(run_dir, config, resume, force)  # the common mistakes fail here, once, before the launch
-        raise typer.Exit(launch_processes(nproc, sys.argv[1:]))
+        check_world_batch(config.train.batch_size, nproc)
+        # the ranks' stderr is a pipe (see launch_processes): progress as decided here, on this terminal
+        raise typer.Exit(launch_processes(nproc, [*sys.argv[1:], "--progress" if progress else "--no-progress"]))
     trainer = Trainer(config, run_dir, progress=progress)
     final = trainer.fit(resume=resume, force=force)
     if trainer.rank == 0:
@@ -153,8 +174,10 @@ def evaluate(
     model_file: Annotated[str | None, typer.Option(
         help="Evaluate any nn.Module taking [0,1] images: FILE.py:Name or package.module:Name.")] = None,
     model: Annotated[str | None, typer.Option(
-        help="A model by source: robustbench:<name> or robustbench:<threat_model>/<name> (RobustBench's zoo, "
-             "threat model Linf | L2 | corruptions, default Linf), or FILE.py:Name like --model-file.")] = None,
+        help="A model by source: hf:ORG/NAME (a model shared with rome-bench export-model, from the Hugging Face "
+             "Hub or its cache; hf:PATH a local copy), robustbench:<name> or robustbench:<threat_model>/<name> "
+             "(RobustBench's zoo, threat model Linf | L2 | corruptions, default Linf), or FILE.py:Name like "
+             "--model-file.")] = None,
     model_dir: Annotated[Path | None, typer.Option(
         help="RobustBench checkpoints, laid out <dir>/<dataset>/<threat_model>/<name>.pt (default "
              "$ROME_BENCH_ROBUSTBENCH_DIR or ./models); a missing file is downloaded when the network allows.")
@@ -167,7 +190,7 @@ def evaluate(
     data_dir: TestDataDir = None,
     device: Annotated[str, DEVICE] = "auto",
     label: Annotated[str | None, typer.Option(help="Row label in leaderboards (default: method + run name).")] = None,
-    progress: Progress = True,
+    progress: Progress = None,
     corruptions_dir: Annotated[Path | None, typer.Option(
         help="Folder with the CIFAR-10-C .npy files: the corruption threats load them instead of generating.")] = None,
     gating_variant: Annotated[str | None, typer.Option(
@@ -211,7 +234,7 @@ def evaluate(
     from rome_bench.evaluation.budgets import parse_eps_overrides, with_eps
     from rome_bench.evaluation.runner import attack_precision, compiled_run
     from rome_bench.evaluation.sharding import ShardingRequest
-    from rome_bench.evaluation.store import default_store
+    from rome_bench.evaluation.store import store_or_default
     from rome_bench.evaluation.suites import SUITES
     from rome_bench.evaluation.sweep import default_plot_path, parse_scales
 
@@ -221,7 +244,7 @@ def evaluate(
         raise ConfigError("--n-examples must be >= 1")
     if sum(source is not None for source in (run, model_file, model)) != 1:
         raise ConfigError("give exactly one of --run DIR (a rome-bench run), --model-file FILE.py:Name or "
-                          "--model robustbench:<name>")
+                          "--model hf:ORG/NAME | robustbench:<name>")
     model_file = model_file or model
     if union_only and eps_scale:
         raise ConfigError("--union-only and --eps-scale exclude each other: a sweep needs every threat's column")
@@ -242,7 +265,7 @@ def evaluate(
     rows = variant_rows(loaded, label, gating_variant, route_to_expert)
     threats, ids = plan(loaded, chosen_suite, data, n_examples, threat or [], corruptions_dir)
     with arithmetic:
-        evaluate_rows(rows, chosen_suite, threats, data, ids, store or default_store(), batch_size, torch_device,
+        evaluate_rows(rows, chosen_suite, threats, data, ids, store_or_default(store), batch_size, torch_device,
                       progress, not threat, union_only, scales, plot or default_plot_path(run, suite, data.info.name),
                       typer.echo, sharding, run_shard_job, sys.argv[1:])
 
@@ -261,7 +284,7 @@ def demo(
     n_examples: Annotated[int, N_EXAMPLES] = 200,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Change the smoke preset for both runs: section.field=value (e.g. train.epochs=1).")] = None,
-    progress: Progress = True,
+    progress: Progress = None,
 ) -> None:
     """The main job end to end on the embedded synthetic data: train MAX and RoME+MAX (smoke preset), evaluate
     both, print the leaderboard. Re-running continues where an interrupted demo stopped."""
@@ -273,11 +296,12 @@ def demo(
 @app.command()
 def leaderboard(
     suite: Suite = "seen",
-    format_: Annotated[str, typer.Option("--format", help="md | csv | json | tex | html (a self-contained page: "
-                                                          "give --out DIR, it writes DIR/index.html)")] = "md",
+    format_: Annotated[str | None, typer.Option("--format", help="md | csv | json | tex | html (a self-contained "
+                                                                 "page: give --out DIR, it writes DIR/index.html); "
+                                                                 "default md, drawn as tables on a terminal")] = None,
     dataset: DatasetFilter = None,
     reference: Annotated[list[str] | None, typer.Option(
-        help="Add rows reported by a paper, e.g. rome-paper-table1 (a name in leaderboards/ or a path), or "
+        help="Add rows reported by a paper, e.g. rome-paper-table1 (a name in rome_bench/references/ or a path), or "
              "RobustBench's numbers for a model: robustbench:[<dataset>/][Linf|L2|corruptions/]<name>.")] = None,
     store: Store = None,
     costs: Annotated[bool, typer.Option(
@@ -291,7 +315,17 @@ def leaderboard(
     """Print the leaderboard of a suite: per-threat, Avg and per-example Union accuracy, sorted by Union."""
     from rome_bench.evaluation.render import publish_leaderboard
 
-    typer.echo(publish_leaderboard(store, suite, dataset, format_, list(reference or []), costs, out, detail))
+    text = publish_leaderboard(store, suite, dataset, format_ or "md", list(reference or []), costs, out, detail)
+    if format_ is None and out is None and stdout_is_terminal():
+        from rome_bench.evaluation.terminal import print_markdown_tables
+
+        print_markdown_tables(text)
+    else:
+        typer.echo(text)
+
+
+def stdout_is_terminal() -> bool:
+    return sys.stdout.isatty()
 
 
 @app.command()
@@ -324,15 +358,36 @@ def export(
     typer.echo(export_matrix(out, suite, dataset, store))
 
 
+@app.command("export-model")
+def export_model(
+    run: Annotated[Path, typer.Argument(help="Run directory written by rome-bench train.")],
+    out: Annotated[Path, typer.Option(help="Folder to write (model.safetensors, model.json, config.json, "
+                                           "README.md); upload it to the Hugging Face Hub as it is.")],
+    store: Annotated[Path | None, typer.Option(
+        help="Results store whose rows for these weights go into the model card (default: the default store, "
+             "when it exists).")] = None,
+    repo_id: Annotated[str | None, typer.Option(help="ORG/NAME the card's examples load it as.")] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing, non-empty --out.")] = False,
+) -> None:
+    """Write a run as a Hugging Face Hub model folder, with a model card of its measured rows; load it back with
+    --model hf:ORG/NAME (or hf:PATH)."""
+    from rome_bench.evaluation.model_card import export_model as write_folder
+
+    exported = write_folder(run, out, store, repo_id, force)
+    read = f"{len(exported.suites)} measured suite row(s) from {exported.store}" if exported.store else \
+        "no results store: the card has no measured rows (give --store)"
+    typer.echo(f"exported {run} -> {exported.folder} ({read})")
+
+
 @app.command()
 def check(
     reference: Annotated[Path, typer.Option(
-        help="Reference file, e.g. leaderboards/reference/synthetic-micro.json (or its name).")],
+        help="Reference file, a name (synthetic-micro, cifar10-cpu) or a path.")],
     store: Annotated[Path | None, typer.Option(help="Reuse this store (default: a fresh temporary one).")] = None,
     data_dir: Annotated[str | None, typer.Option(help="Where the checks' data is.")] = None,
     device: Annotated[str, DEVICE] = "auto",
     update: Annotated[bool, typer.Option(help="Write the re-measured counts into the reference file.")] = False,
-    progress: Progress = True,
+    progress: Progress = None,
 ) -> None:
     """Re-evaluate the referenced models and fail (exit 1) when a count moves beyond re-measurement noise
     (±max(2 examples, 0.5%))."""
@@ -389,7 +444,8 @@ def list_command(
     typer.echo("\n".join(list_entries(kind)))
 
 
-plot_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Figures from trained runs.")
+plot_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, context_settings=HELP_OPTIONS,
+                       help="Figures from trained runs.")
 app.add_typer(plot_app, name="plot")
 
 
@@ -405,7 +461,7 @@ def plot_training(
     typer.echo("\n".join([*lines, f"training curves -> {written}"]))
 
 
-analyze_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+analyze_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, context_settings=HELP_OPTIONS,
                           help="Analyse trained runs: how their gates route the threats.")
 app.add_typer(analyze_app, name="analyze")
 
@@ -423,7 +479,7 @@ def analyze_gating(
     device: Annotated[str, DEVICE] = "auto",
     map_images: Annotated[int, typer.Option(help="Images in the per-patch activation map figure (0: none).")] = 4,
     seed: Annotated[int, typer.Option(help="Seeds the subset, the attacks and the classifier's split.")] = 0,
-    progress: Progress = True,
+    progress: Progress = None,
 ) -> None:
     """Routing divergence and held-out threat classifier of a run's gates, stored for the leaderboard, plus the
     KDE (paper Fig. 3) and per-patch activation (Fig. 7) figures."""
@@ -445,8 +501,10 @@ def analyze_gating(
 def main() -> None:
     bases = {cls.__name__: cls for cls in typer.BadParameter.__mro__}  # the click that typer runs on (or vendors)
     usage_error, click_exception = bases["UsageError"], bases["ClickException"]
+    command = typer.main.get_command(app)
+    plain_metavars(command)
     try:
-        code = app(standalone_mode=False)
+        code = command(standalone_mode=False, prog_name="rome-bench")
     except usage_error as error:  # type: ignore[misc]  # a bad flag or value: one line that names it
         if type(error).__name__ == "NoArgsIsHelpError":
             print(error.format_message())  # type: ignore[attr-defined]
@@ -476,6 +534,10 @@ def main() -> None:
     except (KeyboardInterrupt, typer.Abort):
         print("interrupted: checkpoints and stored results written so far are intact", file=sys.stderr)
         sys.exit(130)
+    from rome_bench.evaluation.store import default_store_used
+
+    if (used := default_store_used()) is not None:
+        print(f"results store: {used} (the default, one per directory; --store FILE for another)", file=sys.stderr)
     sys.exit(code if isinstance(code, int) else 0)
 
 

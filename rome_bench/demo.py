@@ -101,40 +101,48 @@ def total_steps(config: RunConfig) -> int:
     return config.train.epochs * -(-train_size // config.train.batch_size)
 
 
-def time_training_step(config: RunConfig, run_dir: Path) -> float:
-    """Seconds of one training step of ``config``'s method on a fresh model (the second of two, after warm-up),
-    set up as the trainer of ``run_dir`` sets it up (routing loss included); nothing is written."""
+def time_training_step(config: RunConfig, run_dir: Path) -> tuple[float, float]:
+    """Seconds to start training ``config``'s method (trainer, data, model, the first, warm-up step) and of one
+    training step after it (the second), set up as the trainer of ``run_dir`` sets it up (routing loss included);
+    nothing is written."""
+    started = time.perf_counter()
     trainer = Trainer(config, run_dir, progress=False, distributed=Distributed())
     device = trainer.device
     data = load_dataset(config.data.dataset, "train", config.data.data_dir, size=config.train.batch_size)
     _, optimizer, ctx = trainer.setup(data)
+    load_dataset(config.data.dataset, "train", config.data.data_dir)  # the whole split, as the run reads it
     images, labels = (t.to(device) for t in fetch_batch(data.dataset, list(range(len(data.dataset)))))
-    elapsed = 0.0
+    times = []
     for step in range(2):
-        started = time.perf_counter()
+        step_started = time.perf_counter()
         train_step(trainer.recipe, ctx, optimizer, Batch(images, labels, step, 0))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        elapsed = time.perf_counter() - started
-    return elapsed
+        times.append(time.perf_counter() - step_started)
+    return time.perf_counter() - started - times[1], times[1]
 
 
 def time_evaluation(config: RunConfig, suite: str, n_examples: int) -> float:
-    """Seconds to evaluate ``n_examples`` on the suite, timed on a few examples with a fresh model (all attacked).
+    """Seconds to evaluate ``n_examples`` on the suite, timed on a few examples with a fresh model (all attacked),
+    plus the start-up it timed (test data, model, the threats' first calls).
 
     For a cascade such as AutoAttack this is a lower bound: on a fresh model the first attack breaks nearly every
     example, while on a trained one more of them reach the later, costlier attacks.
     """
+    setup_started = time.perf_counter()
     device = resolve_device(config.train.device)
     data = load_dataset(config.data.dataset, "test", config.data.data_dir)
     model = create_model(config.model, data.info).to(device).eval()
     images, labels = (t.to(device) for t in fetch_batch(data.dataset, list(range(_TIMING_EXAMPLES))))
+    threats = SUITES.get(suite).build(config.threats)
+    for threat in threats:  # warm-up: the first call of each threat (kernels, caches) is start-up
+        threat(model, images[:1], labels[:1])
     started = time.perf_counter()
-    for threat in SUITES.get(suite).build(config.threats):
+    for threat in threats:
         threat(model, images, labels)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return (time.perf_counter() - started) * n_examples / _TIMING_EXAMPLES
+    return started - setup_started + (time.perf_counter() - started) * n_examples / _TIMING_EXAMPLES
 
 
 def evaluation_left(plan: DemoPlan, method: str) -> float:
@@ -154,14 +162,16 @@ def evaluation_left(plan: DemoPlan, method: str) -> float:
 
 
 def estimate_seconds(plan: DemoPlan) -> float:
-    """Wall time the demo still needs on this machine: remaining training steps and evaluations, timed here."""
+    """Wall time the demo still needs on this machine: each remaining training run's start-up and steps, and each
+    evaluation's start-up and examples, timed here."""
     seconds = 0.0
     for method, config in plan.configs.items():
         run_dir = plan.run_dir(method)
         state = run_state(run_dir)
         if state != "done":
             remaining = total_steps(config) - (steps_done(run_dir) if state == "resume" else 0)
-            seconds += max(remaining, 0) * time_training_step(config, run_dir)
+            start_up, step = time_training_step(config, run_dir)
+            seconds += start_up + max(remaining - 1, 0) * step
         if (left := evaluation_left(plan, method)) > 0:
             seconds += left * time_evaluation(config, plan.suite, plan.n_examples)
     return seconds
@@ -223,8 +233,8 @@ def demo(out: Path, suite: str = DEMO_SUITE, n_examples: int = DEMO_EXAMPLES, ov
     leaderboard and where the runs and results are."""
     plan = plan_demo(out, suite, n_examples, overrides)
     echo(describe(plan))
-    echo(f"estimated time on this machine: about {_minutes(estimate_seconds(plan))} "
-         "(timed just now on one training step and one evaluation batch per model)")
+    echo(f"estimated time on this machine: about {_minutes(estimate_seconds(plan))} from now, start-up included "
+         "(timed just now on two training steps and one evaluation batch per model)")
     echo(run_demo(plan, progress, echo))
     echo(f"demo done: runs in {plan.out}, results in {plan.store_path} "
          f"(rome-bench leaderboard --suite {plan.suite} --store {plan.store_path})")

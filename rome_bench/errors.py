@@ -40,3 +40,7 @@ class ModelOutputError(RomeBenchError):
 
 class StoreError(RomeBenchError):
     """The results store cannot be opened or written (not a database, read-only, a folder, disk full)."""
+
+
+class MissingExtraError(RomeBenchError, ImportError):
+    """An optional dependency is not installed; the message names the extra that installs it."""

@@ -40,6 +40,7 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     """Nothing a test does may write to the user's real cache."""
     cache = tmp_path_factory.getbasetemp() / "rome-bench-cache"
     monkeypatch.setenv("ROME_BENCH_CACHE", str(cache))
+    monkeypatch.setenv("ROME_BENCH_STORE", str(cache / "results.sqlite"))  # nor leave a store in the checkout
     return cache
 
 

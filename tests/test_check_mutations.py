@@ -1,6 +1,7 @@
 """Mutation tests of the regression check: a reference must catch a broken attack.
 
-For every reference file in ``leaderboards/reference/`` and every threat of each check's suite, the threat's attack
+For every reference file in ``rome_bench/references/reference/`` and every threat of each check's suite, the
+threat's attack
 is replaced by the identity (it returns the clean images); for the ℓ∞ threat it is also cut to one step (PGD
 ``steps=1``, AutoAttack ``n_iter = n_queries = 1``). ``rome-bench check`` must exit 1 on each mutant, with the
 mutated column (or the union it feeds) among the failures, and pass on the unmutated code.

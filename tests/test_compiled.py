@@ -16,7 +16,7 @@ from rome_bench.models.compiled import FixedBatchCompiled
 from rome_bench.models.gates import gates
 from rome_bench.models.rome import LoRAExpertMixture, RomeOptions, add_rome_experts
 
-REFERENCE_RUN = "leaderboards/reference/models/synthetic-micro-max"
+REFERENCE_RUN = "rome_bench/references/reference/models/synthetic-micro-max"
 
 
 def micro(rome: bool) -> ImageClassifier:

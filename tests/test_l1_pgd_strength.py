@@ -1,6 +1,7 @@
 """ℓ1 PGD at the default sparsity is no weaker than APGD-CE ℓ1 at equal ε and steps, beyond sampling noise.
 
-On the committed synthetic-micro-max model (leaderboards/reference/models), 100 examples of the evaluation's fixed
+On the committed synthetic-micro-max model (rome_bench/references/reference/models), 100 examples of the
+evaluation's fixed
 test subset: the robust count under rome-bench's ℓ1 PGD (the preset's sparsity, evaluation rule) may exceed that
 under pyautoattack's APGD-CE ℓ1 (configured as the ``apgd-l1`` threat, run for the same number of iterations) by
 at most two binomial standard errors of APGD's count. The old sparsity 0.05 fails this bound (17 robust against 8
@@ -24,7 +25,7 @@ from rome_bench.threats.pgd import DEFAULT_L1_SPARSITY
 
 pytest.importorskip("pyautoattack")
 
-MODEL = Path(__file__).resolve().parents[1] / "leaderboards" / "reference" / "models" / "synthetic-micro-max"
+MODEL = Path(__file__).resolve().parents[1] / "rome_bench/references/reference/models/synthetic-micro-max"
 N_EXAMPLES = 100
 
 

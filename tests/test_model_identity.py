@@ -17,7 +17,7 @@ from rome_bench.data import CIFAR10_INFO, SYNTHETIC_INFO
 from rome_bench.evaluation.runner import load_run
 from rome_bench.models import build_family, model_identity
 
-REFERENCE_MODELS = Path(__file__).parent.parent / "leaderboards" / "reference" / "models"
+REFERENCE_MODELS = Path(__file__).parent.parent / "rome_bench" / "references" / "reference" / "models"
 HASHES_BEFORE_THE_MOVE = {
     "cifar10-cpu-max": "db2680f16d18d98d16bd336b397f715718c0e6d621530090980a61333a2aa6e5",
     "cifar10-cpu-rome-max": "e30dd94346d2e9f05a3f4f50181e5fdc3bb9808032ea2a1df87909476aab1d02",

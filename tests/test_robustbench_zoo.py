@@ -98,3 +98,34 @@ def test_init_from_robustbench_loads_the_zoo_weights_into_the_matching_backbone(
     dataset_normalised = ModelConfig(family="plain", backbone="wrn_28_10", init_from="robustbench:Standard")
     with pytest.raises(CheckpointError, match=r"add --set model\.normalisation=none"):
         load_initial_weights(create_model(dataset_normalised, info), dataset_normalised, info)
+
+
+def test_a_pickled_checkpoint_is_one_line_with_no_library_warning_before_it(tmp_path, monkeypatch):
+    """torch.load warns about a pickled file before refusing it: the warning is held back, the line stands alone;
+    a load that works still shows its library's warnings, after it."""
+    import pickle
+    import warnings
+
+    path = checkpoint_path("Standard", "cifar10", "Linf", tmp_path)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"a checkpoint")  # the file is there: the message is about loading it, not downloading it
+    utils = import_robustbench()
+
+    def refusing(**_: object) -> None:
+        warnings.warn("You are using torch.load with weights_only=False", UserWarning, stacklevel=2)
+        raise pickle.UnpicklingError("Weights only load failed.\n\x1b[1mdo those steps only if you trust\x1b[0m")
+
+    monkeypatch.setattr(utils, "load_model", refusing)
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        with pytest.raises(ConfigError, match="holds pickled objects, which are never unpickled") as refused:
+            load_zoo_model("Standard", model_dir=tmp_path)
+    assert not shown and "\n" not in str(refused.value) and "\x1b" not in str(refused.value)
+
+    def warning_then_model(**_: object) -> torch.nn.Module:
+        warnings.warn("a library's deprecation", FutureWarning, stacklevel=2)
+        return torch.nn.Identity()
+
+    monkeypatch.setattr(utils, "load_model", warning_then_model)
+    with pytest.warns(FutureWarning, match="a library's deprecation"):
+        assert isinstance(load_zoo_model("Standard", model_dir=tmp_path), torch.nn.Identity)

@@ -81,8 +81,8 @@ def submit_array(job: Callable[..., None], arguments: list[tuple[Any, ...]], fol
         raise ConfigError("--executor slurm needs submitit: pip install 'rome-bench[slurm]'") from error
     if cluster not in CLUSTERS:
         raise ConfigError(f"--cluster takes {' or '.join(CLUSTERS)} (got '{cluster}')")
-    executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
     try:
+        executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
         executor.update_parameters(**parameters)
         return executor.map_array(job, *zip(*arguments, strict=True))
     except (ValueError, TypeError) as error:  # a parameter submitit does not know, or a bad value

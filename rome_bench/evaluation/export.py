@@ -96,7 +96,7 @@ def export_matrix(out: Path, suite: str = "seen", dataset: str | None = None, st
     from rome_bench.evaluation.suites import SUITES
 
     chosen = SUITES.get(suite)
-    with ResultStore(existing_store(store)) as results:
+    with ResultStore(existing_store(store)) as results:  # type: ignore[arg-type]
         if out.suffix == ".parquet":
             atomic_write_bytes(out, matrix_parquet(results, chosen, dataset))
             return f"per-example matrix -> {out} (pandas.read_parquet)"

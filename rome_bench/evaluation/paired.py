@@ -158,7 +158,7 @@ def compare_runs(a: list[Path], b: list[Path], suite: str = "seen", column: str 
         raise ConfigError(f"--a and --b runs must share one dataset; got {', '.join(sorted(datasets))}")
     data = load_dataset(datasets.pop(), "test", data_dir)
     cpu = torch.device("cpu")
-    with ResultStore(existing_store(store)) as results:
+    with ResultStore(existing_store(store)) as results:  # type: ignore[arg-type]
         per_model = [robust_by_example(results, chosen, load_run(run, data.info, cpu).model_hash, data.fingerprint,
                                        column) for run in runs]
     examples, vectors = common_vectors(per_model)

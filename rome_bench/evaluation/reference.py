@@ -2,8 +2,8 @@
 
 * ``robustbench:[<dataset>/][<threat_model>/]<name>``: RobustBench's reported numbers for a model
   (``robustbench_info.py``);
-* otherwise a reference file: its name in ``leaderboards/`` (the numbers a paper reports, kept as data) or a path to
-  a JSON file laid out the same way.
+* otherwise a reference file: its name in ``rome_bench/references/`` (the numbers a paper reports, kept as
+  package data) or a path to a JSON file laid out the same way.
 """
 
 from __future__ import annotations
@@ -17,26 +17,28 @@ from rome_bench.evaluation.table import ReferenceRow
 from rome_bench.jsonfiles import JSONFileError, read_json
 from rome_bench.models.robustbench_zoo import is_zoo_source
 
-LEADERBOARDS_DIR = Path(__file__).resolve().parents[2] / "leaderboards"
+# Package data (in the wheel); the checkout's leaderboards/ is a link to it, for the paths it was known by.
+LEADERBOARDS_DIR = Path(__file__).resolve().parents[1] / "references"
 UNSPECIFIED_ATTACK = "attack not stated"
 AGGREGATE_COLUMNS = ("nat", "avg", "union", "union-all")
 
 
 def available_references() -> list[str]:
-    """The names of the reference files in ``leaderboards/``."""
+    """The names of the reference files in ``rome_bench/references/``."""
     return sorted(path.stem for path in LEADERBOARDS_DIR.glob("*.json"))
 
 
 def load_reference(name_or_path: str) -> list[ReferenceRow]:
     """Rows of a reference: RobustBench's numbers for a model (``robustbench:…``), else a reference file given by
-    its name in leaderboards/ or by a path."""
+    its name in rome_bench/references/ or by a path."""
     if is_zoo_source(name_or_path):
         return robustbench_rows(name_or_path)
     return paper_rows(name_or_path)
 
 
 def paper_rows(name_or_path: str) -> list[ReferenceRow]:
-    """Rows of a reference file, given its name in leaderboards/ or a path (a name without a suffix is a name)."""
+    """Rows of a reference file, given its name in rome_bench/references/ or a path (a name without a suffix is a
+    name)."""
     path = Path(name_or_path)
     if not path.suffix:
         path = LEADERBOARDS_DIR / f"{name_or_path}.json"

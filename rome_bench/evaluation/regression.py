@@ -1,13 +1,14 @@
 """Regression checks against reference numbers: ``rome-bench check --reference FILE``.
 
-A reference file (``leaderboards/reference/<name>.json``) lists checks; each names a model (a run directory,
-relative to the file), a suite, a dataset split and a fixed seeded subset of ``n_examples``, and the counts of
-correct examples it measured per column (``nat``, ``l1``, …, ``avg``, ``union``) out of ``totals``, plus the
-fingerprint of the data they were measured on. ``check`` re-evaluates the model (in a fresh store unless one is
-given) on the *same* examples with the same seeded attacks, so the only honest slack is re-measurement noise: float
-kernels that differ between CPUs (``ATEN_CPU_CAPABILITY`` default / avx2 / avx512) flip an example whose margin is
-at rounding level. A number passes when its re-measured count is within ±max(2 examples, 0.5% of the total) of the
-reference count (:func:`tolerance_examples`; a check may set ``"tolerance_examples"`` to widen it, with a reason).
+A reference file (``rome_bench/references/reference/<name>.json``, ``leaderboards/reference/`` in a checkout) lists
+checks; each names a model (a run directory, relative to the file), a suite, a dataset split and a fixed seeded
+subset of ``n_examples``, and the counts of correct examples it measured per column (``nat``, ``l1``, …, ``avg``,
+``union``) out of ``totals``, plus the fingerprint of the data they were measured on. ``check`` re-evaluates the
+model (in a fresh store unless one is given) on the *same* examples with the same seeded attacks, so the only honest
+slack is re-measurement noise: float kernels that differ between CPUs (``ATEN_CPU_CAPABILITY`` default / avx2 /
+avx512) flip an example whose margin is at rounding level. A number passes when its re-measured count is within
+±max(2 examples, 0.5% of the total) of the reference count (:func:`tolerance_examples`; a check may set
+``"tolerance_examples"`` to widen it, with a reason).
 
 The sampling interval of n examples (Wilson) is *not* the tolerance: it answers "how far could another sample of
 n examples land", which a deterministic re-measurement never asks; at 19/100 correct it is ±8 examples, wide enough
@@ -34,7 +35,7 @@ from rome_bench.evaluation.suites import SUITES
 from rome_bench.evaluation.table import Row
 from rome_bench.jsonfiles import read_json
 
-REFERENCE_DIR = Path(__file__).resolve().parents[2] / "leaderboards" / "reference"
+REFERENCE_DIR = Path(__file__).resolve().parents[1] / "references" / "reference"  # package data (in the wheel)
 MIN_TOLERANCE_EXAMPLES = 2  # examples a re-measurement may move on other float kernels, at least
 TOLERANCE_FRACTION = 0.005  # … or this fraction of the total, whichever is larger
 
@@ -61,7 +62,7 @@ class CheckResult:
 
 
 def read_reference(path: Path) -> dict[str, Any]:
-    """The reference document at ``path`` (or the name of one in leaderboards/reference/)."""
+    """The reference document at ``path`` (or the name of one in rome_bench/references/reference/)."""
     if not path.suffix:
         path = REFERENCE_DIR / f"{path}.json"
     if not path.is_file():

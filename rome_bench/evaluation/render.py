@@ -203,18 +203,23 @@ def output_path(format_: str, out: Path) -> Path:
     return out
 
 
+EMPTY_STORE = Path(":memory:")  # sqlite's in-memory database: an empty store that leaves no file
+
+
 def publish_leaderboard(store: Path | None, suite: str, dataset: str | None = None, format_: str = "md",
                         references: Sequence[str] = (), costs: bool = False, out: Path | None = None,
                         detail: bool = False) -> str:
     """``rome-bench leaderboard``: the suite's table (``detail``: pooled columns expanded into their threats) from
-    ``store`` (which must exist; None: the default store), to print, or written atomically to ``out`` (a page
+    ``store`` (which must exist; None: the default store, which may be missing when ``references`` are given), to
+    print, or written atomically to ``out`` (a page
     format: into that directory), in which case where it went, in one line."""
     from rome_bench.checkpoint import atomic_write_text
     from rome_bench.evaluation.store import existing_store
     from rome_bench.evaluation.suites import SUITES
 
     chosen = SUITES.get(suite)
-    with ResultStore(existing_store(store)) as results:
+    path = existing_store(store, optional=bool(references))  # references alone need no store
+    with ResultStore(path if path is not None else EMPTY_STORE) as results:
         if format_ not in RENDERERS:
             raise ConfigError(f"unknown format '{format_}'; choose one of: {', '.join(RENDERERS)}")
         if costs and format_ not in COST_FORMATS:

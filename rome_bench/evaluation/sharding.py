@@ -73,6 +73,16 @@ def _digest(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
+def check_slurm_available() -> None:
+    """Before anything loads: Slurm's commands are on PATH, or one line that says what to use instead."""
+    import shutil
+
+    missing = [command for command in ("sbatch", "srun") if shutil.which(command) is None]
+    if missing:
+        raise ConfigError(f"Slurm is not available here ({missing[0]} not found): run the shards in this process "
+                          f"with --executor local, or as local processes through submitit with --cluster local")
+
+
 @dataclass(frozen=True)
 class ShardPlan:
     """The units of one model's evaluation on a suite's threats, cut into shards, and where their files go."""
@@ -225,6 +235,8 @@ class ShardingRequest:
         if unsharded_only:
             raise ConfigError("--union-only and --eps-scale run unsharded: drop --shards, --executor, --shard-index "
                               "and --merge")
+        if chosen == "slurm" and cluster == "slurm" and shard_index is None and not merge:
+            check_slurm_available()
         return cls(shards, chosen, shard_index, merge, wait, slurm, cluster)
 
     def device(self, device: torch.device) -> torch.device:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -436,15 +437,43 @@ class ResultStore:
                            per_layer=json.loads(rest[0]), threats=json.loads(rest[1]), created=rest[2])
 
 
+DEFAULT_STORE_NAME = "rome-bench.sqlite"
+STORE_VARIABLE = "ROME_BENCH_STORE"
+
+
 def default_store() -> Path:
-    """The results store every command uses without --store: results.sqlite in the cache dir."""
-    from rome_bench.data import cache_dir
+    """The results store every command uses without --store: ``$ROME_BENCH_STORE`` if set, else
+    ``./rome-bench.sqlite``, one per project directory (the directory a command runs in), never one global file."""
+    return Path(os.environ.get(STORE_VARIABLE) or DEFAULT_STORE_NAME)
 
-    return cache_dir() / "results.sqlite"
+
+_DEFAULT_USED: list[Path] = []  # the default stores this process opened, for default_store_used()
 
 
-def existing_store(store: Path | None) -> Path:
-    """The store a reading command opens: ``store``, which must exist (reading never creates one), else the default."""
+def store_or_default(store: str | Path | None) -> Path:
+    """``store``, or the default store, remembered for :func:`default_store_used` (the CLI says which, once the
+    command succeeded, so results never land somewhere unseen and an error stays one line)."""
+    if store is not None:
+        return Path(store)
+    _DEFAULT_USED.append(default_store().absolute())
+    return default_store()
+
+
+def default_store_used() -> Path | None:
+    """The default store used since the last call, the latest one (None: every store was given explicitly)."""
+    used = _DEFAULT_USED[-1] if _DEFAULT_USED else None
+    _DEFAULT_USED.clear()
+    return used
+
+
+def existing_store(store: Path | None, optional: bool = False) -> Path | None:
+    """The store a reading command opens: ``store``, which must exist (reading never creates one), else the default
+    store, which must exist too, unless ``optional`` (then None when it does not)."""
     if store is not None and not store.exists():
         raise RomeBenchError(f"results store {store} does not exist; run rome-bench eval --store {store} first")
-    return store or default_store()
+    if store is None and not default_store().exists():
+        if optional:
+            return None
+        raise RomeBenchError(f"no results store here: {default_store()} does not exist (the default store is per "
+                             f"directory); run rome-bench eval in this directory first, or give --store FILE")
+    return store_or_default(store)

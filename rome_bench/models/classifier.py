@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -31,8 +32,13 @@ class ImageClassifier(nn.Module):
 
 def content_hash(model: nn.Module) -> str:
     """sha256 over parameter and buffer names and bytes: identical weights give identical hashes."""
+    return state_hash(model.state_dict())
+
+
+def state_hash(state: Mapping[str, torch.Tensor]) -> str:
+    """:func:`content_hash` of a model whose state dict is ``state`` (e.g. a weights file's tensors, unbuilt)."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(state.items()):
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode() + str(tensor.dtype).encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())

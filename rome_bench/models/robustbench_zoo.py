@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import pickle
 import sys
 import warnings
 from pathlib import Path
@@ -134,14 +135,27 @@ def load_zoo_model(name: str, dataset: str = "cifar10", threat_model: str = "Lin
     utils = import_robustbench()
     build_zoo_architecture(name, dataset, threat_model)  # a wrong name fails here, before any download
     path = checkpoint_path(name, dataset, threat_model, model_dir)
-    try:
-        return utils.load_model(model_name=name, model_dir=str(model_dir or default_model_dir()),
-                                dataset=zoo_dataset(dataset), threat_model=threat_model).eval()
-    except Exception as error:  # gdown, requests, torch.load: each means "no usable checkpoint here"
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if path.is_file():
-            raise ConfigError(f"RobustBench checkpoint {path} does not load into {name}'s architecture: {reason}; "
-                              f"replace it with the zoo's file") from error
-        raise ConfigError(f"RobustBench model {name}: {path} is missing and downloading it failed ({reason}); "
-                          f"put the checkpoint there (RobustBench's layout) or retry with network access") from error
+    # Library warnings (torch.load's about a pickled file) are held back: shown after a load, never before the line.
+    with warnings.catch_warnings(record=True) as held:
+        warnings.simplefilter("always")
+        try:
+            model = utils.load_model(model_name=name, model_dir=str(model_dir or default_model_dir()),
+                                     dataset=zoo_dataset(dataset), threat_model=threat_model).eval()
+        except Exception as error:  # gdown, requests, torch.load: each means "no usable checkpoint here"
+            raise _load_error(name, path, error) from error
+    for warning in held:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return model
+
+
+def _load_error(name: str, path: Path, error: Exception) -> ConfigError:
+    """One line: the checkpoint at ``path`` does not fit ``name``, or it is missing and could not be downloaded."""
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if isinstance(error, pickle.UnpicklingError):  # torch's own text is paragraphs long, with terminal escapes
+        reason = "it holds pickled objects, which are never unpickled (torch.load with weights_only)"
+    if path.is_file():
+        return ConfigError(f"RobustBench checkpoint {path} does not load into {name}'s architecture: {reason}; "
+                           f"replace it with the zoo's file")
+    return ConfigError(f"RobustBench model {name}: {path} is missing and downloading it failed ({reason}); "
+                       f"put the checkpoint there (RobustBench's layout) or retry with network access")
 

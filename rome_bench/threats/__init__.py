@@ -97,4 +97,5 @@ __all__ = [
 ]
 
 for _module in pkgutil.iter_modules(__path__):  # every threat module registers its threats on import
-    importlib.import_module(f"{__name__}.{_module.name}")
+    if _module.name != "imagecorruptions_compat":  # the [unseen] extra's library, imported when corruptions run
+        importlib.import_module(f"{__name__}.{_module.name}")

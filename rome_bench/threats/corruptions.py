@@ -62,17 +62,20 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image
-from scipy import ndimage
-from skimage import color
 from torch import nn
 
 from rome_bench.errors import ConfigError
-from rome_bench.threats import imagecorruptions_compat as compat
+from rome_bench.optional import optional_module
 from rome_bench.threats.base import Budget, Threat, UnboundedBudget, register_threat
+
+_WHAT = "common corruptions"
+cv2 = optional_module("cv2", "unseen", _WHAT)
+ndimage = optional_module("scipy.ndimage", "unseen", _WHAT)
+color = optional_module("skimage.color", "unseen", _WHAT)
+compat = optional_module("rome_bench.threats.imagecorruptions_compat", "unseen", _WHAT)
 
 CORRUPTIONS: tuple[str, ...] = (
     "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",

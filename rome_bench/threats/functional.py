@@ -52,11 +52,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from kornia.color import linear_rgb_to_rgb, rgb_to_linear_rgb
 from torch import nn
 
 from rome_bench.errors import ConfigError
+from rome_bench.optional import optional_module
 from rome_bench.threats.base import Budget, BudgetCheck, Threat, keep_first_success, per_example, register_threat
+
+kornia_color = optional_module("kornia.color", "unseen", "ReColorAdv")
 
 SMOOTHNESS_EPS = 1e-10
 REPLAY_TOLERANCE = 1e-5
@@ -291,7 +293,7 @@ class CIELUV(ColourSpace):
         self.white_u, self.white_v = 4 * white_x / denominator, 9 * white_y / denominator
 
     def from_rgb(self, rgb: torch.Tensor) -> torch.Tensor:
-        linear = rgb_to_linear_rgb(rgb)
+        linear = kornia_color.rgb_to_linear_rgb(rgb)
         x, y, z = _mix(_RGB_TO_XYZ, linear).unbind(1)
         denominator = x + 15 * y + 3 * z + self.EPS
         u_prime, v_prime = 4 * x / denominator, 9 * y / denominator
@@ -310,7 +312,7 @@ class CIELUV(ColourSpace):
         x = y * 9 * u_prime / denominator
         z = y * (12 - 3 * u_prime - 20 * v_prime) / denominator
         linear = _mix(_XYZ_TO_RGB, torch.stack([x, y, z], dim=1).clamp(0, 1.1))
-        return linear_rgb_to_rgb(linear).clamp(0, 1)
+        return kornia_color.linear_rgb_to_rgb(linear).clamp(0, 1)
 
 
 COLOUR_SPACES: dict[str, type[ColourSpace]] = {"cieluv": CIELUV, "yuv": YPbPr, "rgb": ColourSpace}

@@ -35,6 +35,7 @@ from torch import nn
 
 from rome_bench.errors import ConfigError
 from rome_bench.models.autocast import plain_model
+from rome_bench.optional import require
 from rome_bench.threats.base import Budget, BudgetCheck
 
 ALEXNET_CHECKPOINT = "alexnet-owt-7be5be79.pth"
@@ -108,7 +109,7 @@ def normalize_flatten_features(features: list[torch.Tensor],
 @lru_cache(maxsize=2)
 def _alexnet_lpips(checkpoint: str) -> nn.Module:
     """The lpips package's AlexNet-LPIPS with its trunk loaded from a local torchvision checkpoint (no download)."""
-    import lpips
+    lpips = require("lpips", "unseen", "AlexNet-LPIPS")
 
     # fork_rng: building the network draws its random initial weights, which must not move the global RNG (a
     # threat's first call would otherwise start from other random draws than its later ones)

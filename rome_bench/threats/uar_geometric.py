@@ -60,11 +60,13 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from kornia.filters import filter2d
 from torch import nn
 
 from rome_bench.errors import ConfigError
+from rome_bench.optional import optional_module
 from rome_bench.threats.base import Budget, BudgetCheck, Threat, keep_first_success, per_example, register_threat
+
+kornia_filters = optional_module("kornia.filters", "unseen", "the elastic threat")
 
 RECONSTRUCTION_ATOL = 1e-4
 """How far (in [0,1] units) a re-rendered output may differ from the returned one in the budget check."""
@@ -228,7 +230,7 @@ class Elastic(ParametricAttack):
 
     def smooth(self, flow: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
         """Reflect-pad and convolve each flow channel with the (size, size) Gaussian kernel (same size out)."""
-        return filter2d(flow, kernel[None], border_type="reflect")
+        return kornia_filters.filter2d(flow, kernel[None], border_type="reflect")
 
     def render(self, state: _ElasticState, theta: torch.Tensor) -> torch.Tensor:
         offset = (self.smooth(theta, state.kernel) * state.to_grid).permute(0, 2, 3, 1)

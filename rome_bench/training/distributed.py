@@ -239,11 +239,48 @@ def rank_seed(seed: int, rank: int, step: int) -> int:
     return (seed * RANK_SEED_STRIDE + rank) * 1_000_003 + step
 
 
+def check_world_batch(batch_size: int, nproc: int) -> None:
+    """Before a launch: the global batch must give each of the ``nproc`` processes at least one example."""
+    if batch_size < nproc:
+        raise ConfigError(f"a global batch of {batch_size} examples (--batch-size) cannot be split over {nproc} "
+                          f"processes: give --batch-size >= {nproc}, or fewer processes with --nproc")
+
+
 def launch_processes(nproc: int, argv: list[str]) -> int:
-    """Run this ``rome-bench`` command line again under torchrun with ``nproc`` local processes; its exit code."""
+    """Run this ``rome-bench`` command line again under torchrun with ``nproc`` local processes; its exit code.
+
+    The processes' output passes through as it comes; once a rank prints rome-bench's one-line ``error: …``, what
+    follows (torchrun's ChildFailedError report and traceback) is dropped and the exit code is 2, as for one process.
+    """
     import subprocess
 
-    return subprocess.run(torchrun_command(nproc, argv), check=False).returncode
+    process = subprocess.Popen(torchrun_command(nproc, argv), stderr=subprocess.PIPE)
+    assert process.stderr is not None
+    user_error = False
+    line = b""
+    while chunk := os.read(process.stderr.fileno(), 4096):
+        if user_error:
+            continue  # drain, so the processes never block on a full pipe
+        start = len(line)
+        line += chunk
+        lines = line.split(b"\n")
+        for index, complete in enumerate(lines[:-1]):
+            if complete.startswith(b"error: "):
+                user_error = True
+                written = sum(len(part) + 1 for part in lines[:index + 1])
+                _write_stderr(line[start:written] if written > start else b"")
+                break
+        if not user_error:
+            _write_stderr(line[start:])
+            line = lines[-1]
+    code = process.wait()
+    return 2 if user_error and code != 0 else code
+
+
+def _write_stderr(data: bytes) -> None:
+    sys.stderr.flush()
+    sys.stderr.buffer.write(data)
+    sys.stderr.buffer.flush()
 
 
 def torchrun_command(nproc: int, argv: list[str]) -> list[str]:

@@ -90,10 +90,11 @@ def test_the_cli_quick_start_runs(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "site" / "index.html").is_file() and (tmp_path / "matrix.csv").is_file()
 
 
-def test_the_api_quick_start_runs(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("page", ["README.md", "docs/api.md"])
+def test_the_api_quick_start_runs(page, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ROME_BENCH_CACHE", str(tmp_path / "cache"))
-    exec(compile(block(README.read_text(), "api-example", "python"), "README.md", "exec"), {})
+    exec(compile(block((ROOT / page).read_text(), "api-example", "python"), page, "exec"), {})
     printed = capsys.readouterr().out
     assert "union" in printed and "pgd-linf" in printed
 

@@ -60,14 +60,17 @@ class Registry(Generic[T]):
         return decorator
 
     def add(self, name: str, obj: T, **metadata: Any) -> None:
+        """Register ``obj`` under ``name``; a second, different object under the same name is refused."""
         if name in self._entries and self._entries[name].obj is not obj:
             raise RomeBenchError(f"{self.kind} '{name}' is registered twice; choose another name")
         self._entries[name] = Entry(name, obj, dict(metadata))
 
     def get(self, name: str) -> T:
+        """The object registered under ``name`` (one-line error naming the closest known name otherwise)."""
         return self.entry(name).obj
 
     def entry(self, name: str) -> Entry[T]:
+        """The :class:`Entry` (object and metadata) registered under ``name``."""
         self._load_plugins()
         try:
             return self._entries[name]
@@ -75,10 +78,12 @@ class Registry(Generic[T]):
             raise UnknownEntryError(self._unknown_message(name)) from None
 
     def names(self) -> list[str]:
+        """Every registered name, sorted (plugins included)."""
         self._load_plugins()
         return sorted(self._entries)
 
     def entries(self) -> list[Entry[T]]:
+        """Every :class:`Entry`, sorted by name."""
         return [self._entries[name] for name in self.names()]
 
     def __contains__(self, name: object) -> bool:

@@ -1,6 +1,6 @@
 """Independent reference implementations used only by tests; each importer skips the test when it is absent.
 
-``.ci/run`` installs them without their pinned dependencies (see the README's "Reference libraries").
+``tox`` installs them without their pinned dependencies (tests/reference-requirements.txt; docs/testing.md).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The kornia-backed operations of the threats equal the hand-written code they replaced (values and gradients),
-and the hand-written operations kept because kornia's differ do differ (so the README's reasons stay true).
+and the hand-written operations kept because kornia's differ do differ (so docs/kornia.md's reasons stay true).
 
 The references are frozen copies of the pre-kornia code in tests/kornia_reference.py; timings are in
 bench/kornia_ops.py (not tested: they depend on the machine).
@@ -73,7 +73,7 @@ def test_elastic_flow_smoothing_equals_the_pre_kornia_implementation():
 
 
 def test_kornia_colour_conversions_that_stay_hand_written_differ_from_ours():
-    """The README keeps our CIELUV, YPbPr and JFIF YCbCr because kornia's constants differ by more than 1e-5."""
+    """docs/kornia.md keeps our CIELUV, YPbPr and JFIF YCbCr because kornia's constants differ by more than 1e-5."""
     images = _inputs(8, 3, 16, 16)
     luv = kornia.color.rgb_to_luv(images)
     scaled = torch.stack([luv[:, 0] / 100, (luv[:, 1] + 100) / 200, (luv[:, 2] + 100) / 200], dim=1)

@@ -64,7 +64,8 @@ class ModelFamily(ABC):
         self.options = options if options is not None else self.Options()
 
     @abstractmethod
-    def build(self, config: ModelConfig, info: DatasetInfo) -> ImageClassifier: ...
+    def build(self, config: ModelConfig, info: DatasetInfo) -> ImageClassifier:
+        """The model: an :class:`ImageClassifier` taking [0, 1] images of the dataset ``info`` describes."""
 
     def routing(self, config: ModelConfig) -> RoutingChoice | None:
         """The routing loss the trainer adds to every recipe on this family (None: no routing loss)."""
@@ -89,6 +90,8 @@ FAMILIES: Registry[type[ModelFamily]] = Registry("families")
 
 
 def register_family(name: str, has_experts: bool, citation: str) -> Callable[[type[ModelFamily]], type[ModelFamily]]:
+    """Class decorator: register a :class:`ModelFamily` under ``name`` (``--family NAME``, ``NAME+RECIPE``)."""
+
     def decorator(cls: type[ModelFamily]) -> type[ModelFamily]:
         cls.name = name
         cls.has_experts = has_experts

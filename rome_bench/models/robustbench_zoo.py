@@ -38,7 +38,7 @@ MODEL_DIR_VARIABLE = "ROME_BENCH_ROBUSTBENCH_DIR"  # where checkpoints are looke
 
 AUTOATTACK_SUBMODULES = ("autoattack", "autopgd_base", "fab_base", "fab_pt", "other_utils", "square", "state")
 INSTALL_HINT = ("pip install --no-deps robustbench==1.1.1 gdown==5.1.0 && pip install 'rome-bench[zoo]' "
-                "(see README, RobustBench zoo)")
+                "(see docs/zoo.md)")
 
 
 def is_zoo_source(source: object) -> bool:

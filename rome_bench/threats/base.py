@@ -85,7 +85,8 @@ class Budget(ABC):
     """What a threat promises about its output; checked by the runner on every batch."""
 
     @abstractmethod
-    def check(self, clean: torch.Tensor, perturbed: torch.Tensor) -> BudgetCheck: ...
+    def check(self, clean: torch.Tensor, perturbed: torch.Tensor) -> BudgetCheck:
+        """Measure each example of ``perturbed`` against the budget, relative to ``clean``."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ class LpBudget(Budget):
     rel_tol: float = 1e-5
 
     def check(self, clean: torch.Tensor, perturbed: torch.Tensor) -> BudgetCheck:
+        """Each example's ‖δ‖_p against ε·(1 + ``rel_tol``)."""
         delta = (perturbed - clean).flatten(1).double()
         measured = delta.norm(p=LP_ORDERS[self.norm], dim=1)
         return BudgetCheck(measured, self.eps * (1 + self.rel_tol), f"‖δ‖_{self.norm.removeprefix('l')}")
@@ -109,6 +111,7 @@ class UnboundedBudget(Budget):
     description: str
 
     def check(self, clean: torch.Tensor, perturbed: torch.Tensor) -> BudgetCheck:
+        """Nothing to measure: every example passes (finiteness and [0, 1] are checked by the runner)."""
         return BudgetCheck(torch.zeros(len(clean), dtype=torch.float64), 0.0, self.description)
 
 

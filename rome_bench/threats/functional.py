@@ -281,7 +281,7 @@ class CIELUV(ColourSpace):
     """CIE 1976 L*u*v* of sRGB (D65 white of the sRGB matrix), scaled as (L/100, (u+100)/200, (v+100)/200).
 
     The sRGB transfer curves are kornia's (bit-identical to the hand-written ones they replaced); the XYZ matrix,
-    white point and L*u*v* formulas stay hand-written: kornia's ``rgb_to_luv`` uses other constants (README,
+    white point and L*u*v* formulas stay hand-written: kornia's ``rgb_to_luv`` uses other constants (docs/kornia.md,
     "What is kornia, what stays hand-written").
     """
 

@@ -20,8 +20,8 @@ A run of W processes trains one model on the same global batches as one process 
 ``rome-bench train --nproc N`` launches this itself: :func:`launch_processes` runs the same command line again under
 torchrun (:func:`torchrun_command`).
 
-Not global (per rank, documented in the README): BatchNorm batch statistics, the sparse MoE's per-batch capacity
-and routing-noise scale.
+Not global (per rank, documented in docs/distributed.md): BatchNorm batch statistics, the sparse MoE's per-batch
+capacity and routing-noise scale.
 """
 
 from __future__ import annotations

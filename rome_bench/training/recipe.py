@@ -50,6 +50,8 @@ from rome_bench.training.distributed import Distributed
 
 @dataclass(frozen=True)
 class Batch:
+    """One training batch as a recipe sees it."""
+
     images: torch.Tensor  # [0, 1], on the training device (augmented)
     labels: torch.Tensor
     step: int  # global optimizer step, 0-based
@@ -58,6 +60,8 @@ class Batch:
 
 @dataclass
 class StepResult:
+    """What a recipe's step returns: its loss, values to log and per-column correct counts."""
+
     loss: torch.Tensor  # the recipe's loss; after Recipe.update, what was back-propagated (+ the routing loss)
     logs: dict[str, float] = field(default_factory=dict)  # averaged per epoch into the progress bar and metadata
     correct: dict[str, tuple[int, int]] = field(default_factory=dict)  # column -> (correct, total) this step
@@ -203,6 +207,8 @@ class Recipe(ABC):
         """The recipe's training threats (their order fixes the threat ids the routing loss sees)."""
 
     def threats(self) -> list[Threat]:
+        """The training threats, built once (:meth:`build_threats`); refuses ``--train-attack`` for a recipe with its
+        own attack."""
         if self.own_attack is not None and self.attack_kind != "pgd":
             raise ConfigError(f"{self.name} generates its examples with {self.own_attack}; --train-attack "
                               f"{self.attack_kind} does not apply: use --train-attack pgd")

@@ -15,6 +15,9 @@ output formats.
 * A pooled column (``Suite.aggregates``: Com. Corr. over 75 corruption × severity threats, Percep. ℓp over five
   UAR threats) shows the mean accuracy over its threats; its interval pools their outcomes like Avg's.
 * A threat that cannot attack a model (GMA on a model without gates) shows "n/a" and is left out of the unions.
+* A union column (``Suite.union_columns``: the adaptive suite's AA and Adaptive) counts, per example, correctness under
+  every threat of its members; its Flags and Costs are its members' summed. A gap column (``Suite.gaps``) shows the
+  difference of two columns' accuracies in percentage points, without an interval.
 * Suites with ``union_with`` (the unseen suite) add "Union (all)": per example over this suite's threats and
   those of a stored run of the named suite (e.g. ``seen``) on the same examples; "–" until that run exists.
 * Gating columns ("Routing div.", "Gate clf. %"): for models with a stored gating score on the same dataset
@@ -84,6 +87,16 @@ def _merged_flags(store: ResultStore, run: SuiteRun, keys: list[str]) -> dict[st
     return merged
 
 
+def _first_shown(keys_of: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Each column's threat keys less those an earlier column shows: a union column's flags are not repeated."""
+    shown: set[str] = set()
+    first: dict[str, list[str]] = {}
+    for column, keys in keys_of.items():
+        first[column] = [key for key in keys if key not in shown]
+        shown.update(keys)
+    return first
+
+
 def _merged_cost(store: ResultStore, run: SuiteRun, keys: list[str]) -> BatchCost | None:
     costs = [cost for key in keys if (cost := store.cost(run.model_hash, key, run.dataset))]
     if not costs:
@@ -124,18 +137,22 @@ def measured_row(store: ResultStore, run: SuiteRun, suite: Suite) -> Row | None:
                 not_applicable.add(column)
             continue
         keys_of[column] = [key for m in members for key in stored.keys[m]]
-        if full or column == "nat":
-            cells[column] = pooled_cell([r for m in members for r in stored.results[m]], run.example_ids)
+        per_threat = [r for m in members for r in stored.results[m]]
+        if full and column in suite.union_columns:
+            cells[column] = union_cell(per_threat, run.example_ids)
+        elif full or column == "nat":
+            cells[column] = pooled_cell(per_threat, run.example_ids)
     cells["union"] = union_cell(everything, run.example_ids)
-    threat_columns = [c for c in cells if c not in ("nat", "union")]
+    gaps = {c: cells[a].accuracy - cells[b].accuracy for c, (a, b) in suite.gaps.items() if a in cells and b in cells}
+    threat_columns = [c for c in cells if c not in ("nat", "union", *suite.union_columns)]
     if full and suite.show_avg and threat_columns:
         cells["avg"] = Cell(sum(cells[c].correct for c in threat_columns), sum(cells[c].total for c in threat_columns))
     if suite.union_with and (combined := union_with_cell(store, run, suite, everything)):
         cells["union-all"] = combined
     return Row(label=run.label, method=run.method, dataset=run.dataset_name, n=len(run.example_ids),
-               values={c: cell.accuracy for c, cell in cells.items()},
+               values={**{c: cell.accuracy for c, cell in cells.items()}, **gaps},
                intervals={c: cell.interval for c, cell in cells.items()},
-               flags={c: f for c, keys in keys_of.items() if (f := _merged_flags(store, run, keys))},
+               flags={c: f for c, keys in _first_shown(keys_of).items() if (f := _merged_flags(store, run, keys))},
                costs={c: cost for c, keys in keys_of.items() if (cost := _merged_cost(store, run, keys))},
                mode=run.mode, model_hash=run.model_hash, counts=cells, not_applicable=not_applicable,
                fingerprint=run.dataset)

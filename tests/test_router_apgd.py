@@ -98,7 +98,7 @@ def test_adaptive_is_the_per_example_union_and_never_above_autoattack(tmp_path, 
     """Gated model: Adaptive = examples robust under every AA, router-APGD and GMA threat; AA = under every AA
     threat; so Adaptive ≤ AA and the gap column is their difference. Plain model: the router attacks and GMA are n/a
     and Adaptive = AA."""
-    ids = list(range(16))
+    ids = list(range(8))
     suite = SUITES.get("adaptive")
     with ResultStore(tmp_path / "r.sqlite") as store:
         threats = run_adaptive(store, gated_model, "gated", synthetic_test, ids)

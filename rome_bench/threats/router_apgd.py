@@ -25,7 +25,11 @@ else — random start, checkpoints, momentum, ℓ1's 3ε → 2ε → ε schedule
 
 Gradients through routing: the misrouting term differentiates the **soft** gates, which every family records
 (``fused``) whatever its dispatch, so a hard top-k router (sparse-moe, moe-ffn, ReMoE top-k, RoME top-k) still
-gives the attack a routing gradient; DWF's and MORE's soft mixtures are attacked end to end. Stochastic routing
+gives the attack a routing gradient. With ``relax`` (default) the attack also runs the model inside
+``models.gates.relaxed_routing``: those top-k layers keep their own forward value, bit for bit, but backpropagate
+through the dense mixture under the soft gates (straight-through), so the classification term, too, sees what
+switching experts would do; the decision stays the model's own. DWF's and MORE's soft mixtures are attacked end to
+end. Stochastic routing
 (an inference variant ``random``) is handled by EoT: ``eot_iter`` averages the gradient over that many draws.
 
 The threat applies to models with gates (``has_gates``); on a model without them the misrouting term is empty and
@@ -34,6 +38,7 @@ the attack would be AutoAttack's own APGD-CE, so the runner stores it as "not ap
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any, ClassVar
 
@@ -42,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rome_bench.errors import ConfigError
-from rome_bench.models.gates import gating_modules, has_gates
+from rome_bench.models.gates import gating_modules, has_gates, relaxed_routing
 from rome_bench.threats.autoattack import PYAUTOATTACK_NORMS, _WarningCollector, set_apgd_iterations
 from rome_bench.threats.base import Budget, LpBudget, Threat, register_threat
 from rome_bench.threats.gma import misrouting_loss, model_gates
@@ -99,7 +104,7 @@ class RouterAwareAPGD(Threat):
     norm: ClassVar[str]
 
     def __init__(self, eps: float, attacks: tuple[str, ...] | list[str] = ROUTER_ATTACKS, n_iter: int = 100,
-                 seed: int = 0, gate_weight: float = 1.0, eot_iter: int = 1) -> None:
+                 seed: int = 0, gate_weight: float = 1.0, eot_iter: int = 1, relax: bool = True) -> None:
         unknown = [a for a in attacks if a not in ROUTER_ATTACKS]
         if eps <= 0 or n_iter < 1 or eot_iter < 1 or not attacks or unknown:
             raise ConfigError(f"{self.name}: needs eps > 0, n_iter >= 1, eot_iter >= 1 and attacks from "
@@ -110,12 +115,13 @@ class RouterAwareAPGD(Threat):
         self.seed = int(seed)
         self.gate_weight = float(gate_weight)
         self.eot_iter = int(eot_iter)
+        self.relax = bool(relax)
         self.successes: dict[str, int] = {}
         self._flags: dict[str, int] = {}
 
     def params(self) -> dict[str, Any]:
         return {"eps": self.eps, "attacks": list(self.attacks), "n_iter": self.n_iter, "seed": self.seed,
-                "gate_weight": self.gate_weight, "eot_iter": self.eot_iter}
+                "gate_weight": self.gate_weight, "eot_iter": self.eot_iter, "relax": self.relax}
 
     def budget(self) -> Budget:
         return LpBudget(self.norm, self.eps)
@@ -151,8 +157,9 @@ class RouterAwareAPGD(Threat):
                     break
                 attack = misrouting_apgd(model, self.norm, self.eps, self.n_iter, self.seed, self.gate_weight,
                                          target, self.eot_iter)
-                with torch.no_grad():
+                with relaxed_routing() if self.relax else contextlib.nullcontext():
                     perturbed = attack.perturb(images[remaining].clone(), labels[remaining].clone()).clamp(0, 1)
+                with torch.no_grad():
                     fooled = model(perturbed).argmax(1) != labels[remaining]
                 result[remaining[fooled]] = perturbed[fooled].to(result.dtype)
                 robust[remaining[fooled]] = False

@@ -115,3 +115,16 @@ def test_adaptive_is_the_per_example_union_and_never_above_autoattack(tmp_path, 
     assert {"aa", "adaptive"} <= set(gated.costs) and gated.costs["adaptive"].seconds > gated.costs["aa"].seconds
     plain = rows["plain"]
     assert plain.values["adaptive"] == plain.values["aa"] and plain.values["gap"] == 0
+
+
+def test_stochastic_routing_gets_expectation_over_transformation(gated_model, correct_batch):  # noqa: F811
+    """Under random gating (two forwards differ) the gradient is averaged over eot_random draws; else eot_iter."""
+    from rome_bench.models.gates import inference_variant
+
+    images, labels = correct_batch[0][:4], correct_batch[1][:4]
+    threat = THREATS.get("router-apgd-linf")(1 / 255, attacks=("untargeted",), n_iter=1, eot_random=3)
+    threat(gated_model, images, labels)
+    assert threat.draws == 1
+    with inference_variant(gated_model, "random"):
+        threat(gated_model, images, labels)
+    assert threat.draws == 3

@@ -30,7 +30,10 @@ gives the attack a routing gradient. With ``relax`` (default) the attack also ru
 through the dense mixture under the soft gates (straight-through), so the classification term, too, sees what
 switching experts would do; the decision stays the model's own. DWF's and MORE's soft mixtures are attacked end to
 end. Stochastic routing
-(an inference variant ``random``) is handled by EoT: ``eot_iter`` averages the gradient over that many draws.
+(an inference variant ``random``, routing noise) is handled by EoT: the gradient is averaged over ``eot_iter``
+draws, and over at least ``eot_random`` (20, AutoAttack-rand's value) when two forward passes of the clean batch
+differ. The runner still classifies each output with one draw; the per-example worst case over several evaluation
+draws is not implemented.
 
 The threat applies to models with gates (``has_gates``); on a model without them the misrouting term is empty and
 the attack would be AutoAttack's own APGD-CE, so the runner stores it as "not applicable".
@@ -98,13 +101,20 @@ def misrouting_apgd(model: nn.Module, norm: str, eps: float, n_iter: int, seed: 
     return attack
 
 
+def is_random(model: nn.Module, images: torch.Tensor) -> bool:
+    """Whether two forward passes of ``images`` give different logits (stochastic routing or noise)."""
+    with torch.no_grad():
+        return not torch.equal(model(images), model(images))
+
+
 class RouterAwareAPGD(Threat):
     """APGD on CE − misrouting: untargeted (least-likely expert), then targeted toward each expert in turn."""
 
     norm: ClassVar[str]
 
     def __init__(self, eps: float, attacks: tuple[str, ...] | list[str] = ROUTER_ATTACKS, n_iter: int = 100,
-                 seed: int = 0, gate_weight: float = 1.0, eot_iter: int = 1, relax: bool = True) -> None:
+                 seed: int = 0, gate_weight: float = 1.0, eot_iter: int = 1, relax: bool = True,
+                 eot_random: int = 20) -> None:
         unknown = [a for a in attacks if a not in ROUTER_ATTACKS]
         if eps <= 0 or n_iter < 1 or eot_iter < 1 or not attacks or unknown:
             raise ConfigError(f"{self.name}: needs eps > 0, n_iter >= 1, eot_iter >= 1 and attacks from "
@@ -116,12 +126,15 @@ class RouterAwareAPGD(Threat):
         self.gate_weight = float(gate_weight)
         self.eot_iter = int(eot_iter)
         self.relax = bool(relax)
+        self.eot_random = int(eot_random)
+        self.draws = self.eot_iter
         self.successes: dict[str, int] = {}
         self._flags: dict[str, int] = {}
 
     def params(self) -> dict[str, Any]:
         return {"eps": self.eps, "attacks": list(self.attacks), "n_iter": self.n_iter, "seed": self.seed,
-                "gate_weight": self.gate_weight, "eot_iter": self.eot_iter, "relax": self.relax}
+                "gate_weight": self.gate_weight, "eot_iter": self.eot_iter, "relax": self.relax,
+                "eot_random": self.eot_random}
 
     def budget(self) -> Budget:
         return LpBudget(self.norm, self.eps)
@@ -148,6 +161,7 @@ class RouterAwareAPGD(Threat):
         result = images.detach().clone()
         robust = torch.ones(len(images), dtype=torch.bool, device=images.device)
         self.successes = {}
+        self.draws = max(self.eot_iter, self.eot_random) if is_random(model, images) else self.eot_iter
         warnings = _WarningCollector()
         _LOGGER.addHandler(warnings)
         try:
@@ -156,7 +170,7 @@ class RouterAwareAPGD(Threat):
                 if len(remaining) == 0:
                     break
                 attack = misrouting_apgd(model, self.norm, self.eps, self.n_iter, self.seed, self.gate_weight,
-                                         target, self.eot_iter)
+                                         target, self.draws)
                 with relaxed_routing() if self.relax else contextlib.nullcontext():
                     perturbed = attack.perturb(images[remaining].clone(), labels[remaining].clone()).clamp(0, 1)
                 with torch.no_grad():

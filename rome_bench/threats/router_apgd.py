@@ -58,6 +58,7 @@ from rome_bench.threats.gma import misrouting_loss, model_gates
 ROUTER_ATTACKS = ("untargeted", "targeted")
 _STANDARD = {"linf": (1, False), "l2": (1, False), "l1": (5, True)}  # norm -> (restarts, ℓ1 ε-schedule)
 _LOGGER = logging.getLogger("rome_bench.router_apgd")
+_LOGGER.propagate = False  # its warnings become validity flags (call_flags), not log lines
 
 
 def _apgd_class() -> type:

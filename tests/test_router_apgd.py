@@ -105,6 +105,7 @@ def test_adaptive_is_the_per_example_union_and_never_above_autoattack(tmp_path, 
         run_adaptive(store, undefended_model, "plain", synthetic_test, ids)
         rows = {row.model_hash: row for row in build_leaderboard(store, suite)}
         results = {t.column: store.correctness("gated", t.key, synthetic_test.fingerprint) for t in threats}
+        costs = [store.cost("gated", t.key, synthetic_test.fingerprint) for t in threats if t.name != "clean"]
     aa_robust = [i for i in ids if all(results[c][i] for c in ("l1", "l2", "linf"))]
     adaptive_robust = [i for i in aa_robust if all(results[c][i] for c in ("router-l1", "router-l2", "router-linf",
                                                                            "gma"))]
@@ -112,7 +113,9 @@ def test_adaptive_is_the_per_example_union_and_never_above_autoattack(tmp_path, 
     assert gated.counts["aa"].correct == len(aa_robust) and gated.counts["adaptive"].correct == len(adaptive_robust)
     assert gated.values["adaptive"] <= gated.values["aa"] and gated.values["adaptive"] == gated.values["union"]
     assert gated.values["gap"] == pytest.approx(gated.values["aa"] - gated.values["adaptive"])
-    assert {"aa", "adaptive"} <= set(gated.costs) and gated.costs["adaptive"].seconds > gated.costs["aa"].seconds
+    aa_cost, adaptive_cost = gated.costs["aa"], gated.costs["adaptive"]  # totals over each column's threats
+    assert aa_cost.examples == adaptive_cost.examples == len(ids) and adaptive_cost.seconds > aa_cost.seconds
+    assert adaptive_cost.forward_images == sum(store_cost.forward_images for store_cost in costs)
     plain = rows["plain"]
     assert plain.values["adaptive"] == plain.values["aa"] and plain.values["gap"] == 0
 

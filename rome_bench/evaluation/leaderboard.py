@@ -16,8 +16,9 @@ output formats.
   UAR threats) shows the mean accuracy over its threats; its interval pools their outcomes like Avg's.
 * A threat that cannot attack a model (GMA on a model without gates) shows "n/a" and is left out of the unions.
 * A union column (``Suite.union_columns``: the adaptive suite's AA and Adaptive) counts, per example, correctness under
-  every threat of its members; its Flags and Costs are its members' summed. A gap column (``Suite.gaps``) shows the
-  difference of two columns' accuracies in percentage points, without an interval.
+  every threat of its members; its Flags are its members' (those no earlier column shows) and its Costs their
+  total per example (so Adaptive's cost over AA's is the suite's cost relative to AutoAttack). A gap column
+  (``Suite.gaps``) shows the difference of two columns' accuracies in percentage points, without an interval.
 * Suites with ``union_with`` (the unseen suite) add "Union (all)": per example over this suite's threats and
   those of a stored run of the named suite (e.g. ``seen``) on the same examples; "–" until that run exists.
 * Gating columns ("Routing div.", "Gate clf. %"): for models with a stored gating score on the same dataset
@@ -97,11 +98,17 @@ def _first_shown(keys_of: dict[str, list[str]]) -> dict[str, list[str]]:
     return first
 
 
-def _merged_cost(store: ResultStore, run: SuiteRun, keys: list[str]) -> BatchCost | None:
+def _merged_cost(store: ResultStore, run: SuiteRun, keys: list[str], union: bool = False) -> BatchCost | None:
+    """The threats' costs summed. A pooled column counts every (threat, example) pair, so its per-example figures are
+    per threat; a union column (``union``) counts each example once, so they are its threats' total per example."""
     costs = [cost for key in keys if (cost := store.cost(run.model_hash, key, run.dataset))]
     if not costs:
         return None
-    return BatchCost(*(sum(getattr(cost, f.name) for cost in costs) for f in dataclasses.fields(BatchCost)))
+    total = BatchCost(*(sum(getattr(cost, f.name) for cost in costs) for f in dataclasses.fields(BatchCost)))
+    if union:
+        total = dataclasses.replace(total, examples=max(c.examples for c in costs),
+                                    attacked=max(c.attacked for c in costs))
+    return total
 
 
 def union_with_cell(store: ResultStore, run: SuiteRun, suite: Suite, own: list[dict[int, bool]]) -> Cell | None:
@@ -153,7 +160,8 @@ def measured_row(store: ResultStore, run: SuiteRun, suite: Suite) -> Row | None:
                values={**{c: cell.accuracy for c, cell in cells.items()}, **gaps},
                intervals={c: cell.interval for c, cell in cells.items()},
                flags={c: f for c, keys in _first_shown(keys_of).items() if (f := _merged_flags(store, run, keys))},
-               costs={c: cost for c, keys in keys_of.items() if (cost := _merged_cost(store, run, keys))},
+               costs={c: cost for c, keys in keys_of.items()
+                      if (cost := _merged_cost(store, run, keys, union=c in suite.union_columns))},
                mode=run.mode, model_hash=run.model_hash, counts=cells, not_applicable=not_applicable,
                fingerprint=run.dataset)
 

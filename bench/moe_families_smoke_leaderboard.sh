@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every mixture-of-experts defence of issue 12 beside RoME+MAX and MAX, at smoke size on one CIFAR-10 subset, on one
-# `seen` leaderboard with training costs, the adaptive (GMA) leaderboard, and the sparse MoE's fixed-expert rows.
+# `seen` leaderboard with training costs, the GMA leaderboard (suite gma-pgd), and the sparse MoE's fixed-expert rows.
 # Smoke-size numbers show that each family trains and is measured the same way; they are NOT the papers' numbers
 # (micro/smoke backbones, about a thousand training images, a few epochs).
 #
@@ -37,7 +37,7 @@ DWF_OUT="$OUT/dwf" MORE_OUT="$OUT/more" STORE="$OUT/experts.sqlite" SUITE=seen-p
   bash "$(dirname "$0")/moe_families_experts.sh" "$OUT/experts" > /dev/null
 
 for name in rome-max max moe-ffn sparse-moe remoe dwf more; do
-  for suite in "$SUITE" adaptive; do
+  for suite in "$SUITE" gma-pgd; do
     "$RB" eval --run "$OUT/$name" --suite "$suite" --n-examples "$N" --store "$STORE" --data-dir "$DATA" \
       --label "$name" --no-progress > /dev/null
   done
@@ -48,5 +48,5 @@ done
 echo "## suite $SUITE, $N CIFAR-10 test images, with training costs"
 "$RB" leaderboard --suite "$SUITE" --store "$STORE" --costs
 echo
-echo "## adaptive: PGD, GMA and their per-example worst case (n/a: a model without gates)"
-"$RB" leaderboard --suite adaptive --store "$STORE"
+echo "## gma-pgd: PGD, GMA and their per-example worst case (n/a: a model without gates)"
+"$RB" leaderboard --suite gma-pgd --store "$STORE"

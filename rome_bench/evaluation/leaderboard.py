@@ -27,6 +27,10 @@ output formats.
 * A threat that cannot attack a model (PPGD/LPA with the model's own LPIPS on a model without transformer
   blocks) shows "n/a" and is left out of the unions. GMA on a model without gates is its CE term alone, flagged
   ``ce-only-no-gates``.
+* A union column (``Suite.union_columns``: the adaptive suite's AA and Adaptive) counts, per example, correctness under
+  every threat of its members; its Flags are its members' (those no earlier column shows) and its Costs their
+  total per example (so Adaptive's cost over AA's is the suite's cost relative to AutoAttack). A gap column
+  (``Suite.gaps``) shows the difference of two columns' accuracies in percentage points, without an interval.
 * Suites with ``union_with`` (the unseen suite) add "Union (all)": per example over this suite's threats and
   those of a stored run of the named suite (e.g. ``seen``) on the same examples; "–" until that run exists.
 * Gating columns ("Routing div.", "Gate clf. %"): for models with a stored gating score on the same dataset
@@ -107,6 +111,16 @@ def _merged_flags(store: ResultStore, run: SuiteRun, keys: list[str]) -> dict[st
     return merged
 
 
+def _first_shown(keys_of: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Each column's threat keys less those an earlier column shows: a union column's flags are not repeated."""
+    shown: set[str] = set()
+    first: dict[str, list[str]] = {}
+    for column, keys in keys_of.items():
+        first[column] = [key for key in keys if key not in shown]
+        shown.update(keys)
+    return first
+
+
 def _clean_conditioned(store: ResultStore, run: SuiteRun, keys: list[str], clean: dict[int, bool]) -> int:
     """(threat, example) pairs that corruptions stored under the older rule counted wrong, unevaluated, because
     the clean image was wrong (0 when the keys hold no such corruption)."""
@@ -116,10 +130,10 @@ def _clean_conditioned(store: ResultStore, run: SuiteRun, keys: list[str], clean
 
 def _row_flags(store: ResultStore, run: SuiteRun, keys_of: dict[str, list[str]],
                clean: dict[int, bool] | None) -> dict[str, dict[str, int]]:
-    """Column -> its threats' stored flags, plus ``clean-conditioned`` where a full run (``clean`` given) holds
-    corruptions stored under the older rule."""
+    """Column -> its threats' stored flags (those no earlier column shows), plus ``clean-conditioned`` where a full
+    run (``clean`` given) holds corruptions stored under the older rule."""
     flags = {}
-    for column, keys in keys_of.items():
+    for column, keys in _first_shown(keys_of).items():
         merged = _merged_flags(store, run, keys)
         if clean is not None and (count := _clean_conditioned(store, run, keys, clean)):
             merged[LEGACY_FLAG] = count
@@ -128,11 +142,17 @@ def _row_flags(store: ResultStore, run: SuiteRun, keys_of: dict[str, list[str]],
     return flags
 
 
-def _merged_cost(store: ResultStore, run: SuiteRun, keys: list[str]) -> BatchCost | None:
+def _merged_cost(store: ResultStore, run: SuiteRun, keys: list[str], union: bool = False) -> BatchCost | None:
+    """The threats' costs summed. A pooled column counts every (threat, example) pair, so its per-example figures are
+    per threat; a union column (``union``) counts each example once, so they are its threats' total per example."""
     costs = [cost for key in keys if (cost := store.cost(run.model_hash, key, run.dataset))]
     if not costs:
         return None
-    return BatchCost(*(sum(getattr(cost, f.name) for cost in costs) for f in dataclasses.fields(BatchCost)))
+    total = BatchCost(*(sum(getattr(cost, f.name) for cost in costs) for f in dataclasses.fields(BatchCost)))
+    if union:
+        total = dataclasses.replace(total, examples=max(c.examples for c in costs),
+                                    attacked=max(c.attacked for c in costs))
+    return total
 
 
 def column_keys(store: ResultStore, run: SuiteRun, suite: Suite) -> dict[str, list[str]]:
@@ -181,20 +201,25 @@ def measured_row(store: ResultStore, run: SuiteRun, suite: Suite) -> Row | None:
                 not_applicable.add(column)
             continue
         keys_of[column] = [key for m in members for key in stored.keys[m]]
-        if full or column == "nat":
-            cells[column] = pooled_cell([r for m in members for r in stored.results[m]], run.example_ids)
+        per_threat = [r for m in members for r in stored.results[m]]
+        if full and column in suite.union_columns:
+            cells[column] = union_cell(per_threat, run.example_ids)
+        elif full or column == "nat":
+            cells[column] = pooled_cell(per_threat, run.example_ids)
     cells["union"] = union_cell(everything, run.example_ids)
     spec_keys = column_keys(store, run, suite)
-    threat_columns = [c for c in cells if c not in ("nat", "union")]
+    gaps = {c: cells[a].accuracy - cells[b].accuracy for c, (a, b) in suite.gaps.items() if a in cells and b in cells}
+    threat_columns = [c for c in cells if c not in ("nat", "union", *suite.union_columns)]
     if full and suite.show_avg and threat_columns:
         cells["avg"] = Cell(sum(cells[c].correct for c in threat_columns), sum(cells[c].total for c in threat_columns))
     if suite.union_with and (combined := union_with_cell(store, run, suite, everything)):
         cells["union-all"] = combined
     return Row(label=run.label, method=run.method, dataset=run.dataset_name, n=len(run.example_ids),
-               values={c: cell.accuracy for c, cell in cells.items()},
+               values={**{c: cell.accuracy for c, cell in cells.items()}, **gaps},
                intervals={c: cell.interval for c, cell in cells.items()},
                flags=_row_flags(store, run, keys_of, (stored.results.get("nat") or [{}])[0] if full else None),
-               costs={c: cost for c, keys in keys_of.items() if (cost := _merged_cost(store, run, keys))},
+               costs={c: cost for c, keys in keys_of.items()
+                      if (cost := _merged_cost(store, run, keys, union=c in suite.union_columns))},
                mode=run.mode, model_hash=run.model_hash, counts=cells, not_applicable=not_applicable,
                fingerprint=run.dataset,
                specs={c: column_spec(store, keys) for c, keys in spec_keys.items()},

@@ -6,7 +6,10 @@ shown in the leaderboard's Flags column:
 * per batch, during the clean pass (stored under the 'clean' threat, so they describe the model):
   ``randomized`` — two forward passes of the same images differ, so a deterministic attack is the wrong tool
   (use AutoAttack's ``rand`` version); ``zero-gradient`` — clean-correct examples whose input gradient of the
-  cross-entropy is zero or vanishing (< 1e-12 in ℓ1), so gradient attacks cannot move them;
+  cross-entropy is zero or vanishing (< 1e-12 in ℓ1), so gradient attacks cannot move them; ``batch-dependent`` —
+  examples whose logits change (relative ℓ2 change > 1e-4, as for ``randomized``) when classified alone, or in
+  the batch shuffled, instead of in the evaluation batch (capacity-limited routing, batch statistics or routing
+  noise left on at evaluation make one example's prediction depend on the others: :func:`batch_dependence`);
 * raised by a threat itself (``Threat.call_flags``): ``black-box-success`` — Square succeeded where every
   white-box attack of AutoAttack failed; ``ce-only-no-gates`` — examples GMA attacked with its CE term alone
   because the model has no gates (so it is ℓ∞ PGD there); pyautoattack's own zero-gradient warning
@@ -43,6 +46,8 @@ def batch_model_flags(model: nn.Module, images: torch.Tensor, labels: torch.Tens
     differs = ((again - logits) / scale).norm(dim=1) > RANDOMNESS_TOLERANCE
     if differs.any():
         flags["randomized"] = int(differs.sum())
+    if dependent := int(batch_dependence(model, images, logits).sum()):
+        flags["batch-dependent"] = dependent
     if correct.any():
         chosen = correct.nonzero().squeeze(1).to(images.device)
         inputs = images[chosen].clone().requires_grad_(True)
@@ -53,6 +58,24 @@ def batch_model_flags(model: nn.Module, images: torch.Tensor, labels: torch.Tens
         if vanishing.any():
             flags["zero-gradient"] = int(vanishing.sum())
     return flags
+
+
+def _changed(logits: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Per row: whether ``logits`` differ from ``reference`` by more than the tolerance, relative to its norm."""
+    scale = reference.flatten(1).norm(dim=1, keepdim=True).clamp_min(1e-10)
+    return ((logits - reference) / scale).norm(dim=1) > RANDOMNESS_TOLERANCE
+
+
+def batch_dependence(model: nn.Module, images: torch.Tensor, logits: torch.Tensor,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per example: whether its logits in the batch (``logits``) differ from its logits when classified alone or
+    in the same batch in a shuffled order (a fixed permutation unless ``generator`` is given)."""
+    with torch.no_grad():
+        alone = torch.cat([model(images[i:i + 1]) for i in range(len(images))])
+        order = torch.randperm(len(images), generator=generator or torch.Generator().manual_seed(0)).to(images.device)
+        shuffled = torch.empty_like(logits)
+        shuffled[order] = model(images[order])
+    return (_changed(alone, logits) | _changed(shuffled, logits)).cpu()
 
 
 def refresh_computed_flags(store: ResultStore, model_hash: str, dataset: str) -> None:

@@ -18,12 +18,20 @@ family alike:
 * ``random``: gates drawn uniformly from the simplex per token; ``inverse``: (1 − g)/(K − 1); ``removed``: all 0
   (experts contribute nothing beside a backbone);
 * ``expert-k`` (k = 0..K−1): every example and token goes to expert k alone (one-hot), ``eval --route-to-expert k``.
+
+Attacks on hard top-k routing (:func:`relaxed_routing`): inside the context, a layer that dispatches to its top-k
+experts (sparse-moe's top-1 layers, RoME/moe-ffn ``top_k`` FFN experts, ReMoE ``top_k``) returns
+``hard.detach() + (soft − soft.detach())`` while autograd records, with ``soft`` the dense mixture under the soft
+gates: the forward value is the model's own, bit for bit (``soft − soft.detach()`` is exactly 0), and the backward
+pass is the dense mixture's, every expert weighted by its gate (a straight-through estimator of the top-k choice).
+Outside it nothing changes.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +41,7 @@ from torch import nn
 from rome_bench.errors import ConfigError
 
 INFERENCE_VARIANTS: tuple[str, ...] = ("random", "inverse", "removed")
+_RELAXED: ContextVar[bool] = ContextVar("rome_bench_relaxed_routing", default=False)
 FIXED_EXPERT_PREFIX = "expert-"
 
 
@@ -177,3 +186,25 @@ def inference_variant(model: nn.Module, variant: str | None) -> Iterator[nn.Modu
     finally:
         for module, saved in zip(gating_modules(model), previous, strict=True):
             module.variant = saved
+
+
+@contextlib.contextmanager
+def relaxed_routing() -> Iterator[None]:
+    """Hard top-k layers add the dense soft mixture's gradient to their backward pass (module docstring)."""
+    token = _RELAXED.set(True)
+    try:
+        yield
+    finally:
+        _RELAXED.reset(token)
+
+
+def straight_through(hard: torch.Tensor, soft: torch.Tensor | None) -> torch.Tensor:
+    """``hard``'s value with ``soft``'s gradient when routing is relaxed and autograd records; else ``hard``."""
+    if soft is None or not relaxing():
+        return hard
+    return hard.detach() + (soft - soft.detach()).to(hard.dtype)
+
+
+def relaxing() -> bool:
+    """Whether a hard top-k layer should compute its relaxed (dense) backward now."""
+    return _RELAXED.get() and torch.is_grad_enabled()

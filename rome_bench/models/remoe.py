@@ -78,7 +78,7 @@ from rome_bench.config import ModelConfig, RunConfig
 from rome_bench.errors import ConfigError
 from rome_bench.models.classifier import ImageClassifier
 from rome_bench.models.family import ModelFamily, build_backbone, register_family
-from rome_bench.models.gates import ExpertGate, GateOutput
+from rome_bench.models.gates import ExpertGate, GateOutput, relaxing, straight_through
 from rome_bench.presets import preset, register_preset
 
 if TYPE_CHECKING:
@@ -260,7 +260,7 @@ class AEAGate(ExpertGate):
             mask = torch.zeros_like(used).scatter(-1, chosen, 1.0)
             dispatch = mask.unsqueeze(1)
             self.record(RegionGateOutput(used.unsqueeze(1), self.layer, self.name, dispatch, region, saliency))
-            return used * mask
+            return straight_through(used * mask, used if relaxing() else None)
         self.record(RegionGateOutput(used.unsqueeze(1), self.layer, self.name, dispatch, region, saliency))
         return used
 

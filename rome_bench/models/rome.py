@@ -52,6 +52,7 @@ from rome_bench.errors import ConfigError
 from rome_bench.models.classifier import ImageClassifier
 from rome_bench.models.dual_gate import DualScaleGate, layer_beta
 from rome_bench.models.family import ModelFamily, RoutingChoice, build_backbone, register_family
+from rome_bench.models.gates import relaxing, straight_through
 
 if TYPE_CHECKING:
     from rome_bench.data import DatasetInfo
@@ -274,14 +275,18 @@ class FFNExpertMixture(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         tokens_in, shape = _as_tokens(hidden_states)
-        batch, tokens, _ = tokens_in.shape
         gates = self.gate(tokens_in)  # (B, T, K)
         if self.top_k:
-            return self._sparse(tokens_in, gates).reshape(*shape[:-1], -1)
+            dense = self._dense(tokens_in, gates).flatten(0, 1) if relaxing() else None
+            return straight_through(self._sparse(tokens_in, gates), dense).reshape(*shape[:-1], -1)
+        return self._dense(tokens_in, gates).reshape(*shape[:-1], -1)
+
+    def _dense(self, tokens_in: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+        """All K FFN experts on every token, weighted by the soft gates: (B, T, d)."""
+        batch, tokens, _ = tokens_in.shape
         hidden = self.act(F.linear(tokens_in, self.fc1_weight, self.fc1_bias))
         weighted = (hidden.view(batch, tokens, self.num_experts, self.hidden) * gates.unsqueeze(-1)).flatten(2)
-        output = F.linear(weighted, self.fc2_weight) + gates @ self.fc2_bias
-        return output.reshape(*shape[:-1], output.shape[-1])
+        return F.linear(weighted, self.fc2_weight) + gates @ self.fc2_bias
 
     def _sparse(self, tokens_in: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
         """Top-k dispatch: every expert's FFN on its routed tokens only, outputs scattered back with their weights."""

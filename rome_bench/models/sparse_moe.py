@@ -101,7 +101,7 @@ from rome_bench.config import DataConfig, ModelConfig, RunConfig
 from rome_bench.errors import ConfigError
 from rome_bench.models.classifier import ImageClassifier
 from rome_bench.models.family import ModelFamily, RoutingChoice, build_backbone, register_family
-from rome_bench.models.gates import ExpertGate, GateOutput
+from rome_bench.models.gates import ExpertGate, GateOutput, relaxing, straight_through
 from rome_bench.presets import preset, register_preset
 
 if TYPE_CHECKING:
@@ -240,7 +240,15 @@ class SparseMoELayer(nn.Module):
         if not rows:  # an empty batch: the output's shape, from expert 0 on no example
             return self.experts[0](x)
         order = torch.cat(rows)
-        return torch.cat(outputs)[torch.argsort(order)]  # back to batch order
+        hard = torch.cat(outputs)[torch.argsort(order)]  # back to batch order
+        return straight_through(hard, self._dense(x) if relaxing() else None)
+
+    def _dense(self, x: torch.Tensor) -> torch.Tensor:
+        """Σ_e q_e · expert_e(x) on every example: the soft mixture a relaxed attack differentiates."""
+        assert self.router.last is not None
+        gates = self.router.last.fused[:, 0]
+        outputs = [expert(x) for expert in self.experts]
+        return sum(gates[:, e].to(out.dtype).view(-1, *[1] * (out.ndim - 1)) * out for e, out in enumerate(outputs))
 
 
 def fresh_expert(module: nn.Module) -> nn.Module:

@@ -24,8 +24,9 @@ GMA follows the paper's loss, which can leave examples robust that plain ℓ∞ 
 misrouting term pulls away from the classification loss; measured on the committed ``cifar10-smoke-rome-max``
 model, 100 examples: GMA 17 robust, ``pgd-linf`` 15, flagged ``weaker-than-other``). ``gma-union`` reports the
 adaptive evaluation that is never weaker than PGD: per example, the worst case of GMA and of plain ℓ∞ PGD with the
-same ε, steps and step size (PGD attacks only the examples GMA left robust). The ``adaptive`` suite shows PGD ℓ∞,
-GMA and GMA∪PGD side by side.
+same ε, steps and step size (PGD attacks only the examples GMA left robust). The ``gma-pgd`` suite shows PGD ℓ∞,
+GMA and GMA∪PGD side by side; the ``adaptive`` suite runs GMA beside AutoAttack and router-aware APGD
+(``threats/router_apgd.py``).
 """
 
 from __future__ import annotations

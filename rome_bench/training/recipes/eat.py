@@ -26,11 +26,21 @@ Randomness and resume: the draw is ``torch.rand(())`` on the global CPU RNG, who
 and the running counts (robust-correct and seen, per norm) are the recipe's ``state_dict``; a resumed run draws
 the same norms. Deviations: the robust accuracy that feeds the counts is read from the update's own train-mode
 forward on the adversarial batch (no extra forward); the authors' code takes it from the attack (eval mode, an
-example counts as broken if any iterate fooled the model). The log ``l1_batches`` averages to the share of ℓ1
-batches in an epoch.
+example counts as broken if any iterate fooled the model). The log ``l1_batches`` is the share of ℓ1 examples
+in the step (1 or 0 when the draw is per batch), so it averages to the share of ℓ1 inputs in an epoch.
 
-On a family with experts every adversarial input of a batch carries the id of that batch's norm (ℓ1 = 0,
-ℓ∞ = 1), so L_div, which compares different threats within a batch, is 0 for E-AT (see ``recipes/at.py``).
+Routing on a family with experts (``rome+e-at``): every adversarial input carries the id of its norm (ℓ1 = 0,
+ℓ∞ = 1). L_div (paper Eq. 6-8) compares the mean gates of different threats *within a batch*, so with one norm per
+batch it is identically 0 and RoME+E-AT would train its gates with no diversification, though the paper reports
+RoME gains on E-AT (Tables 1-3) and applies RoME by adding λ·L_div to the base loss (Eq. 9, Sec. 4.5). The reading
+taken here: the norm is drawn **per example** (``draw = example``), with E-AT's probabilities (the same
+P(ℓ1) from the running robust errors, or 1 : 1 by row parity for ``schedule = alternate``), so a batch holds both
+norms and L_div has its pair, exactly as the paper's RANDOM (``recipes/mat.py``: one threat per example) does. A
+step still costs one attack per example; the schedule's running counts are kept per norm as before. Option
+``draw`` (``train.options.draw``): ``auto`` (default) = ``example`` on a family other than ``plain`` and ``batch``
+(the authors' rule, bit for bit the previous behaviour) on the plain backbone; ``batch`` or ``example`` force one.
+The other reading considered, L_div over a window of past batches, needs gates kept across steps (stale
+graphs or detached means) and is not implemented. With several processes each rank draws its own examples' norms.
 """
 
 from __future__ import annotations
@@ -45,21 +55,26 @@ from rome_bench.errors import CheckpointError, ConfigError
 from rome_bench.threats import Threat
 from rome_bench.training.attacks import training_threats
 from rome_bench.training.recipe import Batch, Recipe, StepContext, StepResult, register_recipe
+from rome_bench.training.recipes.mat import adversarial_inputs
 
 E_AT_NORMS: tuple[str, ...] = ("l1", "linf")  # threat ids 0 and 1
 L1, LINF = 0, 1
 SCHEDULES: tuple[str, ...] = ("robust-error", "alternate")
+DRAWS: tuple[str, ...] = ("auto", "batch", "example")
 STATE_KEYS: tuple[str, ...] = ("robust_correct", "robust_seen")
 
 
 @dataclass(frozen=True)
 class EATOptions:
     schedule: str = "robust-error"  # robust-error (P ∝ running robust error, the authors' rule) | alternate (1:1)
+    draw: str = "auto"  # auto (example on a family with experts, batch on plain) | batch | example
 
     def check(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"e-at: unknown schedule '{self.schedule}'; set train.options.schedule to one of "
                               f"{', '.join(SCHEDULES)}")
+        if self.draw not in DRAWS:
+            raise ConfigError(f"e-at: unknown draw '{self.draw}'; set train.options.draw to one of {', '.join(DRAWS)}")
 
 
 def l1_probability(robust_correct: torch.Tensor, robust_seen: torch.Tensor) -> float:
@@ -81,6 +96,16 @@ class ExtremeNormAT(Recipe):
         super().__init__(options, threats, attack)
         self.robust_correct = torch.zeros(len(E_AT_NORMS), dtype=torch.float64)
         self.robust_seen = torch.zeros(len(E_AT_NORMS), dtype=torch.float64)
+        self.family = "plain"  # set by check_family; decides draw = auto
+
+    def check_family(self, family: str) -> None:
+        super().check_family(family)
+        self.family = family
+
+    @property
+    def per_example(self) -> bool:
+        """Whether each example draws its own norm (``draw``; ``auto``: on every family but plain)."""
+        return self.options.draw == "example" or (self.options.draw == "auto" and self.family != "plain")
 
     def build_threats(self) -> list[Threat]:
         return training_threats(self.threat_config, self.attack_kind, norms=E_AT_NORMS)
@@ -95,19 +120,39 @@ class ExtremeNormAT(Recipe):
             draw = ctx.rank0_value(draw)
         return L1 if draw < l1_probability(self.robust_correct, self.robust_seen) else LINF
 
+    def choose_threats(self, step: int, batch_size: int) -> torch.Tensor:
+        """Per-example norm ids (draw = example): row parity for alternate (even rows ℓ1 on even steps), else
+        ℓ1 with P(ℓ1) per row, from the global torch RNG."""
+        if self.options.schedule == "alternate":
+            return (torch.arange(batch_size) + step) % 2
+        draws = torch.rand(batch_size)
+        return torch.where(draws < l1_probability(self.robust_correct, self.robust_seen), L1, LINF)
+
     def loss(self, ctx: StepContext, batch: Batch) -> StepResult:
         images, labels = batch.images, batch.labels
         clean_correct = int((ctx.eval_logits(images).argmax(1) == labels).sum())
-        threat_id = self.choose_threat(batch.step, ctx)
-        threat = self.threats()[threat_id]
-        logits = ctx.forward(ctx.attack(threat, images, labels), routing_ids=torch.full_like(labels, threat_id))
+        if self.per_example:
+            threat_ids = self.choose_threats(batch.step, len(labels)).to(labels)
+        else:
+            threat_ids = torch.full_like(labels, self.choose_threat(batch.step, ctx))
+        assignment = (torch.arange(len(labels), device=labels.device), threat_ids)
+        logits = ctx.forward(adversarial_inputs(ctx, self.threats(), images, labels, assignment),
+                             routing_ids=threat_ids)
         loss = F.cross_entropy(logits, labels)
-        robust = int((logits.argmax(1) == labels).sum())
-        robust_total, seen_total = ctx.global_sum([robust, len(labels)])  # the running counts of the global batches
-        self.robust_correct[threat_id] += robust_total
-        self.robust_seen[threat_id] += seen_total
-        logs = {"adv_loss": float(loss.detach()), "l1_batches": float(threat_id == L1)}
-        return StepResult(loss, logs, {"nat": (clean_correct, len(labels)), threat.column: (robust, len(labels))})
+        hits = logits.argmax(1) == labels
+        correct = {"nat": (clean_correct, len(labels))}
+        counts: list[float] = []
+        for threat_id, threat in enumerate(self.threats()):
+            chosen = threat_ids == threat_id
+            counts += [int(hits[chosen].sum()), int(chosen.sum())]
+            if chosen.any():
+                correct[threat.column] = (int(hits[chosen].sum()), int(chosen.sum()))
+        totals = torch.tensor(ctx.global_sum(counts), dtype=torch.float64).view(-1, 2)  # the global batches
+        self.robust_correct += totals[:, 0]
+        self.robust_seen += totals[:, 1]
+        l1_share = float((threat_ids == L1).float().mean())
+        logs = {"adv_loss": float(loss.detach()), "l1_batches": l1_share}
+        return StepResult(loss, logs, correct)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"robust_correct": self.robust_correct.clone(), "robust_seen": self.robust_seen.clone()}

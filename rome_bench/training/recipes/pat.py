@@ -63,11 +63,20 @@ Deviations, plainly:
 * The network "auto" resolves to is recorded in the recipe state: a run started with AlexNet-LPIPS refuses to
   resume on a machine where "auto" would give self-LPIPS (and vice versa).
 
-On a family with experts (``rome+pat``, ``rome+pat+vr``) the routing loss is added on the adversarial forward with
-every example labelled threat 0 (PAT has one threat). L_div (Eq. 6-8) needs two threats in a batch and is then
-exactly 0 (no NaN), so rome+pat trains the RoME model with the PAT loss alone; load-balance and importance do not
-read the threat ids and act as usual; gate-classification needs model.options.num_experts = 1 and is refused
-otherwise.
+Routing on a family with experts (``rome+pat``, ``rome+pat+vr``): the routing loss reads the adversarial forward,
+each example labelled by the perceptual threat that made it. With one LPIPS network (``lpips`` = auto, self or
+alexnet) every example is threat 0 and L_div (Eq. 6-8), which compares threats within a batch, is exactly 0: the
+gates get no diversification. The RoME paper (Sec. 5.1 and 5.2) trains RoME+PAT and RoME+PAT+VR "on AlexNet-based
+and self-model perceptual threats" and applies RoME as λ·L_div added to the base loss (Eq. 9); the reading taken
+here is that those two are the training threats of one run: ``lpips = alexnet+self`` builds two Fast-LPA threats,
+AlexNet-LPIPS (threat 0, ε = 1.0) and self-LPIPS (threat 1, ε = 0.5; ``bound`` must stay unset), and each example
+draws one uniformly from the global torch RNG (as RANDOM does), so a batch holds both and L_div has its pair. A step
+still costs one Fast-LPA per attacked example. It needs the AlexNet weights (a one-line error names the file,
+never a silent switch). PAT+VR's variation estimate then uses threat 0's (AlexNet, ε = 1) settings, Dai et al.'s
+CIFAR-10 PAT-VR setting. The paper could also mean two separate runs (OODRobustBench lists AlexNet- and
+self-bounded PAT models), so the single-network options stay, and ``auto`` (the default) keeps the previous
+behaviour. Load-balance and importance do not read the threat ids; gate-classification needs
+model.options.num_experts = the number of threats (1 or 2) and is refused otherwise.
 """
 
 from __future__ import annotations
@@ -88,6 +97,8 @@ from rome_bench.threats.perceptual import START_STD, PerceptualAttack, flat_norm
 from rome_bench.training.recipe import Batch, Recipe, StepContext, StepResult, register_recipe
 
 PAT_BOUNDS = {"self": 0.5, "alexnet": 1.0}  # CIFAR-10 training ε per LPIPS network (Laidlaw et al.'s models)
+PAT_PAIR = "alexnet+self"  # both of the RoME paper's perceptual threats in one run (threat ids 0 and 1)
+PAT_NETWORKS = (*LPIPS_BACKBONES, PAT_PAIR)
 FAST_LPA_PROJECTIONS = ("newtons", "bisection", "none")
 GRADIENT_EPS = 1e-8  # added to ‖∇L‖ before normalising
 RATE_EPS = 1e-4  # added to the LPIPS rate r before dividing the step by it (Fast-LPA's value)
@@ -224,7 +235,7 @@ class PATOptions:
 
     bound: float | None = None  # LPIPS ε; unset: 0.5 with self-LPIPS, 1.0 with AlexNet-LPIPS
     steps: int = 10  # Fast-LPA iterations S
-    lpips: str = "auto"  # auto | self | alexnet
+    lpips: str = "auto"  # auto | self | alexnet | alexnet+self (two threats, one per example)
     step_size: float | None = None  # LPIPS step length η; unset: ε
     decay_step_size: bool = True  # η_t = η·0.1^(t/S)
     penalty: float = 10.0  # λ of the Lagrangian penalty
@@ -238,8 +249,10 @@ class PATOptions:
         problems = [
             (self.bound is not None and not self.bound > 0, f"bound must be > 0, got {self.bound}"),
             (self.steps < 1, f"steps must be >= 1, got {self.steps}"),
-            (self.lpips not in LPIPS_BACKBONES, f"lpips must be one of {', '.join(LPIPS_BACKBONES)}, "
-                                                f"got '{self.lpips}'"),
+            (self.lpips not in PAT_NETWORKS, f"lpips must be one of {', '.join(PAT_NETWORKS)}, "
+                                             f"got '{self.lpips}'"),
+            (self.lpips == PAT_PAIR and self.bound is not None,
+             f"bound must stay unset with lpips={PAT_PAIR} (ε = 1.0 AlexNet, 0.5 self), got {self.bound}"),
             (self.step_size is not None and not self.step_size > 0, f"step_size must be > 0, got {self.step_size}"),
             (not self.penalty >= 0, f"penalty must be >= 0, got {self.penalty}"),
             (not self.h > 0, f"h must be > 0, got {self.h}"),
@@ -296,12 +309,19 @@ class PATRecipe(Recipe):
     own_attack = "Fast-LPA"
 
     def resolved_lpips(self) -> str:
-        return resolve_lpips_backbone(self.options.lpips)
+        """The LPIPS network of threat 0 ("auto" resolved; AlexNet for the pair)."""
+        return resolve_lpips_backbone("alexnet" if self.options.lpips == PAT_PAIR else self.options.lpips)
 
-    def attack_settings(self) -> dict[str, Any]:
-        """Fast-LPA's constructor arguments from the options (ε resolved by the LPIPS network)."""
+    @property
+    def paired(self) -> bool:
+        """Whether the run trains on both perceptual threats (``lpips = alexnet+self``)."""
+        return bool(self.options.lpips == PAT_PAIR)
+
+    def attack_settings(self, lpips: str | None = None) -> dict[str, Any]:
+        """Fast-LPA's constructor arguments from the options (ε resolved by the LPIPS network; ``lpips`` overrides
+        the network, for the pair's second threat)."""
         options = self.options
-        lpips = self.resolved_lpips()
+        lpips = lpips or self.resolved_lpips()
         bound = options.bound if options.bound is not None else PAT_BOUNDS[lpips]
         return {"bound": bound, "steps": options.steps, "lpips": lpips, "step_size": options.step_size,
                 "decay_step_size": options.decay_step_size, "penalty": options.penalty,
@@ -309,7 +329,12 @@ class PATRecipe(Recipe):
                 "projection": options.projection}
 
     def build_threats(self) -> list[Threat]:
-        return [FastLagrangePerceptualAttack(**self.attack_settings())]
+        threats: list[Threat] = [FastLagrangePerceptualAttack(**self.attack_settings())]
+        if self.paired:
+            second = FastLagrangePerceptualAttack(**self.attack_settings("self"))
+            second.column = "fast-lpa-self"  # its own training-accuracy column (threat 0 keeps "fast-lpa")
+            threats.append(second)
+        return threats
 
     @property
     def fast_lpa(self) -> FastLagrangePerceptualAttack:
@@ -317,27 +342,46 @@ class PATRecipe(Recipe):
         assert isinstance(threat, FastLagrangePerceptualAttack)
         return threat
 
-    def perceptual_examples(self, ctx: StepContext, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """(rows attacked, training inputs, clean correct count): Fast-LPA on the rows chosen, x elsewhere."""
+    def perceptual_examples(self, ctx: StepContext, batch: Batch,
+                            threat_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(rows attacked, training inputs, clean correct count): each row's Fast-LPA (``threat_ids``) on the rows
+        chosen, x elsewhere."""
         images, labels = batch.images, batch.labels
         clean_hits = ctx.eval_logits(images).argmax(1) == labels
         attacked = clean_hits if self.options.only_attack_correct else torch.ones_like(clean_hits)
-        return attacked, attack_rows(ctx, self.fast_lpa, images, labels, attacked), int(clean_hits.sum())
+        adversarial = images.clone()
+        for threat_id, threat in enumerate(self.threats()):
+            adversarial = torch.where(per_example(threat_ids == threat_id, images),
+                                      attack_rows(ctx, threat, images, labels, attacked & (threat_ids == threat_id)),
+                                      adversarial)
+        return attacked, adversarial, int(clean_hits.sum())
 
-    def adversarial_result(self, ctx: StepContext, batch: Batch, adversarial: torch.Tensor,
-                           clean_correct: int) -> StepResult:
-        """CE on the training inputs (train mode); that forward is the routing loss's, threat id 0 for all."""
+    def threat_ids(self, labels: torch.Tensor) -> torch.Tensor:
+        """Each example's threat: 0 with one network; with the pair, Cat(1/2, 1/2) from the global torch RNG."""
+        if not self.paired:
+            return torch.zeros_like(labels)
+        return torch.randint(len(self.threats()), (len(labels),)).to(labels)
+
+    def adversarial_result(self, ctx: StepContext, batch: Batch, adversarial: torch.Tensor, clean_correct: int,
+                           threat_ids: torch.Tensor) -> StepResult:
+        """CE on the training inputs (train mode); that forward is the routing loss's, each row labelled by its
+        threat (all 0 with one network)."""
         labels = batch.labels
-        logits = ctx.forward(adversarial, routing_ids=torch.zeros_like(labels))
+        logits = ctx.forward(adversarial, routing_ids=threat_ids)
         loss = F.cross_entropy(logits, labels)
-        correct = {"nat": (clean_correct, len(labels)),
-                   self.fast_lpa.column: (int((logits.argmax(1) == labels).sum()), len(labels))}
+        hits = logits.argmax(1) == labels
+        correct = {"nat": (clean_correct, len(labels))}
+        for threat_id, threat in enumerate(self.threats()):
+            chosen = threat_ids == threat_id
+            if chosen.any():
+                correct[threat.column] = (int(hits[chosen].sum()), int(chosen.sum()))
         logs = {"adv_loss": float(loss.detach())}
         return StepResult(loss, logs, correct)
 
     def loss(self, ctx: StepContext, batch: Batch) -> StepResult:
-        _, adversarial, clean_correct = self.perceptual_examples(ctx, batch)
-        return self.adversarial_result(ctx, batch, adversarial, clean_correct)
+        threat_ids = self.threat_ids(batch.labels)
+        _, adversarial, clean_correct = self.perceptual_examples(ctx, batch, threat_ids)
+        return self.adversarial_result(ctx, batch, adversarial, clean_correct, threat_ids)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The LPIPS network "auto" resolved to when the run started (1 = AlexNet, 0 = self)."""
@@ -368,12 +412,13 @@ class PATVRRecipe(PATRecipe):
         return self._variation
 
     def loss(self, ctx: StepContext, batch: Batch) -> StepResult:
-        attacked, adversarial, clean_correct = self.perceptual_examples(ctx, batch)
+        threat_ids = self.threat_ids(batch.labels)
+        attacked, adversarial, clean_correct = self.perceptual_examples(ctx, batch, threat_ids)
         weight = self.options.variation_weight
         if weight == 0:
-            return self.adversarial_result(ctx, batch, adversarial, clean_correct)
+            return self.adversarial_result(ctx, batch, adversarial, clean_correct, threat_ids)
         first, second = attack_rows_pair(ctx, self.variation_attack(), batch.images, batch.labels, attacked)
-        result = self.adversarial_result(ctx, batch, adversarial, clean_correct)
+        result = self.adversarial_result(ctx, batch, adversarial, clean_correct, threat_ids)
         variation = logit_variation(ctx, first, second)
         result.loss = result.loss + weight * variation
         result.logs["variation"] = float(variation.detach())

@@ -228,7 +228,8 @@ def benchmark(model: LoadedRun | nn.Module | str | Path, suite: str = "seen", n_
     paper's protocol), ``seen-plus``, ``seen-rand``, ``seen-apgd`` (APGD-CE then APGD-T), ``seen-pgd`` (PGD with
     the run's eval steps), ``seen-pgd10``, ``unseen`` (corruptions, perceptual and other unseen threats; PPGD and
     LPA with AlexNet-LPIPS, the paper's), ``unseen-self`` (the same with the model's own LPIPS), ``adaptive``
-    (PGD, GMA and their union), ``dwf``, ``pgd20``, ``apgd20``.
+    (AutoAttack vs AutoAttack plus router-aware APGD and GMA), ``gma-pgd`` (PGD, GMA and their union), ``dwf``,
+    ``pgd20``, ``apgd20``.
 
     Parameters
     ----------

@@ -65,7 +65,7 @@ def train(
                          f"on --resume the run's")] = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<method>-<preset>).")] = None,
     dataset: Annotated[str | None, typer.Option(help="Dataset name (smoke uses synthetic).")] = None,
-    data_dir: Annotated[str | None, typer.Option(help="Local data: folder or .tar.gz (see README).")] = None,
+    data_dir: Annotated[str | None, typer.Option(help="Local data: folder or .tar.gz (docs/presets.md, Data).")] = None,
     epochs: Annotated[int | None, typer.Option()] = None,
     batch_size: Annotated[int | None, typer.Option()] = None,
     lr: Annotated[float | None, typer.Option()] = None,

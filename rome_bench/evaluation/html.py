@@ -6,7 +6,7 @@ terminal table (``build_leaderboard``): every column sorts on a click, every mea
 interval, rows reported by a paper are styled apart, and hovering a row's method shows its validity flags and
 provenance (model hash, commit, dataset fingerprint, n, device). Below the table, figures: union against clean
 accuracy with the Pareto front, per-threat accuracy per model, and, where the store holds them, ε-sweep curves
-(``rome-bench sweep``) and training-efficiency curves (``rome-bench train --eval-every N``).
+(``rome-bench eval --eps-scale``) and training-efficiency curves (``rome-bench train --eval-every N``).
 """
 
 from __future__ import annotations

@@ -84,7 +84,7 @@ def pretrained_cfg(source: str, backbone: str) -> dict[str, Any]:
         if not isinstance(state, dict):
             raise CheckpointError(f"pretrained weights '{path}' are not a state dict; save model.state_dict()")
         return {"state_dict": state, "architecture": str(path)}
-    if path.suffix in WEIGHT_SUFFIXES or "/" in source and not source.startswith("timm/"):
+    if path.suffix in WEIGHT_SUFFIXES or "/" in source:
         raise CheckpointError(f"pretrained weights '{source}' not found; give a local .safetensors or .pth file, "
                               f"a timm tag, or --pretrained none")
     try:

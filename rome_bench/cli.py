@@ -98,7 +98,8 @@ def train(
     eps_l1: Annotated[float | None, typer.Option()] = None,
     eps_l2: Annotated[float | None, typer.Option()] = None,
     eps_linf: Annotated[float | None, typer.Option()] = None,
-    pretrained: Annotated[str | None, typer.Option(help="Local backbone weights to start from.")] = None,
+    pretrained: Annotated[str | None, typer.Option(
+        help="Backbone start: FILE, a timm tag, imagenet1k (the paper presets' default) or none.")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
     device: Annotated[str | None, DEVICE] = None,
     checkpoint_every: Annotated[int | None, typer.Option(help="Steps between checkpoints.")] = None,

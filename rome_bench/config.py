@@ -50,7 +50,9 @@ class ModelConfig:
     family: str = "rome"  # plain (the backbone alone) | rome (LoRA experts + dual-scale gates) | …: `list families`
     backbone: str = "vit_base"
     patch_size: int = 4
-    pretrained: str | None = None  # local checkpoint (safetensors or torch state dict) for the backbone
+    # the backbone's start: a local .safetensors/.pth file, a timm tag, imagenet1k (the backbone's ImageNet-1K tag,
+    # the paper presets' default) or none; loaded and resampled by timm (models/pretrained.py)
+    pretrained: str | None = None
     init_from: str | None = None  # robust fine-tuning: a run directory or weights file the whole model starts from
     options: dict[str, Any] = field(default_factory=dict)  # the family's own settings, checked by the family
     normalisation: str = "dataset"  # dataset: the model normalises with the dataset's mean/std | none: identity

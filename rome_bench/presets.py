@@ -13,13 +13,20 @@ import typing
 from rome_bench.config import DataConfig, RunConfig
 from rome_bench.errors import ConfigError
 
+# Paper presets start from the backbone's ImageNet-1K checkpoint (RoME Sec. 5.1: "standard ImageNet-1K pre-trained
+# ViT-B, DeiT-B, Swin-B"), resolved per backbone in models/pretrained.py; --pretrained none opts out.
+PAPER_START = "imagenet1k"
+
 
 def _cifar10() -> RunConfig:
-    return RunConfig(preset="cifar10")
+    config = RunConfig(preset="cifar10")
+    config.model.pretrained = PAPER_START
+    return config
 
 
 def _imagenet(name: str, num_classes_dataset: str) -> RunConfig:
     config = RunConfig(preset=name)
+    config.model.pretrained = PAPER_START
     config.model.patch_size = 16
     config.data.dataset = num_classes_dataset
     config.data.augment = False  # the dataset's own train transform augments

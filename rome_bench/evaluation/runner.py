@@ -37,6 +37,7 @@ from rome_bench.models import build_family, content_hash, create_model, model_id
 from rome_bench.models.autocast import attack_model, autocast_attacks
 from rome_bench.models.external import state_dict_mismatch
 from rome_bench.models.gates import fixed_expert, fixed_expert_variant, gating_modules, set_inference_variant
+from rome_bench.models.pretrained import architecture_only
 from rome_bench.provenance import evaluation_provenance
 from rome_bench.threats import Clean, Threat
 
@@ -65,7 +66,7 @@ def load_run(run_dir: Path, info: DatasetInfo, device: torch.device) -> LoadedRu
     """
     config = read_run_config(run_dir)
     tensors, metadata = load_final_weights(run_dir)
-    model = create_model(config.model, info)
+    model = create_model(architecture_only(config.model), info)  # self-contained: no pretrained file is read
     if problem := state_dict_mismatch(model.state_dict(), tensors):
         raise CheckpointError(f"weights in {run_dir} do not fit the model its config.json describes: {problem}; "
                               f"restore the run's own config.json and model files, or retrain")

@@ -28,6 +28,7 @@ from rome_bench.config import ModelConfig
 from rome_bench.data import DATASETS, DatasetInfo
 from rome_bench.models.family import build_backbone, build_family
 from rome_bench.models.gates import ExpertGate
+from rome_bench.models.pretrained import architecture_only
 
 MILLION = 1e6
 
@@ -102,6 +103,7 @@ def describe_model(config: ModelConfig, dataset: str) -> ModelDescription:
     """Build the model ``config`` names for ``dataset``'s images and count its costs: on the meta device (shapes
     only: no memory, no initialisation, seconds for a ViT-B), or the CPU where a backbone cannot build there."""
     info = dataset_geometry(dataset)
+    config = architecture_only(config)  # counts need no pretrained weights (nor their download)
     try:
         return _describe(config, info, torch.device("meta"))
     except (NotImplementedError, RuntimeError):  # an op with no meta kernel: build it for real

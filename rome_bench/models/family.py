@@ -21,15 +21,13 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import nn
 
 from rome_bench.config import ModelConfig, RunConfig, parse_options
-from rome_bench.errors import CheckpointError
 from rome_bench.models.classifier import ImageClassifier
-from rome_bench.models.external import read_weights_file
+from rome_bench.models.pretrained import load_pretrained, resolve_start
 from rome_bench.models.registry import MODELS
 from rome_bench.registry import Registry
 
@@ -116,11 +114,13 @@ def with_stored_options(config: RunConfig) -> RunConfig:
 
 
 def build_backbone(config: ModelConfig, info: DatasetInfo) -> nn.Module:
-    """The registered backbone for ``info``'s images, with local pretrained weights loaded if configured."""
+    """The registered backbone for ``info``'s images, with its pretrained start loaded if configured (a file or a
+    timm tag, by timm's machinery: see ``models/pretrained.py``)."""
     builder = MODELS.get(config.backbone)
     backbone = builder(num_classes=info.num_classes, image_size=info.image_size, patch_size=config.patch_size)
-    if config.pretrained:
-        load_pretrained(backbone, Path(config.pretrained))
+    source = resolve_start(config).pretrained
+    if source:
+        load_pretrained(backbone, source, config.backbone, info.num_classes)
     return backbone
 
 
@@ -131,16 +131,3 @@ class PlainFamily(ModelFamily):
     def build(self, config: ModelConfig, info: DatasetInfo) -> ImageClassifier:
         return ImageClassifier(build_backbone(config, info), info.mean, info.std)
 
-
-def load_pretrained(backbone: nn.Module, path: Path) -> None:
-    """Load a local state dict; the classifier head and mismatched shapes (e.g. pos_embed) are skipped."""
-    if not path.is_file():
-        raise CheckpointError(f"pretrained weights '{path}' not found; give a local .safetensors or .pth file")
-    state = read_weights_file(path)
-    if not isinstance(state, dict):
-        raise CheckpointError(f"pretrained weights '{path}' are not a state dict; save model.state_dict()")
-    own = backbone.state_dict()
-    compatible = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not compatible:
-        raise CheckpointError(f"pretrained weights '{path}' share no tensor with backbone {type(backbone).__name__}")
-    backbone.load_state_dict(compatible, strict=False)

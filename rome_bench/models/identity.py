@@ -23,11 +23,14 @@ FAMILIES_BEFORE_FIELD = ("plain", "rome")
 def model_identity(config: ModelConfig) -> str:
     """The model config as hashed into the model hash (β schedule, gating, … fix what weights alone do not).
 
-    ``init_from`` and a mixture's ``options.experts`` (the runs training started from) do not change the model and
-    are left out: the same weights hash the same wherever their experts were trained.
+    ``init_from``, a pretrained start and a mixture's ``options.experts`` (the weights training started from) do not
+    change the model and are left out: the same weights hash the same wherever they were trained from, and a run
+    stays evaluable once a ``--pretrained FILE`` is gone. A null ``pretrained`` stays in (the hashes of runs before).
     """
     fields = dataclasses.asdict(config)
     fields.pop("init_from")
+    if fields["pretrained"] is not None:  # like init_from, where training started: the weights are the content
+        fields.pop("pretrained")
     fields["options"].pop("experts", None)
     legacy = fields.pop("legacy_identity")
     fields = build_family(config).identity_fields(fields)

@@ -5,7 +5,8 @@ token, handled by the experts' prefix count). Swin's window attention sees the t
 the RoME gates join the windows of each image so that the global gate stays image-level (see models/rome.py).
 
 On 32×32 images with patch 4, Swin gets 8×8 tokens: the window is 4 (7 does not divide 8), and timm shrinks it to
-the whole map in the later stages. Nothing is downloaded: start from local weights with ``model.pretrained``.
+the whole map in the later stages. Pretrained starts (``model.pretrained``: a file or a timm tag) are loaded by
+models/pretrained.py.
 
 XCiT (El-Nouby et al., "XCiT: Cross-Covariance Image Transformers", NeurIPS 2021): ``xcit_s`` is timm's
 ``xcit_small_12_p16_224`` (XCiT-S12: d 384, 12 XCA blocks, 8 heads, 2 class-attention layers), the ImageNet-1K

@@ -8,6 +8,7 @@ mean", before anything is written. This lives in ``training/`` because it reads 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,6 +31,9 @@ def resolve_config(base: RunConfig, assignments: list[str]) -> RunConfig:
         given = {assignment.split("=", 1)[0].strip().removeprefix("model.options.") for assignment in assignments}
         kept = {name: value for name, value in config.model.options.items() if name in given}
         config = apply_override(config, f"model.options={json.dumps(kept)}", check=False)
+    from rome_bench.models.pretrained import resolve_start
+
+    config = dataclasses.replace(config, model=resolve_start(config.model))  # config.json keeps the concrete start
     validate(config)
     return config
 

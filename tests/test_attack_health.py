@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from rome_bench.evaluation.health import attack_health, sweep_flags
+from rome_bench.evaluation.render import render_leaderboard
 from rome_bench.evaluation.runner import LoadedRun, batch_seed, evaluate_run, evaluate_threats
 from rome_bench.evaluation.store import ResultStore
 from rome_bench.evaluation.suites import ADAPTIVE_DRAWS, SUITES, adaptive_threats
@@ -22,6 +23,7 @@ from rome_bench.models.sparse_moe import SparseRouter
 from rome_bench.presets import preset
 from rome_bench.threats import Clean
 from tests.test_batch_independence import variant_model
+from tests.test_cli import assert_one_line_error
 
 CPU = torch.device("cpu")
 
@@ -54,6 +56,8 @@ def test_health_flags_fire_on_a_masked_model_in_an_adaptive_run(tmp_path, undefe
     ids = list(range(8))
     with ResultStore(tmp_path / "r.sqlite") as store:
         masked = run_adaptive(store, Quantised(undefended_model), "masked", synthetic_test, ids)
+        shown = render_leaderboard(store, SUITES.get("adaptive"), synthetic_test.info.name)
+    assert "eps-sweep-flat" in shown and "zero-gradient" in shown  # the leaderboard's Flags column
     assert masked.get("zero-gradient", 0) > 0
     assert masked.get("eps-sweep-flat", 0) > 0
     assert masked.get("black-box-success", 0) > 0
@@ -89,7 +93,7 @@ def clean_correct(model: nn.Module, data, ids: list[int], draws: int, tmp_path: 
 
 def test_a_random_model_counts_an_example_only_if_correct_in_every_draw(tmp_path, synthetic_test):
     assert SUITES.get("adaptive").draws == ADAPTIVE_DRAWS > 1
-    ids = list(range(64))
+    ids = list(range(256))
     model = noisy_routing()
     one, worst = clean_correct(model, synthetic_test, ids, 1, tmp_path), clean_correct(model, synthetic_test, ids,
                                                                                        ADAPTIVE_DRAWS, tmp_path)
@@ -101,5 +105,14 @@ def test_a_random_model_counts_an_example_only_if_correct_in_every_draw(tmp_path
     assert sum(worst.values()) < sum(one.values())
     assert all(one[i] for i in ids if worst[i])
     plain = variant_model("sparse-moe", ())
+    noisy, still = (attack_health(m, images[:32], labels[:32], 2 / 255, ADAPTIVE_DRAWS) for m in (model, plain))
+    assert noisy["stochastic-predictions"] > 0 and still["stochastic-predictions"] == 0
     assert clean_correct(plain, synthetic_test, ids, 1, tmp_path / "a") == clean_correct(
         plain, synthetic_test, ids, ADAPTIVE_DRAWS, tmp_path / "b")
+
+
+def test_draws_below_one_or_with_shards_fail_in_one_line(cli_main, tmp_path):
+    for extra in (("--draws", "0"), ("--draws", "3", "--shards", "2")):
+        result = cli_main("eval", "--run", str(tmp_path / "run"), "--suite", "adaptive", *extra)
+        assert result.returncode == 2
+        assert_one_line_error(result, "--draws takes a number >= 1")

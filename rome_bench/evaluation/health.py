@@ -4,6 +4,8 @@ AutoAttack warns when an attack looks broken; the ``adaptive`` suite does the sa
 counts of examples, stored under the clean threat (they describe the model) and shown in the leaderboard's Flags
 column with the runner's own (``evaluation/validity.py``):
 
+* ``stochastic-predictions`` — examples whose predicted class is not the same in every one of the run's evaluation
+  draws (at least two): the clean pass's ``randomized`` counts any change of the logits, this one changed decisions;
 * ``router-zero-gradient`` — clean-correct examples whose input gradient of the router's loss (GMA's misrouting
   term toward each token's least-likely expert) is zero or vanishing: a gradient attack on the gates cannot move
   them (the cross-entropy's counterpart is the clean pass's ``zero-gradient``);
@@ -25,14 +27,14 @@ from torch import nn
 
 from rome_bench.models.autocast import attack_model
 from rome_bench.models.gates import has_gates
-from rome_bench.threats import THREATS
 from rome_bench.threats.gma import misrouting_loss, model_gates
+from rome_bench.threats.pgd import LinfPGD
 
 HEALTH_EXAMPLES = 100
 SWEEP_SCALES = (0.5, 1.0, 2.0)
 SWEEP_STEPS = 10
 VANISHING_GRADIENT = 1e-12
-HEALTH_FLAGS = ("router-zero-gradient", "eps-sweep-non-monotone", "eps-sweep-flat")
+HEALTH_FLAGS = ("stochastic-predictions", "router-zero-gradient", "eps-sweep-non-monotone", "eps-sweep-flat")
 
 
 def router_zero_gradients(model: nn.Module, images: torch.Tensor) -> int:
@@ -52,6 +54,13 @@ def router_zero_gradients(model: nn.Module, images: torch.Tensor) -> int:
     return int((grad.flatten(1).abs().sum(dim=1) < VANISHING_GRADIENT).sum())
 
 
+def prediction_disagreement(model: nn.Module, images: torch.Tensor, draws: int) -> int:
+    """Examples whose predicted class differs between ``draws`` (at least two) forward passes."""
+    with torch.no_grad():
+        predictions = torch.stack([model(images).argmax(1) for _ in range(max(draws, 2))])
+    return int((predictions != predictions[0]).any(dim=0).sum())
+
+
 def robust_under_sweep(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float,
                        seed: int = 0) -> list[torch.Tensor]:
     """Per ε of the sweep: which examples stay correct under ℓ∞ PGD (clean-incorrect ones count as broken)."""
@@ -59,7 +68,7 @@ def robust_under_sweep(model: nn.Module, images: torch.Tensor, labels: torch.Ten
         clean = model(images).argmax(1) == labels
     robust = []
     for scale in SWEEP_SCALES:
-        attack = THREATS.get("pgd-linf")(eps * scale, SWEEP_STEPS, random_start=False)
+        attack = LinfPGD(eps * scale, SWEEP_STEPS, random_start=False)
         torch.manual_seed(seed)
         perturbed = attack(attack_model(model), images, labels).detach()
         with torch.no_grad():
@@ -76,11 +85,13 @@ def sweep_flags(robust: list[torch.Tensor]) -> dict[str, int]:
     return flags
 
 
-def attack_health(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, linf_eps: float) -> dict[str, int]:
+def attack_health(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, linf_eps: float,
+                  draws: int = 2) -> dict[str, int]:
     """Every health flag of :data:`HEALTH_FLAGS` on these examples (0 where it does not fire)."""
     with torch.no_grad():
         correct = model(images).argmax(1) == labels
-    flags = {"router-zero-gradient": router_zero_gradients(model, images[correct])}
+    flags = {"stochastic-predictions": prediction_disagreement(model, images, draws),
+             "router-zero-gradient": router_zero_gradients(model, images[correct])}
     flags.update(sweep_flags(robust_under_sweep(model, images, labels, linf_eps)))
     return flags
 

@@ -355,14 +355,15 @@ def correct_in_draws(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
 
 
 def store_attack_health(model: nn.Module, model_hash: str, clean_key: str, data: LoadedDataset,
-                        example_ids: list[int], store: ResultStore, linf_eps: float, device: torch.device) -> None:
+                        example_ids: list[int], store: ResultStore, linf_eps: float, device: torch.device,
+                        draws: int = 2) -> None:
     """Compute the attack-health flags (``evaluation/health.py``) on the first examples; store them under the
     clean threat (set, not added: a re-run replaces them)."""
     ids = example_ids[:HEALTH_EXAMPLES]
     images, labels = _dataset_batch(data, ids, device)
     torch.manual_seed(batch_seed(f"{clean_key}/health", ids[0]))
     with full_precision(images, gradients=True):
-        flags = attack_health(model, images, labels, linf_eps)
+        flags = attack_health(model, images, labels, linf_eps, draws)
     for flag, count in flags.items():
         store.set_flag(model_hash, clean_key, data.fingerprint, flag, count)
 
@@ -386,7 +387,7 @@ def evaluate_run(run: LoadedRun, suite_name: str, threats: list[Threat], data: L
                      union_only, draws)
     if suite is not None and suite.health and "linf" in run.config.threats.eps:
         store_attack_health(run.model, run.model_hash, threats[0].key, data, example_ids, store,
-                            run.config.threats.eps["linf"], device)
+                            run.config.threats.eps["linf"], device, draws)
     refresh_computed_flags(store, run.model_hash, data.fingerprint)
     if not complete:
         return

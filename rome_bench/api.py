@@ -375,14 +375,16 @@ def plan(loaded: LoadedRun, suite: Suite, data: LoadedDataset, n_examples: int |
 
 def evaluate_into(store: ResultStore, loaded: LoadedRun, suite: str, threats: list[Threat], data: LoadedDataset,
                   ids: list[int], label: str, batch_size: int = 128, device: torch.device | None = None,
-                  progress: bool = True, complete: bool = True, union_only: bool = False) -> None:
-    """Evaluate one model on planned threats and examples into an open store (skipping stored results)."""
+                  progress: bool = True, complete: bool = True, union_only: bool = False,
+                  draws: int | None = None) -> None:
+    """Evaluate one model on planned threats and examples into an open store (skipping stored results);
+    ``draws``: classifications per image, each example's worst case (default: the suite's)."""
     from rome_bench.evaluation.runner import evaluate_run
 
     if batch_size < 1:
         raise ConfigError("batch_size must be >= 1")
     evaluate_run(loaded, suite, threats, data, ids, store, batch_size, device or torch.device("cpu"), label,
-                 progress, complete=complete, union_only=union_only)
+                 progress, complete=complete, union_only=union_only, draws=draws)
 
 
 def variant_rows(loaded: LoadedRun, label: str | None = None, gating_variant: str | None = None,
@@ -403,8 +405,8 @@ def evaluate_rows(rows: Sequence[Row], suite: Suite, threats: list[Threat], data
                   store: Path, batch_size: int = 128, device: torch.device | None = None, progress: bool = True,
                   complete: bool = True, union_only: bool = False, scales: list[float] | None = None,
                   plot: Path | None = None, echo: Callable[[str], None] = print,
-                  sharding: ShardingRequest | None = None, job: ShardJob | None = None, argv: Sequence[str] = ()
-                  ) -> None:
+                  sharding: ShardingRequest | None = None, job: ShardJob | None = None, argv: Sequence[str] = (),
+                  draws: int | None = None) -> None:
     """What ``rome-bench eval`` does: each row evaluated into ``store`` on the planned threats and examples, then
     the suite's leaderboard (Markdown) through ``echo`` once ``complete``; with ``scales``, an ε sweep of each row
     instead (its table, and its figure at ``plot``, by default in ./figures). With ``sharding``, the examples are
@@ -425,7 +427,7 @@ def evaluate_rows(rows: Sequence[Row], suite: Suite, threats: list[Threat], data
                                  progress, plot or default_plot_path(None, suite.name, data.info.name), echo)
                 continue
             evaluate_into(results, make(), suite.name, threats, data, ids, label, batch_size, device, progress,
-                          complete=complete, union_only=union_only)
+                          complete=complete, union_only=union_only, draws=draws)
             echo(f"evaluated {label} on suite '{suite.name}' ({len(ids)} examples) -> {results.path}")
         if scales is None and not complete:
             echo("only some threats were run: the suite's leaderboard row appears once all have been")

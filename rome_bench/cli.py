@@ -165,6 +165,9 @@ def evaluate(
     n_examples: Annotated[int | None, N_EXAMPLES] = None,
     union_only: Annotated[bool, typer.Option(
         help="Only the Union column: each threat attacks only the examples still robust to the earlier ones.")] = False,
+    draws: Annotated[int | None, typer.Option(
+        help="Classify each clean and attacked image M times; an example is correct only if correct in all M "
+             "(the worst case over draws of a random model). Default: the suite's (adaptive 5, others 1).")] = None,
     eps_scale: Annotated[str | None, typer.Option(
         help="ε sweep: comma-separated multiples of each threat's ε, e.g. 0.25,0.5,1,1.5,2.")] = None,
     eps: Annotated[list[str] | None, typer.Option(
@@ -254,6 +257,8 @@ def evaluate(
     chosen_suite = SUITES.get(suite)
     sharding = ShardingRequest.from_flags(shards, executor, shard_index, merge, wait, slurm or [], cluster,
                                           unsharded_only=union_only or scales is not None)
+    if draws is not None and (draws < 1 or sharding is not None):
+        raise ConfigError("--draws takes a number >= 1, and a sharded evaluation classifies once (drop --shards)")
     torch_device = resolve_device(device) if sharding is None else sharding.device(resolve_device(device))
     arithmetic = attack_precision(precision, torch_device)  # an unknown precision fails before the model loads
     if gating_variant is not None and route_to_expert is not None:
@@ -268,7 +273,7 @@ def evaluate(
     with arithmetic:
         evaluate_rows(rows, chosen_suite, threats, data, ids, store_or_default(store), batch_size, torch_device,
                       progress, not threat, union_only, scales, plot or default_plot_path(run, suite, data.info.name),
-                      typer.echo, sharding, run_shard_job, sys.argv[1:])
+                      typer.echo, sharding, run_shard_job, sys.argv[1:], draws)
 
 
 def run_shard_job(cwd: str, argv: list[str]) -> None:

@@ -8,6 +8,10 @@ stores the prediction on the perturbed image itself, so its column is plain accu
 
 Every threat's output is verified here, not by the threat: finite, in [0, 1], and within the threat's declared
 budget; a violation is a ThreatOutputError naming the threat and the worst example.
+
+A random model (routing noise, random gating) is classified ``draws`` times, clean and perturbed, and an example
+counts as correct only if it is correct in every draw: the per-example worst case over m evaluation draws (the
+``adaptive`` suite's ``draws``; one draw elsewhere). A deterministic model gives the same answer in every draw.
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ from rome_bench.costs import CostMeter
 from rome_bench.data import DatasetInfo, LoadedDataset, fetch_batch
 from rome_bench.device import check_bf16
 from rome_bench.errors import CheckpointError, ConfigError, ModelOutputError, ThreatOutputError
+from rome_bench.evaluation.health import HEALTH_EXAMPLES, attack_health
 from rome_bench.evaluation.store import FULL, UNION_ONLY, BatchCost, Progress, ResultStore
+from rome_bench.evaluation.suites import SUITES
 from rome_bench.evaluation.validity import batch_model_flags, refresh_computed_flags
 from rome_bench.models import build_family, content_hash, create_model, model_identity
 from rome_bench.models.autocast import attack_model, autocast_attacks
@@ -245,9 +251,10 @@ def check_model_output(model: nn.Module, data: LoadedDataset, example_ids: list[
 
 def evaluate_threats(model: nn.Module, model_hash: str, threats: list[Threat], data: LoadedDataset,
                      example_ids: list[int], store: ResultStore, batch_size: int, device: torch.device,
-                     progress: bool = True, union_only: bool = False) -> None:
+                     progress: bool = True, union_only: bool = False, draws: int = 1) -> None:
     """Run each threat on every example not yet stored; 'clean' must come first. A threat that cannot attack the
-    model is stored as not applicable instead.
+    model is stored as not applicable instead. Each image is classified ``draws`` times (correct only if correct in
+    every draw: the worst case over the draws of a random model).
 
     With ``union_only`` the threats form a cascade: each attacks only the examples still robust to every earlier
     one that applies, which is all the union needs; the per-threat results of the skipped examples are not stored.
@@ -269,13 +276,14 @@ def evaluate_threats(model: nn.Module, model_hash: str, threats: list[Threat], d
         if stored.not_applicable is not None:  # marked by an older rome-bench (GMA without gates): it applies now
             store.clear_not_applicable(model_hash, threat.key, data.fingerprint)
         todo = _examples_to_attack(stored, example_ids, earlier if union_only else [])
-        added = _evaluate_examples(model, model_hash, threat, data, todo, stored, store, batch_size, device, progress)
+        added = _evaluate_examples(model, model_hash, threat, data, todo, stored, store, batch_size, device, progress,
+                                   draws)
         earlier.append({**stored.done, **added})
 
 
 def _evaluate_examples(model: nn.Module, model_hash: str, threat: Threat, data: LoadedDataset, todo: list[int],
                        stored: Progress, store: ResultStore, batch_size: int, device: torch.device,
-                       progress: bool) -> dict[int, bool]:
+                       progress: bool, draws: int = 1) -> dict[int, bool]:
     """Evaluate the threat on ``todo`` batch by batch, storing each batch as it finishes; the results added."""
     added: dict[int, bool] = {}
     robust, seen = sum(stored.done.values()), len(stored.done)
@@ -283,7 +291,8 @@ def _evaluate_examples(model: nn.Module, model_hash: str, threat: Threat, data: 
     for start in range(0, len(todo), batch_size):
         ids = todo[start:start + batch_size]
         images, labels = _dataset_batch(data, ids, device)
-        correct, cost, flags = _evaluate_batch(model, threat, images, labels, ids, stored.clean_correct, device)
+        correct, cost, flags = _evaluate_batch(model, threat, images, labels, ids, stored.clean_correct, device,
+                                               draws)
         store.add_results(model_hash, threat.key, data.fingerprint, ids, correct.tolist(), cost, flags)
         added.update(zip(ids, correct.tolist(), strict=True))
         robust, seen = robust + int(correct.sum()), seen + len(ids)
@@ -294,7 +303,7 @@ def _evaluate_examples(model: nn.Module, model_hash: str, threat: Threat, data: 
 
 
 def _evaluate_batch(model: nn.Module, threat: Threat, images: torch.Tensor, labels: torch.Tensor, ids: list[int],
-                    clean_correct: dict[int, bool], device: torch.device
+                    clean_correct: dict[int, bool], device: torch.device, draws: int = 1
                     ) -> tuple[torch.Tensor, BatchCost, dict[str, int]]:
     """Correctness of one batch under a threat, what it cost, and the validity flags it raised."""
     torch.manual_seed(batch_seed(threat.key, ids[0]))
@@ -304,10 +313,10 @@ def _evaluate_batch(model: nn.Module, threat: Threat, images: torch.Tensor, labe
         if isinstance(threat, Clean):
             with full_precision(images):
                 logits = model(images)
-            correct = (logits.argmax(1) == labels).cpu()
+                correct = ((logits.argmax(1) == labels) & correct_in_draws(model, images, labels, draws - 1)).cpu()
             attacked = len(ids)
         else:
-            correct, attacked = _correct_under_threat(model, threat, images, labels, ids, clean_correct)
+            correct, attacked = _correct_under_threat(model, threat, images, labels, ids, clean_correct, draws)
     _synchronise(device)
     cost = BatchCost(len(ids), attacked, time.perf_counter() - started, meter.forward_images, meter.backward_images)
     if isinstance(threat, Clean):
@@ -319,7 +328,8 @@ def _evaluate_batch(model: nn.Module, threat: Threat, images: torch.Tensor, labe
 
 
 def _correct_under_threat(model: nn.Module, threat: Threat, images: torch.Tensor, labels: torch.Tensor,
-                          ids: list[int], clean_correct: dict[int, bool]) -> tuple[torch.Tensor, int]:
+                          ids: list[int], clean_correct: dict[int, bool], draws: int = 1
+                          ) -> tuple[torch.Tensor, int]:
     """Only clean-correct examples are attacked, the others counting as not robust; a threat that is not
     ``given_clean`` (a common corruption) perturbs every example."""
     attacked = torch.tensor([clean_correct[i] or not threat.given_clean for i in ids], dtype=torch.bool)
@@ -333,19 +343,52 @@ def _correct_under_threat(model: nn.Module, threat: Threat, images: torch.Tensor
         perturbed = perturbed.detach().to(clean.dtype)
         verify_threat_output(threat, clean, perturbed, chosen_ids)
         with full_precision(clean):
-            correct[chosen] = (model(perturbed).argmax(1) == chosen_labels).cpu()
+            correct[chosen] = correct_in_draws(model, perturbed, chosen_labels, draws).cpu()
     return correct, int(attacked.sum())
+
+
+def correct_in_draws(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, draws: int) -> torch.Tensor:
+    """Per example: correct in each of ``draws`` forward passes (all True for 0 draws)."""
+    correct = torch.ones(len(labels), dtype=torch.bool, device=labels.device)
+    for _ in range(draws):
+        correct &= model(images).argmax(1) == labels
+    return correct
+
+
+def store_attack_health(model: nn.Module, model_hash: str, clean_key: str, data: LoadedDataset,
+                        example_ids: list[int], store: ResultStore, linf_eps: float, device: torch.device,
+                        draws: int = 2) -> None:
+    """Compute the attack-health flags (``evaluation/health.py``) on the first examples; store them under the
+    clean threat (set, not added: a re-run replaces them)."""
+    ids = example_ids[:HEALTH_EXAMPLES]
+    images, labels = _dataset_batch(data, ids, device)
+    torch.manual_seed(batch_seed(f"{clean_key}/health", ids[0]))
+    with full_precision(images, gradients=True):
+        flags = attack_health(model, images, labels, linf_eps, draws)
+    for flag, count in flags.items():
+        store.set_flag(model_hash, clean_key, data.fingerprint, flag, count)
 
 
 def evaluate_run(run: LoadedRun, suite_name: str, threats: list[Threat], data: LoadedDataset,
                  example_ids: list[int], store: ResultStore, batch_size: int, device: torch.device,
-                 label: str, progress: bool = True, complete: bool = True, union_only: bool = False) -> None:
-    """Evaluate a loaded run on a suite; a ``complete`` run (every threat) is recorded for the leaderboard."""
+                 label: str, progress: bool = True, complete: bool = True, union_only: bool = False,
+                 draws: int | None = None) -> None:
+    """Evaluate a loaded run on a suite; a ``complete`` run (every threat) is recorded for the leaderboard.
+
+    ``draws`` (default: the suite's) is how many times each image is classified (see the module's docstring); a
+    suite with ``health`` then stores its attack-health flags."""
+    if draws is not None and draws < 1:
+        raise ConfigError(f"--draws must be >= 1 (got {draws})")
     check_model_output(run.model, data, example_ids, device)
     store.record_model(run.model_hash, label, run.method, str(run.source), run.describe())
     store.use_provenance(evaluation_provenance(run.model, device))
+    suite = SUITES.get(suite_name) if suite_name in SUITES else None
+    draws = draws or (suite.draws if suite is not None else 1)
     evaluate_threats(run.model, run.model_hash, threats, data, example_ids, store, batch_size, device, progress,
-                     union_only)
+                     union_only, draws)
+    if suite is not None and suite.health and "linf" in run.config.threats.eps:
+        store_attack_health(run.model, run.model_hash, threats[0].key, data, example_ids, store,
+                            run.config.threats.eps["linf"], device, draws)
     refresh_computed_flags(store, run.model_hash, data.fingerprint)
     if not complete:
         return

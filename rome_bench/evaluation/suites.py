@@ -29,6 +29,11 @@ class Suite:
     * ``union_columns`` are pooled columns shown as a per-example union instead of a mean: an example counts if it
       is correct under every threat of the column's members (the adaptive suite's AutoAttack and adaptive columns).
     * ``gaps`` are columns showing the difference of two other columns' accuracies (a − b), without an interval.
+    * ``draws``: how many times the runner classifies each clean and perturbed image; an example counts as correct
+      only if correct in every draw (the per-example worst case over m draws of a random model, e.g. routing noise
+      left on at evaluation). ``rome-bench eval --draws M`` changes it for one run.
+    * ``health``: after the threats, compute the attack-health flags (``evaluation/health.py``) on the first 100
+      examples and store them with the model's clean-pass flags.
     """
 
     name: str
@@ -41,6 +46,8 @@ class Suite:
     union_with: tuple[str, ...] = ()
     union_columns: tuple[str, ...] = ()
     gaps: dict[str, tuple[str, str]] = field(default_factory=dict)
+    draws: int = 1
+    health: bool = False
 
     def members(self, column: str) -> tuple[str, ...]:
         """The stored threat columns a leaderboard column pools."""
@@ -183,6 +190,7 @@ def adaptive_threats(eps: dict[str, float], n_iter: int = 100, n_queries: int = 
             threat("gma", eps["linf"], gma_steps)]
 
 
+ADAPTIVE_DRAWS = 5  # evaluation draws per image: a random model's example is robust only if correct in all five
 ADAPTIVE_MEMBERS = ("l1", "l2", "linf", "router-l1", "router-l2", "router-linf", "gma")
 
 register_suite(Suite(
@@ -199,6 +207,8 @@ register_suite(Suite(
     union_columns=("aa", "adaptive"),
     gaps={"gap": ("aa", "adaptive")},
     show_avg=False,
+    draws=ADAPTIVE_DRAWS,
+    health=True,
 ))
 
 register_suite(Suite(

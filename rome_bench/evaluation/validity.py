@@ -20,6 +20,10 @@ shown in the leaderboard's Flags column:
   the same norm broke with no larger ε, whatever their leaderboard columns (so GMA, an ℓ∞ attack with its own
   column, is compared with ℓ∞ PGD and AutoAttack).
 
+* computed after a suite with ``health`` (the ``adaptive`` suite) on its first 100 examples, stored under the 'clean'
+  threat: the attack-health flags of ``evaluation/health.py`` (``stochastic-predictions``, ``router-zero-gradient``,
+  ``eps-sweep-non-monotone``, ``eps-sweep-flat``).
+
 The runner also verifies budgets, range and NaNs on every batch; those are errors, not flags.
 """
 

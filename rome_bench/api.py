@@ -519,7 +519,9 @@ def list_entries(kind: str) -> list[str]:
     from rome_bench.training.routing import ROUTING_LOSSES
 
     if kind == "presets":
-        return list(PRESETS)
+        from rome_bench.presets import preset_lines
+
+        return [line for name in PRESETS for line in preset_lines(name)]
     registries: dict[str, Registry[Any]] = {
         "threats": THREATS, "models": MODELS, "methods": RECIPES, "recipes": RECIPES, "families": FAMILIES,
         "routing-losses": ROUTING_LOSSES, "datasets": DATASETS, "suites": SUITES}

@@ -19,12 +19,15 @@ PAPER_START = "imagenet1k"
 
 
 def _cifar10() -> RunConfig:
+    """CIFAR-10 at the paper's protocol (Sec. 5.1, A1): ViT-B patch 4 from ImageNet-1K weights, PGD 20/20/10 steps,
+    AdamW 1e-3, 20 epochs."""
     config = RunConfig(preset="cifar10")
     config.model.pretrained = PAPER_START
     return config
 
 
 def _imagenet(name: str, num_classes_dataset: str) -> RunConfig:
+    """An ImageNet preset (Sec. 5.1, A1): ViT-B patch 16, ε 255 / 2.0 / 4/255, PGD 40/20/10, AdamW 1e-4, 5 epochs."""
     config = RunConfig(preset=name)
     config.model.pretrained = PAPER_START
     config.model.patch_size = 16
@@ -38,6 +41,16 @@ def _imagenet(name: str, num_classes_dataset: str) -> RunConfig:
     config.train.batch_size = 128
     config.train.checkpoint_every = 500
     return config
+
+
+def _imagenet100() -> RunConfig:
+    """ImageNet-100 at the paper's protocol (Sec. 5.1, A1): ViT-B patch 16, PGD 40/20/10, AdamW 1e-4, 5 epochs."""
+    return _imagenet("imagenet100", "imagenet100")
+
+
+def _imagenet1k() -> RunConfig:
+    """ImageNet-1K at the paper's protocol (Sec. 5.1, A1; Table A2): ViT-B patch 16, PGD 40/20/10, 5 epochs."""
+    return _imagenet("imagenet1k", "imagenet1k")
 
 
 def _smoke() -> RunConfig:
@@ -72,6 +85,53 @@ def _finetune_cifar10() -> RunConfig:
     config.train.attack = "apgd"
     config.threats.apgd_steps = {"l1": 10, "l2": 10, "linf": 10}
     return config
+
+
+def _finetune_imagenet1k() -> RunConfig:
+    """Robust fine-tuning on ImageNet-1K (paper Table 3, XCiT-S): 1 epoch, APGD 5 steps ℓ∞/ℓ2, 15 steps ℓ1.
+
+    Sec. 5.1: "following E-AT [9] and RAMP [28], we use APGD with ... 5 (ℓ∞/ℓ2) and 15 (ℓ1) steps on ImageNet-1K" and
+    "we fine-tune ℓ∞-robust models ... 1 epoch on ImageNet-1K"; the backbone is RobustBench's XCiT-S (Sec. 5.2),
+    ``robustbench:Linf/Debenedetti2022Light_XCiT-S12``, given with ``--init`` (:data:`FINETUNE_SOURCES`). Everything
+    else is the ``imagenet1k`` preset's (ε 255 / 2.0 / 4/255, AdamW lr 1e-4, batch 128, patch 16); its 5-epoch
+    schedule shape (1 / 3 / 1, Sec. A1) is scaled to the 1 epoch (0.2 / 0.6 / 0.2), as ``finetune-cifar10`` scales
+    CIFAR-10's. The paper gives no separate fine-tuning learning rate; RAMP's own XCiT-S script uses 1e-4 too.
+    """
+    config = _imagenet("finetune-imagenet1k", "imagenet1k")
+    config.model.backbone = "xcit_s"
+    config.train.epochs = 1
+    config.train.warmup_epochs, config.train.decay_epochs, config.train.final_epochs = 0.2, 0.6, 0.2
+    config.train.attack = "apgd"
+    config.threats.apgd_steps = {"l1": 15, "l2": 5, "linf": 5}
+    return config
+
+
+# The ℓ∞-robust starts of the paper's Table 3 (Sec. 5.2: "WRN-28-10 [71] and WRN-94-16 [71] from RobustBench [7]",
+# "XCiT-S [1] also from RobustBench"), as ``--init`` sources with the ``--backbone`` that holds them. The paper does not
+# name the WRN-28-10 checkpoint: RAMP's fine-tuning scripts, which Table 3 follows, start from
+# Gowal2020Uncovering_28_10_extra (and Carmon2019Unlabeled); WRN-94-16 and XCiT-S have one RobustBench ℓ∞ model each.
+# Table 3's ViT-B-16 is Mo et al.'s ℓ∞ adversarial training [43], not a RobustBench model: give its file to --init.
+# robustbench 1.1.1 (PyPI) has the Gowal model; Bartoldson2024 and Debenedetti2022 are in RobustBench's GitHub zoo:
+# ``pip install --no-deps git+https://github.com/RobustBench/robustbench`` for them.
+FINETUNE_SOURCES: dict[str, dict[str, tuple[str, str]]] = {
+    "finetune-cifar10": {
+        "WRN-28-10": ("dm_wrn_28_10", "robustbench:Linf/Gowal2020Uncovering_28_10_extra"),
+        "WRN-94-16": ("wrn_94_16", "robustbench:Linf/Bartoldson2024Adversarial_WRN-94-16"),
+    },
+    "finetune-imagenet1k": {
+        "XCiT-S": ("xcit_s", "robustbench:Linf/Debenedetti2022Light_XCiT-S12"),
+    },
+}
+
+
+def preset_lines(name: str) -> list[str]:
+    """``rome-bench list presets``: the preset's name and the first line of its docstring, then the RobustBench
+    starts of the paper's Table 3 it fine-tunes (``--backbone B --init SOURCE``)."""
+    doc = (PRESETS[name].__doc__ or "").strip().splitlines()
+    lines = [f"{name:20s} {doc[0] if doc else ''}".rstrip()]
+    for model, (backbone, source) in FINETUNE_SOURCES.get(name, {}).items():
+        lines.append(f"{'':20s}   Table 3 {model}: --backbone {backbone} --init {source}")
+    return lines
 
 
 def _cifar10_cpu() -> RunConfig:
@@ -125,8 +185,9 @@ PRESETS: dict[str, typing.Callable[[], RunConfig]] = {
     "cifar10": _cifar10,
     "cifar10-cpu": _cifar10_cpu,
     "finetune-cifar10": _finetune_cifar10,
-    "imagenet100": lambda: _imagenet("imagenet100", "imagenet100"),
-    "imagenet1k": lambda: _imagenet("imagenet1k", "imagenet1k"),
+    "finetune-imagenet1k": _finetune_imagenet1k,
+    "imagenet100": _imagenet100,
+    "imagenet1k": _imagenet1k,
 }
 
 

@@ -408,6 +408,67 @@ def test_imagenet100_folder_loads_lazily_and_checks_class_count(tmp_path: Path) 
         load_dataset("imagenet1k", "test", tmp_path)
 
 
+# ------------------------------------------------------------------------------------------ imagenette
+
+IMAGENETTE_WNIDS = ("n01440764", "n02102040", "n02979186", "n03000684", "n03028079", "n03394916", "n03417042",
+                    "n03425413", "n03445777", "n03888605")
+
+
+def _write_imagenette(root: Path) -> Path:
+    """fast.ai's layout: ``imagenette2-320/{train,val}/<wnid>/*.JPEG``, one 40×30 image in class 8 (golf ball)."""
+    folder = root / "imagenette2-320"
+    for split in ("train", "val"):
+        for wnid in IMAGENETTE_WNIDS:
+            (folder / split / wnid).mkdir(parents=True)
+        Image.new("RGB", (40, 30), (10, 200, 10)).save(folder / split / "n03445777" / "a.JPEG")
+    return folder
+
+
+def test_imagenette_loads_from_a_local_folder_its_parent_or_its_archive(tmp_path: Path) -> None:
+    folder = _write_imagenette(tmp_path / "data")
+    archive = tmp_path / "imagenette2-320.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname=folder.name)
+    for source in (folder, folder.parent, archive):
+        test = load_dataset("imagenette", "test", source)
+        image, label = test.dataset[0]
+        assert image.shape == (3, 224, 224) and label == 8 and len(test.dataset) == 1
+        assert test.info.num_classes == 10 and test.info.class_names[8] == "golf ball"
+    assert load_dataset("imagenette", "train", folder).dataset[0][0].shape == (3, 224, 224)
+    with pytest.raises(DataNotFoundError, match="missing") as raised:
+        load_dataset("imagenette", "test", tmp_path / "missing")
+    assert "\n" not in str(raised.value)
+
+
+def test_imagenette_without_a_folder_downloads_the_320px_version_into_the_cache(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No data_dir: torchvision's Imagenette(size='320px', download=True) fills the cache (faked here: no network);
+    when the download fails, one line names the ways to provide the data."""
+    import torchvision
+
+    monkeypatch.delenv("ROME_BENCH_DATA", raising=False)
+    calls = []
+
+    def fake_imagenette(root: str, split: str, size: str, download: bool) -> None:
+        calls.append((split, size, download))
+        _write_imagenette(Path(root))
+
+    monkeypatch.setattr(torchvision.datasets, "Imagenette", fake_imagenette)
+    loaded = load_dataset("imagenette", "test")
+    assert calls == [("train", "320px", True)] and loaded.dataset[0][1] == 8
+    load_dataset("imagenette", "test")  # now cached: no second download
+    assert len(calls) == 1
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(torchvision.datasets, "Imagenette", offline)
+    monkeypatch.setenv("ROME_BENCH_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(DataNotFoundError, match="network unreachable") as raised:
+        load_dataset("imagenette", "test")
+    assert "\n" not in str(raised.value) and "--data-dir" in str(raised.value)
+
+
 # ------------------------------------------------------------------------------------------ real data
 
 

@@ -224,3 +224,22 @@ def test_normalisation_none_feeds_the_backbone_unchanged_images_and_changes_the_
     assert "normalisation" not in model_identity(normalised.model)  # old runs keep their hashes
     with pytest.raises(ConfigError, match=r"model\.normalisation must be one of dataset, none"):
         validate(tiny_config("max", "model.normalisation=imagenet"))
+
+
+def test_imagenet_finetune_preset_holds_table3s_protocol():
+    """Sec. 5.1: 1 epoch on ImageNet-1K, APGD 5 steps (ℓ∞, ℓ2) and 15 (ℓ1), XCiT-S at ImageNet's ε; sources named."""
+    from rome_bench.api import list_entries
+    from rome_bench.config import validate
+
+    config = preset("finetune-imagenet1k")
+    validate(config)
+    assert config.train.epochs == 1 and config.train.attack == "apgd"
+    assert config.threats.apgd_steps == {"l1": 15, "l2": 5, "linf": 5}
+    assert config.threats.eps == pytest.approx({"l1": 255.0, "l2": 2.0, "linf": 4 / 255})
+    assert (config.data.dataset, config.model.backbone, config.model.patch_size) == ("imagenet1k", "xcit_s", 16)
+    assert preset("finetune-cifar10").threats.apgd_steps == {"l1": 10, "l2": 10, "linf": 10}
+    listed = "\n".join(list_entries("presets"))
+    for source in ("robustbench:Linf/Gowal2020Uncovering_28_10_extra",
+                   "robustbench:Linf/Bartoldson2024Adversarial_WRN-94-16",
+                   "robustbench:Linf/Debenedetti2022Light_XCiT-S12"):
+        assert source in listed

@@ -281,6 +281,9 @@ def test_paper_reference_loads_and_prints_its_own_protocol_columns(tmp_path):
     header = next(line for line in table.splitlines() if line.startswith("| Method"))
     assert header.endswith("| PGD-20 ℓ∞ 8/255 (paper) | AA ℓ∞ 8/255 (paper) | Flags | Source |")
     assert "| ReMoE (DeiT-S) | – | 86.6 | – | – | – | – | – | 53.5 | 50.2 |" in table
+    ablation = rows[("ReMoE ablation: w/o REs (DeiT-T)", "cifar10")]  # the summary's ablation table: 48.49 C&W-20
+    assert ablation.values == pytest.approx({"nat": 0.8095, "pgd20-linf": 0.5082, "cw20-linf": 0.4849,
+                                             "aa-linf": 0.4678})
     with ResultStore(tmp_path / "r.sqlite") as store:  # a reference without titles adds no column
         other = render_markdown(build_leaderboard(store, SUITES.get("seen"), "cifar10",
                                                   load_reference("rome-paper-table1")), SUITES.get("seen"))

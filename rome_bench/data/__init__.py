@@ -32,15 +32,26 @@
     An ImageFolder with ``train/`` and ``val/`` (or ``test/``) at ``data_dir`` / ``ROME_BENCH_DATA``, read
     lazily; train images get RandomResizedCrop(224) + horizontal flip, test images Resize(256) +
     CenterCrop(224). ImageNet is never downloaded.
+``imagenette``
+    fast.ai's 10-class ImageNet subset (ReMoE's mid-size dataset): ``data_dir`` (an ImageFolder with ``train/`` and
+    ``val/``, its parent, or its .tgz), else the cache, else torchvision's download of the 320-pixel version; read
+    with ImageNet's crops.
 
 The cache root is ``$ROME_BENCH_CACHE``, else the user cache directory of ``rome-bench``.
 
-The package keeps one file per source (``synthetic.py``, ``cifar10.py``, ``cifar100.py``, ``imagenet.py``); what
+The package keeps one file per source (``synthetic.py``, ``cifar10.py``, ``cifar100.py``, ``imagenet.py``,
+``imagenette.py``); what
 they share lives in ``base.py`` (descriptions, registry, subsets, cache) and ``folders.py`` (archives, ImageFolders,
 decoding). Importing the package registers every built-in source.
 """
 
-from rome_bench.data import cifar10, cifar100, imagenet, synthetic  # noqa: F401  (register the built-in sources)
+from rome_bench.data import (  # noqa: F401  (register the built-in sources)
+    cifar10,
+    cifar100,
+    imagenet,
+    imagenette,
+    synthetic,
+)
 from rome_bench.data.base import (
     DATASETS,
     SPLITS,

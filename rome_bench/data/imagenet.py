@@ -18,8 +18,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _load_imagenet(name: str, num_classes: int, split: str, data_dir: Path | None) -> LoadedDataset:
-    """An ImageNet-style ImageFolder split, read lazily with the standard crops."""
+def load_imagenet_folder(name: str, num_classes: int, split: str, data_dir: Path | None,
+                         class_names: dict[str, str] | None = None) -> LoadedDataset:
+    """An ImageNet-style ImageFolder split, read lazily with the standard crops (also Imagenette's); ``class_names``
+    maps class folder names (WordNet ids) to readable names."""
     from torchvision import datasets, transforms
 
     if data_dir is None:
@@ -51,7 +53,8 @@ def _load_imagenet(name: str, num_classes: int, split: str, data_dir: Path | Non
     listing = hashlib.sha256()
     for path, label in dataset.samples:
         listing.update(f"{os.path.relpath(path, folder)}:{label}\n".encode())
-    info = DatasetInfo(name, num_classes, 224, IMAGENET_MEAN, IMAGENET_STD, tuple(dataset.classes))
+    names = tuple((class_names or {}).get(folder_name, folder_name) for folder_name in dataset.classes)
+    info = DatasetInfo(name, num_classes, 224, IMAGENET_MEAN, IMAGENET_STD, names)
     fingerprint = digest(name, split, len(dataset), listing.hexdigest())
     return LoadedDataset(dataset, info, fingerprint, f"{folder} (image folder)")
 
@@ -59,10 +62,10 @@ def _load_imagenet(name: str, num_classes: int, split: str, data_dir: Path | Non
 @DATASETS.register("imagenet100", num_classes=100, image_size=224, description="ImageNet-100 (local folder)")
 def load_imagenet100(split: str, data_dir: Path | None = None) -> LoadedDataset:
     """ImageNet-100 from a local ImageFolder."""
-    return _load_imagenet("imagenet100", 100, split, data_dir)
+    return load_imagenet_folder("imagenet100", 100, split, data_dir)
 
 
 @DATASETS.register("imagenet1k", num_classes=1000, image_size=224, description="ImageNet-1k (local folder)")
 def load_imagenet1k(split: str, data_dir: Path | None = None) -> LoadedDataset:
     """ImageNet-1k from a local ImageFolder."""
-    return _load_imagenet("imagenet1k", 1000, split, data_dir)
+    return load_imagenet_folder("imagenet1k", 1000, split, data_dir)

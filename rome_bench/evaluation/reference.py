@@ -4,6 +4,14 @@
   (``robustbench_info.py``);
 * otherwise a reference file: its name in ``rome_bench/references/`` (the numbers a paper reports, kept as
   package data) or a path to a JSON file laid out the same way.
+
+A reference file: ``name``, ``source``, ``citation``, ``evaluation`` (prose: dataset, model, attack, ε), ``attack``
+(one name, or one per column), ``protocol`` (the suite whose attacks produced the numbers), ``threat_model`` (ε per
+dataset), ``columns`` (suite column names; columns no suite has are named in ``titles``) and ``rows``: ``method``,
+``dataset``, a percentage per column, and optionally ``training_attack`` (the table's PGD/APGD block), ``model``
+(the table's architecture when it compares several, e.g. Table 3) and ``section`` (an ablation table's block).
+The RoME paper's Tables 1-5, A1, A2 and A5 all report AutoAttack accuracies in the ``seen`` suite's columns (nat,
+ℓ1, ℓ2, ℓ∞, avg, union; Table 3 nat and union only), Table 2 the ``unseen`` suite's.
 """
 
 from __future__ import annotations
@@ -51,14 +59,21 @@ def paper_rows(name_or_path: str) -> list[ReferenceRow]:
         raise JSONFileError(f"{path} (paper reference): 'titles' must map column names to titles")
     rows = []
     for entry in document["rows"]:
-        attack = entry.get("training_attack")
-        label = f"{entry['method']} [{attack}-trained]" if attack else entry["method"]
+        label = row_label(entry)
         values = {column: _percent(entry, column, path) for column in document["columns"] if column in entry}
         rows.append(ReferenceRow(label, entry["method"], entry["dataset"], values,
                                  f"{document['source']} ({document['name']})",
                                  {column: titles[column] for column in values if column in titles},
                                  _specs(document, entry["dataset"], values), document.get("protocol")))
     return rows
+
+
+def row_label(entry: dict) -> str:
+    """A reported row's label: its method, the model when the table compares several (``model``, e.g. Table 3's
+    WRN-28-10) and the attack it was trained with when the table has one block per attack (``training_attack``)."""
+    label = f"{entry['method']} · {entry['model']}" if entry.get("model") else entry["method"]
+    attack = entry.get("training_attack")
+    return f"{label} [{attack}-trained]" if attack else label
 
 
 def _specs(document: dict, dataset: str, values: dict[str, float]) -> dict[str, ThreatSpec]:

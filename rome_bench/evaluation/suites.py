@@ -246,6 +246,24 @@ register_suite(Suite(
 ))
 
 
+# ReMoE (CVPR 2026) evaluates ℓ∞ PGD-20, C&W-20 and AutoAttack at ε = 8/255 (CIFAR, Imagenette; 4/255 on ImageNet).
+# Here PGD-20 and C&W-20 (threats/cw.py: ℓ∞ PGD on the C&W margin, κ = 50) take 20 steps of ε/4 (2/255 at 8/255,
+# ReMoE's training step; its evaluation step is not given) with a uniform random start, each example keeping its
+# first misclassified iterate. AutoAttack ℓ∞ fills the same stored column as PGD ℓ∞ (linf), so it is not pooled in
+# here: the seen suite's ℓ∞ column is ReMoE's AA at the run's ε.
+register_suite(Suite(
+    name="remoe",
+    build=lambda threats: [threat("clean"),
+                           threat("pgd-linf", threats.eps["linf"], 20, step_size=threats.eps["linf"] / 4),
+                           threat("cw-linf", threats.eps["linf"], 20, step_size=threats.eps["linf"] / 4)],
+    columns=("nat", "linf", "cw-linf"),
+    titles={"nat": "Nat", "linf": "PGD-20 ℓ∞", "cw-linf": "C&W-20 ℓ∞"},
+    description="ReMoE's evaluation: clean, ℓ∞ PGD-20 and C&W-20 (margin-loss PGD, κ 50) at the run's ε, step ε/4, "
+                "first success kept; its AutoAttack ℓ∞ is the seen suite's ℓ∞ column",
+    show_avg=False,
+))
+
+
 def with_corruptions_dir(threats: list[Threat], folder: Path) -> list[Threat]:
     """The suite's threats with every corruption threat reading its images from ``folder`` (CIFAR-10-C files)."""
     if not folder.is_dir():

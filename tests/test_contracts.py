@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import pytest
 import torch
@@ -194,6 +195,24 @@ INSTANCES = all_threat_instances()
 SLOW = {"autoattack-linf", "autoattack-l2", "autoattack-l1"}  # covered by test_autoattack; minutes on 2 cores
 
 
+@functools.cache
+def _gated_model() -> torch.nn.Module:
+    """A RoME micro model (untrained, experts perturbed off zero), for the threats that only attack gated models."""
+    model = micro_model("rome")
+    generator = torch.Generator().manual_seed(0)
+    for parameter in model.parameters():
+        parameter.data.add_(0.01 * torch.randn(parameter.shape, generator=generator))
+    return model.eval().requires_grad_(False)
+
+
+def attacked_model(threat: Threat, undefended_model: torch.nn.Module) -> torch.nn.Module:
+    """The shared ViT; for a threat that reads gates (router-aware APGD), the RoME micro model. Every threat must
+    attack one of them: none is left unchecked."""
+    model = undefended_model if threat.applicable(undefended_model) else _gated_model()
+    assert threat.applicable(model), f"{threat.name} attacks neither the shared ViT nor a RoME micro model"
+    return model
+
+
 def test_every_registered_threat_is_built_by_some_suite_or_recipe():
     built = {threat.name for threat in INSTANCES}
     assert set(THREATS.names()) <= built, f"never built, so never checked: {sorted(set(THREATS.names()) - built)}"
@@ -206,13 +225,13 @@ def test_every_threat_rebuilds_stays_in_budget_and_is_deterministic(threat, unde
     assert rebuilt.key == threat.key
     if getattr(threat, "lpips", None) == "alexnet":  # ppgd-alexnet, lpa-alexnet: a stand-in AlexNet file
         request.getfixturevalue("fake_alexnet")
-    assert threat.applicable(undefended_model)  # every threat attacks the shared ViT (GMA without gates: CE only)
+    model = attacked_model(threat, undefended_model)  # the shared ViT (GMA without gates: CE only), or a gated one
     images, labels = synthetic_test.dataset.batch([0, 1, 2])
     kwargs = {"example_ids": [0, 1, 2]} if threat.uses_example_ids else {}
     outputs = []
     for _ in range(2):
         torch.manual_seed(0)
-        outputs.append(rebuilt(undefended_model, images, labels, **kwargs))
+        outputs.append(rebuilt(model, images, labels, **kwargs))
     verify_threat_output(rebuilt, images, outputs[0], [0, 1, 2])
     assert torch.equal(outputs[0], outputs[1]), f"{threat.name} is not deterministic under a seed"
 
@@ -224,12 +243,12 @@ def test_every_threat_runs_under_bf16_autocast(threat, undefended_model, synthet
 
     if reason := bf16_unsupported():
         pytest.skip(reason)
-    assert threat.applicable(undefended_model)
+    model = attacked_model(threat, undefended_model)
     if getattr(threat, "lpips", None) == "alexnet":
         request.getfixturevalue("fake_alexnet")
     images, labels = synthetic_test.dataset.batch([0, 1, 2])
     kwargs = {"example_ids": [0, 1, 2]} if threat.uses_example_ids else {}
     torch.manual_seed(0)
     with attack_precision("bf16", torch.device("cpu")):
-        output = threat(attack_model(undefended_model), images, labels, **kwargs)
+        output = threat(attack_model(model), images, labels, **kwargs)
     verify_threat_output(threat, images, output.detach().to(images.dtype), [0, 1, 2])

@@ -157,4 +157,5 @@ def test_every_threat_module_is_imported_by_the_package():
     import rome_bench.threats as threats
 
     for module in pkgutil.iter_modules(threats.__path__):
-        assert f"rome_bench.threats.{module.name}" in sys.modules
+        if module.name not in threats.LAZY_MODULES:  # registers nothing; imported when corruptions first run
+            assert f"rome_bench.threats.{module.name}" in sys.modules

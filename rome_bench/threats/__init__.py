@@ -96,6 +96,8 @@ __all__ = [
     "seen_threats",
 ]
 
+# Modules that register no threat and are imported on first use: the [unseen] extra's patched library.
+LAZY_MODULES = ("imagecorruptions_compat",)
 for _module in pkgutil.iter_modules(__path__):  # every threat module registers its threats on import
-    if _module.name != "imagecorruptions_compat":  # the [unseen] extra's library, imported when corruptions run
+    if _module.name not in LAZY_MODULES:
         importlib.import_module(f"{__name__}.{_module.name}")

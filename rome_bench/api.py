@@ -229,7 +229,7 @@ def benchmark(model: LoadedRun | nn.Module | str | Path, suite: str = "seen", n_
     the run's eval steps), ``seen-pgd10``, ``unseen`` (corruptions, perceptual and other unseen threats; PPGD and
     LPA with AlexNet-LPIPS, the paper's), ``unseen-self`` (the same with the model's own LPIPS), ``adaptive``
     (AutoAttack vs AutoAttack plus router-aware APGD and GMA), ``gma-pgd`` (PGD, GMA and their union), ``dwf``,
-    ``pgd20``, ``apgd20``.
+    ``remoe`` (ReMoE's PGD-20 and C&W-20), ``pgd20``, ``apgd20``.
 
     Parameters
     ----------

@@ -52,7 +52,7 @@ def fresh_venv(folder: Path, wheel: Path) -> Path:
                                   env=clean_env()).stdout.strip())
     (purelib / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run([sys.executable, "-m", "pip", "--python", str(bin_dir / "python"), "install", "-q", "--no-deps",
-                    str(wheel)], check=True, capture_output=True, timeout=300)
+                    "--ignore-installed", str(wheel)], check=True, capture_output=True, timeout=300)
     return bin_dir
 
 
@@ -101,7 +101,7 @@ def test_the_installed_command_finds_its_references_outside_the_checkout(install
         "from rome_bench.evaluation.regression import REFERENCE_DIR, read_reference\n"
         "import rome_bench\n"
         "check = read_reference(REFERENCE_DIR / 'synthetic-micro.json')['checks'][0]\n"
-        "print(rome_bench.load_model(str(REFERENCE_DIR / check['run']), device='cpu').model_hash)\n")],
+        "print(rome_bench.load_run(str(REFERENCE_DIR / check['run']), device='cpu').model_hash)\n")],
         cwd=work, env=clean_env(), capture_output=True, text=True, timeout=300)
     assert model.returncode == 0 and len(model.stdout.strip()) == 64, model.stderr
     assert sorted(path.name for path in work.iterdir()) == [], "a reading command wrote into the directory"
